@@ -1,0 +1,124 @@
+"""The probe inside one process of the user's program.
+
+It owns the run-wide facts every specialist shares (the optimizer step count, the
+event log, the run dir), installs the patches its plugins need, and enforces
+`--max-steps`. It stays out of the way: no output, no change to what the program sees.
+"""
+
+from __future__ import annotations
+
+import atexit
+import faulthandler
+import importlib
+import importlib.util
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from ptdiag.probe import patches
+from ptdiag.probe.events import EventWriter
+from ptdiag.probe.plugin import Dispatcher, Plugin
+
+STACK_DUMP_SIGNAL = signal.SIGUSR2  # SIGUSR1 is often taken (SLURM pre-emption, Lightning)
+
+
+def load_plugins(probe: "Probe", specialists: list[str]) -> list[Plugin]:
+    """Tracking always records; each planned specialist adds its in-process part, if any."""
+    plugins = []
+    for name in ["tracking", *[s for s in specialists if s != "tracking"]]:
+        module_name = f"ptdiag.specialists.{name}.probe"
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        plugins.append(importlib.import_module(module_name).Plugin(probe))
+    return plugins
+
+
+class Probe:
+    def __init__(self, run_dir: Path, plan: dict, rank: int) -> None:
+        self.run_dir = run_dir
+        self.plan = plan
+        self.rank = rank
+        self.step = 0
+        self.max_steps: int | None = plan.get("max_steps")
+        self._primary_optimizer: int | None = None
+        self.events = EventWriter(run_dir / "events" / f"rank{rank}.p{os.getpid()}.jsonl")
+        self.dispatcher = Dispatcher(load_plugins(self, plan.get("specialists", [])), self.log_error)
+
+    # -- plumbing shared by patches and plugins -------------------------------------------
+    def emit(self, event: str, /, **fields: Any) -> None:
+        self.events.write(event, **fields)
+
+    def call(self, hook: str, *args: Any) -> None:
+        self.dispatcher.call(hook, *args)
+
+    def log_error(self, message: str) -> None:
+        try:
+            with open(self.run_dir / "probe-errors.log", "a", encoding="utf-8") as fh:
+                fh.write(f"pid {os.getpid()} rank {self.rank}: {message}\n")
+        except OSError:
+            pass
+
+    def guarded(self, installer: Callable) -> Callable:
+        def run(module):
+            try:
+                installer(self, module)
+            except Exception:
+                self.log_error(f"patch {installer.__name__} not installed:\n{traceback.format_exc()}")
+
+        return run
+
+    # -- life cycle ------------------------------------------------------------------------
+    def install(self) -> None:
+        self.emit("start", pid=os.getpid(), ppid=os.getppid(), rank=self.rank,
+                  local_rank=_env_int("LOCAL_RANK"), world_size=_env_int("WORLD_SIZE"),
+                  node_rank=_env_int("GROUP_RANK"), cwd=os.getcwd(), executable=sys.executable)
+        self._install_stack_dumps()
+        previous_hook = sys.excepthook
+
+        def excepthook(exc_type, exc, tb):
+            self.call("on_exception", exc_type, exc, tb)
+            previous_hook(exc_type, exc, tb)
+
+        sys.excepthook = excepthook
+        atexit.register(self._at_exit)
+        patches.install(self)
+
+    def _install_stack_dumps(self) -> None:
+        """Stacks on demand (the parent's --timeout) and on a fatal signal (segfault)."""
+        stacks = self.run_dir / "stacks"
+        stacks.mkdir(exist_ok=True)
+        self._stack_file = open(stacks / f"rank{self.rank}.p{os.getpid()}.txt", "a")
+        faulthandler.register(STACK_DUMP_SIGNAL, file=self._stack_file, all_threads=True)
+        if not faulthandler.is_enabled():  # a user who enabled it keeps it on their stderr
+            faulthandler.enable(file=self._stack_file, all_threads=True)
+        (self.run_dir / "procs").mkdir(exist_ok=True)
+        (self.run_dir / "procs" / str(os.getpid())).write_text(str(self.rank))
+
+    def _at_exit(self) -> None:
+        self.call("on_exit")
+        self.emit("exit", steps=self.step)
+        self.events.close()
+
+    # -- the step ---------------------------------------------------------------------------
+    def optimizer_stepped(self, optimizer) -> None:
+        """Counts steps of the primary (first) optimizer; GANs' second one does not count."""
+        if self._primary_optimizer is None:
+            self._primary_optimizer = id(optimizer)
+        elif id(optimizer) != self._primary_optimizer:
+            return
+        self.step += 1
+        self.call("on_step", self.step, optimizer)
+        if self.max_steps is not None and self.step >= self.max_steps:
+            self.emit("stopped", reason="max_steps", step=self.step, wall=time.time())
+            raise SystemExit(0)
+
+
+def _env_int(name: str) -> int | None:
+    try:
+        return int(os.environ[name])
+    except (KeyError, ValueError):
+        return None

@@ -1,0 +1,58 @@
+"""Crash-safe event log of one process: one JSON object per line.
+
+Each line is handed to the OS as it is written (line buffering), so a SIGKILL or a
+segfault of the training loses at most the event being written. A forked child (a
+DataLoader worker) inherits the open file; only the process that opened it writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _jsonable(value: Any) -> Any:
+    """Events hold user values (argparse results, config): keep what JSON can say."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # "nan", "inf": valid JSON, still readable
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(v) for v in value]
+    return repr(value)
+
+
+class EventWriter:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._pid = os.getpid()
+        self._fh = open(path, "a", buffering=1, encoding="utf-8")
+
+    def write(self, event: str, /, **fields: Any) -> None:
+        if os.getpid() != self._pid or self._fh.closed:
+            return
+        record = {"ev": event, "t": time.time(), **fields}
+        self._fh.write(json.dumps(_jsonable(record), separators=(",", ":")) + "\n")
+
+    def close(self) -> None:
+        if os.getpid() == self._pid:
+            self._fh.close()
+
+
+def read_events(path: Path) -> list[dict]:
+    """All complete events of one file; a line cut short by a crash is skipped."""
+    events = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return events

@@ -1,0 +1,222 @@
+"""The one place that patches torch and the standard library.
+
+Each patch feeds one or more hooks of `ptdiag.probe.plugin.HOOKS` and is installed only
+when a plugin subscribed to one of them. Every wrapper calls the original exactly as
+the program did and returns its result unchanged; ptdiag's own work around it is
+guarded so that a failure there is logged, never raised into the training.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import weakref
+from typing import TYPE_CHECKING, Callable
+
+from ptdiag.probe.imports import when_imported
+from ptdiag.probe.location import caller_file, is_user_file, user_location
+
+if TYPE_CHECKING:
+    from ptdiag.probe.core import Probe
+
+
+def _replace(owner, attr: str, make_wrapper: Callable[[Callable], Callable], *aliases) -> None:
+    original = getattr(owner, attr)
+    wrapper = functools.wraps(original)(make_wrapper(original))
+    for target in (owner, *aliases):
+        if getattr(target, attr, None) is original:
+            setattr(target, attr, wrapper)
+
+
+def _optimizer_steps(probe: "Probe", torch) -> None:
+    """Global step hooks see every optimizer of an unmodified script (facts.md)."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    register_optimizer_step_post_hook(lambda optimizer, args, kwargs: probe.optimizer_stepped(optimizer))
+
+
+def _backward(probe: "Probe", torch) -> None:
+    """Tensor.backward calls torch.autograd.backward, so one wrapper sees both spellings."""
+
+    def make(original):
+        def backward(tensors, *args, **kwargs):
+            if isinstance(tensors, torch.Tensor):
+                probe.call("on_backward", tensors)
+            elif isinstance(tensors, (list, tuple)) and len(tensors) == 1:
+                probe.call("on_backward", tensors[0])
+            return original(tensors, *args, **kwargs)
+
+        return backward
+
+    _replace(torch.autograd, "backward", make)
+
+
+def _dataloader(probe: "Probe", torch) -> None:
+    from torch.utils.data import dataloader as dl
+
+    epochs: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+    loader_of: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+    def make_init(original):
+        def __init__(self, *args, **kwargs):
+            original(self, *args, **kwargs)
+            probe.call("on_dataloader", self)
+
+        return __init__
+
+    def make_iter(original):
+        def __iter__(self):
+            iterator = original(self)
+            epoch = epochs.get(self, -1) + 1
+            epochs[self] = epoch
+            try:
+                loader_of[iterator] = self
+            except TypeError:
+                pass
+            probe.call("on_loader_iter", self, epoch)
+            return iterator
+
+        return __iter__
+
+    def make_next(original):
+        def __next__(self):
+            start = time.perf_counter()
+            batch = original(self)
+            probe.call("on_batch", loader_of.get(self), time.perf_counter() - start)
+            return batch
+
+        return __next__
+
+    _replace(dl.DataLoader, "__init__", make_init)
+    _replace(dl.DataLoader, "__iter__", make_iter)
+    _replace(dl._BaseDataLoaderIter, "__next__", make_next)
+
+
+def _first_model(probe: "Probe", torch) -> None:
+    """The outermost module runs its pre-hook first; one look, then the hook is gone."""
+    from torch.nn.modules.module import register_module_forward_pre_hook
+
+    handle = None
+
+    def pre_hook(module, args):
+        if handle is not None and next(module.parameters(), None) is not None:
+            handle.remove()
+            probe.call("on_model", module)
+
+    handle = register_module_forward_pre_hook(pre_hook)
+
+
+def _seed_wrapper(probe: "Probe", kind: str):
+    """Only the program's own seed calls count: libraries reseed internally (FakeData
+    seeds torch for every sample), which says nothing about the run's seeding."""
+
+    def make(original):
+        def seed(*args, **kwargs):
+            result = original(*args, **kwargs)
+            if is_user_file(caller_file(2)):
+                value = args[0] if args else kwargs.get("seed", kwargs.get("a"))
+                probe.call("on_seed", kind, value, user_location(2))
+            return result
+
+        return seed
+
+    return make
+
+
+def _torch_seeds(probe: "Probe", torch) -> None:
+    _replace(torch, "manual_seed", _seed_wrapper(probe, "torch"), torch.random)
+    _replace(torch.cuda, "manual_seed", _seed_wrapper(probe, "cuda"))
+    _replace(torch.cuda, "manual_seed_all", _seed_wrapper(probe, "cuda"))
+
+
+def _serialization(probe: "Probe", torch) -> None:
+    def make_save(original):
+        def save(obj, f, *args, **kwargs):
+            result = original(obj, f, *args, **kwargs)
+            probe.call("on_save", obj, f, user_location(2))
+            return result
+
+        return save
+
+    def make_load(original):
+        def load(f, *args, **kwargs):
+            result = original(f, *args, **kwargs)
+            probe.call("on_load", f, user_location(2), kwargs)
+            return result
+
+        return load
+
+    _replace(torch, "save", make_save, torch.serialization)
+    _replace(torch, "load", make_load, torch.serialization)
+
+
+def _distributed(probe: "Probe", dist) -> None:
+    if not dist.is_available():
+        return
+
+    def make(original):
+        def init_process_group(*args, **kwargs):
+            result = original(*args, **kwargs)
+            probe.call("on_dist_init", {
+                "backend": str(dist.get_backend()),
+                "rank": dist.get_rank(),
+                "world_size": dist.get_world_size(),
+                "location": user_location(2),
+            })
+            return result
+
+        return init_process_group
+
+    _replace(dist, "init_process_group", make, dist.distributed_c10d)
+
+
+def _argparse(probe: "Probe", argparse) -> None:
+    depth = 0  # sub-parsers call parse_known_args inside the outer call
+
+    def make(original):
+        def parse_known_args(self, args=None, namespace=None):
+            nonlocal depth
+            depth += 1
+            try:
+                result = original(self, args, namespace)
+            finally:
+                depth -= 1
+            if depth == 0:
+                probe.call("on_args", result[0], args)
+            return result
+
+        return parse_known_args
+
+    _replace(argparse.ArgumentParser, "parse_known_args", make)
+
+
+def _python_seed(probe: "Probe", random) -> None:
+    _replace(random, "seed", _seed_wrapper(probe, "python"))
+
+
+def _numpy_seed(probe: "Probe", numpy) -> None:
+    _replace(numpy.random, "seed", _seed_wrapper(probe, "numpy"))
+
+
+# (module to wait for, hooks the patch feeds, installer). An empty hook tuple: always.
+PATCHES = (
+    ("torch", (), _optimizer_steps),
+    ("torch", ("on_backward",), _backward),
+    ("torch", ("on_dataloader", "on_loader_iter", "on_batch"), _dataloader),
+    ("torch", ("on_model",), _first_model),
+    ("torch", ("on_seed",), _torch_seeds),
+    ("torch", ("on_save", "on_load"), _serialization),
+    ("torch.distributed", ("on_dist_init",), _distributed),
+    ("argparse", ("on_args",), _argparse),
+    ("random", ("on_seed",), _python_seed),
+    ("numpy", ("on_seed",), _numpy_seed),
+)
+
+
+def install(probe: "Probe") -> None:
+    for module_name, hooks, installer in PATCHES:
+        if hooks and not any(probe.dispatcher.wants(h) for h in hooks):
+            continue
+        when_imported(module_name, probe.guarded(installer))
+    if probe.dispatcher.wants("on_torch_import"):
+        when_imported("torch", probe.guarded(lambda p, torch: p.call("on_torch_import", torch)))

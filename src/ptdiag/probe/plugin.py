@@ -1,0 +1,68 @@
+"""The probe's hook protocol: plugins subscribe, the probe calls.
+
+Each specialist's in-process part is a `Plugin` subclass overriding the hooks it needs.
+The probe installs a patch on torch only when some plugin overrides the hook the patch
+feeds, so a hook nobody subscribed to costs nothing. A plugin that raises is logged
+to the run dir and loses that hook: ptdiag's own bug must never break the training.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from ptdiag.probe.core import Probe
+
+# hook name -> what it is called with
+HOOKS = {
+    "on_torch_import": "(torch) once torch is imported",
+    "on_args": "(namespace, argv) after argparse parsed the command line",
+    "on_seed": "(kind, value, location) python/numpy/torch/cuda seed calls",
+    "on_model": "(module) the first module with parameters that runs forward",
+    "on_dataloader": "(loader) a DataLoader was built",
+    "on_loader_iter": "(loader, epoch) iteration over a DataLoader began (epoch counts from 0)",
+    "on_batch": "(loader, wait_s) a batch was handed to the program after wait_s seconds",
+    "on_backward": "(tensor) backward was called on this tensor (the loss)",
+    "on_step": "(step, optimizer) the primary optimizer finished optimizer step `step` (1-based)",
+    "on_save": "(obj, f, location) torch.save",
+    "on_load": "(f, location, kwargs) torch.load",
+    "on_dist_init": "(info) torch.distributed.init_process_group returned",
+    "on_exception": "(exc_type, exc, tb) an exception ended the program",
+    "on_exit": "() the interpreter is exiting normally or through SystemExit",
+}
+
+
+class Plugin:
+    """Base class of specialists' in-process parts; override `on_*` hooks."""
+
+    name = "plugin"
+
+    def __init__(self, probe: "Probe") -> None:
+        self.probe = probe
+
+
+class Dispatcher:
+    def __init__(self, plugins: list[Plugin], error_log: Callable[[str], None]) -> None:
+        self._error_log = error_log
+        self._subscribers: dict[str, list[Callable]] = {}
+        for hook in HOOKS:
+            for plugin in plugins:
+                if getattr(type(plugin), hook, None) is not getattr(Plugin, hook, None):
+                    self._subscribers.setdefault(hook, []).append(getattr(plugin, hook))
+
+    def wants(self, hook: str) -> bool:
+        return bool(self._subscribers.get(hook))
+
+    def call(self, hook: str, *args: Any) -> None:
+        subscribers = self._subscribers.get(hook)
+        if not subscribers:
+            return
+        for fn in list(subscribers):
+            try:
+                fn(*args)
+            except Exception:
+                subscribers.remove(fn)
+                self._error_log(
+                    f"{fn.__qualname__} raised and was disabled:\n{traceback.format_exc()}"
+                )

@@ -1,0 +1,168 @@
+"""The passive recorder: what every run keeps, with no change to the user's code.
+
+Per optimizer step it writes the step time, the time spent waiting for data, the epoch,
+the learning rates and the loss. The loss is read without a host synchronisation on
+CUDA: a non-blocking copy to host plus an event, read once the event has completed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import deque
+
+from ptdiag.probe.location import user_location_of_traceback
+from ptdiag.probe.plugin import Plugin as ProbePlugin
+
+MAX_ARGS_EVENTS = 5  # a program that parses arguments in a loop is not worth more
+
+
+def _scalar(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+class LossReader:
+    """Turns loss tensors into floats, on CUDA without stalling the stream."""
+
+    def __init__(self) -> None:
+        self._pending: deque = deque()
+
+    def push(self, step: int, losses: list) -> list[tuple[int, float]]:
+        ready = self.poll()
+        if not losses:
+            return ready
+        if all(t.device.type == "cpu" for t in losses):
+            ready.append((step, sum(float(t) for t in losses) / len(losses)))
+            return ready
+        import torch
+
+        mean = torch.stack([t.float() for t in losses]).mean()
+        host = mean.to("cpu", non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._pending.append((step, host, event))
+        return ready
+
+    def poll(self, wait: bool = False) -> list[tuple[int, float]]:
+        ready = []
+        while self._pending and (wait or self._pending[0][2].query()):
+            step, host, event = self._pending.popleft()
+            event.synchronize()
+            ready.append((step, float(host)))
+        return ready
+
+
+class Plugin(ProbePlugin):
+    name = "tracking"
+
+    def __init__(self, probe) -> None:
+        super().__init__(probe)
+        self._args_events = 0
+        self._losses: list = []
+        self._loss_reader = LossReader()
+        self._data_wait = 0.0
+        self._batch_from: tuple = (None, None)  # (loader index, its epoch)
+        self._loader_epochs: dict[int, int] = {}
+        self._last_step_time = None
+        self._optimizers_seen: set[int] = set()
+        self._loaders: dict[int, int] = {}
+
+    def on_torch_import(self, torch) -> None:
+        from ptdiag.environment import torch_environment
+
+        self.probe.emit("env", torch=torch_environment())
+
+    def on_args(self, namespace, argv) -> None:
+        if self._args_events < MAX_ARGS_EVENTS:
+            self._args_events += 1
+            self.probe.emit("args", values=dict(vars(namespace)))
+
+    def on_seed(self, kind, value, location) -> None:
+        self.probe.emit("seed", kind=kind, value=value, location=location)
+
+    def on_model(self, module) -> None:
+        params = list(module.parameters())
+        self.probe.emit("model", cls=type(module).__name__,
+                        module=type(module).__module__,
+                        params=sum(p.numel() for p in params),
+                        trainable=sum(p.numel() for p in params if p.requires_grad),
+                        dtype=str(params[0].dtype), device=str(params[0].device))
+
+    def on_dataloader(self, loader) -> None:
+        self._loaders[id(loader)] = len(self._loaders)
+        dataset = loader.dataset
+        try:
+            length = len(dataset)
+        except TypeError:
+            length = None
+        self.probe.emit("dataloader", loader=self._loaders[id(loader)],
+                        batch_size=loader.batch_size, num_workers=loader.num_workers,
+                        pin_memory=loader.pin_memory, drop_last=loader.drop_last,
+                        persistent_workers=loader.persistent_workers,
+                        dataset=type(dataset).__name__, dataset_len=length,
+                        sampler=type(loader.sampler).__name__ if loader.sampler is not None else None)
+
+    def on_loader_iter(self, loader, epoch) -> None:
+        self._loader_epochs[id(loader)] = epoch
+
+    def on_batch(self, loader, wait_s) -> None:
+        """The epoch of a step is that of the loader whose batch it trained on."""
+        self._data_wait += wait_s
+        if loader is not None:
+            self._batch_from = (self._loaders.get(id(loader)), self._loader_epochs.get(id(loader)))
+
+    def on_backward(self, tensor) -> None:
+        if tensor.numel() == 1:
+            self._losses.append(tensor.detach())
+
+    def on_step(self, step, optimizer) -> None:
+        now = time.perf_counter()
+        if id(optimizer) not in self._optimizers_seen:
+            self._optimizers_seen.add(id(optimizer))
+            self._emit_optimizer(optimizer)
+        dt = None if self._last_step_time is None else now - self._last_step_time
+        self._last_step_time = now
+        self.probe.emit("step", step=step, dt=dt, data_s=self._data_wait,
+                        lr=[_scalar(g.get("lr")) for g in optimizer.param_groups],
+                        loader=self._batch_from[0], epoch=self._batch_from[1])
+        self._data_wait = 0.0
+        losses, self._losses = self._losses, []
+        for loss_step, value in self._loss_reader.push(step, losses):
+            self._emit_loss(loss_step, value)
+
+    def _emit_loss(self, step: int, value: float) -> None:
+        self.probe.emit("loss", step=step, value=value, finite=math.isfinite(value))
+
+    def _emit_optimizer(self, optimizer) -> None:
+        groups = [{k: _scalar(v) for k, v in g.items() if k != "params" and not isinstance(v, (list, dict))}
+                  for g in optimizer.param_groups]
+        self.probe.emit("optimizer", cls=type(optimizer).__name__, groups=groups,
+                        params=sum(p.numel() for g in optimizer.param_groups for p in g["params"]))
+
+    def on_save(self, obj, f, location) -> None:
+        keys = sorted(str(k) for k in obj) if isinstance(obj, dict) else None
+        self.probe.emit("save", path=os.fspath(f) if isinstance(f, (str, os.PathLike)) else repr(f),
+                        keys=keys, type=type(obj).__name__, location=location, step=self.probe.step)
+
+    def on_load(self, f, location, kwargs) -> None:
+        self.probe.emit("load", path=os.fspath(f) if isinstance(f, (str, os.PathLike)) else repr(f),
+                        weights_only=kwargs.get("weights_only"), location=location, step=self.probe.step)
+
+    def on_dist_init(self, info) -> None:
+        self.probe.emit("dist_init", **info)
+
+    def on_exception(self, exc_type, exc, tb) -> None:
+        import traceback
+
+        self.probe.emit("exception", type=exc_type.__name__, module=exc_type.__module__,
+                        message=str(exc)[:4000], location=user_location_of_traceback(tb),
+                        step=self.probe.step,
+                        traceback="".join(traceback.format_exception(exc_type, exc, tb))[-8000:])
+
+    def on_exit(self) -> None:
+        for step, value in self._loss_reader.poll(wait=True):
+            self._emit_loss(step, value)
