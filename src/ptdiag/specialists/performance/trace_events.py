@@ -1,0 +1,173 @@
+"""Reading a PyTorch profiler (Kineto) Chrome trace into the few kinds of span we analyse.
+
+Kineto's trace schema changed over the years: 2021 traces call GPU kernels `Kernel`,
+memory copies `Memcpy` and CPU ops `Operator`; current ones say `kernel`, `gpu_memcpy`,
+`cpu_op`, and put record_function ranges (ProfilerStep#N, the DataLoader's `__next__`)
+under `user_annotation`. The tables below map both spellings onto one vocabulary so
+the analysis never branches on the torch version that wrote the trace.
+
+GPU work whose launch (a CUDA runtime/driver call with the same `correlation` id) is not
+in the trace was queued before the profiler started: it belongs to an earlier,
+unprofiled step and would stretch the GPU timeline over a window the CPU side never
+recorded. It is set aside and counted (TraceLens' timeline leaves it out the same way).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+
+class TraceError(ValueError):
+    """The file is not a readable PyTorch profiler trace (corrupt, truncated, or other JSON)."""
+
+
+# Event category (lower-cased) -> the kind of span it is.
+CATEGORY_KINDS = {
+    "kernel": "kernel",
+    "gpu_memcpy": "memcpy",
+    "memcpy": "memcpy",
+    "gpu_memset": "memset",
+    "memset": "memset",
+    "cpu_op": "cpu_op",
+    "operator": "cpu_op",
+    "user_annotation": "cpu_op",
+    "cuda_runtime": "launch",
+    "cuda_driver": "launch",
+    "runtime": "launch",
+    "driver": "launch",
+}
+STEP_PREFIX = "ProfilerStep#"
+DATA_WAIT_PREFIX = "enumerate(DataLoader)#"
+
+
+class Span(NamedTuple):
+    """One complete event (a tuple: 100k+ of them are built per large trace)."""
+
+    name: str
+    start: float  # microseconds, the trace's clock
+    end: float
+    pid: Any
+    tid: Any
+    correlation: Any = None  # links a GPU span to the CPU call that launched it
+
+    @property
+    def dur(self) -> float:
+        return self.end - self.start
+
+
+@dataclass
+class GpuSpans:
+    """GPU activity of one kind each: kernels, memory copies, memsets."""
+
+    kernels: list[Span] = field(default_factory=list)
+    memcpys: list[Span] = field(default_factory=list)
+    memsets: list[Span] = field(default_factory=list)
+
+    def by_kind(self) -> dict[str, list[Span]]:
+        return {"kernel": self.kernels, "memcpy": self.memcpys, "memset": self.memsets}
+
+    def count(self) -> int:
+        return len(self.kernels) + len(self.memcpys) + len(self.memsets)
+
+    def plus(self, other: "GpuSpans") -> "GpuSpans":
+        return GpuSpans(self.kernels + other.kernels, self.memcpys + other.memcpys,
+                        self.memsets + other.memsets)
+
+
+@dataclass
+class TraceEvents:
+    """The spans of one trace file (one rank), grouped by what they are."""
+
+    gpu: GpuSpans = field(default_factory=GpuSpans)  # launched within the trace
+    gpu_unlinked: GpuSpans = field(default_factory=GpuSpans)  # launched before it began
+    cpu_ops: list[Span] = field(default_factory=list)
+    steps: list[Span] = field(default_factory=list)
+    data_waits: list[Span] = field(default_factory=list)
+    rank: int | None = None
+    devices: list[dict[str, Any]] = field(default_factory=list)
+    event_count: int = 0
+    malformed_events: int = 0
+
+
+def read_trace(path: Path) -> dict[str, Any]:
+    """Load a Chrome-trace JSON file, gzip-compressed or plain; TraceError if unreadable."""
+    try:
+        with open(path, "rb") as raw:
+            magic = raw.read(2)
+        opener = gzip.open if magic == b"\x1f\x8b" else open
+        with opener(path, "rb") as stream:
+            trace = json.load(stream)
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TraceError(f"{path}: not a readable trace file ({type(exc).__name__}: {exc})") from exc
+    return trace
+
+
+def collect_events(trace: Any) -> TraceEvents:
+    """Sort a loaded trace's complete ("X") events into kernels, copies, CPU ops and steps."""
+    if not isinstance(trace, dict) or not isinstance(trace.get("traceEvents"), list):
+        raise TraceError("not a PyTorch profiler trace: no 'traceEvents' list at the top level")
+    events = TraceEvents(rank=_rank(trace), event_count=len(trace["traceEvents"]))
+    gpu = events.gpu.by_kind()
+    launched: set[Any] = set()
+    for event in trace["traceEvents"]:
+        if not isinstance(event, dict):
+            raise TraceError(f"not a PyTorch profiler trace: an event is a {type(event).__name__}")
+        if event.get("ph") != "X":
+            continue
+        kind = CATEGORY_KINDS.get(str(event.get("cat", "")).lower())
+        if kind is None:
+            continue
+        span = _span(event)
+        if span is None:
+            events.malformed_events += 1
+        elif kind == "launch":
+            launched.add(span.correlation)
+        elif kind in gpu:
+            gpu[kind].append(span)
+        elif span.name.startswith(STEP_PREFIX):
+            events.steps.append(span)
+        else:
+            events.cpu_ops.append(span)
+            if span.name.startswith(DATA_WAIT_PREFIX):
+                events.data_waits.append(span)
+    launched.discard(None)
+    if launched:
+        for kind, spans in gpu.items():
+            events.gpu_unlinked.by_kind()[kind].extend(s for s in spans if s.correlation not in launched)
+            spans[:] = [s for s in spans if s.correlation in launched]
+    events.steps.sort(key=lambda s: s.start)
+    events.devices = _devices(trace, {k.pid for k in events.gpu.kernels})
+    return events
+
+
+def _span(event: dict[str, Any]) -> Span | None:
+    """The event as a Span; None when its time fields are missing or not numbers."""
+    start, dur = event.get("ts"), event.get("dur")
+    if not isinstance(start, (int, float)) or not isinstance(dur, (int, float)) or dur < 0:
+        return None
+    args = event.get("args")
+    correlation = args.get("correlation") if isinstance(args, dict) else None
+    return Span(str(event.get("name", "")), float(start), float(start) + float(dur),
+                event.get("pid"), event.get("tid"), correlation)
+
+
+def _devices(trace: dict[str, Any], used: set[Any]) -> list[dict[str, Any]]:
+    """Name and compute capability of the GPUs the kernels ran on (Kineto: pid = device id)."""
+    listed = trace.get("deviceProperties")
+    return [
+        {"id": d.get("id"), "name": d.get("name"),
+         "compute_capability": f"{d.get('computeMajor')}.{d.get('computeMinor')}"}
+        for d in (listed if isinstance(listed, list) else [])
+        if isinstance(d, dict) and d.get("id") in used
+    ]
+
+
+def _rank(trace: dict[str, Any]) -> int | None:
+    info = trace.get("distributedInfo")
+    rank = info.get("rank") if isinstance(info, dict) else None
+    return rank if isinstance(rank, int) else None
