@@ -113,8 +113,8 @@ def oom_finding(oom: OomMeasure, oom_events: int) -> Finding:
     detail = (
         f"A request for {format_bytes(oom.requested)}{where} failed on device {oom.device} "
         f"(trace event {oom.event_index}{_at(oom.time_us)}) with {format_bytes(oom.device_free)} "
-        f"free on the device, {format_bytes(oom.shortfall)} short. The allocator held {format_bytes(oom.allocated)} "
-        f"allocated of {format_bytes(oom.reserved)} reserved."
+        f"free on the device, {format_bytes(oom.shortfall)} short. The allocator held "
+        f"{format_bytes(oom.allocated)} allocated of {format_bytes(oom.reserved)} reserved."
     )
     if top is not None:
         dominates = " dominates:" if top.bytes >= DOMINANT_SITE_SHARE * oom.allocated else ""

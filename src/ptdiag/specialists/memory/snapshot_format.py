@@ -118,22 +118,24 @@ def parse_snapshot(raw: Any) -> Snapshot:
     """Check and normalise a snapshot dict; a malformed part is named in the error."""
     if not isinstance(raw, dict):
         raise SnapshotError(f"a snapshot is a dict, not {type(raw).__name__}")
-    segments = [_segment(s, f"segments[{i}]") for i, s in enumerate(_list(raw, "segments", "snapshot"))]
+    frames = _FrameReader()
+    segments = [_segment(s, f"segments[{i}]", frames)
+                for i, s in enumerate(_list(raw, "segments", "snapshot"))]
     traces = {}
     for device, trace in enumerate(_as_list(raw.get("device_traces", []), "device_traces")):
         where = f"device_traces[{device}]"
-        traces[device] = [_event(e, i, f"{where}[{i}]") for i, e in enumerate(_as_list(trace, where))]
+        traces[device] = [_event(e, i, f"{where}[{i}]", frames) for i, e in enumerate(_as_list(trace, where))]
     settings = raw.get("allocator_settings")
     return Snapshot(segments, traces, settings if isinstance(settings, dict) else None)
 
 
-def _segment(raw: Any, where: str) -> Segment:
+def _segment(raw: Any, where: str, frames: _FrameReader) -> Segment:
     seg = _dict(raw, where)
     address = _int(seg, "address", where)
     offset = address
     blocks = []
     for i, b in enumerate(_list(seg, "blocks", where)):
-        block = _block(b, offset, f"{where}.blocks[{i}]")
+        block = _block(b, offset, f"{where}.blocks[{i}]", frames)
         blocks.append(block)
         offset = block.address + block.size
     expandable = seg.get("is_expandable")
@@ -147,7 +149,7 @@ def _segment(raw: Any, where: str) -> Segment:
     )
 
 
-def _block(raw: Any, default_address: int, where: str) -> Block:
+def _block(raw: Any, default_address: int, where: str, frames: _FrameReader) -> Block:
     block = _dict(raw, where)
     size = _int(block, "size", where)
     state = BLOCK_STATE_ALIASES.get(block.get("state"), block.get("state"))
@@ -165,11 +167,11 @@ def _block(raw: Any, default_address: int, where: str) -> Block:
         size=size,
         requested_size=requested if isinstance(requested, int) else size,
         state=state,
-        frames=_frames(frames_raw, where),
+        frames=frames(frames_raw, where),
     )
 
 
-def _event(raw: Any, index: int, where: str) -> TraceEvent:
+def _event(raw: Any, index: int, where: str, frames: _FrameReader) -> TraceEvent:
     event = _dict(raw, where)
     action = event.get("action")
     if not isinstance(action, str):
@@ -180,20 +182,36 @@ def _event(raw: Any, index: int, where: str) -> TraceEvent:
         addr=_optional_int(event, "addr", where),
         size=_optional_int(event, "size", where) or 0,
         stream=_optional_int(event, "stream", where),
-        frames=_frames(event.get("frames", []), where),
+        frames=frames(event.get("frames", []), where),
         time_us=_optional_int(event, "time_us", where),
         device_free=_optional_int(event, "device_free", where),
     )
 
 
-def _frames(raw: Any, where: str) -> tuple[Frame, ...]:
-    frames = []
-    for f in _as_list(raw, f"{where}.frames"):
-        if isinstance(f, dict):
-            line = f.get("line")
-            frames.append(Frame(str(f.get("filename", "??")), line if isinstance(line, int) else 0,
-                                str(f.get("name", "??"))))
-    return tuple(frames)
+class _FrameReader:
+    """Converts each distinct stack once.
+
+    torch hands out one list per distinct traceback and the pickle keeps that sharing, so
+    a trace of a million events repeats a few hundred stacks: converting by object
+    identity keeps parsing linear in events, not in frames.
+    """
+
+    def __init__(self) -> None:
+        self._done: dict[int, tuple[Any, tuple[Frame, ...]]] = {}
+
+    def __call__(self, raw: Any, where: str) -> tuple[Frame, ...]:
+        hit = self._done.get(id(raw))
+        if hit is not None and hit[0] is raw:
+            return hit[1]
+        frames = tuple(_frame(f) for f in _as_list(raw, f"{where}.frames") if isinstance(f, dict))
+        self._done[id(raw)] = (raw, frames)  # holding `raw` keeps its id from being reused
+        return frames
+
+
+def _frame(raw: dict[str, Any]) -> Frame:
+    line = raw.get("line")
+    return Frame(str(raw.get("filename", "??")), line if isinstance(line, int) else 0,
+                 str(raw.get("name", "??")))
 
 
 def _dict(raw: Any, where: str) -> dict[str, Any]:
@@ -223,8 +241,6 @@ def _int(container: dict[str, Any], key: str, where: str) -> int:
 
 def _optional_int(container: dict[str, Any], key: str, where: str) -> int | None:
     value = container.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SnapshotError(f"{where}.{key}: expected an integer, found {value!r}")
-    return value
+    if value is None or type(value) is int:  # exact type: a bool is not a size
+        return value
+    raise SnapshotError(f"{where}.{key}: expected an integer, found {value!r}")
