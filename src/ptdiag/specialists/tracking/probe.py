@@ -19,10 +19,13 @@ MAX_ARGS_EVENTS = 5  # a program that parses arguments in a loop is not worth mo
 
 
 def _scalar(value):
+    """Plain numbers as they are; a tensor hyperparameter (a tensor lr) as a float."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
     try:
         return float(value)
-    except (TypeError, ValueError):
-        return value
+    except (TypeError, ValueError, RuntimeError):
+        return repr(value)
 
 
 class LossReader:

@@ -1,0 +1,284 @@
+"""The ptdiag command line. No torch import at module level: `ptdiag route` must answer
+in well under 150 ms, and the parent process never needs torch to supervise a run.
+
+The main form is `ptdiag SYMPTOM [OPTIONS] -- COMMAND...`. Everything after the first
+`--` is the user's command, untouched; ptdiag parses only what comes before it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+from ptdiag import __version__
+
+EXAMPLES = """
+Examples:
+
+  ptdiag "loss is NaN after epoch 3" -- python train.py --lr 0.1
+
+  ptdiag "training is slow, only 5 it/s" --max-steps 50 -- python train.py
+
+  ptdiag "OOM on each GPU with DDP" -- torchrun --nproc_per_node 4 train.py
+
+  ptdiag route "CUDA out of memory after a few batches"
+
+  ptdiag runs list            ptdiag runs show 20261122-0130
+
+  ptdiag inspect trace.json.gz      ptdiag env
+"""
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Diagnose PyTorch training problems by running the training.\n\n"
+                       "Say what you see, then give the command that shows it after `--`.\n" + EXAMPLES)
+runs_app = typer.Typer(no_args_is_help=True, help="Read the run store: every ptdiag run is recorded.")
+app.add_typer(runs_app, name="runs")
+
+SUBCOMMANDS = ("diagnose", "route", "runs", "env", "inspect")
+FAIL_ON = ("never", "error", "warning")
+FAIL_ON_EXIT_CODE = 3
+_user_command: list[str] | None = None
+
+
+class UsageProblem(Exception):
+    """Bad input: one line to the user, exit 2."""
+
+
+@app.command(epilog=EXAMPLES)
+def diagnose(
+    symptom: str = typer.Argument(..., help="What you see, in your own words, or a pasted error line."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the JSON report here."),
+    store: Optional[str] = typer.Option(None, "--store", help="Run store directory [default: ./ptdiag-runs or $PTDIAG_STORE]."),
+    only: Optional[str] = typer.Option(None, "--only", help="Run these specialists instead of the router's plan (comma-separated)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop the training cleanly after N optimizer steps."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help="End the run after S seconds, dumping every rank's stacks."),
+    fail_on: str = typer.Option("never", "--fail-on", help="Exit 3 when a finding of this severity or worse is found: never, error, warning."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name of the run in the store."),
+    tag: list[str] = typer.Option([], "--tag", help="k=v tag for the run (repeatable)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the report: no progress lines."),
+) -> int:
+    """Run COMMAND with the probe, diagnose SYMPTOM, record the run, print the report.
+
+    The command's output, exit code, argv and working directory are exactly as without
+    ptdiag; the report goes to stderr (and to --json PATH)."""
+    from ptdiag import diagnose as diag
+    from ptdiag.progress import ProgressWatcher
+    from ptdiag.report import terminal
+    from ptdiag.router import Route, route as route_text
+    from ptdiag.runs.store import RunStore
+    from ptdiag.specialists import NAMES
+
+    if _user_command is None:
+        raise UsageProblem("no command after '--': e.g. ptdiag \"loss is NaN\" -- python train.py")
+    if fail_on not in FAIL_ON:
+        raise UsageProblem(f"--fail-on must be one of {', '.join(FAIL_ON)}, not {fail_on!r}")
+    tags = _parse_tags(tag)
+    route = route_text(symptom)
+    if only:
+        chosen = [s.strip() for s in only.split(",") if s.strip()]
+        unknown = [s for s in chosen if s not in NAMES]
+        if unknown or not chosen:
+            raise UsageProblem(f"unknown specialist in --only: {', '.join(unknown) or only!r} (known: {', '.join(NAMES)})")
+        route = Route(specialists=chosen, ambiguous=False, confidence=1.0,
+                      reasons=[{"specialist": s, "matched": ["--only"]} for s in chosen],
+                      notes=["plan chosen with --only"])
+    from ptdiag.launch.command import resolve
+
+    resolve(_user_command, Path.cwd())  # bad commands fail before a run is created
+    options = diag.Options(max_steps=max_steps, timeout_s=timeout, name=name, tags=tags)
+    run_store = RunStore.resolve(store)
+    run_id, run_dir, meta = diag.start_run(run_store, symptom, _user_command, route, options)
+    console = terminal.stderr_console()
+    if not quiet:
+        console.print(f"[dim]ptdiag ▸ run {run_id} ▸ plan: {' → '.join(route.specialists)} ▸ recording to {run_dir}[/]")
+    watcher = ProgressWatcher(run_dir, console) if console.is_terminal and not quiet else None
+    outcome = diag.run_child(_user_command, run_dir, meta, options, watcher.tick if watcher else None)
+    report = diag.finish(run_store, run_dir, json_path)
+    terminal.render(report, console)
+    return _exit_code(outcome.exit_code, report, fail_on)
+
+
+def _exit_code(child_exit: int, report, fail_on: str) -> int:
+    if child_exit != 0 or fail_on == "never":
+        return child_exit
+    worst = FAIL_ON.index(fail_on)
+    severities = ("never", "error", "warning")
+    if any(severities.index(f.severity) <= worst for f in report.findings if f.severity in severities):
+        return FAIL_ON_EXIT_CODE
+    return 0
+
+
+def _parse_tags(pairs: list[str]) -> dict[str, str]:
+    tags = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageProblem(f"--tag needs key=value, not {pair!r}")
+        tags[key] = value
+    return tags
+
+
+@app.command()
+def route(
+    symptom: str = typer.Argument(..., help="What you see, or a pasted error line/traceback."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON (contract shape)."),
+) -> int:
+    """Show which specialists the words route to, in order, and why.
+
+    Example: ptdiag route "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB" --json
+    """
+    from ptdiag.router import route as route_text
+
+    plan = route_text(symptom)
+    if as_json:
+        print(json.dumps(plan.to_dict(), indent=2))
+        return 0
+    out = typer.echo
+    out("plan: " + (" → ".join(plan.specialists) or "none")
+        + (" (ambiguous: triage measures instead)" if plan.ambiguous else f" (confidence {plan.confidence:.2f})"))
+    for reason in plan.reasons:
+        out(f"  {reason['specialist']}: matched {', '.join(map(str, reason['matched'])) or '-'}")
+    for note in plan.notes:
+        out(f"  note: {note}")
+    return 0
+
+
+@runs_app.command("list")
+def runs_list(
+    store: Optional[str] = typer.Option(None, "--store", help="Run store directory."),
+    status: Optional[str] = typer.Option(None, "--status", help="Only runs with this status (e.g. crashed)."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most N runs."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON array (contract shape)."),
+) -> int:
+    """List recorded runs, newest first.  Example: ptdiag runs list --status diverged"""
+    from ptdiag.runs.store import RunStore
+
+    runs = RunStore.resolve(store).list(status=status, limit=limit)
+    if as_json:
+        print(json.dumps(runs, indent=2, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("run id", "name", "status", "steps", "symptom", box=None)
+    for r in runs:
+        table.add_row(r["run_id"], r.get("name") or "", r.get("status") or "",
+                      str(r.get("steps") or r.get("metrics", {}).get("steps_observed", "")),
+                      (r.get("symptom") or "")[:60])
+    Console(highlight=False).print(table if runs else "no runs recorded in this store yet")
+    return 0
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: str = typer.Argument(..., help="Run id, or a unique prefix of it."),
+    store: Optional[str] = typer.Option(None, "--store", help="Run store directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the full record as JSON."),
+) -> int:
+    """Show one run: its report (status, findings, metrics), config, seeds, git, environment.
+
+    Example: ptdiag runs show 20261122-013000
+    """
+    from ptdiag.runs.store import RunStore
+
+    record = RunStore.resolve(store).load(run_id)
+    if as_json:
+        print(json.dumps(record, indent=2, default=str))
+        return 0
+    from ptdiag.findings import Finding
+    from ptdiag.report import terminal
+    from ptdiag.report.model import Report
+
+    if "findings" not in record:
+        typer.echo(f"run {record['run_id']}: status {record.get('status')} (no report yet)")
+        return 0
+    fields = {k: record.get(k) for k in Report.__dataclass_fields__ if k in record}
+    fields["findings"] = [Finding.from_dict(f) for f in record["findings"]]
+    terminal.render(Report(**fields), terminal.Console(highlight=False, soft_wrap=True))
+    return 0
+
+
+@app.command()
+def env(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> int:
+    """Print python, torch, CUDA/cuDNN, GPUs (NVML where present), CPU, RAM and git state."""
+    from ptdiag import environment
+
+    data = {"host": environment.host_environment(), "torch": environment.torch_environment(),
+            "git": environment.git_state(Path.cwd())}
+    if as_json:
+        print(json.dumps(data, indent=2, default=str))
+        return 0
+    for section, values in data.items():
+        typer.echo(f"{section}:")
+        for key, value in (values or {"state": "not a git work tree"}).items():
+            typer.echo(f"  {key}: {json.dumps(value, default=str) if isinstance(value, (dict, list)) else value}")
+    return 0
+
+
+@app.command()
+def inspect(
+    path: Path = typer.Argument(..., help="A profiler trace, CUDA memory snapshot or Flight Recorder dump folder."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the JSON report here."),
+) -> int:
+    """Analyse an artifact you already have; its kind is detected from its content.
+
+    Examples: ptdiag inspect trace.pt.trace.json.gz   ptdiag inspect snapshot.pickle
+    ptdiag inspect fr_dumps/
+    """
+    from ptdiag.inspect import inspect_path
+    from ptdiag.report import terminal
+    from ptdiag.report.json_report import write_report
+
+    report = inspect_path(path)
+    if json_path is not None:
+        write_report(report, json_path)
+    terminal.render(report, terminal.Console(highlight=False, soft_wrap=True))
+    return 0
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """ptdiag's own arguments, and the user's command after the first `--` (or None)."""
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, None
+
+
+def main(argv: list[str] | None = None) -> None:
+    global _user_command
+    head, _user_command = split_argv(sys.argv[1:] if argv is None else list(argv))
+    if head[:1] == ["--version"]:
+        print(f"ptdiag {__version__}")
+        sys.exit(0)
+    if head and head[0] not in SUBCOMMANDS and head[0] not in ("--help", "-h"):
+        head = ["diagnose", *head]
+    elif not head and _user_command is not None:
+        head = ["diagnose"]
+    sys.exit(_run_app(head))
+
+
+def _run_app(head: list[str]) -> int:
+    from ptdiag.errors import USER_ERRORS
+
+    try:
+        result = app(args=head, prog_name="ptdiag", standalone_mode=False)
+    except typer.Exit as done:
+        return done.exit_code
+    except typer.Abort:
+        print("ptdiag: aborted", file=sys.stderr)
+        return 130
+    except NoArgsIsHelpError as error:
+        print(error.format_message())
+        return 2
+    except ClickException as error:
+        print(f"ptdiag: error: {error.format_message()}", file=sys.stderr)
+        return 2
+    except (UsageProblem, *USER_ERRORS) as error:
+        print(f"ptdiag: error: {error}", file=sys.stderr)
+        return 2
+    return result if isinstance(result, int) else 0

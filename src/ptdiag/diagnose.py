@@ -1,0 +1,149 @@
+"""One diagnosis from start to end: plan, record, run, analyse, report.
+
+`analyse_run` reads only the run dir, so a stored run can be analysed again later
+(`ptdiag runs show`) and the analysis is testable without running anything.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ptdiag import __version__, environment
+from ptdiag.findings import Finding, sort_findings
+from ptdiag.launch.command import resolve
+from ptdiag.launch.runner import Supervisor
+from ptdiag.recorded import RecordedRun
+from ptdiag.report.json_report import write_json, write_report
+from ptdiag.report.model import Report
+from ptdiag.router import Route, with_evidence
+from ptdiag.runs.store import RunStore
+from ptdiag.specialists import analyse as specialist_analysis
+from ptdiag.specialists.tracking import record
+from ptdiag.verdict import run_findings, run_metrics, run_status
+
+STACK_FRAME_PREFIX = '  File "'
+
+
+@dataclass
+class Options:
+    max_steps: int | None = None
+    timeout_s: float | None = None
+    name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def start_run(store: RunStore, symptom: str | None, command: list[str], route: Route,
+              options: Options) -> tuple[str, Path, dict]:
+    """Create the run dir and write what is known before the program starts."""
+    cwd = Path.cwd()
+    started = time.time()
+    run_id, run_dir = store.create_run(started)
+    git = environment.git_state(cwd)
+    if git and git.get("dirty"):
+        (run_dir / "git.patch").write_text(environment.git_diff(cwd))
+    meta = {
+        "run_id": run_id, "name": options.name or default_name(command), "symptom": symptom,
+        "command": environment.redact_argv(command), "cwd": str(cwd), "started": started,
+        "route": route.to_dict(), "plan": plan_for(route, options), "tags": options.tags,
+        "ptdiag": __version__, "host": environment.host_environment(), "git": git,
+        "environ": environment.redact_environ(os.environ),
+    }
+    write_json(meta, run_dir / "meta.json")
+    return run_id, run_dir, meta
+
+
+def plan_for(route: Route, options: Options) -> dict:
+    return {"specialists": route.specialists, "max_steps": options.max_steps}
+
+
+def default_name(command: list[str]) -> str:
+    """The script's name: what people call a run by before they name it."""
+    for arg in command[1:]:
+        if arg.endswith(".py"):
+            return Path(arg).stem
+    return Path(command[0]).name
+
+
+def run_child(command: list[str], run_dir: Path, meta: dict, options: Options, on_tick=None):
+    program = resolve(command, Path.cwd())
+    supervisor = Supervisor(command, program, run_dir, meta["plan"], options.timeout_s, on_tick)
+    outcome = supervisor.run()
+    write_json(outcome.to_dict(), run_dir / "outcome.json")
+    return outcome
+
+
+def analyse_run(run_dir: Path) -> Report:
+    run = RecordedRun.load(run_dir)
+    meta = run.meta
+    status = run_status(run)
+    route = with_evidence(Route.from_dict(meta["route"]), status, run.world_size)
+    findings: list[Finding] = run_findings(run, status) + stack_findings(run, status)
+    notes: list[str] = []
+    for name in dict.fromkeys([*route.specialists, "tracking"]):
+        analysis = specialist_analysis(name, run)
+        if analysis is None:
+            notes.append(f"{name}: this version has no analysis of its own yet; "
+                         "only the run-level measurements apply")
+            continue
+        findings.extend(analysis.findings)
+    if run.probe_errors:
+        notes.append(f"the probe logged internal errors (the training was not affected): {run_dir / 'probe-errors.log'}")
+    torch_env = record.torch_environment(run)
+    artifacts = {"events": str(run_dir / "events"), "report": str(run_dir / "report.json")}
+    if run.stack_dumps():
+        artifacts["stacks"] = str(run_dir / "stacks")
+    if (run_dir / "git.patch").exists():
+        artifacts["git_patch"] = str(run_dir / "git.patch")
+    return Report(
+        run_id=meta.get("run_id", run_dir.name), name=meta.get("name"), symptom=meta.get("symptom"),
+        command=meta.get("command"), route=route.to_dict(), status=status,
+        exit_code=run.outcome.get("exit_code"), steps_observed=run.steps_observed,
+        findings=sort_findings(findings), metrics=run_metrics(run), artifacts=artifacts,
+        environment={"python": meta.get("host", {}).get("python", {}).get("version")
+                     if isinstance(meta.get("host", {}).get("python"), dict) else meta.get("host", {}).get("python"),
+                     "torch": torch_env.get("torch"), "cuda": torch_env.get("cuda"),
+                     "cudnn": torch_env.get("cudnn"), "gpus": torch_env.get("gpus", []),
+                     "git": meta.get("git"), "host": meta.get("host"), "torch_details": torch_env},
+        started=meta.get("started"), ended=run.outcome.get("ended"),
+        params=record.params(run), seeds=record.seeds(run), tags=meta.get("tags", {}), notes=notes)
+
+
+def stack_findings(run: RecordedRun, status: str) -> list[Finding]:
+    """Where each process was when the time-out ended it: its innermost user frame."""
+    if status not in ("hung", "timeout"):
+        return []
+    from ptdiag.probe.location import format_location, is_user_file
+
+    where = {}
+    for name, text in run.stack_dumps().items():
+        for line in text.splitlines():
+            if line.startswith(STACK_FRAME_PREFIX):
+                filename, _, rest = line[len(STACK_FRAME_PREFIX):].partition('", line ')
+                if is_user_file(filename):
+                    lineno, _, func = rest.partition(" in ")
+                    where[name.split(".")[0]] = f"{format_location(filename, int(lineno))} in {func}"
+                    break
+    silent = run.outcome.get("timed_out_at", 0) - (run.last_progress() or run.outcome.get("started", 0))
+    title = ("The run stopped making progress" if status == "hung" else "The run was still going at the time-out")
+    return [Finding(
+        code=f"ptdiag.{status}", specialist="ptdiag", severity="error" if status == "hung" else "warning",
+        title=f"{title}: ended after {run.outcome.get('timed_out_at', 0) - run.outcome.get('started', 0):.0f} s",
+        detail=f"Last recorded event {silent:.1f} s before the time-out; "
+               + ("; ".join(f"{k} was at {v}" for k, v in where.items()) or "no Python stack of user code was dumped")
+               + ".",
+        evidence={"steps": run.steps_observed, "silent_s": round(silent, 3), "locations": where},
+        fix="Look at the lines above: a rank waiting in a collective that another never reached, "
+            "a DataLoader worker that died, or an input() waiting for the keyboard."
+            if status == "hung" else "Raise --timeout, or use --max-steps to diagnose a shorter run.")]
+
+
+def finish(store: RunStore, run_dir: Path, json_path: Path | None) -> Report:
+    report = analyse_run(run_dir)
+    write_report(report, run_dir / "report.json")
+    store.record(report.summary())
+    if json_path is not None:
+        write_report(report, json_path)
+    return report

@@ -1,0 +1,1 @@
+"""Start the user's command with the probe injected, and watch it to the end."""

@@ -1,0 +1,181 @@
+"""Run the command as a child process with the probe injected, and supervise it.
+
+The child inherits ptdiag's stdin, stdout and stderr, so its output streams live and
+byte for byte as without ptdiag. It stays in ptdiag's process group: a Ctrl-C typed in
+the terminal reaches it directly. Signals are taken with sigwaitinfo so that the sender
+is known: a terminal's SIGINT (from the kernel) already reached the child, one sent to
+ptdiag alone with kill(1) is forwarded. A second interrupt kills the child's process
+tree at once. `--timeout` dumps every probed process's Python stacks, then ends the tree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import psutil
+
+from ptdiag.probe.core import STACK_DUMP_SIGNAL
+
+INJECT_DIR = Path(__file__).parent / "inject"
+PTDIAG_SRC = Path(__file__).resolve().parents[2]
+SI_KERNEL = 0x80  # si_code of signals the kernel sends (the terminal's Ctrl-C)
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+TERMINATE_GRACE_S = 5.0
+STACK_DUMP_WAIT_S = 1.0
+POLL_S = 0.25
+
+
+@dataclass
+class ChildOutcome:
+    returncode: int
+    started: float
+    ended: float
+    interrupted_by: str | None = None  # "SIGINT" / "SIGTERM" sent to ptdiag
+    timed_out_at: float | None = None
+    signals_forwarded: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention: a child killed by signal N gives 128 + N."""
+        return 128 - self.returncode if self.returncode < 0 else self.returncode
+
+    def to_dict(self) -> dict:
+        return {"returncode": self.returncode, "exit_code": self.exit_code,
+                "started": self.started, "ended": self.ended,
+                "interrupted_by": self.interrupted_by, "timed_out_at": self.timed_out_at,
+                "signals_forwarded": self.signals_forwarded}
+
+
+def child_environment(run_dir: Path, plan: dict, base: dict | None = None) -> dict:
+    env = dict(os.environ if base is None else base)
+    existing = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = str(INJECT_DIR) + (os.pathsep + existing if existing else "")
+    env["PTDIAG_RUN_DIR"] = str(run_dir)
+    env["PTDIAG_PLAN"] = json.dumps(plan)
+    env["PTDIAG_SRC"] = str(PTDIAG_SRC)
+    return env
+
+
+class Supervisor:
+    def __init__(self, command: list[str], program: str, run_dir: Path, plan: dict,
+                 timeout_s: float | None = None,
+                 on_tick: Callable[[float], None] | None = None) -> None:
+        self.command = command
+        self.program = program
+        self.run_dir = run_dir
+        self.plan = plan
+        self.timeout_s = timeout_s
+        self.on_tick = on_tick
+        self._interrupts = 0
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._outcome_signals: list[str] = []
+        self._interrupted_by: str | None = None
+        self._done = threading.Event()
+        self._signal_thread: threading.Thread | None = None
+
+    def run(self) -> ChildOutcome:
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        started = time.time()
+        try:
+            self._proc = subprocess.Popen(
+                self.command, executable=self.program,  # argv[0] as typed, like a shell
+                env=child_environment(self.run_dir, self.plan),
+                preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, old_mask))
+            self._signal_thread = threading.Thread(target=self._signal_loop, daemon=True)
+            self._signal_thread.start()
+            timed_out_at = self._wait(started)
+        finally:
+            self._stop_signal_loop()
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        return ChildOutcome(returncode=self._proc.returncode, started=started, ended=time.time(),
+                            interrupted_by=self._interrupted_by, timed_out_at=timed_out_at,
+                            signals_forwarded=self._outcome_signals)
+
+    # -- waiting -----------------------------------------------------------------------------
+    def _wait(self, started: float) -> float | None:
+        timed_out_at = None
+        while True:
+            try:
+                self._proc.wait(timeout=POLL_S)
+                return timed_out_at
+            except subprocess.TimeoutExpired:
+                pass
+            elapsed = time.time() - started
+            if self.on_tick is not None:
+                try:
+                    self.on_tick(elapsed)
+                except Exception:
+                    pass  # a display problem must not stop the supervision
+            if self.timeout_s is not None and timed_out_at is None and elapsed > self.timeout_s:
+                timed_out_at = time.time()
+                self.dump_stacks()
+                self.end_tree()
+
+    def dump_stacks(self) -> None:
+        """Ask every probed process of this run for its Python stacks (faulthandler)."""
+        tree = {p.pid for p in self._tree()}
+        procs = self.run_dir / "procs"
+        for entry in procs.iterdir() if procs.is_dir() else []:
+            if entry.name.isdigit() and int(entry.name) in tree:
+                try:
+                    os.kill(int(entry.name), STACK_DUMP_SIGNAL)
+                except ProcessLookupError:
+                    pass
+        time.sleep(STACK_DUMP_WAIT_S)
+
+    def end_tree(self, grace_s: float = TERMINATE_GRACE_S) -> None:
+        tree = self._tree()
+        for p in tree:
+            _send(p, signal.SIGTERM)
+        _, alive = psutil.wait_procs(tree, timeout=grace_s)
+        for p in alive:
+            _send(p, signal.SIGKILL)
+
+    def _tree(self) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(self._proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    # -- signals -----------------------------------------------------------------------------
+    def _signal_loop(self) -> None:
+        while not self._done.is_set():
+            info = signal.sigtimedwait(HANDLED_SIGNALS, POLL_S)
+            if info is not None:
+                self._on_signal(signal.Signals(info.si_signo), from_terminal=info.si_code == SI_KERNEL)
+
+    def _on_signal(self, sig: signal.Signals, from_terminal: bool) -> None:
+        with self._lock:
+            self._interrupts += 1
+            self._interrupted_by = self._interrupted_by or sig.name
+            if self._interrupts >= 2:
+                self.end_tree(grace_s=0)
+                self._outcome_signals.append("SIGKILL")
+            elif not from_terminal and self._proc.poll() is None:
+                self._proc.send_signal(sig)
+                self._outcome_signals.append(sig.name)
+
+    def _stop_signal_loop(self) -> None:
+        self._done.set()
+        if self._signal_thread is not None:
+            self._signal_thread.join()
+        while (info := signal.sigtimedwait(HANDLED_SIGNALS, 0)) is not None:
+            self._interrupted_by = self._interrupted_by or signal.Signals(info.si_signo).name
+
+
+def _send(process: psutil.Process, sig: signal.Signals) -> None:
+    try:
+        process.send_signal(sig)
+    except psutil.NoSuchProcess:
+        pass

@@ -1,0 +1,143 @@
+"""A run dir read back: what the probe recorded in each process, per rank.
+
+Analysis reads only this, never the live program, so `ptdiag runs show` can analyse a
+run again later and every analyser is testable from recorded files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from ptdiag.probe.events import read_events
+
+
+@dataclass
+class ProcessEvents:
+    """The events of one probed process."""
+
+    rank: int
+    pid: int
+    events: list[dict]
+
+    def of(self, kind: str) -> list[dict]:
+        return [e for e in self.events if e["ev"] == kind]
+
+    def first(self, kind: str) -> dict | None:
+        return next((e for e in self.events if e["ev"] == kind), None)
+
+    @property
+    def steps(self) -> int:
+        return max((e["step"] for e in self.of("step")), default=0)
+
+
+@dataclass
+class RecordedRun:
+    run_dir: Path
+    meta: dict = field(default_factory=dict)
+    outcome: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "RecordedRun":
+        return cls(run_dir, _read_json(run_dir / "meta.json"), _read_json(run_dir / "outcome.json"))
+
+    @cached_property
+    def processes(self) -> list[ProcessEvents]:
+        found = []
+        for path in sorted((self.run_dir / "events").glob("rank*.p*.jsonl")):
+            rank, pid = path.name[len("rank"):-len(".jsonl")].split(".p")
+            found.append(ProcessEvents(int(rank), int(pid), read_events(path)))
+        return found
+
+    @cached_property
+    def ranks(self) -> dict[int, ProcessEvents]:
+        """Per rank, the process that trained (most optimizer steps; first started on a tie)."""
+        best: dict[int, ProcessEvents] = {}
+        for proc in self.processes:
+            if proc.rank not in best or proc.steps > best[proc.rank].steps:
+                best[proc.rank] = proc
+        return dict(sorted(best.items()))
+
+    @property
+    def world_size(self) -> int:
+        sizes = [e.get("world_size") for p in self.processes for e in p.of("start")]
+        return max([s for s in sizes if s] or [max(len(self.ranks), 1)])
+
+    @property
+    def main(self) -> ProcessEvents | None:
+        return self.ranks.get(0) or next(iter(self.ranks.values()), None)
+
+    def all_events(self, kind: str) -> list[dict]:
+        return [dict(e, rank=p.rank) for p in self.processes for e in p.of(kind)]
+
+    @property
+    def steps_observed(self) -> int:
+        return max((p.steps for p in self.ranks.values()), default=0)
+
+    def losses(self, rank: int | None = None) -> list[tuple[int, float]]:
+        proc = self.main if rank is None else self.ranks.get(rank)
+        if proc is None:
+            return []
+        return [(e["step"], _as_float(e["value"])) for e in proc.of("loss")]
+
+    def step_times(self, rank: int | None = None) -> list[float]:
+        proc = self.main if rank is None else self.ranks.get(rank)
+        return [e["dt"] for e in proc.of("step") if e.get("dt") is not None] if proc else []
+
+    def first_nonfinite_loss(self) -> dict | None:
+        """The earliest non-finite loss over all ranks: {step, value, rank, epoch}."""
+        found = None
+        for rank, proc in self.ranks.items():
+            epochs = {e["step"]: e.get("epoch") for e in proc.of("step")}
+            for e in proc.of("loss"):
+                if not e.get("finite", True) and (found is None or e["step"] < found["step"]):
+                    found = {"step": e["step"], "value": e["value"], "rank": rank,
+                             "epoch": epochs.get(e["step"])}
+                    break
+        return found
+
+    @property
+    def exceptions(self) -> list[dict]:
+        return self.all_events("exception")
+
+    @property
+    def stopped_by_ptdiag(self) -> dict | None:
+        stops = self.all_events("stopped")
+        return stops[0] if stops else None
+
+    def last_progress(self) -> float | None:
+        """Wall time of the last event of any process: when the run last moved."""
+        times = [p.events[-1]["t"] for p in self.processes if p.events]
+        return max(times) if times else None
+
+    @cached_property
+    def probe_errors(self) -> str:
+        path = self.run_dir / "probe-errors.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stack_dumps(self) -> dict[str, str]:
+        folder = self.run_dir / "stacks"
+        dumps = {}
+        for path in sorted(folder.glob("*.txt")) if folder.is_dir() else []:
+            text = path.read_text(errors="replace").strip()
+            if text:
+                dumps[path.name] = text
+        return dumps
+
+    def per_rank_counts(self) -> dict[int, int]:
+        return {rank: proc.steps for rank, proc in self.ranks.items()}
+
+
+def _as_float(value) -> float:
+    """Non-finite floats are written as the strings "nan"/"inf"; float() reads both."""
+    return float(value)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+

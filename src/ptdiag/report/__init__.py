@@ -1,0 +1,1 @@
+"""One Report, several renderers (terminal, JSON); each renderer is its own module."""

@@ -1,0 +1,56 @@
+"""The Report: everything one diagnosis says, in the shape of shared/contract.md.
+
+Built once from the recorded run, then handed unchanged to every renderer, so the
+terminal, the JSON file and the run store can never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ptdiag.findings import Finding
+
+SCHEMA = "ptdiag.report/1"
+STATUSES = ("completed", "diverged", "crashed", "oom", "hung", "timeout", "interrupted", "killed")
+
+
+@dataclass
+class Report:
+    run_id: str
+    symptom: str | None
+    command: list[str] | None
+    route: dict
+    status: str
+    exit_code: int | None
+    steps_observed: int
+    findings: list[Finding] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    name: str | None = None
+    started: float | None = None
+    ended: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    seeds: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA, "run_id": self.run_id, "name": self.name,
+            "symptom": self.symptom, "command": self.command, "route": self.route,
+            "status": self.status, "exit_code": self.exit_code,
+            "steps_observed": self.steps_observed,
+            "findings": [f.to_dict() for f in self.findings],
+            "metrics": self.metrics, "artifacts": self.artifacts,
+            "environment": self.environment, "started": self.started, "ended": self.ended,
+            "params": self.params, "seeds": self.seeds, "tags": self.tags, "notes": self.notes,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """The `runs list` object of contract.md."""
+        return {"run_id": self.run_id, "name": self.name, "status": self.status,
+                "started": self.started, "command": self.command, "symptom": self.symptom,
+                "params": self.params, "metrics": self.metrics, "tags": self.tags,
+                "ended": self.ended, "exit_code": self.exit_code, "steps": self.steps_observed}

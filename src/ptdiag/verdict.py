@@ -1,0 +1,137 @@
+"""Run-level facts every report has: how the run ended, what it did, the summary numbers.
+
+The status is decided from evidence in a fixed order (the first rule that holds wins),
+kept as data so the order is visible and testable.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Callable
+
+from ptdiag.findings import Finding
+from ptdiag.recorded import RecordedRun
+
+OOM_EXCEPTION_TYPES = ("OutOfMemoryError",)
+OOM_MESSAGE_MARKERS = ("out of memory", "CUDA error: out of memory", "DefaultCPUAllocator: can't allocate memory")
+HUNG_MIN_SILENCE_S = 10.0  # no event for this long (and 10 median steps) before a time-out = hung
+HUNG_STEP_MULTIPLE = 10
+
+
+def oom_exception(run: RecordedRun) -> dict | None:
+    for exc in run.exceptions:
+        if exc.get("type") in OOM_EXCEPTION_TYPES or any(m in exc.get("message", "") for m in OOM_MESSAGE_MARKERS):
+            return exc
+    return None
+
+
+def _timed_out_silently(run: RecordedRun) -> bool:
+    """Hung rather than merely slow: the run had stopped moving well before the time-out."""
+    timed_out_at = run.outcome.get("timed_out_at")
+    last = run.last_progress()
+    if last is None:
+        return True
+    times = run.step_times()
+    typical = statistics.median(times) if times else 0.0
+    return timed_out_at - last > max(HUNG_MIN_SILENCE_S, HUNG_STEP_MULTIPLE * typical)
+
+
+# (status, rule) in order of precedence
+STATUS_RULES: tuple[tuple[str, Callable[[RecordedRun], bool]], ...] = (
+    ("interrupted", lambda r: bool(r.outcome.get("interrupted_by"))),
+    ("hung", lambda r: r.outcome.get("timed_out_at") is not None and _timed_out_silently(r)),
+    ("timeout", lambda r: r.outcome.get("timed_out_at") is not None),
+    ("oom", lambda r: oom_exception(r) is not None),
+    ("diverged", lambda r: r.first_nonfinite_loss() is not None),
+    ("killed", lambda r: r.outcome.get("returncode", 0) < 0),
+    ("crashed", lambda r: r.outcome.get("returncode", 0) != 0),
+    ("completed", lambda r: True),
+)
+
+
+def run_status(run: RecordedRun) -> str:
+    return next(status for status, rule in STATUS_RULES if rule(run))
+
+
+def _quantiles(values: list[float]) -> dict | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"p50": statistics.median(ordered), "p90": pick(0.9), "mean": statistics.fmean(ordered),
+            "min": ordered[0], "max": ordered[-1], "n": len(ordered)}
+
+
+def run_metrics(run: RecordedRun) -> dict:
+    metrics: dict = {"steps_observed": run.steps_observed}
+    step_times = run.step_times()
+    if step_times:
+        metrics["step_time_s"] = _quantiles(step_times)
+        metrics["steps_per_s"] = 1.0 / statistics.median(step_times)
+        batch = _train_batch_size(run)
+        if batch:
+            metrics["samples_per_s"] = batch / statistics.median(step_times)
+        main = run.main
+        waits = [e["data_s"] for e in main.of("step")[1:] if e.get("data_s") is not None]
+        if waits and sum(step_times):
+            metrics["data_wait_share"] = sum(waits) / sum(step_times)
+    losses = [v for _, v in run.losses()]
+    if losses:
+        finite = [v for v in losses if math.isfinite(v)]
+        metrics["loss"] = {"first": losses[0], "last": losses[-1],
+                           "min": min(finite) if finite else None,
+                           "nonfinite_steps": len(losses) - len(finite)}
+    if len(run.ranks) > 1:
+        metrics["steps_per_rank"] = run.per_rank_counts()
+    return metrics
+
+
+def _train_batch_size(run: RecordedRun) -> int | None:
+    main = run.main
+    if main is None:
+        return None
+    used = {e.get("loader") for e in main.of("step")}
+    for loader in main.of("dataloader"):
+        if loader.get("loader") in used and loader.get("batch_size"):
+            return loader["batch_size"]
+    return None
+
+
+def run_findings(run: RecordedRun, status: str) -> list[Finding]:
+    """ptdiag.command_failed / ptdiag.no_training_observed: the run never trained."""
+    if run.steps_observed:
+        return []
+    exit_code = run.outcome.get("exit_code", 0)
+    if status in ("crashed", "killed", "oom") or exit_code != 0:
+        exc = run.exceptions[-1] if run.exceptions else None
+        last_error = f"{exc['type']}: {exc['message'].splitlines()[-1] if exc['message'] else ''}" if exc else None
+        return [Finding(
+            code="ptdiag.command_failed", specialist="ptdiag", severity="error",
+            title=f"The command failed before training (exit code {exit_code})",
+            detail=(f"Last error: {last_error}" if last_error else
+                    "No Python exception was recorded: the failure happened outside a probed Python process, "
+                    "or the process was killed."),
+            evidence={"exit_code": exit_code, "last_error": last_error,
+                      "location": exc.get("location") if exc else None},
+            fix="Run the command without ptdiag to see its own error output above, and fix that first.")]
+    if status in ("interrupted", "timeout", "hung"):
+        return []
+    seen = _what_was_seen(run)
+    return [Finding(
+        code="ptdiag.no_training_observed", specialist="ptdiag", severity="warning",
+        title="The command ran but no optimizer step was seen",
+        detail="Seen instead: " + (", ".join(seen) if seen else "nothing: no probed Python process recorded any event")
+               + ". Diagnosis needs training steps.",
+        evidence={"seen": seen, "probed_processes": len(run.processes)},
+        fix="Point ptdiag at the command that trains (optimizer.step() is called), "
+            "e.g. ptdiag \"...\" -- python train.py; for frameworks, run their training entry point.")]
+
+
+SEEN_KINDS = (("model", "a model forward pass"), ("dataloader", "a DataLoader"),
+              ("optimizer", "an optimizer"), ("args", "command-line arguments parsed"),
+              ("env", "torch imported"))
+
+
+def _what_was_seen(run: RecordedRun) -> list[str]:
+    return [label for kind, label in SEEN_KINDS if run.all_events(kind)]
