@@ -75,8 +75,7 @@ def analyse_trace(trace: dict[str, Any]) -> Analysis:
             "devices": events.devices,
             "gpu_events": events.gpu.count(),
             "unlinked_gpu_events": unlinked.count(),
-            "unlinked_gpu_ms": round(sum(s.dur for s in unlinked.kernels + unlinked.memcpys
-                                         + unlinked.memsets) / 1000.0, 3),
+            "unlinked_gpu_ms": round(unlinked.summed_us() / 1000.0, 3),
             "malformed_events": events.malformed_events,
         },
         "top_cpu_ops": top_cpu_ops(events.cpu_ops),
@@ -90,7 +89,9 @@ def analyse_trace(trace: dict[str, Any]) -> Analysis:
         metrics["gpu_timeline"] = timeline
         metrics["kernel_breakdown"] = kernel_breakdown(events.gpu)
     if events.steps:
-        metrics["steps"] = steps_metrics(measure_steps(events, gpu_unions(events.gpu.plus(unlinked))))
+        all_gpu = events.gpu.plus(unlinked)
+        metrics["steps"] = steps_metrics(measure_steps(events, gpu_unions(all_gpu)),
+                                         with_gpu=all_gpu.count() > 0)
     else:
         notes.append("no ProfilerStep#N spans (prof.step() not called): per-step metrics and "
                      "the data-loading verdict are not available")

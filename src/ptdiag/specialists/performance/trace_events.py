@@ -35,7 +35,7 @@ CATEGORY_KINDS = {
     "memset": "memset",
     "cpu_op": "cpu_op",
     "operator": "cpu_op",
-    "user_annotation": "cpu_op",
+    "user_annotation": "annotation",
     "cuda_runtime": "launch",
     "cuda_driver": "launch",
     "runtime": "launch",
@@ -74,6 +74,10 @@ class GpuSpans:
     def count(self) -> int:
         return len(self.kernels) + len(self.memcpys) + len(self.memsets)
 
+    def summed_us(self) -> float:
+        """Sum of durations (overlaps counted twice): how much work, not how long."""
+        return sum(span.dur for spans in self.by_kind().values() for span in spans)
+
     def plus(self, other: "GpuSpans") -> "GpuSpans":
         return GpuSpans(self.kernels + other.kernels, self.memcpys + other.memcpys,
                         self.memsets + other.memsets)
@@ -85,7 +89,7 @@ class TraceEvents:
 
     gpu: GpuSpans = field(default_factory=GpuSpans)  # launched within the trace
     gpu_unlinked: GpuSpans = field(default_factory=GpuSpans)  # launched before it began
-    cpu_ops: list[Span] = field(default_factory=list)
+    cpu_ops: list[Span] = field(default_factory=list)  # ops, not record_function annotations
     steps: list[Span] = field(default_factory=list)
     data_waits: list[Span] = field(default_factory=list)
     rank: int | None = None
@@ -132,9 +136,10 @@ def collect_events(trace: Any) -> TraceEvents:
         elif span.name.startswith(STEP_PREFIX):
             events.steps.append(span)
         else:
-            events.cpu_ops.append(span)
             if span.name.startswith(DATA_WAIT_PREFIX):
                 events.data_waits.append(span)
+            if kind == "cpu_op":
+                events.cpu_ops.append(span)
     launched.discard(None)
     if launched:
         for kind, spans in gpu.items():

@@ -84,7 +84,7 @@ def dataloader_bound(metrics: dict[str, Any], iterators: list[str]) -> Finding |
             f"Across {steps['count']} profiled steps the training loop spent {share:.1%} of "
             f"the step inside the DataLoader's __next__ ({', '.join(iterators) or 'iterator'}). "
             f"If loading overlapped with compute, steps could shrink to about "
-            f"{step_ms - wait_ms:.1f} ms ({share:.0%} faster)."
+            f"{step_ms - wait_ms:.1f} ms ({share:.0%} shorter)."
         ),
         evidence={
             "data_wait_share": share,
@@ -104,8 +104,9 @@ def gpu_idle(metrics: dict[str, Any]) -> Finding | None:
         return None
     idle_share = round(1.0 - window["busy_share"], 4)
     breakdown = metrics["kernel_breakdown"]
-    kernels = sum(c["count"] for c in breakdown["categories"])
-    mean_kernel_us = round(1000.0 * breakdown["total_gpu_time_ms"] / kernels, 2) if kernels else 0.0
+    kernel_rows = [c for c in breakdown["categories"] if c["category"] not in ("memcpy", "memset")]
+    kernels = sum(c["count"] for c in kernel_rows)
+    mean_kernel_us = round(1000.0 * sum(c["ms"] for c in kernel_rows) / kernels, 2) if kernels else 0.0
     data_share = metrics.get("steps", {}).get("data_wait_share", 0.0)
     evidence = {
         "window": window["name"],

@@ -57,11 +57,12 @@ def measure_steps(events: TraceEvents, gpu_all: dict[str, list[Interval]]) -> li
     return measures
 
 
-def steps_metrics(measures: list[StepMeasure]) -> dict[str, object]:
-    """metrics["steps"]: per-step times (ms) and the shares over all steps."""
+def steps_metrics(measures: list[StepMeasure], with_gpu: bool) -> dict[str, object]:
+    """metrics["steps"]: per-step times (ms) and shares over all steps; GPU shares only
+    when the trace has GPU activity (a CPU-only run gets no made-up zeros)."""
     total = sum(m.step_us for m in measures)
     durations = sorted(m.step_us for m in measures)
-    return {
+    metrics: dict[str, object] = {
         "count": len(measures),
         "step_ms": {
             "mean": _ms(total / len(measures)),
@@ -69,14 +70,16 @@ def steps_metrics(measures: list[StepMeasure]) -> dict[str, object]:
             "max": _ms(durations[-1]),
         },
         "data_wait_share": _share(sum(m.data_wait_us for m in measures), total),
-        "gpu_busy_share": _share(sum(m.gpu_busy_us for m in measures), total),
-        "gpu_computation_share": _share(sum(m.computation_us for m in measures), total),
-        "per_step": [
-            {"step": m.step, "ms": _ms(m.step_us), "data_wait_ms": _ms(m.data_wait_us),
-             "gpu_busy_ms": _ms(m.gpu_busy_us), "kernels": m.kernels}
-            for m in measures
-        ],
     }
+    per_step = [{"step": m.step, "ms": _ms(m.step_us), "data_wait_ms": _ms(m.data_wait_us)}
+                for m in measures]
+    if with_gpu:
+        metrics["gpu_busy_share"] = _share(sum(m.gpu_busy_us for m in measures), total)
+        metrics["gpu_computation_share"] = _share(sum(m.computation_us for m in measures), total)
+        for row, m in zip(per_step, measures):
+            row.update(gpu_busy_ms=_ms(m.gpu_busy_us), kernels=m.kernels)
+    metrics["per_step"] = per_step
+    return metrics
 
 
 def dataloader_iterators(events: TraceEvents) -> list[str]:
