@@ -107,7 +107,7 @@ def read_trace(path: Path) -> dict[str, Any]:
         with opener(path, "rb") as stream:
             trace = json.load(stream)
     except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TraceError(f"{path}: not a readable trace file ({type(exc).__name__}: {exc})") from exc
+        raise TraceError(f"not a readable trace file ({type(exc).__name__}: {exc})") from exc
     return trace
 
 
