@@ -12,7 +12,7 @@ import datetime
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ _SCHEMA = (
 _MIGRATIONS: dict[int, tuple[str, ...]] = {}
 
 _CORRUPTION_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
+_SQLITE_READONLY = 8
 _CORRUPT_SIDE_FILES = ("", "-wal", "-shm")
 
 _INSERT = (f"INTO runs ({', '.join(_COLUMNS)}) "
@@ -68,31 +69,43 @@ class RunIndex:
                                    rows)
 
     def sync(self, final: list[dict[str, Any]], provisional: list[dict[str, Any]],
-             present: set[str]) -> None:
+             run_exists: Callable[[str], bool]) -> None:
         """Bring the index in line with the run dirs in one transaction: final summaries
         (from report.json) replace rows, provisional ones (from meta.json) only fill gaps,
-        rows of runs whose directory is gone are dropped."""
+        rows of runs whose directory is gone are dropped. Whether a directory is gone is
+        asked under the write lock: a run created since the caller looked is not gone."""
         final_rows = [_encode(summary) for summary in final]
         provisional_rows = [_encode(summary) for summary in provisional]
         with self._transaction() as connection:
             connection.executemany(f"INSERT OR REPLACE {_INSERT}", final_rows)
             connection.executemany(f"INSERT OR IGNORE {_INSERT}", provisional_rows)
-            indexed = {run_id for (run_id,) in connection.execute("SELECT run_id FROM runs")}
+            indexed = [run_id for (run_id,) in connection.execute("SELECT run_id FROM runs")]
             connection.executemany("DELETE FROM runs WHERE run_id = ?",
-                                   [(run_id,) for run_id in indexed - present])
+                                   [(run_id,) for run_id in indexed if not run_exists(run_id)])
 
     def select(self, *, status: str | None = None, limit: int | None = None
                ) -> list[dict[str, Any]]:
         where, arguments = ("WHERE status = ?", [status]) if status is not None else ("", [])
         query = f"{_SELECT} {where} {_NEWEST_FIRST} LIMIT ?"
-        with self._connection() as connection:
-            rows = connection.execute(query, [*arguments, -1 if limit is None else limit])
-            return [_decode(row) for row in rows]
+        rows = self._read(query, [*arguments, -1 if limit is None else limit])
+        return [_decode(row) for row in rows]
 
     def get(self, run_id: str) -> dict[str, Any] | None:
-        with self._connection() as connection:
-            row = connection.execute(f"{_SELECT} WHERE run_id = ?", [run_id]).fetchone()
-        return None if row is None else _decode(row)
+        rows = self._read(f"{_SELECT} WHERE run_id = ?", [run_id])
+        return _decode(rows[0]) if rows else None
+
+    def _read(self, query: str, arguments: list[Any]) -> list[tuple[Any, ...]]:
+        """Rows of a query. A store we may not write (a colleague's, a read-only mount)
+        cannot host WAL's shared-memory file, so reading it falls back to opening the
+        index as immutable: a snapshot that ignores writes not yet checkpointed."""
+        try:
+            with self._connection() as connection:
+                return connection.execute(query, arguments).fetchall()
+        except StoreError as error:
+            if not _is_read_only(error.__cause__):
+                raise
+        with self._connection(immutable=True) as connection:
+            return connection.execute(query, arguments).fetchall()
 
     def move_aside(self) -> Path:
         """Rename a corrupt index (and its WAL files) to index.sqlite.corrupt-<timestamp>,
@@ -115,16 +128,21 @@ class RunIndex:
             yield connection
 
     @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
+    def _connection(self, *, immutable: bool = False) -> Iterator[sqlite3.Connection]:
         """A connection with the schema in place; sqlite errors become StoreErrors."""
         try:
-            self._create_file()
-            connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            if immutable:
+                connection = sqlite3.connect(f"{self.path.absolute().as_uri()}?immutable=1",
+                                             uri=True, isolation_level=None)
+            else:
+                self._create_file()
+                connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S,
+                                             isolation_level=None)
         except (OSError, sqlite3.Error) as error:
             raise StoreError(f"cannot open run store index {self.path}: {_reason(error)}") from error
         try:
             with _translate_errors(self.path):
-                _prepare(connection, self.path)
+                _prepare(connection, self.path, writable=not immutable)
                 yield connection
         finally:
             connection.close()
@@ -138,7 +156,7 @@ class RunIndex:
             pass
 
 
-def _prepare(connection: sqlite3.Connection, path: Path) -> None:
+def _prepare(connection: sqlite3.Connection, path: Path, *, writable: bool) -> None:
     """Check the index is a database of a schema we know; create or migrate it if needed."""
     connection.execute("PRAGMA synchronous = NORMAL")  # WAL: durable against app crashes
     version = _schema_version(connection)
@@ -147,6 +165,9 @@ def _prepare(connection: sqlite3.Connection, path: Path) -> None:
     if version is not None and version > SCHEMA_VERSION:
         raise StoreError(f"run store index {path} has schema version {version}, "
                          f"newer than this ptdiag's {SCHEMA_VERSION}: upgrade ptdiag")
+    if not writable:
+        raise StoreError(f"run store index {path} needs creating or upgrading, "
+                         "but the store is read-only")
     connection.execute("PRAGMA journal_mode = WAL")  # persistent: set once, on creation
     with _write_transaction(connection):
         version = _schema_version(connection)  # another process may have been first
@@ -203,6 +224,15 @@ def _is_corruption(error: sqlite3.Error) -> bool:
     if code is None:  # Python < 3.11: corruption is the plain DatabaseError
         return type(error) is sqlite3.DatabaseError
     return code & 0xFF in _CORRUPTION_CODES
+
+
+def _is_read_only(error: BaseException | None) -> bool:
+    if isinstance(error, sqlite3.Error):
+        code = getattr(error, "sqlite_errorcode", None)
+        if code is None:  # Python < 3.11: only the message tells
+            return "readonly" in str(error)
+        return code & 0xFF == _SQLITE_READONLY
+    return isinstance(error, PermissionError)
 
 
 def _reason(error: Exception) -> str:

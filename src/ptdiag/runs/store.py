@@ -150,7 +150,8 @@ class RunStore:
                 continue
             (provisional if report is None else final).append(
                 _summary_from_records(path, meta, report))
-        self._index.sync(final, provisional, present=set(names))
+        self._index.sync(final, provisional,
+                         run_exists=lambda run_id: (self.root / run_id).is_dir())
         return len(final) + len(provisional)
 
     def _indexed(self, operation: Callable[[], T]) -> T:
