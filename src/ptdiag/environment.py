@@ -5,12 +5,11 @@ keep (or share) if it holds no secrets. Every value here is read from the machin
 piece that cannot be read is None, never a guess.
 
 torch is imported only inside `torch_environment`: the CLI imports this module, and
-`import torch` alone costs over a second.
+`import torch` alone costs over a second (importlib.metadata, ~40 ms, is deferred too).
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import platform
 import re
@@ -160,6 +159,8 @@ def installed_packages() -> dict[str, str]:
 
     When a name is installed twice on sys.path, the first one is what imports: keep it.
     """
+    import importlib.metadata  # ~40 ms: only runs that record packages pay for it
+
     packages: dict[str, str] = {}
     for distribution in importlib.metadata.distributions():
         name = distribution.metadata["Name"]

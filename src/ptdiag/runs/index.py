@@ -61,12 +61,11 @@ class RunIndex:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def upsert(self, summaries: Iterable[dict[str, Any]], *, replace: bool = True) -> None:
-        """Write one row per summary; an existing row is replaced, or kept if not replace."""
+    def upsert(self, summaries: Iterable[dict[str, Any]]) -> None:
+        """Write one row per summary, replacing the run's row if it has one."""
         rows = [_encode(summary) for summary in summaries]
         with self._transaction() as connection:
-            connection.executemany(f"INSERT OR {'REPLACE' if replace else 'IGNORE'} {_INSERT}",
-                                   rows)
+            connection.executemany(f"INSERT OR REPLACE {_INSERT}", rows)
 
     def sync(self, final: list[dict[str, Any]], provisional: list[dict[str, Any]],
              run_exists: Callable[[str], bool]) -> None:
@@ -107,9 +106,9 @@ class RunIndex:
         with self._connection(immutable=True) as connection:
             return connection.execute(query, arguments).fetchall()
 
-    def move_aside(self) -> Path:
+    def move_aside(self) -> None:
         """Rename a corrupt index (and its WAL files) to index.sqlite.corrupt-<timestamp>,
-        keeping it for inspection; returns the new name of the main file."""
+        keeping it for inspection."""
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         for suffix in _CORRUPT_SIDE_FILES:
@@ -120,7 +119,6 @@ class RunIndex:
             except OSError as error:
                 raise StoreError(f"cannot move corrupt run store index {self.path} aside: "
                                  f"{error.strerror}") from error
-        return aside
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -139,7 +137,8 @@ class RunIndex:
                 connection = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S,
                                              isolation_level=None)
         except (OSError, sqlite3.Error) as error:
-            raise StoreError(f"cannot open run store index {self.path}: {_reason(error)}") from error
+            raise StoreError(f"cannot open run store index {self.path}: "
+                             f"{_reason(error)}") from error
         try:
             with _translate_errors(self.path):
                 _prepare(connection, self.path, writable=not immutable)
