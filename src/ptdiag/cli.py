@@ -8,7 +8,9 @@ The main form is `ptdiag SYMPTOM [OPTIONS] -- COMMAND...`. Everything after the 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -42,6 +44,8 @@ app.add_typer(runs_app, name="runs")
 SUBCOMMANDS = ("diagnose", "route", "runs", "env", "inspect")
 FAIL_ON = ("never", "error", "warning")
 FAIL_ON_EXIT_CODE = 3
+INTERNAL_ERROR_EXIT_CODE = 70  # EX_SOFTWARE
+NO_COMMAND = "no command after '--': e.g. ptdiag \"loss is NaN\" -- python train.py"
 _user_command: list[str] | None = None
 
 
@@ -74,7 +78,7 @@ def diagnose(
     from ptdiag.specialists import NAMES
 
     if _user_command is None:
-        raise UsageProblem("no command after '--': e.g. ptdiag \"loss is NaN\" -- python train.py")
+        raise UsageProblem(NO_COMMAND)
     if fail_on not in FAIL_ON:
         raise UsageProblem(f"--fail-on must be one of {', '.join(FAIL_ON)}, not {fail_on!r}")
     tags = _parse_tags(tag)
@@ -83,7 +87,8 @@ def diagnose(
         chosen = [s.strip() for s in only.split(",") if s.strip()]
         unknown = [s for s in chosen if s not in NAMES]
         if unknown or not chosen:
-            raise UsageProblem(f"unknown specialist in --only: {', '.join(unknown) or only!r} (known: {', '.join(NAMES)})")
+            named = ", ".join(unknown) if unknown else repr(only)
+            raise UsageProblem(f"unknown specialist in --only: {named} (known: {', '.join(NAMES)})")
         route = Route(specialists=chosen, ambiguous=False, confidence=1.0,
                       reasons=[{"specialist": s, "matched": ["--only"]} for s in chosen],
                       notes=["plan chosen with --only"])
@@ -98,7 +103,14 @@ def diagnose(
         console.print(f"[dim]ptdiag ▸ run {run_id} ▸ plan: {' → '.join(route.specialists)} ▸ recording to {run_dir}[/]")
     watcher = ProgressWatcher(run_dir, console) if console.is_terminal and not quiet else None
     outcome = diag.run_child(_user_command, run_dir, meta, options, watcher.tick if watcher else None)
-    report = diag.finish(run_store, run_dir, json_path)
+    try:
+        report = diag.finish(run_store, run_dir, json_path)
+    except Exception:  # ptdiag's own bug: the program's result still stands
+        log = run_dir / "ptdiag-error.log"
+        log.write_text(traceback.format_exc())
+        console.print(f"ptdiag: internal error while analysing the run (details: {log}); "
+                      "the program's exit code is passed through")
+        return outcome.exit_code
     terminal.render(report, console)
     return _exit_code(outcome.exit_code, report, fail_on)
 
@@ -205,7 +217,10 @@ def runs_show(
 
 @app.command()
 def env(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> int:
-    """Print python, torch, CUDA/cuDNN, GPUs (NVML where present), CPU, RAM and git state."""
+    """Print python, torch, CUDA/cuDNN, GPUs (NVML where present), CPU, RAM and git state.
+
+    Examples: ptdiag env      ptdiag env --json > env.json
+    """
     from ptdiag import environment
 
     data = {"host": environment.host_environment(), "torch": environment.torch_environment(),
@@ -259,6 +274,9 @@ def main(argv: list[str] | None = None) -> None:
         head = ["diagnose", *head]
     elif not head and _user_command is not None:
         head = ["diagnose"]
+    if head[:1] == ["diagnose"] and _user_command is None and not {"--help", "-h"} & set(head):
+        print(f"ptdiag: error: {NO_COMMAND}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(_run_app(head))
 
 
@@ -281,4 +299,10 @@ def _run_app(head: list[str]) -> int:
     except (UsageProblem, *USER_ERRORS) as error:
         print(f"ptdiag: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if os.environ.get("PTDIAG_DEBUG"):
+            raise
+        print(f"ptdiag: internal error: {type(error).__name__}: {error} "
+              "(set PTDIAG_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        return INTERNAL_ERROR_EXIT_CODE
     return result if isinstance(result, int) else 0

@@ -1,0 +1,41 @@
+"""Shared helpers: run the real ptdiag CLI in a subprocess, on real programs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "sample_models"
+PROGRAMS = Path(__file__).parent / "programs"
+FIXTURES = REPO.parent / "shared" / "fixtures"
+PYTHON = sys.executable
+# Small and stable on a 2-core box (facts.md): one thread, tiny images, few samples.
+FAST_SAMPLE_ARGS = ["--threads", "1", "--samples", "64", "--image-size", "16"]
+
+
+def ptdiag_cmd(*args: str) -> list[str]:
+    return [PYTHON, "-m", "ptdiag", *args]
+
+
+def run_ptdiag(*args: str, cwd: Path, timeout: float = 240, env: dict | None = None,
+               **kwargs) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, **(env or {}))
+    full_env.pop("PTDIAG_STORE", None)
+    return subprocess.run(ptdiag_cmd(*args), cwd=cwd, env=full_env, capture_output=True,
+                          timeout=timeout, **kwargs)
+
+
+def load_report(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A fresh working directory: its run store is ./ptdiag-runs inside it."""
+    return tmp_path

@@ -1,0 +1,171 @@
+"""End to end: the real CLI runs real programs with the probe injected."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import FAST_SAMPLE_ARGS, PROGRAMS, PYTHON, SAMPLES, load_report, ptdiag_cmd, run_ptdiag
+
+pytestmark = pytest.mark.slow
+
+CONTRACT_KEYS = {"schema", "run_id", "symptom", "command", "route", "status", "exit_code",
+                 "steps_observed", "findings", "metrics", "artifacts", "environment"}
+FINDING_KEYS = {"code", "specialist", "severity", "title", "detail", "evidence", "fix"}
+
+
+def codes(report: dict) -> list[str]:
+    return [f["code"] for f in report["findings"]]
+
+
+def test_nan_sample_is_diverged_with_first_nonfinite_step(workdir):
+    proc = run_ptdiag("loss is NaN after epoch 3", "--json", "r.json", "--", PYTHON,
+                      str(SAMPLES / "resnet_nan.py"), "--bug", "lr", "--epochs", "8", *FAST_SAMPLE_ARGS,
+                      cwd=workdir)
+    assert proc.returncode == 0, proc.stderr.decode()
+    report = load_report(workdir / "r.json")
+    assert CONTRACT_KEYS <= set(report)
+    assert report["schema"] == "ptdiag.report/1"
+    assert report["route"]["specialists"][0] == "numerics"
+    assert report["status"] == "diverged"
+    top = report["findings"][0]
+    assert FINDING_KEYS <= set(top)
+    assert top["code"] == "numerics.nonfinite_loss"
+    # the sample's schedule multiplies lr by 10 per epoch of 2 steps: the loss is finite
+    # for the first epochs and the first NaN step is the one the events recorded
+    losses = [json.loads(line) for p in (workdir / "ptdiag-runs").glob("*/events/*.jsonl")
+              for line in p.read_text().splitlines() if '"ev":"loss"' in line]
+    first_bad = min(e["step"] for e in losses if not e["finite"])
+    assert top["evidence"]["step"] == first_bad > 4
+    assert top["evidence"]["epoch"] == (first_bad - 1) // 2
+    assert report["params"]["lr"] == 0.05 and report["params"]["optimizer.name"] == "SGD"
+    assert report["seeds"]["torch"]["value"] == 0
+    assert "tracking.run_recorded" in codes(report)
+    assert b"diverged" in proc.stderr and b"numerics.nonfinite_loss" in proc.stderr
+
+
+def test_healthy_sample_completes_without_problem_findings(workdir):
+    proc = run_ptdiag("training seems fine, just checking", "--json", "r.json", "--", PYTHON,
+                      str(SAMPLES / "resnet_healthy.py"), "--epochs", "2", *FAST_SAMPLE_ARGS, cwd=workdir)
+    assert proc.returncode == 0
+    report = load_report(workdir / "r.json")
+    assert report["status"] == "completed"
+    assert report["steps_observed"] == 4
+    assert all(f["severity"] == "info" for f in report["findings"])
+    assert report["metrics"]["step_time_s"]["p50"] > 0
+    assert report["metrics"]["samples_per_s"] > 0
+    # stdout is the program's own, untouched: the report went to stderr
+    assert proc.stdout.decode().splitlines() == [l for l in proc.stdout.decode().splitlines() if l.startswith("epoch")]
+
+
+def test_max_steps_stops_cleanly(workdir):
+    proc = run_ptdiag("slow", "--max-steps", "3", "--json", "r.json", "--", PYTHON,
+                      str(PROGRAMS / "train_forever.py"), cwd=workdir, timeout=60)
+    assert proc.returncode == 0
+    report = load_report(workdir / "r.json")
+    assert report["steps_observed"] == 3 and report["status"] == "completed"
+
+
+def test_crash_mid_training_passes_exit_code_and_keeps_steps(workdir):
+    proc = run_ptdiag("it crashes", "--json", "r.json", "--", PYTHON, str(PROGRAMS / "crash_mid_training.py"),
+                      cwd=workdir)
+    assert proc.returncode == 1
+    report = load_report(workdir / "r.json")
+    assert report["status"] == "crashed" and report["exit_code"] == 1
+    assert report["steps_observed"] == 3
+    assert b"mat1 and mat2 shapes" in proc.stderr  # the program's own traceback still shows
+
+
+def test_command_failing_before_training(workdir):
+    proc = run_ptdiag("error in training", "--json", "r.json", "--", PYTHON, str(PROGRAMS / "crash_at_import.py"),
+                      cwd=workdir)
+    assert proc.returncode == 1
+    report = load_report(workdir / "r.json")
+    finding = next(f for f in report["findings"] if f["code"] == "ptdiag.command_failed")
+    assert finding["evidence"]["exit_code"] == 1
+    assert "KeyError" in finding["evidence"]["last_error"]
+    assert finding["evidence"]["location"].endswith("crash_at_import.py:3")
+
+
+def test_no_training_observed(workdir):
+    proc = run_ptdiag("slow", "--json", "r.json", "--", PYTHON, str(PROGRAMS / "no_training.py"), cwd=workdir)
+    assert proc.returncode == 0
+    report = load_report(workdir / "r.json")
+    finding = next(f for f in report["findings"] if f["code"] == "ptdiag.no_training_observed")
+    assert "a model forward pass" in finding["evidence"]["seen"]
+
+
+def test_program_behaves_as_without_ptdiag(workdir):
+    args = [str(PROGRAMS / "behaviour.py"), "7", "--lr", "0.1"]
+    bare = subprocess.run([PYTHON, *args], cwd=workdir, capture_output=True)
+    wrapped = run_ptdiag("slow", "--quiet", "--", PYTHON, *args, cwd=workdir)
+    assert wrapped.returncode == bare.returncode == 7
+    assert wrapped.stdout == bare.stdout  # argv, cwd, __name__, sys.path[0], raw bytes
+    seen = json.loads(wrapped.stdout.splitlines()[0])
+    assert seen["name"] == "__main__" and not seen["ptdiag_on_path"]
+    assert wrapped.stderr.startswith(bare.stderr)
+
+
+def test_python_dash_m_is_probed(workdir):
+    (workdir / "pkg").mkdir()
+    (workdir / "pkg" / "__init__.py").write_text("")
+    (workdir / "pkg" / "train.py").write_text((PROGRAMS / "crash_mid_training.py").read_text())
+    run_ptdiag("crash", "--json", "r.json", "--", PYTHON, "-m", "pkg.train", cwd=workdir)
+    assert load_report(workdir / "r.json")["steps_observed"] == 3
+
+
+def test_torchrun_two_gloo_ranks(workdir):
+    torchrun = os.path.join(os.path.dirname(PYTHON), "torchrun")
+    proc = run_ptdiag("hangs with 2 GPUs", "--json", "r.json", "--", torchrun, "--nproc_per_node", "2",
+                      "--master_port", "29531", str(PROGRAMS / "ddp_tiny.py"), "--steps", "4", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    report = load_report(workdir / "r.json")
+    assert report["route"]["specialists"][0] == "distributed"
+    assert report["metrics"]["steps_per_rank"] == {"0": 4, "1": 4}
+    run_dir = next((workdir / "ptdiag-runs").glob("2*"))
+    names = sorted(p.name.split(".")[0] for p in (run_dir / "events").glob("*.jsonl"))
+    assert names == ["rank0", "rank1"]  # the torchrun agent stayed passive
+
+
+def test_sigint_is_forwarded_and_partial_report_written(workdir):
+    proc = subprocess.Popen(ptdiag_cmd("slow", "--json", "r.json", "--", PYTHON, str(PROGRAMS / "train_forever.py")),
+                            cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline() == b"TRAINING\n"
+    proc.send_signal(signal.SIGINT)  # to ptdiag alone, as kill -INT would
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130  # the child's KeyboardInterrupt exit, passed through
+    report = load_report(workdir / "r.json")
+    assert report["status"] == "interrupted"
+    assert report["steps_observed"] >= 3
+    assert b"KeyboardInterrupt" in err
+
+
+def test_timeout_dumps_stacks_and_reports_hung(workdir):
+    start = time.monotonic()
+    proc = run_ptdiag("it hangs", "--timeout", "12", "--json", "r.json", "--", PYTHON,
+                      str(PROGRAMS / "hang_after_steps.py"), cwd=workdir, timeout=120)
+    assert time.monotonic() - start < 60
+    report = load_report(workdir / "r.json")
+    assert report["status"] == "hung"
+    finding = next(f for f in report["findings"] if f["code"] == "ptdiag.hung")
+    (where,) = finding["evidence"]["locations"].values()
+    assert "hang_after_steps.py:13" in where
+    assert proc.returncode != 0
+
+
+def test_runs_list_and_show(workdir):
+    run_ptdiag("crash", "--name", "first", "--tag", "team=vision", "--", PYTHON,
+               str(PROGRAMS / "crash_mid_training.py"), cwd=workdir)
+    listed = json.loads(run_ptdiag("runs", "list", "--json", cwd=workdir).stdout)
+    assert len(listed) == 1 and listed[0]["name"] == "first" and listed[0]["status"] == "crashed"
+    assert {"run_id", "name", "status", "started", "command", "symptom", "params", "metrics", "tags"} <= set(listed[0])
+    shown = run_ptdiag("runs", "show", listed[0]["run_id"][:15], "--json", cwd=workdir)
+    record = json.loads(shown.stdout)
+    assert record["tags"] == {"team": "vision"} and record["findings"]
+    text = run_ptdiag("runs", "show", listed[0]["run_id"], cwd=workdir)
+    assert text.returncode == 0 and b"crashed" in text.stdout
