@@ -1,0 +1,106 @@
+"""The probe's own mechanics, in real subprocesses where it matters."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ptdiag.launch.runner import child_environment
+from ptdiag.probe.events import EventWriter, read_events
+from ptdiag.probe.plugin import Dispatcher, Plugin
+
+
+def run_probed(code: str, tmp_path: Path, plan: dict | None = None, extra_pythonpath: str | None = None):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(exist_ok=True)
+    base = dict(os.environ)
+    if extra_pythonpath:
+        base["PYTHONPATH"] = extra_pythonpath
+    env = child_environment(run_dir, plan or {"specialists": []}, base)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    events = [e for p in sorted((run_dir / "events").glob("*.jsonl")) for e in read_events(p)] \
+        if (run_dir / "events").is_dir() else []
+    return proc, events, run_dir
+
+
+def test_existing_sitecustomize_still_runs(tmp_path):
+    user = tmp_path / "user_site"
+    user.mkdir()
+    (user / "sitecustomize.py").write_text("import os\nos.environ['USER_SITECUSTOMIZE_RAN'] = '1'\n")
+    proc, events, _ = run_probed("import os, sys; print(os.environ.get('USER_SITECUSTOMIZE_RAN'), "
+                                 "sys.modules['sitecustomize'].__file__)", tmp_path, extra_pythonpath=str(user))
+    assert proc.returncode == 0 and proc.stderr == ""
+    ran, module_file = proc.stdout.split()
+    assert ran == "1" and module_file == str(user / "sitecustomize.py")
+    assert events[0]["ev"] == "start"
+
+
+def test_no_sitecustomize_anywhere_is_silent(tmp_path):
+    proc, events, _ = run_probed("print('ok')", tmp_path)
+    assert proc.stdout == "ok\n" and proc.stderr == ""
+    assert [e["ev"] for e in events] == ["start", "exit"]
+    # nothing imported torch on the program's behalf
+    proc, _, _ = run_probed("import sys; print('torch' in sys.modules)", tmp_path)
+    assert proc.stdout == "False\n"
+
+
+def test_backward_both_spellings_and_steps(tmp_path):
+    code = ("import torch\nm = torch.nn.Linear(2, 1)\no = torch.optim.SGD(m.parameters(), lr=0.1)\n"
+            "for i in range(4):\n    l = m(torch.ones(3, 2)).sum()\n"
+            "    (l.backward() if i % 2 else torch.autograd.backward(l))\n    o.step()\n")
+    proc, events, _ = run_probed(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert [e["step"] for e in events if e["ev"] == "loss"] == [1, 2, 3, 4]
+
+
+def test_failing_plugin_is_disabled_and_logged(tmp_path):
+    log: list[str] = []
+
+    class Broken(Plugin):
+        def on_step(self, step, optimizer):
+            raise RuntimeError("bug in ptdiag")
+
+    class Counting(Plugin):
+        seen = 0
+
+        def on_step(self, step, optimizer):
+            Counting.seen += 1
+
+    dispatcher = Dispatcher([Broken(None), Counting(None)], log.append)
+    for step in range(3):
+        dispatcher.call("on_step", step, None)
+    assert Counting.seen == 3
+    assert len(log) == 1 and "bug in ptdiag" in log[0]
+    assert not dispatcher.wants("on_backward")
+
+
+def test_event_reader_skips_a_line_cut_by_a_crash(tmp_path):
+    writer = EventWriter(tmp_path / "e.jsonl")
+    writer.write("step", step=1)
+    writer.write("loss", step=1, value=float("nan"))
+    writer.close()
+    with open(tmp_path / "e.jsonl", "a") as fh:
+        fh.write('{"ev":"step","st')
+    events = read_events(tmp_path / "e.jsonl")
+    assert [e["ev"] for e in events] == ["step", "loss"]
+    assert events[1]["value"] == "nan"
+
+
+def test_probe_in_forked_child_does_not_write(tmp_path):
+    code = ("import os, torch\npid = os.fork()\n"
+            "if pid == 0:\n    torch.manual_seed(1)\n    os._exit(0)\nos.waitpid(pid, 0)\n")
+    proc, events, _ = run_probed(code, tmp_path)
+    assert proc.returncode == 0
+    assert not [e for e in events if e["ev"] == "seed"]
+
+
+def test_max_steps_exits_zero_at_that_step(tmp_path):
+    code = ("import torch\nm = torch.nn.Linear(2, 1)\no = torch.optim.SGD(m.parameters(), lr=0.1)\n"
+            "for i in range(100):\n    m(torch.ones(3, 2)).sum().backward()\n    o.step()\nprint('never')\n")
+    proc, events, _ = run_probed(code, tmp_path, {"specialists": [], "max_steps": 5})
+    assert proc.returncode == 0 and "never" not in proc.stdout
+    assert [e for e in events if e["ev"] == "stopped"][0]["step"] == 5
+    assert json.dumps(events[-1]).startswith('{"ev": "exit"')
