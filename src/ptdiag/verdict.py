@@ -15,7 +15,7 @@ from ptdiag.recorded import RecordedRun
 
 OOM_EXCEPTION_TYPES = ("OutOfMemoryError",)
 OOM_MESSAGE_MARKERS = ("out of memory", "CUDA error: out of memory", "DefaultCPUAllocator: can't allocate memory")
-HUNG_MIN_SILENCE_S = 10.0  # no event for this long (and 10 median steps) before a time-out = hung
+HUNG_MIN_SILENCE_S = 5.0  # no event for this long (and 10 median steps) before a time-out = hung
 HUNG_STEP_MULTIPLE = 10
 
 

@@ -134,10 +134,22 @@ class Supervisor:
         time.sleep(STACK_DUMP_WAIT_S)
 
     def end_tree(self, grace_s: float = TERMINATE_GRACE_S) -> None:
+        """SIGTERM the child and its descendants, SIGKILL what is left after the grace.
+
+        The child itself is waited for through Popen only: psutil would reap it and
+        Popen would then report exit code 0 for a killed process."""
         tree = self._tree()
         for p in tree:
             _send(p, signal.SIGTERM)
-        _, alive = psutil.wait_procs(tree, timeout=grace_s)
+        deadline = time.monotonic() + grace_s
+        try:
+            self._proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        descendants = [p for p in tree if p.pid != self._proc.pid]
+        _, alive = psutil.wait_procs(descendants, timeout=max(0.0, deadline - time.monotonic()))
+        if self._proc.poll() is None:
+            self._proc.kill()
         for p in alive:
             _send(p, signal.SIGKILL)
 
