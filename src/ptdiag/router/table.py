@@ -94,7 +94,6 @@ class SymptomTable:
         self.group_cap = {kind: float(settings["group_cap"][kind]) for kind in SIGNAL_KINDS}
         self.confidence_scale = float(settings["confidence_scale"])
         self.ambiguous_confidence_cap = float(settings["ambiguous_confidence_cap"])
-        self.fuzzy_min_length = int(settings["fuzzy_min_length"])
         self.cue_window_before = int(settings["fix_cue_window_before"])
         self.cue_window_after = int(settings["fix_cue_window_after"])
         self.max_chars = int(settings["max_chars"])
@@ -201,12 +200,15 @@ class SymptomTable:
         self.vocabulary = frozenset(w for w in vocabulary if not w.endswith(PREFIX_MARK))
         prefixes = sorted((w[:-1] for w in vocabulary if w.endswith(PREFIX_MARK)), key=len, reverse=True)
         self.prefix_regex = re.compile("|".join(map(re.escape, prefixes))) if prefixes else None
-        self.fuzzy_index: dict[str, set[str]] = {}
-        for word in self.vocabulary:
-            if len(word) >= self.fuzzy_min_length and word.isalpha():
-                for variant in _one_deletions(word) | {word}:
-                    self.fuzzy_index.setdefault(variant, set()).add(word)
-        self.fuzzy_max_length = max(map(len, self.fuzzy_index), default=0) + 1
+        # Typo index (symmetric deletions): a word and a key word sharing a one-letter
+        # deletion are candidates, confirmed by _one_edit_apart.
+        self.typo_index: dict[str, set[str]] = {}
+        for word in map(canonical_word, data["text"]["typo_words"]):
+            if word not in self.vocabulary:
+                raise SymptomTableError(f"text.typo_words: {word!r} is in no phrase")
+            for variant in _one_deletions(word) | {word}:
+                self.typo_index.setdefault(variant, set()).add(word)
+        self.typo_lengths = range(min(map(len, self.typo_index), default=0), max(map(len, self.typo_index), default=0) + 2)
 
     def canonical(self, word: str) -> str:
         """The table word a text word stands for: its singular, itself, the prefix it
@@ -222,11 +224,11 @@ class SymptomTable:
             prefix = self.prefix_regex.match(word)
             if prefix is not None:
                 return prefix.group() + PREFIX_MARK
-        if self.fuzzy_min_length - 1 <= len(word) <= self.fuzzy_max_length and word.isalpha():
+        if len(word) in self.typo_lengths and word.isalpha():
             candidates = set()
             for variant in _one_deletions(word) | {word}:
-                candidates |= self.fuzzy_index.get(variant, set())
-            candidates = {c for c in candidates if c[0] == word[0]}
+                candidates |= self.typo_index.get(variant, set())
+            candidates = {c for c in candidates if c[0] == word[0] and _one_edit_apart(word, c)}
             if len(candidates) == 1:
                 return candidates.pop()
         return word
@@ -234,6 +236,20 @@ class SymptomTable:
 
 def _one_deletions(word: str) -> set[str]:
     return {word[:i] + word[i + 1:] for i in range(len(word))}
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """One letter substituted, inserted, deleted, or two neighbours swapped."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return a == b
+    start = 0
+    while start < min(len(a), len(b)) and a[start] == b[start]:
+        start += 1
+    if len(a) == len(b):
+        swapped = a[start + 1:start + 2] + a[start:start + 1] + a[start + 2:] == b[start:]
+        return a[start + 1:] == b[start + 1:] or swapped
+    longer, shorter = (a, b) if len(a) > len(b) else (b, a)
+    return longer[start + 1:] == shorter[start:]
 
 
 def _specialist(name: Any, where: str) -> str:
