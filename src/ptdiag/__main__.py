@@ -1,3 +1,3 @@
-from ptdiag.cli import main
+from ptdiag.entry import main
 
 main()

@@ -1,8 +1,9 @@
-"""The ptdiag command line. No torch import at module level: `ptdiag route` must answer
-in well under 150 ms, and the parent process never needs torch to supervise a run.
+"""The ptdiag command line (typer). No torch import at module level: the parent process
+never needs torch to supervise a run.
 
-The main form is `ptdiag SYMPTOM [OPTIONS] -- COMMAND...`. Everything after the first
-`--` is the user's command, untouched; ptdiag parses only what comes before it.
+The main form is `ptdiag SYMPTOM [OPTIONS] -- COMMAND...`; `ptdiag.entry.main` splits
+off the user's command (everything after the first `--`, untouched) before typer parses
+the rest.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Optional
 import typer
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
-from ptdiag import __version__
 
 EXAMPLES = """
 Examples:
@@ -41,12 +41,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 runs_app = typer.Typer(no_args_is_help=True, help="Read the run store: every ptdiag run is recorded.")
 app.add_typer(runs_app, name="runs")
 
-SUBCOMMANDS = ("diagnose", "route", "runs", "env", "inspect")
 FAIL_ON = ("never", "error", "warning")
 FAIL_ON_EXIT_CODE = 3
 INTERNAL_ERROR_EXIT_CODE = 70  # EX_SOFTWARE
 NO_COMMAND = "no command after '--': e.g. ptdiag \"loss is NaN\" -- python train.py"
-_user_command: list[str] | None = None
+# the user's command, everything after the first `--`; set by ptdiag.entry.main
+user_command: list[str] | None = None
 
 
 class UsageProblem(Exception):
@@ -77,7 +77,7 @@ def diagnose(
     from ptdiag.runs.store import RunStore
     from ptdiag.specialists import NAMES
 
-    if _user_command is None:
+    if user_command is None:
         raise UsageProblem(NO_COMMAND)
     if fail_on not in FAIL_ON:
         raise UsageProblem(f"--fail-on must be one of {', '.join(FAIL_ON)}, not {fail_on!r}")
@@ -94,15 +94,15 @@ def diagnose(
                       notes=["plan chosen with --only"])
     from ptdiag.launch.command import resolve
 
-    resolve(_user_command, Path.cwd())  # bad commands fail before a run is created
+    resolve(user_command, Path.cwd())  # bad commands fail before a run is created
     options = diag.Options(max_steps=max_steps, timeout_s=timeout, name=name, tags=tags)
     run_store = RunStore.resolve(store)
-    run_id, run_dir, meta = diag.start_run(run_store, symptom, _user_command, route, options)
+    run_id, run_dir, meta = diag.start_run(run_store, symptom, user_command, route, options)
     console = terminal.stderr_console()
     if not quiet:
         console.print(f"[dim]ptdiag ▸ run {run_id} ▸ plan: {' → '.join(route.specialists)} ▸ recording to {run_dir}[/]")
     watcher = ProgressWatcher(run_dir, console) if console.is_terminal and not quiet else None
-    outcome = diag.run_child(_user_command, run_dir, meta, options, watcher.tick if watcher else None)
+    outcome = diag.run_child(user_command, run_dir, meta, options, watcher.tick if watcher else None)
     try:
         report = diag.finish(run_store, run_dir, json_path)
     except Exception:  # ptdiag's own bug: the program's result still stands
@@ -144,20 +144,9 @@ def route(
 
     Example: ptdiag route "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB" --json
     """
-    from ptdiag.router import route as route_text
+    from ptdiag.entry import print_route
 
-    plan = route_text(symptom)
-    if as_json:
-        print(json.dumps(plan.to_dict(), indent=2))
-        return 0
-    out = typer.echo
-    out("plan: " + (" → ".join(plan.specialists) or "none")
-        + (" (ambiguous: triage measures instead)" if plan.ambiguous else f" (confidence {plan.confidence:.2f})"))
-    for reason in plan.reasons:
-        out(f"  {reason['specialist']}: matched {', '.join(map(str, reason['matched'])) or '-'}")
-    for note in plan.notes:
-        out(f"  note: {note}")
-    return 0
+    return print_route(symptom, as_json)
 
 
 @runs_app.command("list")
@@ -256,31 +245,7 @@ def inspect(
     return 0
 
 
-def split_argv(argv: list[str]) -> tuple[list[str], list[str] | None]:
-    """ptdiag's own arguments, and the user's command after the first `--` (or None)."""
-    if "--" in argv:
-        i = argv.index("--")
-        return argv[:i], argv[i + 1:]
-    return argv, None
-
-
-def main(argv: list[str] | None = None) -> None:
-    global _user_command
-    head, _user_command = split_argv(sys.argv[1:] if argv is None else list(argv))
-    if head[:1] == ["--version"]:
-        print(f"ptdiag {__version__}")
-        sys.exit(0)
-    if head and head[0] not in SUBCOMMANDS and head[0] not in ("--help", "-h"):
-        head = ["diagnose", *head]
-    elif not head and _user_command is not None:
-        head = ["diagnose"]
-    if head[:1] == ["diagnose"] and _user_command is None and not {"--help", "-h"} & set(head):
-        print(f"ptdiag: error: {NO_COMMAND}", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(_run_app(head))
-
-
-def _run_app(head: list[str]) -> int:
+def run_app(head: list[str]) -> int:
     from ptdiag.errors import USER_ERRORS
 
     try:
