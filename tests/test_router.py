@@ -159,6 +159,18 @@ def test_typos_and_case_are_tolerated(text, first):
     assert route(text).specialists[0] == first
 
 
+@pytest.mark.parametrize("text, plan", [
+    ("training hangs with 2 GPUs", ["distributed"]),
+    ("DataLoader hangs with num_workers=4", ["performance", "distributed"]),
+    ("Multi-GPU training with DDP is slower than a single GPU", ["distributed", "performance"]),
+    ("Loss becomes NaN and training is also really slow", ["numerics", "performance"]),
+])
+def test_hangs_and_two_symptom_plans(text, plan):
+    """A hang with several GPUs is distributed's alone; in one process it may be the data
+    pipeline. Two named symptoms give a two-specialist plan."""
+    assert route(text).specialists == plan
+
+
 def test_traceback_frames_do_not_vote():
     """A traceback through torch/nn/parallel/distributed.py names code, not the symptom."""
     text = ('Traceback (most recent call last):\n'
@@ -253,6 +265,7 @@ def test_route_round_trips_through_the_contract_dict():
     ({"specialists": ["memory"], "ambiguous": False, "confidence": 1.5}, "within 0..1"),
     ({"specialists": ["memory", "memory"], "ambiguous": False, "confidence": 0.5}, "repeat"),
     ({"ambiguous": False}, "lacks"),
+    ({"specialists": ["memory"], "ambiguous": False, "confidence": 0.5, "reasons": [{"matched": []}]}, "reason"),
 ])
 def test_route_from_bad_dict_is_refused(data, message):
     with pytest.raises(ValueError, match=message):

@@ -36,6 +36,10 @@ class Route:
             raise RouteError(f"specialists repeat in the plan: {self.specialists}")
         if not 0.0 <= self.confidence <= 1.0:
             raise RouteError(f"confidence must be within 0..1, not {self.confidence}")
+        for reason in self.reasons:
+            if not (isinstance(reason, dict) and isinstance(reason.get("specialist"), str)
+                    and isinstance(reason.get("matched"), list)):
+                raise RouteError(f"a reason needs 'specialist' (str) and 'matched' (list), not {reason!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -39,6 +39,8 @@ def route(text: str) -> Route:
     if pressure:
         notes.append(table.notes["pressure"].format(words=_quoted(pressure)))
     signals = _without_proposed_fixes([m for m in reading.matches if m.group.specialist], table, notes)
+    if any(m.group.multi_process and not m.cued for m in signals):
+        signals = [m for m in signals if not m.group.single_process]
 
     scores = _scores(signals, table)
     naming = _scores(signals, table, NAMING_KINDS)

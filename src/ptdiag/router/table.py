@@ -41,7 +41,8 @@ class SignalGroup:
     specialist: str  # "" for words that are read and ignored (pressure, look-alikes)
     kind: str  # one of SIGNAL_KINDS, or "pressure" / "ignore"
     weight: float
-    multi_process: bool
+    multi_process: bool  # the words say the run uses several GPUs/processes
+    single_process: bool = False  # counts only when no words say so
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,7 @@ class SymptomTable:
                 kind=kind,
                 weight=weight,
                 multi_process=bool(entry.get("multi_process", False)),
+                single_process=bool(entry.get("single_process", False)),
             )
             for phrase in entry.get("phrases", []):
                 add(phrase, group, where)
