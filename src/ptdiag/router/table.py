@@ -1,7 +1,7 @@
 """The symptom table: symptoms.toml read once, checked, and compiled for fast matching.
 
 Everything the router knows about words is data in symptoms.toml; this module only
-turns it into lookup structures (phrases indexed by first word, compiled regexes, a
+turns it into lookup structures (a word trie of phrases, compiled regexes, a
 typo index) and refuses a table that names an unknown specialist or holds a broken
 regex, with a message saying which entry is wrong.
 """
