@@ -18,6 +18,9 @@ from typing import Optional
 import typer
 from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
+from ptdiag.cli_runs import STORE_HELP, runs_app
+from ptdiag.errors import UsageProblem
+
 
 EXAMPLES = """
 Examples:
@@ -38,7 +41,6 @@ Examples:
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Diagnose PyTorch training problems by running the training.\n\n"
                        "Say what you see, then give the command that shows it after `--`.\n" + EXAMPLES)
-runs_app = typer.Typer(no_args_is_help=True, help="Read the run store: every ptdiag run is recorded.")
 app.add_typer(runs_app, name="runs")
 
 FAIL_ON = ("never", "error", "warning")
@@ -49,19 +51,16 @@ NO_COMMAND = "no command after '--': e.g. ptdiag \"loss is NaN\" -- python train
 user_command: list[str] | None = None
 
 
-class UsageProblem(Exception):
-    """Bad input: one line to the user, exit 2."""
-
-
 @app.command(epilog=EXAMPLES)
 def diagnose(
     symptom: str = typer.Argument(..., help="What you see, in your own words, or a pasted error line."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the JSON report here."),
-    store: Optional[str] = typer.Option(None, "--store", help="Run store directory [default: ./ptdiag-runs or $PTDIAG_STORE]."),
+    store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
     only: Optional[str] = typer.Option(None, "--only", help="Run these specialists instead of the router's plan (comma-separated)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop the training cleanly after N optimizer steps."),
     timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help="End the run after S seconds, dumping every rank's stacks."),
     fail_on: str = typer.Option("never", "--fail-on", help="Exit 3 when a finding of this severity or worse is found: never, error, warning."),
+    option: list[str] = typer.Option([], "--option", "-o", help="specialist.key=value for one specialist (repeatable), e.g. -o memory.target_memory=16GiB."),
     name: Optional[str] = typer.Option(None, "--name", help="Name of the run in the store."),
     tag: list[str] = typer.Option([], "--tag", help="k=v tag for the run (repeatable)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the report: no progress lines."),
@@ -70,32 +69,63 @@ def diagnose(
 
     The command's output, exit code, argv and working directory are exactly as without
     ptdiag; the report goes to stderr (and to --json PATH)."""
+    from ptdiag.router import route as route_text
+
+    if fail_on not in FAIL_ON:
+        raise UsageProblem(f"--fail-on must be one of {', '.join(FAIL_ON)}, not {fail_on!r}")
+    route = _only_route(only) if only else route_text(symptom)
+    return _run_and_report(symptom, route, json_path=json_path, store=store, max_steps=max_steps,
+                           timeout=timeout, fail_on=fail_on, option=option, name=name, tag=tag, quiet=quiet)
+
+
+@app.command()
+def track(
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the JSON report here."),
+    store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
+    name: Optional[str] = typer.Option(None, "--name", help="Name of the run in the store."),
+    tag: list[str] = typer.Option([], "--tag", help="k=v tag for the run (repeatable)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help="End the run after S seconds."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the summary: no progress lines."),
+) -> int:
+    """Record COMMAND as a tracked run, with no diagnosis: the passive recorder only.
+
+    Example: ptdiag track --name baseline --tag lr=0.1 -- python train.py --lr 0.1
+    """
+    from ptdiag.router import Route
+
+    route = Route(specialists=["tracking"], ambiguous=False, confidence=1.0,
+                  reasons=[{"specialist": "tracking", "matched": ["ptdiag track"]}], notes=[])
+    return _run_and_report(None, route, json_path=json_path, store=store, max_steps=None, timeout=timeout,
+                           fail_on="never", option=[], name=name, tag=tag, quiet=quiet)
+
+
+def _only_route(only: str):
+    from ptdiag.router import Route
+    from ptdiag.specialists import NAMES
+
+    chosen = [s.strip() for s in only.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in NAMES]
+    if unknown or not chosen:
+        named = ", ".join(unknown) if unknown else repr(only)
+        raise UsageProblem(f"unknown specialist in --only: {named} (known: {', '.join(NAMES)})")
+    return Route(specialists=chosen, ambiguous=False, confidence=1.0,
+                 reasons=[{"specialist": s, "matched": ["--only"]} for s in chosen],
+                 notes=["plan chosen with --only"])
+
+
+def _run_and_report(symptom, route, *, json_path, store, max_steps, timeout, fail_on, option, name,
+                    tag, quiet) -> int:
     from ptdiag import diagnose as diag
+    from ptdiag.launch.command import resolve
     from ptdiag.progress import ProgressWatcher
     from ptdiag.report import terminal
-    from ptdiag.router import Route, route as route_text
     from ptdiag.runs.store import RunStore
-    from ptdiag.specialists import NAMES
 
     if user_command is None:
         raise UsageProblem(NO_COMMAND)
-    if fail_on not in FAIL_ON:
-        raise UsageProblem(f"--fail-on must be one of {', '.join(FAIL_ON)}, not {fail_on!r}")
-    tags = _parse_tags(tag)
-    route = route_text(symptom)
-    if only:
-        chosen = [s.strip() for s in only.split(",") if s.strip()]
-        unknown = [s for s in chosen if s not in NAMES]
-        if unknown or not chosen:
-            named = ", ".join(unknown) if unknown else repr(only)
-            raise UsageProblem(f"unknown specialist in --only: {named} (known: {', '.join(NAMES)})")
-        route = Route(specialists=chosen, ambiguous=False, confidence=1.0,
-                      reasons=[{"specialist": s, "matched": ["--only"]} for s in chosen],
-                      notes=["plan chosen with --only"])
-    from ptdiag.launch.command import resolve
-
+    options = diag.Options(max_steps=max_steps, timeout_s=timeout, name=name, tags=_parse_pairs(tag, "--tag"),
+                           specialist_options=_parse_specialist_options(option))
     resolve(user_command, Path.cwd())  # bad commands fail before a run is created
-    options = diag.Options(max_steps=max_steps, timeout_s=timeout, name=name, tags=tags)
     run_store = RunStore.resolve(store)
     run_id, run_dir, meta = diag.start_run(run_store, symptom, user_command, route, options)
     console = terminal.stderr_console()
@@ -104,6 +134,8 @@ def diagnose(
     watcher = ProgressWatcher(run_dir, console) if console.is_terminal and not quiet else None
     outcome = diag.run_child(user_command, run_dir, meta, options, watcher.tick if watcher else None)
     try:
+        if not outcome.interrupted_by:
+            diag.run_parent_parts(user_command, run_dir, meta, options)
         report = diag.finish(run_store, run_dir, json_path)
     except Exception:  # ptdiag's own bug: the program's result still stands
         log = run_dir / "ptdiag-error.log"
@@ -125,14 +157,26 @@ def _exit_code(child_exit: int, report, fail_on: str) -> int:
     return 0
 
 
-def _parse_tags(pairs: list[str]) -> dict[str, str]:
-    tags = {}
+def _parse_pairs(pairs: list[str], option: str) -> dict[str, str]:
+    parsed = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise UsageProblem(f"--tag needs key=value, not {pair!r}")
-        tags[key] = value
-    return tags
+            raise UsageProblem(f"{option} needs key=value, not {pair!r}")
+        parsed[key] = value
+    return parsed
+
+
+def _parse_specialist_options(pairs: list[str]) -> dict[str, dict[str, str]]:
+    from ptdiag.specialists import NAMES
+
+    options: dict[str, dict[str, str]] = {}
+    for key, value in _parse_pairs(pairs, "--option").items():
+        specialist, dot, name = key.partition(".")
+        if not dot or specialist not in NAMES or not name:
+            raise UsageProblem(f"--option needs specialist.key=value with a specialist of {', '.join(NAMES)}, not {key!r}")
+        options.setdefault(specialist, {})[name] = value
+    return options
 
 
 @app.command()
@@ -147,61 +191,6 @@ def route(
     from ptdiag.entry import print_route
 
     return print_route(symptom, as_json)
-
-
-@runs_app.command("list")
-def runs_list(
-    store: Optional[str] = typer.Option(None, "--store", help="Run store directory."),
-    status: Optional[str] = typer.Option(None, "--status", help="Only runs with this status (e.g. crashed)."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most N runs."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON array (contract shape)."),
-) -> int:
-    """List recorded runs, newest first.  Example: ptdiag runs list --status diverged"""
-    from ptdiag.runs.store import RunStore
-
-    runs = RunStore.resolve(store).list(status=status, limit=limit)
-    if as_json:
-        print(json.dumps(runs, indent=2, default=str))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("run id", "name", "status", "steps", "symptom", box=None)
-    for r in runs:
-        table.add_row(r["run_id"], r.get("name") or "", r.get("status") or "",
-                      str(r.get("steps") or r.get("metrics", {}).get("steps_observed", "")),
-                      (r.get("symptom") or "")[:60])
-    Console(highlight=False).print(table if runs else "no runs recorded in this store yet")
-    return 0
-
-
-@runs_app.command("show")
-def runs_show(
-    run_id: str = typer.Argument(..., help="Run id, or a unique prefix of it."),
-    store: Optional[str] = typer.Option(None, "--store", help="Run store directory."),
-    as_json: bool = typer.Option(False, "--json", help="Print the full record as JSON."),
-) -> int:
-    """Show one run: its report (status, findings, metrics), config, seeds, git, environment.
-
-    Example: ptdiag runs show 20261122-013000
-    """
-    from ptdiag.runs.store import RunStore
-
-    record = RunStore.resolve(store).load(run_id)
-    if as_json:
-        print(json.dumps(record, indent=2, default=str))
-        return 0
-    from ptdiag.findings import Finding
-    from ptdiag.report import terminal
-    from ptdiag.report.model import Report
-
-    if "findings" not in record:
-        typer.echo(f"run {record['run_id']}: status {record.get('status')} (no report yet)")
-        return 0
-    fields = {k: record.get(k) for k in Report.__dataclass_fields__ if k in record}
-    fields["findings"] = [Finding.from_dict(f) for f in record["findings"]]
-    terminal.render(Report(**fields), terminal.Console(highlight=False, soft_wrap=True))
-    return 0
 
 
 @app.command()
@@ -261,7 +250,7 @@ def run_app(head: list[str]) -> int:
     except ClickException as error:
         print(f"ptdiag: error: {error.format_message()}", file=sys.stderr)
         return 2
-    except (UsageProblem, *USER_ERRORS) as error:
+    except USER_ERRORS as error:
         print(f"ptdiag: error: {error}", file=sys.stderr)
         return 2
     except Exception as error:

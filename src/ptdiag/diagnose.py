@@ -21,6 +21,7 @@ from ptdiag.report.model import Report
 from ptdiag.router import Route, with_evidence
 from ptdiag.runs.store import RunStore
 from ptdiag.specialists import analyse as specialist_analysis
+from ptdiag.specialists import parent_part
 from ptdiag.specialists.tracking import record
 from ptdiag.verdict import run_findings, run_metrics, run_status
 
@@ -33,6 +34,33 @@ class Options:
     timeout_s: float | None = None
     name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    # per specialist, from `-o specialist.key=value`: {"memory": {"target_memory": "16GiB"}}
+    specialist_options: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+@dataclass
+class ParentContext:
+    """What a specialist's parent-side part gets: the run, and a way to run the command again."""
+
+    command: list[str]
+    run_dir: Path
+    meta: dict
+    options: Options
+
+    def specialist_options(self, name: str) -> dict[str, str]:
+        return self.options.specialist_options.get(name, {})
+
+    def run_again(self, command: list[str], companion_dir: Path, max_steps: int | None = None,
+                  env: dict[str, str] | None = None):
+        """Run a command with the probe into `companion_dir` (a RecordedRun can read it)."""
+        companion_dir.mkdir(parents=True, exist_ok=True)
+        plan = dict(self.meta["plan"], max_steps=max_steps)
+        meta = dict(self.meta, command=environment.redact_argv(command), plan=plan, companion_of=self.meta["run_id"])
+        write_json(meta, companion_dir / "meta.json")
+        program = resolve(command, Path.cwd())
+        outcome = Supervisor(command, program, companion_dir, plan, self.options.timeout_s, env=env).run()
+        write_json(outcome.to_dict(), companion_dir / "outcome.json")
+        return outcome
 
 
 def start_run(store: RunStore, symptom: str | None, command: list[str], route: Route,
@@ -56,7 +84,8 @@ def start_run(store: RunStore, symptom: str | None, command: list[str], route: R
 
 
 def plan_for(route: Route, options: Options) -> dict:
-    return {"specialists": route.specialists, "max_steps": options.max_steps}
+    return {"specialists": route.specialists, "max_steps": options.max_steps,
+            "options": options.specialist_options}
 
 
 def default_name(command: list[str]) -> str:
@@ -73,6 +102,15 @@ def run_child(command: list[str], run_dir: Path, meta: dict, options: Options, o
     outcome = supervisor.run()
     write_json(outcome.to_dict(), run_dir / "outcome.json")
     return outcome
+
+
+def run_parent_parts(command: list[str], run_dir: Path, meta: dict, options: Options) -> None:
+    """Each planned specialist's parent-side part, after the command ended (see specialists)."""
+    context = ParentContext(command, run_dir, meta, options)
+    for name in meta["plan"]["specialists"]:
+        part = parent_part(name)
+        if part is not None:
+            part.after_run(context)
 
 
 def analyse_run(run_dir: Path) -> Report:

@@ -4,4 +4,9 @@ from ptdiag.inspect import InspectError
 from ptdiag.launch.command import CommandError
 from ptdiag.runs.errors import StoreError
 
-USER_ERRORS = (CommandError, StoreError, InspectError, ValueError)
+
+class UsageProblem(Exception):
+    """Bad input to ptdiag itself: one line to the user, exit 2."""
+
+
+USER_ERRORS = (UsageProblem, CommandError, StoreError, InspectError, ValueError)

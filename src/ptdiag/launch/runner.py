@@ -68,13 +68,15 @@ def child_environment(run_dir: Path, plan: dict, base: dict | None = None) -> di
 class Supervisor:
     def __init__(self, command: list[str], program: str, run_dir: Path, plan: dict,
                  timeout_s: float | None = None,
-                 on_tick: Callable[[float], None] | None = None) -> None:
+                 on_tick: Callable[[float], None] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.command = command
         self.program = program
         self.run_dir = run_dir
         self.plan = plan
         self.timeout_s = timeout_s
         self.on_tick = on_tick
+        self.extra_env = env or {}
         self._interrupts = 0
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
@@ -89,7 +91,7 @@ class Supervisor:
         try:
             self._proc = subprocess.Popen(
                 self.command, executable=self.program,  # argv[0] as typed, like a shell
-                env=child_environment(self.run_dir, self.plan),
+                env={**child_environment(self.run_dir, self.plan), **self.extra_env},
                 preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, old_mask))
             self._signal_thread = threading.Thread(target=self._signal_loop, daemon=True)
             self._signal_thread.start()

@@ -44,6 +44,7 @@ class Probe:
         self.rank = rank
         self.step = 0
         self.max_steps: int | None = plan.get("max_steps")
+        self.options: dict = plan.get("options", {})  # per specialist: {"memory": {"target_memory": "16GiB"}}
         self._primary_optimizer: int | None = None
         self.events = EventWriter(run_dir / "events" / f"rank{rank}.p{os.getpid()}.jsonl")
         self.dispatcher = Dispatcher(load_plugins(self, plan.get("specialists", [])), self.log_error)
@@ -104,11 +105,18 @@ class Probe:
         self.events.close()
 
     # -- the step ---------------------------------------------------------------------------
-    def optimizer_stepped(self, optimizer) -> None:
-        """Counts steps of the primary (first) optimizer; GANs' second one does not count."""
+    def _is_primary(self, optimizer) -> bool:
+        """Steps count for the primary (first) optimizer; a GAN's second one does not count."""
         if self._primary_optimizer is None:
             self._primary_optimizer = id(optimizer)
-        elif id(optimizer) != self._primary_optimizer:
+        return id(optimizer) == self._primary_optimizer
+
+    def optimizer_stepping(self, optimizer) -> None:
+        if self._is_primary(optimizer):
+            self.call("on_step_begin", self.step + 1, optimizer)
+
+    def optimizer_stepped(self, optimizer) -> None:
+        if not self._is_primary(optimizer):
             return
         self.step += 1
         self.call("on_step", self.step, optimizer)

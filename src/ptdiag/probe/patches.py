@@ -35,16 +35,25 @@ def _optimizer_steps(probe: "Probe", torch) -> None:
     register_optimizer_step_post_hook(lambda optimizer, args, kwargs: probe.optimizer_stepped(optimizer))
 
 
+def _optimizer_step_begin(probe: "Probe", torch) -> None:
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    register_optimizer_step_pre_hook(lambda optimizer, args, kwargs: probe.optimizer_stepping(optimizer))
+
+
 def _backward(probe: "Probe", torch) -> None:
     """Tensor.backward calls torch.autograd.backward, so one wrapper sees both spellings."""
 
     def make(original):
         def backward(tensors, *args, **kwargs):
-            if isinstance(tensors, torch.Tensor):
-                probe.call("on_backward", tensors)
-            elif isinstance(tensors, (list, tuple)) and len(tensors) == 1:
-                probe.call("on_backward", tensors[0])
-            return original(tensors, *args, **kwargs)
+            loss = tensors[0] if isinstance(tensors, (list, tuple)) and len(tensors) == 1 else tensors
+            loss = loss if isinstance(loss, torch.Tensor) else None
+            if loss is not None:
+                probe.call("on_backward", loss)
+            result = original(tensors, *args, **kwargs)
+            if loss is not None:
+                probe.call("on_backward_end", loss)
+            return result
 
         return backward
 
@@ -170,6 +179,77 @@ def _distributed(probe: "Probe", dist) -> None:
     _replace(dist, "init_process_group", make, dist.distributed_c10d)
 
 
+COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object",
+               "reduce_scatter", "reduce_scatter_tensor", "all_to_all", "all_to_all_single",
+               "broadcast", "broadcast_object_list", "reduce", "gather", "scatter", "barrier",
+               "monitored_barrier", "send", "recv")
+
+
+def _collectives(probe: "Probe", dist) -> None:
+    """The module-level collectives the program calls (DDP's own bucketed all-reduces run
+    in C++ and are not seen here; the Flight Recorder covers those on NCCL)."""
+    if not dist.is_available():
+        return
+
+    def make(name):
+        def wrap(original):
+            def collective(*args, **kwargs):
+                probe.call("on_collective", name, user_location(2))
+                result = original(*args, **kwargs)
+                probe.call("on_collective_end", name)
+                return result
+
+            return collective
+
+        return wrap
+
+    for name in COLLECTIVES:
+        if hasattr(dist, name):
+            _replace(dist, name, make(name), dist.distributed_c10d)
+
+
+def _scalar_logger(source: str, probe: "Probe"):
+    def make(original):
+        def add_scalar(self, tag, scalar_value, global_step=None, *args, **kwargs):
+            result = original(self, tag, scalar_value, global_step, *args, **kwargs)
+            probe.call("on_log_scalar", source, tag, scalar_value, global_step)
+            return result
+
+        return add_scalar
+
+    return make
+
+
+def _tensorboard(probe: "Probe", writer_module) -> None:
+    _replace(writer_module.SummaryWriter, "add_scalar", _scalar_logger("tensorboard", probe))
+
+
+def _mlflow(probe: "Probe", mlflow) -> None:
+    def make(original):
+        def log_metric(key, value, step=None, *args, **kwargs):
+            result = original(key, value, step, *args, **kwargs)
+            probe.call("on_log_scalar", "mlflow", key, value, step)
+            return result
+
+        return log_metric
+
+    _replace(mlflow, "log_metric", make)
+
+
+def _wandb(probe: "Probe", wandb) -> None:
+    def make(original):
+        def log(data, step=None, *args, **kwargs):
+            result = original(data, step, *args, **kwargs)
+            for key, value in (data or {}).items():
+                if isinstance(value, (int, float)):
+                    probe.call("on_log_scalar", "wandb", key, value, step)
+            return result
+
+        return log
+
+    _replace(wandb, "log", make)
+
+
 def _argparse(probe: "Probe", argparse) -> None:
     depth = 0  # sub-parsers call parse_known_args inside the outer call
 
@@ -201,12 +281,17 @@ def _numpy_seed(probe: "Probe", numpy) -> None:
 # (module to wait for, hooks the patch feeds, installer). An empty hook tuple: always.
 PATCHES = (
     ("torch", (), _optimizer_steps),
+    ("torch", ("on_step_begin",), _optimizer_step_begin),
     ("torch", ("on_backward",), _backward),
     ("torch", ("on_dataloader", "on_loader_iter", "on_batch"), _dataloader),
     ("torch", ("on_model",), _first_model),
     ("torch", ("on_seed",), _torch_seeds),
     ("torch", ("on_save", "on_load"), _serialization),
     ("torch.distributed", ("on_dist_init",), _distributed),
+    ("torch.distributed", ("on_collective", "on_collective_end"), _collectives),
+    ("torch.utils.tensorboard.writer", ("on_log_scalar",), _tensorboard),
+    ("mlflow", ("on_log_scalar",), _mlflow),
+    ("wandb", ("on_log_scalar",), _wandb),
     ("argparse", ("on_args",), _argparse),
     ("random", ("on_seed",), _python_seed),
     ("numpy", ("on_seed",), _numpy_seed),

@@ -4,6 +4,10 @@ A specialist package may hold:
 - `probe.py`: its in-process part, a `Plugin` subscribing to probe events (runs inside
   the user's processes; imported only when the specialist is in the plan);
 - `analyse(run) -> Analysis` in `__init__.py`: turns a recorded run into findings;
+- `parent.py`: its part in ptdiag's own process, `after_run(ctx: ParentContext)`,
+  called once the command has ended and before analysis, for work that needs more runs
+  of the command (a second run to compare, a resumed run); whatever it measures goes into
+  the run dir, so the analysis still reads only the run dir;
 - artifact inspectors (modules with `sniff(path)` and `inspect(path)`), listed in
   `ptdiag.inspect.KINDS`.
 """
@@ -11,11 +15,11 @@ A specialist package may hold:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from ptdiag.findings import Analysis
 from ptdiag.recorded import RecordedRun
-
-NAMES = ("memory", "performance", "numerics", "distributed", "reproducibility", "tracking")
+from ptdiag.router.plan import SPECIALISTS as NAMES
 
 
 def analyse(name: str, run: RecordedRun) -> Analysis | None:
@@ -23,3 +27,9 @@ def analyse(name: str, run: RecordedRun) -> Analysis | None:
     module = importlib.import_module(f"ptdiag.specialists.{name}")
     analyser = getattr(module, "analyse", None)
     return analyser(run) if analyser else None
+
+
+def parent_part(name: str):
+    """The specialist's `parent` module, or None where it needs nothing in ptdiag's process."""
+    module_name = f"ptdiag.specialists.{name}.parent"
+    return importlib.import_module(module_name) if importlib.util.find_spec(module_name) else None
