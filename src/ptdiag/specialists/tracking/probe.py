@@ -82,7 +82,10 @@ class Plugin(ProbePlugin):
     def on_args(self, namespace, argv) -> None:
         if self._args_events < MAX_ARGS_EVENTS:
             self._args_events += 1
-            self.probe.emit("args", values=dict(vars(namespace)))
+            from ptdiag.environment import REDACTED, is_secret_name
+
+            values = {k: REDACTED if is_secret_name(k) and v else v for k, v in vars(namespace).items()}
+            self.probe.emit("args", values=values)
 
     def on_seed(self, kind, value, location) -> None:
         self.probe.emit("seed", kind=kind, value=value, location=location)

@@ -1,0 +1,53 @@
+"""What a run records without any user code: git state and diff, redacted secrets, and
+the post-mortem added when the evidence contradicts the words."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import PROGRAMS, PYTHON, load_report, run_ptdiag
+
+pytestmark = pytest.mark.slow
+
+
+def git(cwd, *args):
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_dirty_tree_secrets_and_evidence_escalation(workdir):
+    shutil.copy(PROGRAMS / "nan_quick.py", workdir / "train.py")
+    git(workdir, "init", "-q")
+    git(workdir, "add", "train.py")
+    git(workdir, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    with open(workdir / "train.py", "a") as fh:
+        fh.write("# tuned lr\n")
+    proc = run_ptdiag("training is slow", "--json", "r.json", "--", PYTHON, "train.py",
+                      "--api-key", "sk-live-123", cwd=workdir,
+                      env={"MY_API_TOKEN": "tok-456", "PTDIAG_TEST_PLAIN": "visible"})
+    assert proc.returncode == 0, proc.stderr.decode()
+    report = load_report(workdir / "r.json")
+    # the words said "slow"; the run diverged, so numerics' post-mortem was added
+    assert report["route"]["specialists"][0] == "performance"
+    assert "numerics" in report["route"]["specialists"]
+    assert any("numerics" in note for note in report["route"]["notes"])
+    assert report["status"] == "diverged"
+    assert "numerics.nonfinite_loss" in [f["code"] for f in report["findings"]]
+    # git: dirty, diff saved, finding says so
+    dirty = next(f for f in report["findings"] if f["code"] == "tracking.dirty_tree")
+    patch = dirty["evidence"]["patch"]
+    assert "# tuned lr" in open(patch).read()
+    assert report["environment"]["git"]["dirty"] is True
+    # secrets never reach the run dir
+    run_dir = next((workdir / "ptdiag-runs").glob("2*"))
+    stored = "".join(p.read_text() for p in run_dir.rglob("*.json"))
+    assert "sk-live-123" not in stored and "tok-456" not in stored
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert meta["environ"]["MY_API_TOKEN"] == "<redacted>"
+    assert meta["environ"]["PTDIAG_TEST_PLAIN"] == "visible"
+    assert "<redacted>" in meta["command"]
+    # the program still got its real argument
+    assert report["params"]["lr"] == 10.0
