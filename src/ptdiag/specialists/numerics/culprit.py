@@ -1,0 +1,135 @@
+"""The finding for the place a non-finite value was born, from the probe's replay record."""
+
+from __future__ import annotations
+
+from ptdiag.findings import Finding
+from ptdiag.specialists.numerics import rules
+
+SPECIALIST = "numerics"
+
+
+def _what(event: dict) -> str:
+    kinds = [k for k, flag in (("NaN", event.get("output_nan")), ("Inf", event.get("output_inf"))) if flag]
+    return "/".join(kinds) or "a non-finite value"
+
+
+def _module(event: dict) -> str:
+    module = event.get("module")
+    return "the model's top level" if module == "" else (module or "code outside the model")
+
+
+def location(event: dict) -> str | None:
+    """The user's line: inside the op's own code first (a custom backward), then the forward
+    line that created the failing node, then where the program called the model."""
+    return event.get("user_line") or event.get("forward_user_line") or event.get("call_line")
+
+
+def _evidence(event: dict, rank: int, **extra) -> dict:
+    return {"step": event["step"], "module": event.get("module"), "op": event.get("op"),
+            "location": location(event), "rank": rank, **extra}
+
+
+def is_fp16_overflow(event: dict) -> bool:
+    return event.get("dtype") == "float16" and bool(event.get("output_inf"))
+
+
+def forward_finding(event: dict, rank: int, severity: str = "error") -> Finding:
+    op, module = event["op"], _module(event)
+    where = f" ({event['library_line']})" if event.get("library_line") and event["library_line"] != location(event) else ""
+    return Finding(
+        code="numerics.nonfinite_forward", specialist=SPECIALIST, severity=severity,
+        title=f"First non-finite value produced by {module} ({op}) at step {event['step']}",
+        detail=(f"Replaying step {event['step']} op by op: {op} returned {_what(event)} from finite inputs "
+                f"(largest |input| {_num(event.get('input_abs_max'))}) in {module}{where}. "
+                f"Every op before it was finite."),
+        evidence=_evidence(event, rank, dtype=event.get("dtype"), input_abs_max=event.get("input_abs_max"),
+                           library_line=event.get("library_line"), call_line=event.get("call_line")),
+        fix=rules.FORWARD_FIXES.get(op, rules.FORWARD_DEFAULT_FIX))
+
+
+def backward_finding(event: dict, rank: int) -> Finding:
+    node, op, module = event.get("node") or "?", event["op"], _module(event)
+    params = event.get("params") or []
+    custom = event.get("user_line") is not None
+    fix = rules.BACKWARD_CUSTOM_FIX if custom else rules.BACKWARD_FIXES.get(node, rules.BACKWARD_DEFAULT_FIX)
+    shown = ", ".join(params[:rules.PARAMS_SHOWN]) + (f" and {len(params) - rules.PARAMS_SHOWN} more"
+                                                       if len(params) > rules.PARAMS_SHOWN else "")
+    return Finding(
+        code="numerics.nonfinite_backward", specialist=SPECIALIST, severity="error",
+        title=f"Gradients went non-finite in {node} ({op}) of {module} at step {event['step']}; the forward was finite",
+        detail=(f"The loss and the model's outputs were finite at step {event['step']}, the gradients were not. "
+                f"Replaying the backward op by op: {op} inside {node} returned {_what(event)} from finite inputs; "
+                f"the forward op it differentiates was called at {event.get('forward_user_line') or event.get('forward_library_line') or 'an unknown line'}. "
+                f"Parameters with non-finite gradients (nearest the failure first): {shown or 'none recorded'}."),
+        evidence=_evidence(event, rank, node=node, params=params[:rules.PARAMS_SHOWN], params_count=len(params),
+                           forward_location=event.get("forward_user_line"), custom_function=custom),
+        fix=fix)
+
+
+def input_finding(event: dict, rank: int) -> Finding:
+    rows, indices = event.get("rows") or [], event.get("indices")
+    kinds = "/".join(k for k, flag in (("NaN", event.get("nan")), ("Inf", event.get("inf"))) if flag)
+    source = (f"dataset indices {indices} of {event.get('dataset')}" if indices
+              else "dataset indices not knowable from this DataLoader's sampler")
+    where = (f" (epoch {event['epoch']}, batch {event['batch']} of the epoch)" if event.get("epoch") is not None else "")
+    return Finding(
+        code="numerics.nonfinite_input", specialist=SPECIALIST, severity="error",
+        title=f"The batch at step {event['step']} already held {kinds} before the model saw it"
+              + (f" (dataset indices {indices})" if indices else ""),
+        detail=(f"Rows {rows} of the model's input (shape {event.get('shape')}){where} hold {kinds}; {source}. "
+                "The model and the loss are not at fault."),
+        evidence=_evidence(event, rank, rows=rows, indices=indices, epoch=event.get("epoch"),
+                           batch=event.get("batch"), dataset=event.get("dataset")),
+        fix=("Find out why these samples are corrupt (a broken file, a division in the transform) and fix or drop "
+             "them; a guard in the Dataset's __getitem__, `assert torch.isfinite(x).all(), index`, catches more."))
+
+
+def fp16_finding(event: dict, rank: int, amp: dict | None) -> Finding:
+    bf16 = (amp or {}).get("bf16_supported")
+    real = event.get("fp32_abs_max")
+    beyond = (f"the same op in float32 gives |x| up to {_num(real)}" if real and real > rules.FP16_MAX
+              else f"its finite inputs reach |x| = {_num(event.get('input_abs_max'))}")
+    advice = ("Use bfloat16, which has float32's range: torch.autocast(device_type, dtype=torch.bfloat16) "
+              "(supported on this device), no GradScaler needed. " if bf16 else
+              "bfloat16 is not supported on this device; ")
+    return Finding(
+        code="numerics.fp16_overflow", specialist=SPECIALIST, severity="error",
+        title=f"float16 overflow under autocast in {_module(event)} ({event['op']}) at step {event['step']}",
+        detail=(f"{event['op']} returned Inf in float16 (largest finite value 65504); {beyond}. "
+                f"Phase: {event.get('phase')}."),
+        evidence=_evidence(event, rank, dtype="float16", fp32_abs_max=real, input_abs_max=event.get("input_abs_max"),
+                           library_line=event.get("library_line"), bf16_supported=bf16),
+        fix=advice + "Or keep the values in range: normalise the inputs, scale the activations "
+                     "(e.g. attention logits by 1/sqrt(d)), or run this op in float32 "
+                     "(torch.autocast(..., enabled=False) around it).")
+
+
+def outside_model_finding(event: dict, rank: int) -> Finding:
+    ops = event.get("loss_ops") or []
+    born = ("in the backward of the loss computation (the gradient reaching the model's output was already "
+            "non-finite)" if event.get("phase") == "gradient_in" else "in the loss computation")
+    return Finding(
+        code="numerics.nonfinite_forward" if event.get("phase") != "gradient_in" else "numerics.nonfinite_backward",
+        specialist=SPECIALIST, severity="error",
+        title=f"The model's output was finite at step {event['step']}; the non-finite value was born {born}",
+        detail=(f"Replaying the model's forward and backward stayed finite. The autograd nodes between the loss "
+                f"and the model's output: {', '.join(ops) or 'none recorded'}."),
+        evidence=_evidence(event, rank, module=None, op=None, loss_ops=ops),
+        fix="Check the loss function's logs, divisions and square roots (see the nodes above) and its targets.")
+
+
+def _num(value) -> str:
+    return "?" if value is None else f"{float(value):.4g}"
+
+
+def finding_for(event: dict, rank: int, amp: dict | None) -> Finding:
+    phase = event.get("phase")
+    if phase == "input":
+        return input_finding(event, rank)
+    if phase in ("forward", "backward") and is_fp16_overflow(event):
+        return fp16_finding(event, rank, amp)
+    if phase == "forward":
+        return forward_finding(event, rank)
+    if phase == "backward":
+        return backward_finding(event, rank)
+    return outside_model_finding(event, rank)

@@ -1,0 +1,87 @@
+"""What the per-step numbers say before a failure: explosion, loss spikes, loss-scale collapse.
+
+Pure functions over the recorded series, so they are testable on lists of numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+from ptdiag.specialists.numerics import rules
+
+
+def _finite(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+@dataclass
+class Explosion:
+    baseline: float  # median norm of the first steps
+    onset_step: int  # first step above ONSET_FACTOR x baseline
+    peak_step: int
+    peak: float
+    growth_per_step: float  # geometric mean factor from the onset to the peak
+    clip_at: float  # CLIP_QUANTILE of the norms before the onset
+    history: list[tuple[int, float]]
+
+
+def explosion(norms: list[tuple[int, float]], before_step: int | None = None) -> Explosion | None:
+    """Did the gradient norm grow by orders of magnitude (before `before_step`, the failure)?"""
+    series = [(s, n) for s, n in ((s, _finite(n)) for s, n in norms)
+              if n is not None and (before_step is None or s < before_step)]
+    if len(series) < rules.BASELINE_STEPS + 1:
+        return None
+    baseline = statistics.median(n for _, n in series[:rules.BASELINE_STEPS])
+    if baseline <= 0:
+        return None
+    peak_step, peak = max(series, key=lambda sn: sn[1])
+    if peak < rules.EXPLOSION_FACTOR * baseline:
+        return None
+    onset = next(i for i, (_, n) in enumerate(series) if n > rules.ONSET_FACTOR * baseline)
+    calm = [n for _, n in series[:onset]] or [baseline]
+    start_step, start = series[max(onset - 1, 0)]
+    steps = max(peak_step - start_step, 1)
+    return Explosion(baseline=baseline, onset_step=series[onset][0], peak_step=peak_step, peak=peak,
+                     growth_per_step=(peak / start) ** (1 / steps) if start > 0 else math.inf,
+                     clip_at=quantile(calm, rules.CLIP_QUANTILE), history=series)
+
+
+def loss_spikes(losses: list[tuple[int, float]], until_step: int | None = None) -> list[dict]:
+    """Finite losses above SPIKE_FACTOR x the running median of the losses before them."""
+    spikes, window = [], []
+    for step, value in losses:
+        value = _finite(value)
+        if value is None or (until_step is not None and step >= until_step):
+            break
+        if len(window) >= rules.SPIKE_MIN_HISTORY:
+            median = statistics.median(window)
+            if median > 0 and value > rules.SPIKE_FACTOR * median:
+                spikes.append({"step": step, "loss": value, "running_median": median,
+                               "factor": value / median})
+        window = (window + [value])[-rules.SPIKE_WINDOW:]
+    return spikes
+
+
+def scale_collapse(scales: list[tuple[int, float, bool]]) -> dict | None:
+    """GradScaler history (step, scale, grads finite): collapsed scale or mostly skipped steps."""
+    if not scales:
+        return None
+    first = scales[0][1]
+    low_step, low = min(((s, v) for s, v, _ in scales), key=lambda sv: sv[1])
+    skipped = [s for s, _, ok in scales if not ok]
+    share = len(skipped) / len(scales)
+    if first / low < rules.SCALE_COLLAPSE_FACTOR and share <= rules.SKIP_SHARE:
+        return None
+    return {"first_scale": first, "lowest_scale": low, "lowest_at": low_step, "skipped": len(skipped),
+            "backward_passes": len(scales), "skipped_share": share, "first_skipped": skipped[:5]}

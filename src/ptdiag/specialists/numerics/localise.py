@@ -1,0 +1,180 @@
+"""Pinpoint the first non-finite value by replaying the failing step, op by op.
+
+Watch mode only knows *that* a step went non-finite. The parameters have not been
+updated yet at that point, so the step's forward (and backward from the gradient that
+reached the model's output) can run again under a TorchDispatchMode that checks every
+op: the first op whose output is non-finite while its inputs were finite is where the
+value was born. Costly per op, but it runs once, on one step.
+
+During the replay:
+- module hooks keep a stack of qualified names (the module an op ran in), and label the
+  autograd nodes each module created, so a backward op maps back to its module;
+- anomaly mode (without its NaN check) keeps each node's forward traceback, so a backward
+  op maps back to the user's forward line;
+- the RNG is forked (dropout draws the same numbers the program would have drawn next).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from ptdiag.specialists.numerics.locations import frames_until, traceback_frames, user_and_library
+
+FP16_MAX = 65504.0
+
+
+def float_tensors(value: Any) -> list[torch.Tensor]:
+    return [t for t in tree_leaves(value) if isinstance(t, torch.Tensor) and t.is_floating_point()]
+
+
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def abs_max(tensors: list[torch.Tensor]) -> float | None:
+    finite = [t[torch.isfinite(t)] for t in tensors if t.numel()]
+    values = [float(t.abs().max()) for t in finite if t.numel()]
+    return max(values) if values else None
+
+
+def op_name(func) -> str:
+    return func._overloadpacket._qualified_op_name if hasattr(func, "_overloadpacket") else str(func)
+
+
+class ModuleTracker:
+    """The qualified name of the module running now, and which module made each autograd node."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.names = {m: n for n, m in model.named_modules()}
+        self.stack: list[str] = []
+        self.node_module: dict = {}
+        self._handles: list = []
+
+    def current(self) -> str | None:
+        return self.stack[-1] if self.stack else None
+
+    def _label(self, value, name: str | None) -> None:
+        todo = [t.grad_fn for t in float_tensors(value) if t.grad_fn is not None]
+        while todo:
+            node = todo.pop()
+            if node is None or node in self.node_module:
+                continue
+            self.node_module[node] = name
+            todo.extend(n for n, _ in node.next_functions)
+
+    def _pre(self, module, args, kwargs):
+        self._label((args, kwargs), self.current())  # made by the caller, not by this module
+        self.stack.append(self.names[module])
+
+    def _post(self, module, args, kwargs, output):
+        if self.stack:
+            self._label(output, self.stack.pop())
+
+    def __enter__(self):
+        for module in self.names:
+            self._handles.append(module.register_forward_pre_hook(self._pre, with_kwargs=True))
+            self._handles.append(module.register_forward_hook(self._post, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+
+
+class FirstNonFinite(TorchDispatchMode):
+    """Records the first op whose output is non-finite while all its float inputs are finite."""
+
+    def __init__(self, tracker: ModuleTracker, stop_code, phase: str) -> None:
+        super().__init__()
+        self.tracker, self.stop_code, self.phase = tracker, stop_code, phase
+        self.found: dict | None = None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.found is None:
+            outputs = float_tensors(out)
+            if outputs and not all_finite(outputs):
+                inputs = float_tensors((args, kwargs))
+                if all_finite(inputs):
+                    self.found = self._describe(func, args, kwargs, inputs, outputs)
+        return out
+
+    def _describe(self, func, args, kwargs, inputs, outputs) -> dict:
+        frames = frames_until(self.stop_code)
+        user, library = user_and_library(frames)
+        found = {"phase": self.phase, "op": op_name(func), "overload": str(func),
+                 "dtype": str(outputs[0].dtype).replace("torch.", ""),
+                 "input_abs_max": abs_max(inputs), "output_abs_max": abs_max(outputs),
+                 "output_nan": any(bool(t.isnan().any()) for t in outputs),
+                 "output_inf": any(bool(t.isinf().any()) for t in outputs),
+                 "module": self.tracker.current(), "user_line": user, "library_line": library}
+        if self.phase == "backward":
+            node = torch._C._current_autograd_node()
+            if node is not None:
+                found["node"] = node.name()
+                found["module"] = self.tracker.node_module.get(node, found["module"])
+                forward = traceback_frames(node.metadata.get("traceback_", []))
+                found["forward_user_line"], found["forward_library_line"] = user_and_library(forward)
+        if found["dtype"] in ("float16", "bfloat16"):
+            found["fp32_abs_max"] = _fp32_abs_max(func, args, kwargs)
+        return found
+
+
+def _fp32_abs_max(func, args, kwargs) -> float | None:
+    """The same op in float32: how large the values really were, beyond the half range."""
+    up = lambda t: t.float() if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
+    try:
+        out = func(*[up(a) for a in args], **{k: up(v) for k, v in kwargs.items()})
+    except Exception:
+        return None
+    return abs_max(float_tensors(out))
+
+
+def replay(model, args, kwargs, autocast: dict | None, grad_outputs: list | None, params: list) -> dict:
+    """Run the captured step again op by op; what was first non-finite, where.
+
+    Returns {"phase": "forward" | "backward", ...} for an op found, {"phase": "gradient_in"}
+    when the gradient reaching the model's output was already non-finite, or
+    {"phase": None} when the replay stayed finite (the loss computation outside the model).
+    """
+    stop_code = replay.__code__
+    tracker = ModuleTracker(model)
+    devices = sorted({p.device.index for p in params if p.device.type == "cuda"})
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.random.fork_rng(devices=devices))
+        stack.enter_context(torch.autograd.set_detect_anomaly(True, check_nan=False))
+        stack.enter_context(torch.enable_grad())
+        stack.enter_context(tracker)
+        if autocast:
+            stack.enter_context(torch.autocast(autocast["device"], dtype=getattr(torch, autocast["dtype"])))
+        forward = FirstNonFinite(tracker, stop_code, "forward")
+        with forward:
+            output = model(*args, **kwargs)
+        if forward.found:
+            return forward.found
+        outputs = [t for t in float_tensors(output) if t.requires_grad]
+        if not grad_outputs or len(grad_outputs) != len(outputs):
+            return {"phase": None, "reason": "no gradient of the model's output was captured"}
+        if not all_finite(grad_outputs):
+            return {"phase": "gradient_in"}
+        wanted = [p for p in params if p.requires_grad]
+        backward = FirstNonFinite(tracker, stop_code, "backward")
+        with backward:
+            grads = torch.autograd.grad(outputs, wanted, grad_outputs, allow_unused=True)
+        if backward.found:
+            backward.found["params"] = nonfinite_grads(tracker, model, wanted, grads)
+            return backward.found
+        return {"phase": None, "reason": "the replayed forward and backward stayed finite"}
+
+
+def nonfinite_grads(tracker: ModuleTracker, model, params, grads) -> list[str]:
+    """Names of the parameters whose replayed gradient is non-finite, in backward order."""
+    names = {p: n for n, p in model.named_parameters()}
+    bad = [names.get(p, "?") for p, g in zip(params, grads) if g is not None and not bool(torch.isfinite(g).all())]
+    return bad[::-1]  # parameters run forward in definition order; gradients arrive in reverse

@@ -1,0 +1,195 @@
+"""The numerics specialist inside the training process.
+
+Watch mode runs every step (see `watch`): a hook on the model's outermost module keeps
+the step's inputs, where the program called the model, the autocast state, a device
+flag for non-finite outputs and the gradient reaching the outputs. After each backward
+the step's numbers are read once. The first time something is non-finite, and before
+the optimizer has touched the parameters, the step is replayed op by op (see
+`localise`) or, when the batch itself was bad, its samples are traced back to the
+dataset (see `batches`). Then the training is stopped once the step is recorded:
+there is nothing to learn from training on NaN (`-o numerics.stop=0` keeps it going).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ptdiag.probe.location import user_location
+from ptdiag.probe.plugin import Plugin as ProbePlugin
+from ptdiag.specialists.numerics import watch
+from ptdiag.specialists.numerics.batches import BatchLedger, poisoned_indices
+from ptdiag.specialists.numerics.localise import all_finite, float_tensors, replay
+
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def _autocast_state(device_type: str) -> dict | None:
+    if not torch.is_autocast_enabled(device_type):
+        return None
+    return {"device": device_type, "dtype": str(torch.get_autocast_dtype(device_type)).replace("torch.", "")}
+
+
+def _bf16_supported(device_type: str) -> bool:
+    """CPU autocast runs bfloat16 everywhere; on CUDA it needs Ampere (sm_80) or newer."""
+    return torch.cuda.is_bf16_supported() if device_type == "cuda" else device_type == "cpu"
+
+
+def _graph_between(loss_node, stop_nodes: set, limit: int = 64) -> list[str]:
+    """Autograd node names from the loss down to the model's outputs: the loss computation."""
+    names, todo, seen = [], [loss_node], set()
+    while todo and len(names) < limit:
+        node = todo.pop(0)
+        if node is None or node in seen or node in stop_nodes:
+            continue
+        seen.add(node)
+        names.append(node.name())
+        todo.extend(n for n, _ in node.next_functions)
+    return names
+
+
+class Plugin(ProbePlugin):
+    name = "numerics"
+
+    def __init__(self, probe) -> None:
+        super().__init__(probe)
+        options = probe.options.get("numerics", {})
+        self.stop = str(options.get("stop", "1")).lower() not in FALSE_WORDS
+        self.ledger = BatchLedger()
+        self._model = None
+        self._groups: list[list] | None = None
+        self._replaying = False
+        self._localised = False
+        self._stop_due = False
+        self._clear_step()
+        self._inputs = None
+        self._call_line = None
+        self._autocast = None
+        self._device_type = "cpu"
+        self._amp_seen = False
+
+    def _clear_step(self) -> None:
+        self._out_flag = None
+        self._out_nodes: set = set()
+        self._grad_outs: list | None = None
+        self._loss = None
+        self._scale = None
+
+    # -- data ------------------------------------------------------------------------------
+    def on_loader_iter(self, loader, epoch) -> None:
+        self.ledger.epoch_started(loader, epoch)
+
+    def on_batch(self, loader, wait_s) -> None:
+        self.ledger.batch_handed(loader)
+
+    # -- the model -------------------------------------------------------------------------
+    def on_model(self, module) -> None:
+        self._model = module
+        self._device_type = next(module.parameters()).device.type
+        module.register_forward_hook(self._after_forward, with_kwargs=True)
+
+    def _after_forward(self, module, args, kwargs, output):
+        """One hook, after the forward: a pre-hook added while the first forward runs
+        (on_model fires there) would miss that forward's inputs."""
+        if self._replaying or not torch.is_grad_enabled():
+            return None
+        if self._stop_due:  # the failing step never reached the optimizer (GradScaler skipped it)
+            self._halt()
+        self._inputs = (args, kwargs)
+        self._call_line = user_location(1)
+        self._autocast = _autocast_state(self._device_type)
+        if self._autocast and not self._amp_seen:
+            self._amp_seen = True
+            self.probe.emit("numerics_amp", step=self.probe.step + 1, bf16_supported=_bf16_supported(self._device_type),
+                            **self._autocast)
+        outputs = float_tensors(output)
+        self._out_flag = watch.output_flag(outputs)
+        graded = [t for t in outputs if t.requires_grad]
+        self._out_nodes = {t.grad_fn for t in graded}
+        self._grad_outs = [None] * len(graded)
+        for i, t in enumerate(graded):
+            t.register_hook(self._grad_catcher(i))
+        return None
+
+    def _grad_catcher(self, i: int):
+        def catch(grad):
+            if self._grad_outs is not None and i < len(self._grad_outs):
+                self._grad_outs[i] = grad
+
+        return catch
+
+    # -- after each backward: the step's numbers, read once --------------------------------
+    def on_backward(self, tensor) -> None:
+        if self._replaying or tensor.numel() != 1:
+            return
+        self._loss = tensor
+        if self._autocast and self._autocast["dtype"] == "float16":
+            self._scale = watch.loss_scale(tensor)
+
+    def on_backward_end(self, tensor) -> None:
+        if self._replaying or self._localised or tensor is not self._loss:
+            return
+        groups = self._groups or ([[p for p in self._model.parameters() if p.requires_grad]] if self._model else [])
+        reading = watch.read(self._loss, self._out_flag, groups, self._scale)
+        step = self.probe.step + 1
+        loss = reading.loss / reading.scale if reading.loss is not None and reading.scale else reading.loss
+        self.probe.emit("numerics", step=step, loss=loss, out_finite=reading.outputs_finite,
+                        norms=reading.group_norms, norm=reading.total_norm, scale=reading.scale)
+        failed = (not reading.loss_finite or reading.outputs_finite is False
+                  or (not reading.grads_finite and reading.scale is None))
+        if failed:
+            self._localise(step, reading)
+        self._clear_step()
+
+    def on_step(self, step, optimizer) -> None:
+        if self._groups is None or len(self._groups) != len(optimizer.param_groups):
+            self._groups = [g["params"] for g in optimizer.param_groups]
+        if self._stop_due:
+            self._halt()
+
+    # -- localisation ------------------------------------------------------------------------
+    def _localise(self, step: int, reading: watch.Reading) -> None:
+        self._localised = True
+        started = time.perf_counter()
+        args, kwargs = self._inputs or ((), {})
+        inputs = float_tensors((args, kwargs))
+        if inputs and not all_finite(inputs):
+            found = self._bad_batch(inputs)
+        elif self._model is not None:
+            self._replaying = True
+            try:
+                found = replay(self._model, args, kwargs, self._autocast, self._grad_outs,
+                               list(self._model.parameters()))
+            finally:
+                self._replaying = False
+        else:
+            found = {"phase": None, "reason": "no model forward was seen"}
+        if found.get("phase") in (None, "gradient_in") and self._loss is not None and self._loss.grad_fn is not None:
+            found["loss_ops"] = _graph_between(self._loss.grad_fn, self._out_nodes)
+        self.probe.emit("numerics_culprit", step=step, call_line=self._call_line, autocast=self._autocast,
+                        loss_finite=reading.loss_finite, outputs_finite=reading.outputs_finite,
+                        grads_finite=reading.grads_finite, localise_s=time.perf_counter() - started,
+                        **found)
+        self._stop_due = self.stop
+
+    def _bad_batch(self, inputs: list) -> dict:
+        first = next(t for t in inputs if not bool(torch.isfinite(t).all()))
+        rows = (~torch.isfinite(first)).reshape(first.shape[0], -1).any(1).nonzero().flatten().tolist() \
+            if first.dim() else []
+        found = {"phase": "input", "rows": rows, "batch_size": first.shape[0] if first.dim() else None,
+                 "shape": list(first.shape), "nan": bool(first.isnan().any()), "inf": bool(first.isinf().any()),
+                 "module": "", "indices": None}
+        last = self.ledger.last_batch()
+        if last is not None and last["loader"] is not None:
+            found.update(epoch=last["epoch"], batch=last["batch"],
+                         dataset=type(last["loader"].dataset).__name__)
+            indices = self.ledger.indices(last["loader"], last["batch"])
+            found["indices"] = poisoned_indices(last["loader"], indices, rows) if indices else None
+        return found
+
+    def _halt(self) -> None:
+        self._stop_due = False
+        self.probe.emit("stopped", reason="numerics", step=self.probe.step, wall=time.time())
+        raise SystemExit(0)
+

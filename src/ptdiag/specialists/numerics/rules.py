@@ -1,0 +1,62 @@
+"""Thresholds and fix texts of the numerics findings: data, so they can be read and tuned."""
+
+from __future__ import annotations
+
+FP16_MAX = 65504.0
+
+# gradient explosion: the norm before the failure vs the median of the first steps
+BASELINE_STEPS = 5
+EXPLOSION_FACTOR = 100.0  # "orders of magnitude": at least 100x the baseline
+ONSET_FACTOR = 10.0  # the explosion starts where the norm first passes 10x the baseline
+LR_RISE_FACTOR = 10.0  # a learning rate this many times its first value is called out
+CLIP_QUANTILE = 0.99
+
+# loss spikes (without NaN): loss above k x the running median of the losses before it
+SPIKE_FACTOR = 10.0
+SPIKE_WINDOW = 20
+SPIKE_MIN_HISTORY = 5
+SPIKES_SHOWN = 5
+
+# GradScaler: a scale that fell this far below its first value has collapsed
+SCALE_COLLAPSE_FACTOR = 2.0 ** 12
+SKIP_SHARE = 0.5  # or more than half the steps skipped
+
+PARAMS_SHOWN = 8
+
+# forward op (aten name) -> why it makes NaN/Inf from finite inputs, and the fix
+FORWARD_FIXES = {
+    "aten::log": "log(0) = -inf (and log(x<0) = NaN): a probability that underflowed to 0. Use "
+                 "torch.log_softmax / F.cross_entropy on the logits instead of log(softmax(x)), or "
+                 "torch.log(x.clamp_min(eps)).",
+    "aten::div": "a division by zero (0/0 = NaN, x/0 = Inf), typically a standard deviation or norm that is "
+                 "exactly 0. Add eps to the denominator, (x - mean) / (std + eps), or use a library "
+                 "normalisation (F.layer_norm, F.normalize, nn.GroupNorm) that does.",
+    "aten::sqrt": "sqrt of a negative number is NaN: clamp the argument, torch.sqrt(x.clamp_min(0) + eps).",
+    "aten::rsqrt": "rsqrt(0) = Inf: add eps inside, torch.rsqrt(var + eps).",
+    "aten::exp": "exp overflows above ~88 in float32 (~11 in float16): subtract the max first "
+                 "(torch.logsumexp, torch.softmax) or clamp the argument.",
+    "aten::pow": "a power overflowed or a fractional power of a negative number: clamp the base.",
+    "aten::_to_copy": "a cast to a narrower dtype overflowed: the values do not fit the target type.",
+}
+FORWARD_DEFAULT_FIX = ("The op's inputs were finite and its output was not: guard its inputs (clamp, eps) "
+                       "or compute it with a numerically stable library function.")
+OVERFLOW_OPS = ("aten::convolution", "aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear",
+                "aten::mul", "aten::add", "aten::sum", "aten::_to_copy", "aten::native_batch_norm")
+
+# backward node -> fix
+BACKWARD_FIXES = {
+    "SqrtBackward0": "d sqrt(u)/du = 1/(2 sqrt(u)) is infinite at u = 0: put eps inside the root, "
+                     "torch.sqrt(u + eps), or use torch.linalg.vector_norm / F.normalize / torch.std, whose "
+                     "gradients are defined at 0.",
+    "PowBackward0": "the derivative of a fractional power is infinite at 0: add eps to the base.",
+    "PowBackward1": "the derivative of a fractional power is infinite at 0: add eps to the base.",
+    "NormBackward1": "the gradient of a norm is 0/0 at a zero vector: add eps or use F.normalize(eps=...).",
+    "AcosBackward0": "acos'(x) is infinite at |x| = 1: clamp to (-1 + eps, 1 - eps).",
+    "AsinBackward0": "asin'(x) is infinite at |x| = 1: clamp to (-1 + eps, 1 - eps).",
+    "LogBackward0": "log'(x) = 1/x is infinite at 0: clamp the argument, torch.log(x.clamp_min(eps)).",
+    "DivBackward0": "the gradient of x / y is -x / y^2: infinite where y = 0; add eps to the denominator.",
+}
+BACKWARD_CUSTOM_FIX = ("The custom autograd Function's backward produced it: check its formula against "
+                       "torch.autograd.gradcheck(fn, inputs) in float64, and guard its denominators.")
+BACKWARD_DEFAULT_FIX = ("The forward was finite but this backward formula is not at these values: "
+                        "keep the forward's inputs away from the op's singular points (eps, clamp).")
