@@ -1,1 +1,76 @@
-"""The distributed specialist."""
+"""The distributed specialist: torchrun/DDP set-up, data sharding, replica consistency,
+hangs and collective mismatches, stragglers; and NCCL Flight Recorder dumps.
+
+`probe.py` measures inside each rank; `analyse(run)` reads the run dir (plus the other
+nodes' runs of the same job in the same store, see `job.py`) and runs the checks in
+`checks_*.py`. Flight Recorder dumps found under `<run_dir>/flight_recorder/` (written
+when TORCH_FR_DUMP_TEMP_FILE points there) are analysed with `flight_recorder.py`.
+"""
+
+from __future__ import annotations
+
+from ptdiag.findings import Analysis, Finding
+from ptdiag.recorded import RecordedRun
+from ptdiag.specialists.distributed import checks_data, checks_hang, checks_launch, checks_replicas, checks_straggler
+from ptdiag.specialists.distributed.job import Job
+
+FLIGHT_RECORDER_DIR = "flight_recorder"
+
+CHECKS = (
+    checks_launch.env_findings,
+    checks_launch.device_findings,
+    checks_launch.ddp_findings,
+    checks_launch.batchnorm_findings,
+    checks_data.sampler_findings,
+    checks_data.set_epoch_findings,
+    checks_replicas.unused_findings,
+    checks_replicas.divergence_findings,
+    checks_straggler.straggler_findings,
+)
+
+
+def analyse(run: RecordedRun) -> Analysis:
+    from ptdiag.verdict import run_status
+
+    job = Job.from_run(run)
+    analysis = Analysis()
+    if not job.distributed:
+        return analysis
+    findings = checks_hang.hang_findings(job, run_status(run))
+    for check in CHECKS:
+        findings.extend(check(job))
+    analysis.findings = findings + _job_findings(job) + _flight_recorder(run).findings
+    analysis.metrics["distributed"] = {
+        "job": job.identity, "world_size": job.world_size, "ranks_seen": sorted(job.ranks), "runs": job.runs,
+        "consistency_checked_steps": sorted({e["step"] for es in job.events("dist_check").values() for e in es}),
+        "per_rank": {str(r): m for r, m in checks_straggler.straggler_metrics(job).items()},
+    }
+    return analysis
+
+
+def _job_findings(job: Job) -> list[Finding]:
+    """A multi-node job assembled from several nodes' runs: say which, so the reader knows
+    the findings speak for every rank."""
+    if len(job.runs) < 2:
+        return []
+    nodes = {r: (v.first("start") or {}).get("node_rank") for r, v in job.ranks.items()}
+    return [Finding(
+        code="distributed.job", specialist="distributed", severity="info",
+        title=f"One job over {len(job.runs)} node runs: ranks {sorted(job.ranks)} of {job.world_size}",
+        detail=f"Job {job.identity}: the runs {', '.join(job.runs)} in this store recorded the same rendezvous; "
+               "the checks above compare all their ranks.",
+        evidence={"job": job.identity, "runs": job.runs, "ranks": sorted(job.ranks),
+                  "node_of_rank": {str(r): n for r, n in nodes.items()}},
+        fix="Nothing to fix: ptdiag runs on each node, sharing one --store, give one diagnosis.")]
+
+
+def _flight_recorder(run: RecordedRun) -> Analysis:
+    from ptdiag.specialists.distributed import flight_recorder
+
+    folder = run.run_dir / FLIGHT_RECORDER_DIR
+    if not (folder.is_dir() and flight_recorder.sniff(folder)):
+        return Analysis()
+    try:
+        return flight_recorder.inspect(folder)
+    except flight_recorder.FlightRecorderError:
+        return Analysis()
