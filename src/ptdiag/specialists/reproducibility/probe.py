@@ -1,0 +1,215 @@
+"""The reproducibility specialist inside the user's process.
+
+Per optimizer step it records what two runs must agree on to be the same run: the
+state of every random number generator and a checksum of the input batch when the
+step's forward pass begins, and a checksum of every parameter and buffer after the step
+(`repro_step`; step 0 is the model as the first forward pass found it: initialised or
+loaded). Every `torch.save` is described (`ckpt`) with what it holds and the checksums
+of the state it was saved from, so a resumed run can be checked against it.
+
+The same plugin runs in every run of one diagnosis; PTDIAG_REPRO_ROLE (set by
+`parent.py` for its companion runs) says which: `main` keeps a copy of the checkpoint
+the resume check will start from, `audit` turns on
+`torch.use_deterministic_algorithms(True, warn_only=True)` and records the
+non-deterministic ops it warns about. Only the audit run behaves differently from the
+program alone (deterministic kernels, filled uninitialised memory), which is why it is
+a separate run and never one of the two that are compared.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import weakref
+
+from ptdiag.probe.location import user_location
+from ptdiag.probe.plugin import Plugin as ProbePlugin
+from ptdiag.specialists.reproducibility import checkpoint_contents, fingerprint
+
+ROLE_ENV = "PTDIAG_REPRO_ROLE"
+NONDETERMINISTIC_MARK = "deterministic"  # in every alert of use_deterministic_algorithms
+ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED",
+            "CUDA_VISIBLE_DEVICES", "CUDA_LAUNCH_BLOCKING")
+
+
+def role() -> str:
+    return os.environ.get(ROLE_ENV, "main")
+
+
+class Plugin(ProbePlugin):
+    name = "reproducibility"
+
+    def __init__(self, probe) -> None:
+        super().__init__(probe)
+        self.role = role()
+        self.options = probe.options.get("reproducibility", {})
+        self._torch = None
+        self._tensors: list = []
+        self._loaders: list = []  # (index, weakref to loader)
+        self._pending = fingerprint.PendingSums()
+        self._at_forward = None  # (rng fingerprints, input bit sum) of the step being taken
+        self._optimizer = None
+        self._snapshot_step: int | None = None
+        self._saves = 0
+
+    # -- set-up -----------------------------------------------------------------------------
+    def on_torch_import(self, torch) -> None:
+        self._torch = torch
+        self._watch_first_forward(torch)
+        if self.role == "audit":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            self._record_nondeterministic_warnings()
+            self.probe.emit("repro_audit", deterministic_algorithms=True)
+
+    def _watch_first_forward(self, torch) -> None:
+        """The first step's forward pass happens before `on_model` could hook the model:
+        a global pre-hook sees it (and its batch), then removes itself."""
+        from torch.nn.modules.module import register_module_forward_pre_hook
+
+        handle = None
+
+        def pre_hook(module, args):
+            if handle is not None and next(module.parameters(), None) is not None:
+                handle.remove()
+                self._capture_forward(module, args)
+
+        handle = register_module_forward_pre_hook(pre_hook)
+
+    def _record_nondeterministic_warnings(self) -> None:
+        """Audit run only: each alert of a non-deterministic op, with the user's line."""
+        import warnings
+
+        original = warnings.showwarning
+        probe = self.probe
+
+        def showwarning(message, category, filename, lineno, file=None, line=None):
+            text = str(message)
+            if NONDETERMINISTIC_MARK in text:
+                probe.emit("nondeterministic_op", op=text.split(" does not have")[0].strip()[:200],
+                           message=text[:1000], location=user_location(2), step=probe.step + 1)
+            return original(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = showwarning
+
+    def on_dataloader(self, loader) -> None:
+        index = len(self._loaders)
+        self._loaders.append((index, weakref.ref(loader)))
+        self.probe.emit("repro_loader", loader=index, generator=loader.generator is not None,
+                        worker_init_fn=loader.worker_init_fn is not None, num_workers=loader.num_workers)
+
+    def on_model(self, module) -> None:
+        torch = self._torch_module()
+        named = list(module.named_parameters()) + list(module.named_buffers())
+        self._tensors = [t for _, t in named]
+        self.probe.emit("repro_names", names=[n for n, _ in named],
+                        dtypes=[str(t.dtype).replace("torch.", "") for _, t in named])
+        self._emit_sums(self._pending.push(torch, (0, None, False), self._bit_sums(torch)))
+        module.register_forward_pre_hook(self._capture_forward)
+
+    # -- the step ---------------------------------------------------------------------------
+    def _capture_forward(self, module, args) -> None:
+        """The first forward pass of a step: the generators' states and the batch it got."""
+        if self._at_forward is not None:
+            return
+        batch = next((a for a in args if isinstance(a, self._torch_module().Tensor)), None)
+        live = [(i, ref()) for i, ref in self._loaders if ref() is not None]
+        self._at_forward = (fingerprint.rng_fingerprints(live),
+                            fingerprint.bit_sum(self._torch, batch) if batch is not None else None)
+
+    def on_step_begin(self, step, optimizer) -> None:
+        if step == 1:
+            self._optimizer = optimizer
+            entries, opt_sums = self._optimizer_state(optimizer)
+            self._emit_sums(self._pending.push(self._torch_module(), ("begin", entries, [_lrs(optimizer)]),
+                                               opt_sums))
+
+    def on_step(self, step, optimizer) -> None:
+        torch = self._torch_module()
+        rng, batch_sum = self._at_forward or ({}, None)
+        self._at_forward = None
+        sums = self._bit_sums(torch) + ([batch_sum] if batch_sum is not None else [])
+        self._emit_sums(self._pending.push(torch, (step, rng, batch_sum is not None), sums))
+        if step == 1:
+            self._emit_environment(torch)
+
+    def _emit_sums(self, ready: list) -> None:
+        for key, values in ready:
+            if key[0] == "begin":
+                self.probe.emit("repro_begin", opt_entries=key[1], opt_sum=_total(values), lr=key[2][0])
+                continue
+            step, rng, has_input = key
+            self.probe.emit("repro_step", step=step, sums=values[:-1] if has_input else values,
+                            input=values[-1] if has_input else None, rng=rng)
+
+    def _bit_sums(self, torch) -> list:
+        return [fingerprint.bit_sum(torch, t) for t in self._tensors]
+
+    def _optimizer_state(self, optimizer) -> tuple[int, list]:
+        torch = self._torch_module()
+        sums = []
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                for key in sorted(optimizer.state.get(p, {})):
+                    value = optimizer.state[p][key]
+                    if isinstance(value, torch.Tensor):
+                        sums.append(fingerprint.bit_sum(torch, value))
+        return len(optimizer.state), sums
+
+    def _emit_environment(self, torch) -> None:
+        cudnn = torch.backends.cudnn
+        self.probe.emit(
+            "repro_env", threads=torch.get_num_threads(), interop_threads=torch.get_num_interop_threads(),
+            deterministic_algorithms=torch.are_deterministic_algorithms_enabled(),
+            cudnn_benchmark=bool(cudnn.benchmark), cudnn_deterministic=bool(cudnn.deterministic),
+            cuda=torch.cuda.is_available() and torch.cuda.is_initialized(),
+            tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32), tf32_cudnn=bool(cudnn.allow_tf32),
+            environ={k: os.environ[k] for k in ENV_VARS if k in os.environ})
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def on_save(self, obj, f, location) -> None:
+        torch = self._torch_module()
+        items = checkpoint_contents.describe(obj)
+        path = os.path.abspath(os.fspath(f)) if isinstance(f, (str, os.PathLike)) else None
+        entries, opt_sums = self._optimizer_state(self._optimizer) if self._optimizer is not None else (0, [])
+        self._saves += 1
+        self.probe.emit(
+            "ckpt", path=path if path else repr(f), step=self.probe.step, location=location,
+            type=type(obj).__name__, items=[i.to_dict() for i in items],
+            bytes=os.path.getsize(path) if path and os.path.isfile(path) else None,
+            state_sums=[int(s) for s in torch.stack(self._bit_sums(torch)).tolist()] if self._tensors else None,
+            opt_entries=entries, opt_sum=_total(torch.stack(opt_sums).tolist()) if opt_sums else 0,
+            snapshot=self._snapshot(path))
+
+    def _snapshot(self, path: str | None) -> str | None:
+        """Main run with a resume check: keep a copy of the checkpoint at the resume step
+        (the first save at or after `resume_step`), since later saves overwrite the file."""
+        if self.role != "main" or not self.options.get("resume_cmd") or not path or not os.path.isfile(path):
+            return None
+        step = self.probe.step
+        if self._snapshot_step is None and step >= max(int(self.options.get("resume_step", 1)), 1):
+            self._snapshot_step = step
+        if step != self._snapshot_step:
+            return None
+        target = self.probe.run_dir / "checkpoints" / f"step{step}" / f"{self._saves}-{os.path.basename(path)}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        return str(target)
+
+    def on_exit(self) -> None:
+        self._emit_sums(self._pending.ready(wait=True))
+
+    def _torch_module(self):
+        if self._torch is None:
+            import sys
+
+            self._torch = sys.modules["torch"]
+        return self._torch
+
+
+def _lrs(optimizer) -> list:
+    return [g["lr"] if isinstance(g["lr"], (int, float)) else float(g["lr"]) for g in optimizer.param_groups]
+
+
+def _total(values: list) -> int:
+    """One number for many checksums (wrapping like the device's int64 sum)."""
+    return (sum(int(v) for v in values) + 2**63) % 2**64 - 2**63
