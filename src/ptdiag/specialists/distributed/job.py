@@ -99,7 +99,7 @@ def _identities(run_dir: Path) -> set[str]:
     for path in (run_dir / "events").glob("rank*.p*.jsonl"):
         with open(path, encoding="utf-8", errors="replace") as fh:
             for _, line in zip(range(IDENTITY_SCAN_LINES), fh):
-                if '"ev":"dist_env"' in line:
+                if '"dist_env"' in line:
                     try:
                         found.add(json.loads(line).get("job"))
                     except json.JSONDecodeError:

@@ -69,7 +69,11 @@ def where(text: str | None, cwd: str | None = None) -> Where | None:
     """The position of the thread that runs user code (the training), innermost first."""
     if not text:
         return None
-    for frames in _threads(text):
+    threads = _threads(text)
+    # the training thread: the one started by the user's script (its outermost frame is
+    # theirs), not a helper thread started through threading's bootstrap
+    threads.sort(key=lambda frames: not is_user_file(frames[-1][0]))
+    for frames in threads:
         user = next(((f, l, fn) for f, l, fn in frames if is_user_file(f)), None)
         if user is None:
             continue
