@@ -1,0 +1,142 @@
+"""Forward passes of the model: which recorded a graph no backward ever used, and how
+many bytes of activations a forward saves for backward.
+
+Each grad-recording forward registers a hook on its output; backward through that
+output fires the hook. A forward whose hook had not fired by the time a later backward
+returned (or the program ended) built a graph for nothing: evaluation without
+`torch.no_grad()`. The bytes a forward saves for backward are measured with
+`torch.autograd.graph.saved_tensors_hooks` on a few sampled forwards per mode; that is
+the memory `no_grad` would not have kept (parameters saved by reference excluded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ptdiag.probe.location import user_location
+from ptdiag.specialists.memory.holders import tag_forward
+from ptdiag.specialists.memory.tensor_bytes import unique_bytes
+
+SAVED_SAMPLES_PER_MODE = 2  # sampled forwards per train/eval mode; the hooks cost per saved tensor
+
+@dataclass
+class ForwardRecord:
+    step: int
+    training: bool
+    location: str | None
+    reached: bool = False
+
+@dataclass
+class SavedMeasure:
+    """Activations one forward saved for backward (bytes of distinct storages)."""
+
+    training: bool
+    location: str | None
+    tensors: list = field(default_factory=list)
+    param_ptrs: frozenset = frozenset()
+
+    def pack(self, t):
+        try:
+            if t.untyped_storage().data_ptr() not in self.param_ptrs:
+                self.tensors.append(t)
+        except (RuntimeError, NotImplementedError):
+            pass
+        return t
+
+    def result(self) -> dict:
+        nbytes, count = unique_bytes(self.tensors), len(self.tensors)
+        self.tensors = []  # drop the references at once: they are the activations themselves
+        return {"training": self.training, "location": self.location, "bytes": nbytes, "tensors": count}
+
+def first_graph_tensor(output, torch):
+    """The first tensor of a forward's output that carries an autograd graph."""
+    if isinstance(output, torch.Tensor):
+        return output if output.grad_fn is not None else None
+    values = output.values() if isinstance(output, dict) else output if isinstance(output, (list, tuple)) else ()
+    for value in values:
+        found = first_graph_tensor(value, torch)
+        if found is not None:
+            return found
+    return None
+
+class ForwardWatch:
+    """Attached to the model with forward pre/post hooks; fed backward ends by the plugin."""
+
+    def __init__(self, torch, emit, current_step) -> None:
+        self.torch = torch
+        self._emit = emit
+        self._step = current_step
+        self._pending: list[ForwardRecord] = []
+        self._unused: dict[tuple, dict] = {}
+        self._samples = {True: 0, False: 0}
+        self._measuring: tuple | None = None  # (SavedMeasure, context manager)
+        self._param_ptrs: frozenset = frozenset()
+        self.saved_bytes = {True: None, False: None}  # largest sampled per mode
+        self.grads_held_in_forward: bool | None = None
+        self.last_input = None  # args of the last training forward, for the fit estimate
+        self.paused = False
+
+    def attach(self, model) -> None:
+        self._param_ptrs = frozenset(p.untyped_storage().data_ptr() for p in model.parameters())
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        model.register_forward_pre_hook(self.pre)
+        model.register_forward_hook(self.post, always_call=True)
+
+    def pre(self, module, args) -> None:
+        if self.paused or not self.torch.is_grad_enabled():
+            return
+        training = module.training
+        if training:
+            if self.grads_held_in_forward is None and self._params and self._step() >= 2:
+                # after the first backward: are last step's gradients still allocated now?
+                self.grads_held_in_forward = self._params[0].grad is not None
+                self._emit("mem_grads_in_forward", step=self._step(), held=self.grads_held_in_forward)
+        if self._samples[training] < SAVED_SAMPLES_PER_MODE and self._measuring is None:
+            self._samples[training] += 1
+            measure = SavedMeasure(training, user_location(), param_ptrs=self._param_ptrs)
+            context = self.torch.autograd.graph.saved_tensors_hooks(measure.pack, lambda t: t)
+            context.__enter__()
+            self._measuring = (measure, context)
+
+    def post(self, module, args, output) -> None:
+        if self._measuring is not None:
+            measure, context = self._measuring
+            self._measuring = None
+            context.__exit__(None, None, None)
+            result = measure.result()
+            self.saved_bytes[measure.training] = max(self.saved_bytes[measure.training] or 0, result["bytes"])
+            self._emit("mem_saved", step=self._step(), **result)
+        if self.paused or not self.torch.is_grad_enabled():
+            return
+        if module.training:  # kept here, not in pre: the first forward's pre-hook ran before attach
+            self.last_input = args
+        tensor = first_graph_tensor(output, self.torch)
+        if tensor is None:
+            return
+        record = ForwardRecord(self._step(), module.training, user_location())
+
+        def reached(grad, record=record):
+            record.reached = True
+
+        tensor.register_hook(reached)
+        tag_forward(tensor, record.step)
+        self._pending.append(record)
+
+    def backward_done(self) -> None:
+        """Forwards before this backward that it did not reach will never be backward'd."""
+        pending, self._pending = self._pending, []
+        self._count_unused(r for r in pending if not r.reached)
+
+    def finish(self) -> None:
+        self.backward_done()
+
+    def _count_unused(self, records) -> None:
+        touched = set()
+        for r in records:
+            key = (r.location, r.training)
+            entry = self._unused.setdefault(key, {"location": r.location, "training": r.training,
+                                                  "count": 0, "first_step": r.step})
+            entry["count"] += 1
+            touched.add(key)
+        for key in touched:
+            self._emit("mem_unused_forward", saved_bytes=self.saved_bytes[key[1]], **self._unused[key])

@@ -1,0 +1,125 @@
+"""The memory specialist inside the user's process.
+
+Always (cheap, the "leak watch"): process memory at every step boundary (host RSS, and
+the CUDA allocator's counters when CUDA is in use: no device sync), the variables of the
+training loop that keep autograd graphs across steps, forwards whose graph no backward
+used, the bytes of parameters, gradients and optimizer state.
+Sampled: the activations a forward saves (a few forwards), MemTracker's full breakdown
+of one step (`-o memory.breakdown_step=N`, 0 turns it off; it needs a DataLoader, whose
+batches mark the step's edges).
+On request: the "will it fit" estimate (`-o memory.target_memory=16GiB` or
+`-o memory.target=V100-16GB`), by fake execution after the first step.
+On CUDA: the allocator history from torch's import, snapshots at an OOM and at the end.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from ptdiag.probe.plugin import Plugin as ProbePlugin
+from ptdiag.specialists.memory import holders, tensor_bytes
+from ptdiag.specialists.memory.process_memory import cuda_sample, host_sample
+from ptdiag.specialists.memory.sizes import SizeError, target_from_options
+
+DEFAULT_BREAKDOWN_STEP = 2  # step 1 creates optimizer state and warms caches: watch the next
+
+
+class Plugin(ProbePlugin):
+    name = "memory"
+
+    def __init__(self, probe) -> None:
+        super().__init__(probe)
+        options = probe.options.get("memory", {})
+        self.torch = None
+        self.cuda = None
+        self.model = None
+        self.forwards = None
+        self.tracker = None
+        self._optimizer = None
+        self.breakdown_step = int(options.get("breakdown_step", DEFAULT_BREAKDOWN_STEP))
+        try:
+            self.target = target_from_options(options)
+        except SizeError as error:
+            self.target = None
+            probe.emit("mem_option_error", message=str(error))
+
+    def on_torch_import(self, torch) -> None:
+        from ptdiag.specialists.memory.cuda_history import CudaHistory
+        from ptdiag.specialists.memory.step_tracker import StepTracker
+
+        self.torch = torch
+        self.tracker = StepTracker(torch)
+        self.cuda = CudaHistory(torch, self.probe.run_dir, self.probe.rank, self.probe.emit)
+        self.probe.emit("mem_start", cuda_history=self.cuda.start(), **host_sample())
+
+    def on_model(self, module) -> None:
+        from ptdiag.specialists.memory.forwards import ForwardWatch
+
+        self.model = module
+        first = next(module.parameters())
+        self.probe.emit("mem_model", params_bytes=tensor_bytes.parameter_bytes(module),
+                        buffers_bytes=tensor_bytes.buffer_bytes(module), device=str(first.device),
+                        dtype=str(first.dtype))
+        self.forwards = ForwardWatch(self.torch, self.probe.emit, lambda: self.probe.step + 1)
+        self.forwards.attach(module)
+
+    def on_backward(self, tensor) -> None:
+        holders.tag_backward(tensor, self.probe.step + 1)
+
+    def on_backward_end(self, tensor) -> None:
+        if self.forwards is not None:
+            self.forwards.backward_done()
+
+    def on_step_begin(self, step, optimizer) -> None:
+        if step == 1:
+            self.probe.emit("mem_grads", step=step,
+                            bytes=tensor_bytes.gradient_bytes(tensor_bytes.optimizer_params(optimizer)))
+
+    def on_step(self, step, optimizer) -> None:
+        sample = {**host_sample(), **cuda_sample(self.torch)}
+        held = [h.to_dict() for h in holders.scan(sys._getframe(1), step, self.torch)]
+        self.probe.emit("mem_step", step=step, holders=held, **sample)
+        if step == 1:
+            self.probe.emit("mem_optimizer", cls=type(optimizer).__name__,
+                            bytes=tensor_bytes.optimizer_state_bytes(optimizer),
+                            foreach=optimizer.defaults.get("foreach"), fused=optimizer.defaults.get("fused"))
+            if self.target is not None:
+                self._estimate_fit(optimizer)
+        self._optimizer = optimizer
+
+    def on_batch(self, loader, wait_s) -> None:
+        """The breakdown's window opens and closes between steps, when a batch is handed over:
+        MemTracker registers global optimizer and module hooks, which must not change while
+        torch iterates over them (inside optimizer.step or a module call)."""
+        if self.tracker is None:
+            return
+        if self.tracker.active:
+            self.probe.emit("mem_breakdown", step=self.probe.step, peak=self.tracker.stop())
+        elif self.model is not None and self.probe.step == self.breakdown_step - 1 and self._optimizer is not None:
+            self.tracker.start(self.model, self._optimizer)
+
+    def _estimate_fit(self, optimizer) -> None:
+        from ptdiag.specialists.memory.fit import FakeStep, estimate
+
+        label, budget = self.target
+        if self.model is None or self.forwards.last_input is None:
+            self.probe.emit("mem_fit", target=label, budget_bytes=budget, error="no training forward of the model was seen")
+            return
+        self.forwards.paused = True
+        try:
+            step = FakeStep(self.torch, self.model, optimizer, self.forwards.last_input, shared=(self.forwards,))
+            self.probe.emit("mem_fit", target=label, **estimate(step, budget).to_dict())
+        except Exception as error:  # a model fake execution cannot run (data-dependent shapes, custom ops)
+            self.probe.emit("mem_fit", target=label, budget_bytes=budget, error=f"{type(error).__name__}: {error}"[:500])
+        finally:
+            self.forwards.paused = False
+
+    def on_exit(self) -> None:
+        if self.tracker is not None and self.tracker.active:
+            self.probe.emit("mem_breakdown", step=self.probe.step, peak=self.tracker.stop())
+        if self.forwards is not None:
+            self.forwards.finish()
+        if self.torch is not None:
+            self.probe.emit("mem_end", **host_sample(), **cuda_sample(self.torch))
+        if self.cuda is not None:
+            self.cuda.dump("end")

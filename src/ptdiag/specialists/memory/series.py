@@ -1,0 +1,45 @@
+"""Memory at step boundaries as a series, and its trend.
+
+The trend is a least-squares slope over the steps after warm-up (the first steps create
+optimizer state and fill allocator caches, which is growth that stops). Growth counts
+as steady only when the line explains most of the variation: host RSS moves with the
+C allocator's caching, so a single jump is not a leak.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WARMUP_STEPS = 2
+
+
+@dataclass(frozen=True)
+class Trend:
+    basis: str  # "cuda_allocated" or "rss"
+    steps: int
+    first: int
+    last: int
+    slope: float  # bytes per step
+    r2: float
+
+
+def boundary_series(step_events: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """(basis, [(step, bytes)]): the CUDA allocator's count when CUDA was in use, else RSS."""
+    basis = "cuda_allocated" if any("cuda_allocated" in e for e in step_events) else "rss"
+    return basis, [(e["step"], e[basis]) for e in step_events if basis in e]
+
+
+def trend(step_events: list[dict]) -> Trend | None:
+    basis, points = boundary_series(step_events)
+    points = [p for p in points if p[0] > WARMUP_STEPS]
+    if len(points) < 3:
+        return None
+    n = len(points)
+    mx = sum(s for s, _ in points) / n
+    my = sum(v for _, v in points) / n
+    sxx = sum((s - mx) ** 2 for s, _ in points)
+    sxy = sum((s - mx) * (v - my) for s, v in points)
+    syy = sum((v - my) ** 2 for _, v in points)
+    slope = sxy / sxx if sxx else 0.0
+    r2 = (sxy * sxy / (sxx * syy)) if sxx and syy else 0.0
+    return Trend(basis, n, points[0][1], points[-1][1], slope, r2)

@@ -1,0 +1,52 @@
+"""Memory sizes as users write them ("16GiB", "512MB") and named device presets.
+
+Presets are the device's total memory as sold; what the allocator can use is less (the
+CUDA context takes a few hundred MiB), so the fit estimate keeps `CONTEXT_RESERVE_BYTES`
+aside for it rather than pretending the whole card is free.
+"""
+
+from __future__ import annotations
+
+import re
+
+UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+         "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
+# GPU memory as vendors state it: GB on the box means GiB of device memory.
+DEVICE_PRESETS = {
+    "T4-16GB": 16 * 2**30, "V100-16GB": 16 * 2**30, "V100-32GB": 32 * 2**30,
+    "A10-24GB": 24 * 2**30, "A100-40GB": 40 * 2**30, "A100-80GB": 80 * 2**30,
+    "L4-24GB": 24 * 2**30, "L40S-48GB": 48 * 2**30, "H100-80GB": 80 * 2**30,
+    "H200-141GB": 141 * 2**30, "RTX3090-24GB": 24 * 2**30, "RTX4090-24GB": 24 * 2**30,
+}
+CONTEXT_RESERVE_BYTES = 512 * 2**20  # CUDA context + cuBLAS/cuDNN workspaces, measured typically 300-600 MiB
+
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
+
+
+class SizeError(ValueError):
+    """A memory size or preset ptdiag cannot read."""
+
+
+def parse_size(text: str) -> int:
+    """Bytes in '16GiB', '16 GB', '512MiB', '1e9' is not accepted (say the unit)."""
+    match = _SIZE.match(str(text))
+    unit = match.group(2).lower() if match else None
+    if not match or unit not in UNITS:
+        raise SizeError(f"not a memory size: {text!r} (write e.g. 16GiB, 512MiB, 24GB)")
+    return int(float(match.group(1)) * UNITS[unit])
+
+
+def preset(name: str) -> int:
+    for key, value in DEVICE_PRESETS.items():
+        if key.lower() == str(name).strip().lower():
+            return value
+    raise SizeError(f"unknown device preset {name!r}; known: {', '.join(DEVICE_PRESETS)}")
+
+
+def target_from_options(options: dict) -> tuple[str, int] | None:
+    """(label, bytes) from `-o memory.target_memory=16GiB` or `-o memory.target=V100-16GB`."""
+    if options.get("target_memory"):
+        return str(options["target_memory"]), parse_size(options["target_memory"])
+    if options.get("target"):
+        return str(options["target"]), preset(options["target"])
+    return None

@@ -1,0 +1,123 @@
+"""Memory specialist parts on real torch objects: sizes, holders, forwards, the fit estimate."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import PROGRAMS, PYTHON
+from ptdiag.specialists.memory import holders
+from ptdiag.specialists.memory.forwards import ForwardWatch
+from ptdiag.specialists.memory.leak import leak_finding
+from ptdiag.specialists.memory.sizes import SizeError, parse_size, preset, target_from_options
+
+sys.path.insert(0, str(PROGRAMS))
+import mem_model  # noqa: E402
+
+
+def test_sizes_and_presets():
+    assert parse_size("16GiB") == 16 * 2**30
+    assert parse_size("1.5 GB") == 1_500_000_000
+    assert preset("v100-16gb") == 16 * 2**30
+    assert target_from_options({"target": "A100-80GB"}) == ("A100-80GB", 80 * 2**30)
+    with pytest.raises(SizeError, match="not a memory size"):
+        parse_size("lots")
+    with pytest.raises(SizeError, match="unknown device preset"):
+        preset("V200")
+
+
+def _steps(model, optimizer, n, keep):
+    """A training loop as users write it; `keep` picks what it holds across steps."""
+    total, seen, scans = 0.0, [], []
+    for step in range(1, n + 1):
+        x, y = mem_model.batch(2)
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        holders.tag_backward(loss, step)
+        loss.backward()
+        optimizer.step()
+        if keep == "loss":
+            total += loss
+        elif keep == "outputs":
+            seen.append(out)
+        else:
+            total += loss.item()
+        scans.append({"step": step, "rss": 0,
+                      "holders": [h.to_dict() for h in holders.scan(sys._getframe(), step, torch)]})
+    return scans
+
+
+def test_holder_found_for_loss_accumulated_with_its_graph():
+    scans = _steps(*mem_model.build(), 4, "loss")
+    found = [h for s in scans for h in s["holders"] if h["name"] == "total"]
+    assert found and found[-1]["kind"] == "graph_tensor" and found[-1]["from_step"] == 1
+    line = _steps.__code__.co_firstlineno + 11  # the `total += loss` line
+    assert found[-1]["location"].endswith(f"test_memory_units.py:{line}")
+    finding = leak_finding(scans, rank=0)
+    assert finding.code == "memory.leak" and finding.evidence["holder"] == "total"
+
+
+def test_holder_found_for_outputs_kept_in_a_list():
+    scans = _steps(*mem_model.build(), 4, "outputs")
+    found = [h for s in scans for h in s["holders"] if h["name"] == "seen"]
+    assert [h["items"] for h in found] == [1, 2, 3, 4] and found[-1]["kind"] == "container"
+    assert found[-1]["location"].endswith(f"test_memory_units.py:{_steps.__code__.co_firstlineno + 13}")
+    assert leak_finding(scans, rank=0).evidence["kind"] == "container"
+
+
+def test_no_holder_when_only_numbers_are_kept():
+    scans = _steps(*mem_model.build(), 4, "numbers")
+    assert not any(s["holders"] for s in scans)
+    assert leak_finding(scans, rank=0) is None
+
+
+def test_steady_growth_without_holder_is_a_leak_and_noise_is_not():
+    growing = [{"step": s, "rss": 1000 * 2**20 + s * 4 * 2**20, "holders": []} for s in range(1, 12)]
+    assert leak_finding(growing, 0).evidence["rate_bytes_per_step"] == 4 * 2**20
+    noisy = [{"step": s, "rss": 1000 * 2**20 + (s % 2) * 30 * 2**20, "holders": []} for s in range(1, 12)]
+    assert leak_finding(noisy, 0) is None
+
+
+def test_forward_watch_counts_eval_forwards_without_backward_and_their_saved_bytes():
+    model, optimizer = mem_model.build()
+    events = []
+    watch = ForwardWatch(torch, lambda ev, **f: events.append((ev, f)), lambda: 1)
+    watch.attach(model)
+    x, y = mem_model.batch(4)
+    F.cross_entropy(model(x), y).backward()  # used: not counted
+    watch.backward_done()
+    model.eval()
+    for _ in range(3):
+        model(x)  # grad mode on, never backward'd
+    with torch.no_grad():
+        model(x)  # not recorded at all
+    watch.finish()
+    unused = [f for ev, f in events if ev == "mem_unused_forward"]
+    assert unused[-1]["count"] == 3 and unused[-1]["training"] is False
+    saved = [f for ev, f in events if ev == "mem_saved" and not f["training"]]
+    # conv1 output + relu output + conv2 output + ... of 4 samples: at least the 32x32x32 floats saved
+    assert saved and saved[0]["bytes"] >= 4 * 32 * 32 * 32 * 4
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc/self/clear_refs")
+def test_fit_estimate_within_10_percent_of_measured_cpu_peaks():
+    from ptdiag.specialists.memory.fit import FakeStep, estimate
+
+    model, optimizer = mem_model.build()
+    step = FakeStep(torch, model, optimizer, mem_model.batch(16)[:1])
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", PYTHONPATH=str(PROGRAMS))
+    batches = (16, 64, 128)
+    out = subprocess.run([PYTHON, str(PROGRAMS / "mem_peak.py"), *map(str, batches)], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    for batch, measured in zip(batches, map(int, out.split())):
+        estimated = step.peak(batch)[0]
+        assert abs(estimated - measured) <= 0.10 * measured, (batch, estimated, measured)
+    result = estimate(step, budget=80 * 2**20)
+    assert result.peak_bytes == step.peak(16)[0]
+    assert step.peak(result.largest_batch)[0] <= 80 * 2**20 < step.peak(result.largest_batch + 8)[0]
+    assert all(p.grad is None for p in model.parameters()) and not optimizer.state  # the real ones untouched
