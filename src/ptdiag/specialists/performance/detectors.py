@@ -1,0 +1,283 @@
+"""What bounds the step, decided from what was measured (measured.Measured).
+
+Each detector returns (Finding, impact) or None; impact is the share of step time the
+fix is expected to give back, used to put the finding that pays most first. Thresholds
+are data, here, named. Precision/compile/layout advice lives only in compute_bound, and
+only when nothing else bounds the step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ptdiag.findings import Finding
+from ptdiag.specialists.performance.measured import Measured
+
+SPECIALIST = "performance"
+DATA_WAIT_SHARE_MIN = 0.20  # the same bar the trace analysis uses
+SYNC_PER_STEP_QUIET = 1.0  # one loss.item() per step for logging is normal
+SYNC_PER_STEP_WARN = 3.0
+SYNC_BLOCKED_SHARE_WARN = 0.10  # GPU runs: host blocked in sync calls, share of the step
+LOOP_CALLS_PER_STEP = 100  # one user line issuing this many torch calls per step is a loop
+OVERHEAD_SHARE_WARN = 0.50  # host time outside ops + in tiny ops, share of the step
+SMALL_BATCH = 4
+FIXED_SHARE_WARN = 0.25  # small batch: batch-independent share of the step worth a warning
+TARGET_BATCH = 32  # the batch size the small-batch estimate compares with
+LOOP_MIN_IMPACT = 0.3  # a loop's own share is not measured separately: rank it as at least this
+FLOAT64_CALL_SHARE = 0.20  # share of the scanned torch calls returning float64 tensors
+REBUILT_MIN_OBJECTS = 3
+REBUILT_STEPS_PER_OBJECT_MAX = 2.0
+COMPUTE_IN_OPS_SHARE = 0.75  # CPU: share of the (non-data) step spent inside ops
+FUSION_SAVING = 0.5  # assumed share of elementwise/normalisation time torch.compile removes
+ADVICE_MIN_SHARE = 0.05
+
+
+def _finding(code: str, severity: str, title: str, detail: str, evidence: dict, fix: str) -> Finding:
+    return Finding(code=f"{SPECIALIST}.{code}", specialist=SPECIALIST, severity=severity, title=title,
+                   detail=detail, evidence=evidence, fix=fix)
+
+
+def dataloader_bound(m: Measured):
+    if not m.breakdown:
+        return None
+    data = m.breakdown["phases"].get("data", {})
+    share = data.get("share", 0.0)
+    if share < DATA_WAIT_SHARE_MIN:
+        return None
+    loader = m.loader or {}
+    workers = loader.get("num_workers")
+    cores = (m.telemetry or {}).get("cores") or m.env.get("cores")
+    step_ms = 1000 * m.breakdown["step_s"]["p50"]
+    wait_ms = 1000 * data["p50"]
+    evidence = {"data_wait_share": share, "data_wait_ms_p50": round(wait_ms, 3), "step_ms_p50": round(step_ms, 3),
+                "num_workers": workers, "cores": cores, "pin_memory": loader.get("pin_memory"),
+                "persistent_workers": loader.get("persistent_workers"),
+                "prefetch_factor": loader.get("prefetch_factor"), "batch_size": loader.get("batch_size")}
+    telemetry = m.telemetry or {}
+    if "workers_cpu_pct" in telemetry:
+        evidence["workers_cpu_pct_mean"] = telemetry["workers_cpu_pct"]["mean"]
+    if m.trace and m.trace.get("steps"):
+        evidence["profiled_data_wait_share"] = m.trace["steps"]["data_wait_share"]
+    return _finding(
+        "dataloader_bound", "warning",
+        f"Steps wait on the DataLoader for {share:.0%} of their time ({wait_ms:.1f} of {step_ms:.1f} ms per step)",
+        f"Measured over {m.breakdown['steps']} steps: the training loop was blocked in the DataLoader's "
+        f"__next__ for {share:.1%} of the step time (num_workers={workers}, {cores} usable cores). "
+        f"If loading overlapped with compute, steps would take about {step_ms - wait_ms:.1f} ms "
+        f"({step_ms / max(step_ms - wait_ms, 1e-9):.2f}x faster).",
+        evidence, _loader_fix(loader, workers, cores, m.env.get("cuda"))), share
+
+
+def _loader_fix(loader: dict, workers, cores, cuda) -> str:
+    fixes = []
+    if not workers:
+        fixes.append(f"Load in worker processes: DataLoader(..., num_workers={max(1, (cores or 2) - 1)}) "
+                     f"(about the usable cores minus one for the training process)")
+    elif cores and workers >= cores:
+        fixes.append(f"The {workers} workers already have all {cores} cores: make per-sample work cheaper "
+                     "(cache decoded/resized data, lighter transforms, augment on the GPU)")
+    else:
+        fixes.append(f"Raise num_workers from {workers} towards {cores} and prefetch_factor above "
+                     f"{loader.get('prefetch_factor') or 2}")
+    if not loader.get("persistent_workers"):
+        fixes.append("persistent_workers=True so workers survive between epochs")
+    if cuda and not loader.get("pin_memory"):
+        fixes.append("pin_memory=True with .to(device, non_blocking=True)")
+    return "; ".join(fixes) + "."
+
+
+def host_sync(m: Measured):
+    scan = m.scan or {}
+    syncs = scan.get("syncs", [])
+    per_step = round(sum(s["per_step"] for s in syncs), 2)
+    device = (m.host or {}).get("syncs", {})
+    step_ms = 1000 * (m.step_s or 0.0)
+    blocked = device.get("blocked_ms_per_step", 0.0)
+    blocked_share = blocked / step_ms if step_ms else 0.0
+    if per_step <= SYNC_PER_STEP_QUIET and blocked_share < SYNC_BLOCKED_SHARE_WARN:
+        return None
+    cost_ms = sum(s["ms_per_step"] for s in syncs)
+    severity = "warning" if per_step >= SYNC_PER_STEP_WARN or blocked_share >= SYNC_BLOCKED_SHARE_WARN else "info"
+    top = syncs[0] if syncs else {}
+    cuda = bool(m.env.get("cuda"))
+    measured = (f"On this GPU run the host was blocked {blocked:.2f} ms per step in CUDA synchronising calls "
+                f"({blocked_share:.0%} of the step)." if cuda and device else
+                "This run is on the CPU, where no device is waited for: these are the calls that block the host "
+                "on a GPU (each waits until all queued GPU work is done, so the GPU then idles while Python "
+                f"prepares the next work); their own cost here was {cost_ms:.2f} ms per step.")
+    return _finding(
+        "host_sync", severity,
+        f"{per_step:g} host synchronisation(s) per step"
+        + (f", most at {top['location']} ({top['call']})" if top else ""),
+        f"Counted call by call over {scan.get('steps', 0)} steps (from step {scan.get('first_step')}): "
+        + "; ".join(f"{s['location']}: {s['call']} {s['per_step']:g}/step ({s['what']})" for s in syncs[:5])
+        + ". " + measured,
+        {"per_step": per_step, "calls": syncs[:10], "location": top.get("location"),
+         "cost_ms_per_step": round(cost_ms, 4), "device_blocked_ms_per_step": blocked,
+         "device_sync_locations": device.get("locations", [])[:5], "step_ms_p50": round(step_ms, 3)},
+        "Keep metrics on the device and read them rarely: accumulate `running += loss.detach()` and call "
+        ".item() every N steps or at epoch end; never print tensors in the step (format them every N steps); "
+        "gather predictions on the device and move them with one .cpu() at the end; use "
+        "`torch.cuda.set_sync_debug_mode('warn')` to find the rest."), max(blocked_share, cost_ms / step_ms if step_ms else 0.0)
+
+
+def launch_bound(m: Measured):
+    """Per-op and per-step fixed costs dominate: a Python loop of tiny ops, or a batch so
+    small that batch-independent work (the optimizer's pass over every parameter, each
+    op's dispatch) is paid again for every few samples."""
+    scan, host = m.scan or {}, m.host or {}
+    loops = [line for line in scan.get("top_lines", []) if line.get("user")
+             and line["calls_per_step"] >= LOOP_CALLS_PER_STEP]
+    overhead = round(host.get("outside_ops_share", 0.0) + host.get("tiny_ops_share", 0.0), 4)
+    batch = (m.loader or {}).get("batch_size")
+    phases = (m.breakdown or {}).get("phases", {})
+    fixed = round(min(1.0, overhead + phases.get("optimizer", {}).get("share", 0.0)), 4)
+    small_batch = batch is not None and batch <= SMALL_BATCH and fixed >= FIXED_SHARE_WARN
+    if not loops and not small_batch and overhead < OVERHEAD_SHARE_WARN:
+        return None
+    evidence = {"overhead_share": overhead, "outside_ops_share": host.get("outside_ops_share"),
+                "tiny_ops_share": host.get("tiny_ops_share"), "ops_per_step": host.get("top_level_ops_per_step"),
+                "torch_calls_per_step": scan.get("torch_calls_per_step"), "per_call_us": scan.get("per_call_us"),
+                "batch_size": batch, "batch_independent_share": fixed, "loops": loops[:5]}
+    if loops:
+        evidence["location"] = loops[0]["location"]
+        title = (f"A Python loop issues {loops[0]['calls_per_step']:g} torch calls per step at "
+                 f"{loops[0]['location']}")
+        fix = (f"Vectorise the loop at {loops[0]['location']}: one batched op over the whole tensor "
+               "(matmul, broadcasting, gather/scatter, torch.vmap) instead of one small op per element.")
+        impact = max(overhead, LOOP_MIN_IMPACT)
+    elif small_batch:
+        speedup = _batch_speedup(fixed, batch, TARGET_BATCH)
+        evidence.update(target_batch=TARGET_BATCH, expected_samples_per_s_speedup=speedup)
+        title = (f"Batch size {batch}: {fixed:.0%} of every step is batch-independent work "
+                 f"(optimizer update, per-op overhead)")
+        fix = (f"Raise the batch size (it is {batch}): at batch {TARGET_BATCH} that fixed cost is shared by "
+               f"{TARGET_BATCH} samples, about {speedup:g}x more samples/s by this measurement; accumulate "
+               "gradients over several batches if the optimisation needs small batches.")
+        impact = 1 - 1 / speedup
+    else:
+        title = f"Per-op overhead dominates: {overhead:.0%} of the step is outside ops or in tiny ops"
+        fix = ("Fewer, larger ops: raise the batch size, fuse small ops with torch.compile "
+               "(mode='reduce-overhead' also removes launch cost on CUDA with CUDA graphs).")
+        impact = overhead
+    return _finding(
+        "launch_bound", "warning", title,
+        f"In the profiled steps {host.get('outside_ops_share', 0):.0%} of the host's (non-data) step time "
+        f"ran outside any op (Python, module calls) and {host.get('tiny_ops_share', 0):.0%} inside ops shorter "
+        f"than 25 µs; the optimizer step took {phases.get('optimizer', {}).get('share', 0):.0%} of the step; "
+        f"{host.get('top_level_ops_per_step')} ops per step from Python, {scan.get('torch_calls_per_step')} "
+        f"torch calls counted per step, each costing at least {scan.get('per_call_us')} µs here whatever its size.",
+        evidence, fix), impact
+
+
+def _batch_speedup(fixed_share: float, batch: int, target: int) -> float:
+    """samples/s at `target` over samples/s now, if the fixed part of the step stays and
+    the rest grows with the batch: (step/B) / (fixed/T + variable/B)."""
+    variable = 1.0 - fixed_share
+    return round((1.0 / batch) / (fixed_share / target + variable / batch), 2)
+
+
+def float64(m: Measured):
+    dtypes = (m.model or {}).get("param_dtypes", {})
+    total = sum(dtypes.values()) or 1
+    param_share = dtypes.get("torch.float64", 0) / total
+    scan = m.scan or {}
+    calls = scan.get("torch_calls_per_step") or 0
+    call_share = (scan.get("float64_calls_per_step", 0) / calls) if calls else 0.0
+    if param_share == 0 and call_share < FLOAT64_CALL_SHARE:
+        return None
+    slowdown = scan.get("float64_slowdown")
+    op_share = (m.host or {}).get("float64_ops_share")
+    saved = (op_share or call_share or param_share) * (1 - 1 / slowdown) if slowdown and slowdown > 1 else None
+    return _finding(
+        "float64", "warning",
+        f"Training runs in float64 ({param_share:.0%} of parameters"
+        + (f", {op_share:.0%} of op time" if op_share is not None else "") + ")",
+        f"Parameters by dtype: {dtypes}. {scan.get('float64_calls_per_step', 0)} of {calls} torch calls per step "
+        f"returned float64 tensors (first at {', '.join(scan.get('float64_lines', [])) or '?'}). "
+        + (f"A matmul here runs {slowdown:g}x slower in float64 than in float32 (measured in this process); "
+           f"about {saved:.0%} of the step would be saved." if saved is not None else ""),
+        {"param_share": round(param_share, 4), "param_dtypes": dtypes, "float64_ops_share": op_share,
+         "float64_calls_per_step": scan.get("float64_calls_per_step"), "locations": scan.get("float64_lines", []),
+         "location": (scan.get("float64_lines") or [None])[0] or (m.model or {}).get("location"),
+         "measured_float64_slowdown": slowdown, "expected_step_saved_share": round(saved, 4) if saved else None},
+        "Train in float32 (drop .double() / dtype=torch.float64 on the model and the inputs; "
+        "torch.set_default_dtype(torch.float32)); keep float64 only for the few reductions that need it."
+    ), saved or param_share
+
+
+def optimizer_recreated(m: Measured):
+    objects, steps = m.optimizers.get("objects", 0), m.optimizers.get("steps", 0)
+    if objects < REBUILT_MIN_OBJECTS or steps / objects > REBUILT_STEPS_PER_OBJECT_MAX:
+        return None
+    first = m.new_optimizers[0] if m.new_optimizers else {}
+    return _finding(
+        "optimizer_recreated", "warning",
+        f"A new {first.get('cls', 'optimizer')} is built every step: {objects} optimizers for {steps} steps",
+        f"{objects} distinct optimizer objects took {steps} optimizer steps ({steps / objects:.1f} each); "
+        f"{m.optimizers.get('alive', 0)} still existed at the end. Each new optimizer starts with empty state "
+        "(momentum buffers, Adam moments, step counts), so the training is not the one intended, and building it "
+        "costs a pass over all parameters every step.",
+        {"optimizers": objects, "steps": steps, "alive": m.optimizers.get("alive"), "cls": first.get("cls"),
+         "location": first.get("location")},
+        f"Build the optimizer once, before the training loop (step() is called at {first.get('location')}); "
+        "to change the learning rate use a scheduler or param_group['lr']."), 1.0
+
+
+def compute_bound(m: Measured, others: list[Finding]):
+    """CPU: the step is spent inside ops and nothing above bounds it. (GPU: trace.py's.)"""
+    host = m.host
+    if m.env.get("cuda") or not host or any(f.severity == "warning" for f in others):
+        return None
+    in_ops = round(1.0 - host["outside_ops_share"] - host["tiny_ops_share"], 4)
+    if in_ops < COMPUTE_IN_OPS_SHARE:
+        return None
+    shares = host["op_time_shares"]
+    gains = _cpu_gains(shares, m.env)
+    top = [op["name"] for op in (m.trace or {}).get("top_cpu_ops", [])[:3]]
+    return _finding(
+        "compute_bound", "info",
+        f"Compute dominates: {in_ops:.0%} of the step runs inside ops (top: {', '.join(top)})",
+        "Op self time by kind: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()) + ". "
+        + " ".join(g["advice"] for g in gains),
+        {"in_ops_share": in_ops, "op_time_shares": shares, "top_cpu_ops": (m.trace or {}).get("top_cpu_ops", [])[:5],
+         "expected_gains": gains, "torch_threads": m.env.get("torch_threads"), "cores": m.env.get("cores")},
+        " ".join(g["advice"] for g in gains) or "The work itself bounds the step: a smaller model or input "
+        "is the remaining lever."), 0.0
+
+
+def _cpu_gains(shares: dict[str, float], env: dict[str, Any]) -> list[dict[str, Any]]:
+    gains = []
+    threads, cores = env.get("torch_threads"), env.get("cores")
+    if threads and cores and threads < cores:
+        gains.append({"change": "threads", "expected_op_time_saved_share": round(1 - threads / cores, 4),
+                      "advice": f"torch uses {threads} of {cores} usable cores: torch.set_num_threads({cores}) "
+                                f"could cut op time by up to {1 - threads / cores:.0%} (ideal scaling)."})
+    fusible = shares.get("elementwise", 0.0) + shares.get("normalization", 0.0)
+    if fusible >= ADVICE_MIN_SHARE:
+        gains.append({"change": "torch.compile", "expected_op_time_saved_share": round(fusible * FUSION_SAVING, 4),
+                      "advice": f"Elementwise/normalisation ops take {fusible:.0%} of op time: torch.compile fuses "
+                                f"them, saving roughly {fusible * FUSION_SAVING:.0%} (assuming it removes "
+                                f"{FUSION_SAVING:.0%} of their memory traffic)."})
+    conv = shares.get("matmul_conv", 0.0)
+    if conv >= ADVICE_MIN_SHARE and "AMX" in str(env.get("cpu_capability") or ""):
+        gains.append({"change": "amp_bf16", "expected_op_time_saved_share": round(conv / 2, 4),
+                      "advice": f"Matmul/conv ops take {conv:.0%} of op time on a CPU with AMX: "
+                                "torch.autocast('cpu', dtype=torch.bfloat16) should halve them."})
+    return gains
+
+
+DETECTORS = (optimizer_recreated, float64, dataloader_bound, launch_bound, host_sync)
+
+
+def detect(m: Measured) -> list[Finding]:
+    """All findings, warnings by expected gain first; trace verdicts added where ours are silent."""
+    scored = [found for found in (d(m) for d in DETECTORS) if found is not None]
+    scored.sort(key=lambda fi: -fi[1])
+    findings = [f for f, _ in scored]
+    ours = {f.code for f in findings}
+    findings += [f for f in m.trace_findings if f.code not in ours]
+    cpu_compute = compute_bound(m, findings)
+    if cpu_compute is not None:
+        findings.append(cpu_compute[0])
+    return findings

@@ -1,0 +1,132 @@
+"""Everything the performance probe recorded in a run dir, read back and summarised.
+
+The analysis reads only the run dir: the per-step breakdown rows, the profiler trace
+saved under artifacts/, the call scan, telemetry and the optimizer watch, plus the
+recorder's own events (DataLoader settings).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+from ptdiag.recorded import ProcessEvents, RecordedRun
+from ptdiag.specialists.performance import trace, trace_cpu
+from ptdiag.specialists.performance.breakdown import PHASES
+from ptdiag.specialists.performance.trace_events import TraceError, read_trace
+
+BREAKDOWN_PARTS = ("data", *PHASES, "other")
+
+
+@dataclass
+class Measured:
+    breakdown: dict[str, Any] | None = None
+    gpu_breakdown: dict[str, Any] | None = None
+    trace_path: str | None = None
+    trace: dict[str, Any] | None = None  # trace.analyse_trace metrics
+    trace_findings: list = field(default_factory=list)
+    host: dict[str, Any] | None = None  # trace_cpu.host_metrics
+    scan: dict[str, Any] | None = None
+    telemetry: dict[str, Any] | None = None
+    optimizers: dict[str, Any] = field(default_factory=dict)
+    new_optimizers: list[dict] = field(default_factory=list)
+    loader: dict[str, Any] | None = None
+    model: dict[str, Any] | None = None
+    env: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def step_s(self) -> float | None:
+        return self.breakdown["step_s"]["p50"] if self.breakdown else None
+
+
+def measure(run: RecordedRun) -> Measured:
+    proc = run.main
+    found = Measured()
+    if proc is None:
+        return found
+    rows = [r for e in proc.of("perf_steps") for r in e.get("rows", [])]
+    batch = _batch_size(proc)
+    found.breakdown = breakdown([r for r in rows if not r.get("gpu")], batch)
+    found.gpu_breakdown = breakdown([r for r in rows if r.get("gpu")], batch)
+    found.scan = _last(proc, "perf_scan")
+    found.telemetry = _last(proc, "perf_telemetry")
+    found.optimizers = _last(proc, "perf_optimizers") or {}
+    found.new_optimizers = proc.of("perf_optimizer")
+    found.loader = _train_loader(proc)
+    found.model = _last(proc, "perf_model")
+    found.env = _last(proc, "perf_env") or {}
+    _read_trace(run, proc, found)
+    return found
+
+
+def breakdown(rows: list[dict], batch: int | None) -> dict[str, Any] | None:
+    """Median/p90 per phase over the steps outside the instrumented windows (all steps
+    when there are no others), the share of step time each phase takes, throughput."""
+    clean = [r for r in rows if not r.get("instrumented")]
+    used = clean or rows
+    if not used:
+        return None
+    times = [r["dt"] for r in used]
+    total = sum(times)
+    result: dict[str, Any] = {
+        "steps": len(used),
+        "instrumented_steps_excluded": len(rows) - len(clean) if clean else 0,
+        "step_s": _quantiles(times),
+        "steps_per_s": round(1.0 / statistics.median(times), 3) if statistics.median(times) > 0 else None,
+    }
+    if batch and result["steps_per_s"]:
+        result["samples_per_s"] = round(batch * result["steps_per_s"], 2)
+    parts = [p for p in BREAKDOWN_PARTS if any(p in r for r in used)]
+    result["phases"] = {p: {**_quantiles([r.get(p, 0.0) for r in used]),
+                            "share": round(sum(r.get(p, 0.0) for r in used) / total, 4) if total else 0.0}
+                        for p in parts}
+    return result
+
+
+def _read_trace(run: RecordedRun, proc: ProcessEvents, found: Measured) -> None:
+    event = _last(proc, "perf_trace")
+    if event is None:
+        found.notes.append("no profiler trace was recorded (the run ended before the profiler window)")
+        return
+    path = run.run_dir / event["path"]
+    found.trace_path = str(path)
+    try:
+        loaded = read_trace(path)
+        analysis = trace.analyse_trace(loaded)
+    except (TraceError, OSError) as exc:
+        found.notes.append(f"the profiler trace could not be read: {exc}")
+        return
+    found.trace = analysis.metrics
+    found.trace_findings = analysis.findings
+    found.host = trace_cpu.host_metrics(loaded)
+    found.trace["first_step"] = event.get("first_step")
+
+
+def _train_loader(proc: ProcessEvents) -> dict[str, Any] | None:
+    """The DataLoader the steps trained on (recorder's index), with the probe's extras."""
+    used = {e.get("loader") for e in proc.of("step")}
+    loaders = proc.of("dataloader")
+    extras = proc.of("perf_loader")
+    for index, loader in enumerate(loaders):
+        if loader.get("loader") in used:
+            extra = extras[index] if index < len(extras) else {}
+            return {**loader, "prefetch_factor": extra.get("prefetch_factor")}
+    return extras[0] if extras else None
+
+
+def _batch_size(proc: ProcessEvents) -> int | None:
+    loader = _train_loader(proc)
+    return loader.get("batch_size") if loader else None
+
+
+def _last(proc: ProcessEvents, kind: str) -> dict | None:
+    events = proc.of(kind)
+    return events[-1] if events else None
+
+
+def _quantiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {"p50": round(statistics.median(ordered), 6),
+            "p90": round(ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], 6)}

@@ -1,0 +1,250 @@
+"""The performance specialist inside the user's process.
+
+Every step: the cheap phase breakdown (breakdown.py). Once, after warm-up: a short
+torch.profiler window whose trace is saved gzipped in the run dir, then a short call
+scan (scan.py) for host synchronisations, per-line torch calls and float64. Throughout:
+background telemetry (telemetry.py) and a watch on optimizer objects (a new one every
+step is a bug that the probe's step counter cannot see: it follows the first optimizer).
+When performance is the only question asked, the run is stopped once both windows are
+recorded; the analysis then reads everything back from the run dir.
+
+Options (`-o performance.KEY=VALUE`): skip (steps before the profiler's warm-up step),
+profile_steps, scan_steps, tail_steps (bare steps after the windows before the stop),
+stop (auto | yes | no), profile (yes | no).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import shutil
+import sys
+import time
+import weakref
+
+from ptdiag.probe.location import user_location
+from ptdiag.probe.plugin import Plugin as ProbePlugin
+from ptdiag.specialists.performance.breakdown import StepBreakdown
+from ptdiag.specialists.performance.telemetry import Telemetry, usable_cores
+
+DEFAULTS = {"skip": 4, "profile_steps": 3, "scan_steps": 2, "tail_steps": 3, "stop": "auto", "profile": "yes"}
+NEW_OPTIMIZER_EVENTS = 5  # new optimizer objects described one by one; the rest are counted
+TRACE_NAME = "trace.json.gz"
+
+
+def _gzip(source, target) -> None:
+    """Compress fast (level 1: ~10x smaller, 0.2 s for 20 MB; torch's own .gz export
+    uses level 9, over 10x slower for 30% less), then drop the plain file."""
+    with open(source, "rb") as plain, gzip.open(target, "wb", compresslevel=1) as packed:
+        shutil.copyfileobj(plain, packed, 1 << 20)
+    os.unlink(source)
+
+
+def _int(options: dict, key: str) -> int:
+    try:
+        return max(0, int(options.get(key, DEFAULTS[key])))
+    except (TypeError, ValueError):
+        return DEFAULTS[key]
+
+
+class Plugin(ProbePlugin):
+    name = "performance"
+
+    def __init__(self, probe) -> None:
+        super().__init__(probe)
+        options = probe.options.get("performance", {}) if isinstance(probe.options, dict) else {}
+        self.skip = max(1, _int(options, "skip"))
+        self.profile_steps = _int(options, "profile_steps") if options.get("profile", "yes") != "no" else 0
+        self.scan_steps = _int(options, "scan_steps")
+        others = [s for s in probe.plan.get("specialists", []) if s not in ("performance", "tracking")]
+        stop = options.get("stop", DEFAULTS["stop"])
+        self.stop_when_done = stop == "yes" or (stop == "auto" and not others)
+        # step numbers: profiler warm-up at skip+1, recorded skip+2 .. profile_end, then the scan
+        self.profile_end = self.skip + 1 + self.profile_steps if self.profile_steps else self.skip
+        self.scan_end = self.profile_end + self.scan_steps
+        self.stop_at = self.scan_end + _int(options, "tail_steps")  # bare steps after the windows
+        self.breakdown = StepBreakdown(probe.emit)
+        self.breakdown.instrumented.update(range(self.skip + 1, self.scan_end + 1))
+        self.telemetry = Telemetry()
+        self._torch = None
+        self._cuda = False
+        self._profiler = None
+        self._scan = None
+        self._optimizers: weakref.WeakSet = weakref.WeakSet()
+        self._optimizer_objects = 0
+        self._optimizer_steps = 0
+        self._finished = False
+        self._scan_facts: dict = {}
+
+    # -- set-up ------------------------------------------------------------------------------
+    def on_torch_import(self, torch) -> None:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+
+        self._torch = torch
+        register_optimizer_step_post_hook(self._any_optimizer_stepped)
+
+    def on_model(self, module) -> None:
+        params = list(module.parameters())
+        dtypes: dict[str, int] = {}
+        for p in params:
+            dtypes[str(p.dtype)] = dtypes.get(str(p.dtype), 0) + p.numel()
+        self._cuda = any(p.is_cuda for p in params)
+        if self._cuda:
+            self.breakdown.use_cuda()
+        module.register_forward_pre_hook(self.breakdown.forward_pre_hook)
+        module.register_forward_hook(self.breakdown.forward_hook)
+        self.probe.emit("perf_model", cls=type(module).__name__, param_dtypes=dtypes,
+                        device=str(params[0].device), location=user_location(2))
+
+    def on_dataloader(self, loader) -> None:
+        self.probe.emit("perf_loader", batch_size=loader.batch_size, num_workers=loader.num_workers,
+                        pin_memory=loader.pin_memory, persistent_workers=loader.persistent_workers,
+                        prefetch_factor=getattr(loader, "prefetch_factor", None))
+
+    # -- the step ----------------------------------------------------------------------------
+    def on_batch(self, loader, wait_s) -> None:
+        self.breakdown.data_wait(wait_s)
+
+    def on_backward(self, tensor) -> None:
+        self.breakdown.begin("backward")
+
+    def on_backward_end(self, tensor) -> None:
+        self.breakdown.end("backward")
+
+    def on_step_begin(self, step, optimizer) -> None:
+        self.breakdown.begin("optimizer")
+
+    def on_step(self, step, optimizer) -> None:
+        self.breakdown.end("optimizer")
+        self.breakdown.step_end(step)
+        if step == 1:
+            self._start_telemetry()
+        if step > self.stop_at:
+            return
+        if step == self.skip and self.profile_steps:
+            self._start_profiler()
+        elif self._profiler is not None:
+            with self._kineto_log():
+                self._profiler.step()
+            if step >= self.profile_end:
+                self._stop_profiler()
+        if step == self.profile_end and self.scan_steps:
+            self._start_scan()
+        elif self._scan is not None and step >= self.scan_end:
+            self._stop_scan(step - self.profile_end)
+        if step == self.stop_at and self.stop_when_done:
+            self._finish()
+            self.probe.emit("stopped", reason="performance_window", step=step, wall=time.time())
+            raise SystemExit(0)
+
+    def on_exit(self) -> None:
+        self._finish()
+
+    def _any_optimizer_stepped(self, optimizer, args, kwargs) -> None:
+        """Global post-hook on every optimizer (torch's public API): new objects counted."""
+        self._optimizer_steps += 1
+        if optimizer in self._optimizers:
+            return
+        self._optimizers.add(optimizer)
+        self._optimizer_objects += 1
+        if self._optimizer_objects <= NEW_OPTIMIZER_EVENTS:
+            self.probe.emit("perf_optimizer", cls=type(optimizer).__name__, nth=self._optimizer_objects,
+                            optimizer_steps=self._optimizer_steps, location=user_location(2))
+
+    # -- windows -----------------------------------------------------------------------------
+    def _start_telemetry(self) -> None:
+        torch = self._torch
+        device = torch.cuda.current_device() if self._cuda else None
+        self.telemetry.start(device)
+        capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: None)()
+        self.probe.emit("perf_env", cores=usable_cores(), torch_threads=torch.get_num_threads(),
+                        cuda=self._cuda, cpu_capability=capability)
+
+    def _start_profiler(self) -> None:
+        torch = self._torch
+        from torch.profiler import ProfilerActivity, profile, schedule
+
+        activities = [ProfilerActivity.CPU]
+        if self._cuda:
+            activities.append(ProfilerActivity.CUDA)
+        folder = self.probe.run_dir / "artifacts"
+        folder.mkdir(exist_ok=True)
+        name = TRACE_NAME if self.probe.rank == 0 else f"trace.rank{self.probe.rank}.json.gz"
+        path = folder / name
+        first = self.skip + 1  # ProfilerStep#0 is this training step (the warm-up step)
+
+        def save(prof) -> None:
+            start = time.perf_counter()
+            plain = path.with_suffix("")  # trace.json: written by Kineto, then compressed
+            prof.export_chrome_trace(str(plain))
+            _gzip(plain, path)
+            self.probe.emit("perf_trace", path=str(path.relative_to(self.probe.run_dir)),
+                            first_step=first, warmup_steps=1, steps=self.profile_steps,
+                            export_s=round(time.perf_counter() - start, 3), cuda=self._cuda)
+
+        self._profiler = profile(activities=activities, record_shapes=True, with_stack=True,
+                                 schedule=schedule(wait=0, warmup=1, active=self.profile_steps, repeat=1),
+                                 on_trace_ready=save)
+        with self._kineto_log():
+            self._profiler.start()
+
+    def _stop_profiler(self) -> None:
+        profiler, self._profiler = self._profiler, None
+        try:
+            with self._kineto_log():
+                profiler.stop()
+        except Exception as exc:
+            self.probe.log_error(f"profiler stop failed: {exc!r}")
+
+    @contextlib.contextmanager
+    def _kineto_log(self):
+        """Kineto prints start/stop lines (and, without a GPU, an error) on file
+        descriptor 2: the program's stderr must stay its own, so they go to the run dir
+        for the moment of the profiler call."""
+        try:
+            log = os.open(self.probe.run_dir / "kineto.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            saved = os.dup(2)
+        except OSError:
+            yield
+            return
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os.dup2(log, 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(log)
+
+    def _start_scan(self) -> None:
+        from ptdiag.specialists.performance import scan
+
+        torch = self._torch
+        overhead = scan.per_call_overhead_us(torch)
+        slowdown = scan.float64_slowdown(torch, torch.device("cuda" if self._cuda else "cpu"))
+        self._scan_facts = {"per_call_us": overhead, "float64_slowdown": slowdown}
+        self._scan = scan.make_scan(torch, self._cuda)()
+        self._scan.__enter__()
+
+    def _stop_scan(self, steps: int) -> None:
+        scan_mode, self._scan = self._scan, None
+        scan_mode.__exit__(None, None, None)
+        self.probe.emit("perf_scan", first_step=self.profile_end + 1, **scan_mode.summary(steps),
+                        **self._scan_facts)
+
+    def _finish(self) -> None:
+        """Close whatever window is open and write everything buffered (once: at the
+        stop, or at exit when the program ends first)."""
+        if self._finished:
+            return
+        self._finished = True
+        if self._scan is not None:
+            self._stop_scan(max(1, self.probe.step - self.profile_end))
+        if self._profiler is not None:
+            self._stop_profiler()
+        self.breakdown.flush(wait_gpu=self._cuda)
+        self.probe.emit("perf_optimizers", objects=self._optimizer_objects, steps=self._optimizer_steps,
+                        alive=len(self._optimizers))
+        self.probe.emit("perf_telemetry", **self.telemetry.stop())

@@ -1,0 +1,172 @@
+"""A few steps watched call by call: host synchronisations, torch calls per source line,
+float64 results.
+
+A TorchFunctionMode sees every torch function and Tensor method the program calls from
+Python (`.item()`, `print(loss)` through `Tensor.__format__`, `F.conv2d`, ...), with the
+Python stack at hand, so each call can be attributed to the line that made it. It costs
+a Python round-trip per call, so it is entered only for a short window of steps (after
+the profiler window, so it does not distort the profile) and left again.
+
+What counts as a host synchronisation is a table (SYNC_CALLS): calls that, on a GPU
+tensor, make the host wait for the device. On a GPU run only calls on device tensors
+count; on a CPU run no device exists, so the calls themselves are counted: they are the
+places that would block the host on a GPU, and their own cost is measured.
+
+A call is counted only when the first frame outside torch is not ptdiag's own (the
+recorder reads the loss with `float()`). A synchronising call counts only when the
+program's own line made it directly: libraries' calls (torchvision's FakeData `.item()`,
+an optimizer's CPU step counter) are host-side work, not device waits.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter, defaultdict
+from functools import lru_cache
+
+from ptdiag.probe.location import format_location, is_user_file
+
+# Tensor method / torch function name -> what it does to the host.
+SYNC_CALLS = {
+    "item": "copies one value to the host",
+    "tolist": "copies the tensor to the host",
+    "cpu": "copies the tensor to the host",
+    "numpy": "copies the tensor to the host",
+    "__float__": "copies one value to the host",
+    "__int__": "copies one value to the host",
+    "__bool__": "copies one value to the host (a tensor in an if/while)",
+    "__format__": "formats the tensor (print/f-string): copies it to the host",
+    "__repr__": "formats the tensor (print/str): copies it to the host",
+    "nonzero": "output size depends on the data: waits for the device",
+    "masked_select": "output size depends on the data: waits for the device",
+    "unique": "output size depends on the data: waits for the device",
+}
+TORCH_DIR = None  # set on first use: the directory of the installed torch package
+# torch's wrappers between a Tensor method and the mode (Tensor.__format__ -> handler)
+DISPATCH_FILES = (os.path.join("torch", "overrides.py"), os.path.join("torch", "_tensor.py"),
+                  os.path.join("torch", "_tensor_str.py"))
+PTDIAG_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOP_LINES = 10
+MICROBENCH_CALLS = 300
+FP64_BENCH_SIZE = 192
+
+
+_is_user_file = lru_cache(maxsize=4096)(is_user_file)
+
+
+def _callers(frame):
+    """(direct caller, first frame outside torch, innermost user frame) of a torch call.
+
+    The direct caller is the first frame past torch's own dispatch wrappers: the line
+    that ran the call (a loop runs it many times), wherever it lives."""
+    direct, outside, user = None, None, None
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if direct is None and not filename.endswith(DISPATCH_FILES):
+            direct = frame
+        if outside is None and not filename.startswith(TORCH_DIR):
+            outside = frame
+        if outside is not None and _is_user_file(filename):
+            user = frame
+            break
+        frame = frame.f_back
+    return direct, outside, user
+
+
+def _where(frame) -> str | None:
+    return format_location(frame.f_code.co_filename, frame.f_lineno) if frame is not None else None
+
+
+def make_scan(torch, device_is_cuda: bool):
+    """The CallScan class (defined here so that torch is imported only when needed)."""
+    global TORCH_DIR
+    TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+    from torch.overrides import TorchFunctionMode
+
+    class CallScan(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: Counter = Counter()  # (direct caller line, is user code) -> torch calls
+            self.syncs: dict[tuple, list] = defaultdict(lambda: [0, 0.0])  # (call, line) -> [n, s]
+            self.float64: Counter = Counter()  # line -> calls returning float64 tensors
+            self.total_calls = 0
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            name = getattr(func, "__name__", "")
+            sync = name in SYNC_CALLS and _on_device(args, device_is_cuda, torch)
+            start = time.perf_counter() if sync else 0.0
+            result = func(*args, **(kwargs or {}))
+            try:
+                self._count(name, sync, start, result)
+            except Exception:  # never let the scan break the program's call
+                pass
+            return result
+
+        def _count(self, name, sync, start, result) -> None:
+            direct, outside, user = _callers(sys._getframe(2))
+            if outside is None or outside.f_code.co_filename.startswith(PTDIAG_DIR):
+                return
+            self.total_calls += 1
+            line = _where(direct)
+            self.calls[(line, _is_user_file(direct.f_code.co_filename))] += 1
+            if sync and user is direct:  # the program's own line, not a library's (data pipeline)
+                entry = self.syncs[(name, line)]
+                entry[0] += 1
+                entry[1] += time.perf_counter() - start
+            if isinstance(result, torch.Tensor) and result.dtype == torch.float64:
+                self.float64[_where(user) or line] += 1
+
+        def summary(self, steps: int) -> dict:
+            per = max(steps, 1)
+            return {
+                "steps": steps,
+                "torch_calls_per_step": round(self.total_calls / per, 1),
+                "top_lines": [{"location": loc, "user": user, "calls_per_step": round(n / per, 1)}
+                              for (loc, user), n in self.calls.most_common(TOP_LINES)],
+                "syncs": sorted(({"call": call, "location": loc, "per_step": round(n / per, 2),
+                                  "ms_per_step": round(1000 * s / per, 4), "what": SYNC_CALLS[call]}
+                                 for (call, loc), (n, s) in self.syncs.items()),
+                                key=lambda row: -row["per_step"]),
+                "float64_calls_per_step": round(sum(self.float64.values()) / per, 1),
+                "float64_lines": [loc for loc, _ in self.float64.most_common(3)],
+            }
+
+    return CallScan
+
+
+def _on_device(args, device_is_cuda: bool, torch) -> bool:
+    if not device_is_cuda:
+        return True
+    first = args[0] if args else None
+    return isinstance(first, torch.Tensor) and first.device.type != "cpu"
+
+
+def per_call_overhead_us(torch) -> float:
+    """The fixed cost of one tiny torch call from Python here, in µs (median of 3 runs):
+    a lower bound of what each op of the step costs beyond its arithmetic."""
+    a = torch.zeros(1)
+    runs = []
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(MICROBENCH_CALLS):
+            torch.add(a, a)
+        runs.append((time.perf_counter() - start) / MICROBENCH_CALLS)
+    return round(sorted(runs)[1] * 1e6, 3)
+
+
+def float64_slowdown(torch, device) -> float:
+    """How many times slower a matmul is in float64 than in float32 on this device."""
+    times = {}
+    for dtype in (torch.float32, torch.float64):
+        a = torch.randn(FP64_BENCH_SIZE, FP64_BENCH_SIZE, dtype=dtype, device=device)
+        runs = []
+        for _ in range(5):
+            start = time.perf_counter()
+            product = a @ a
+            if device.type == "cuda":
+                product.cpu()  # once, inside the measurement window only
+            runs.append(time.perf_counter() - start)
+        times[dtype] = sorted(runs)[2]
+    return round(times[torch.float64] / max(times[torch.float32], 1e-9), 2)

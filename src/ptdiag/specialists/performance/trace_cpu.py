@@ -1,0 +1,157 @@
+"""The host side of a profiled step: how much of it runs inside ops, how small the ops
+are, which dtypes they compute in, what kind of work they do, and (on CUDA) where the
+host waited for the device.
+
+`trace.analyse_trace` gives the GPU timeline and the per-step data wait; this adds what
+the launch-bound, float64, host-sync and CPU compute-bound verdicts need. A step's time
+outside any top-level op is Python and framework overhead (module calls, hooks, loops);
+time inside ops shorter than TINY_OP_US is mostly dispatch cost rather than arithmetic.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from typing import Any
+
+from ptdiag.specialists.performance.trace_cpu_ops import self_times
+from ptdiag.specialists.performance.trace_events import DATA_WAIT_PREFIX, STEP_PREFIX, Span
+from ptdiag.specialists.performance.trace_intervals import length, subtract, union
+
+TINY_OP_US = 25.0
+# (category, pattern) over CPU op names, first match wins
+CPU_OP_CATEGORIES = [
+    ("matmul_conv", r"conv|mm\b|addmm|bmm|matmul|linear|mkldnn"),
+    ("normalization", r"batch_norm|layer_norm|group_norm|native_norm"),
+    ("optimizer", r"_foreach|sgd|adam"),
+    ("reduction", r"sum|mean|max|min|softmax|nll_loss|cross_entropy|norm"),
+    ("elementwise", r"add|mul|div|sub|relu|threshold|sigmoid|tanh|gelu|clamp|copy_|fill_|zero_|where|exp|log|pow|sqrt"),
+]
+# CUDA runtime calls after which the host has waited for the device.
+SYNC_RUNTIME_CALLS = ("cudaDeviceSynchronize", "cudaStreamSynchronize", "cudaEventSynchronize",
+                      "cudaMemcpy", "cudaStreamWaitEvent")
+PYTHON_FRAME = re.compile(r"^(?P<file>.+?)\((?P<line>\d+)\): (?P<func>.*)$")
+NOT_USER_PREFIXES = ("torch/", "<", "ptdiag/", "threading.py", "multiprocessing/")
+_CATEGORY_RES = [(name, re.compile(p)) for name, p in CPU_OP_CATEGORIES]
+
+
+def host_metrics(trace: dict[str, Any]) -> dict[str, Any] | None:
+    """metrics of the profiled steps' host side; None when the trace has no steps."""
+    spans = _spans(trace)
+    steps = sorted(spans["step"], key=lambda s: s.start)
+    if not steps:
+        return None
+    main_tid = steps[0].tid
+    ops = [s for s in spans["cpu_op"] if s.tid == main_tid]
+    top = _top_level(ops)
+    waits = union((w.start, w.end) for w in spans["data_wait"] if w.tid == main_tid)
+    step_us = work_us = in_ops_us = tiny_us = 0.0
+    top_in_steps = 0
+    for step in steps:
+        window = subtract([(step.start, step.end)], waits)
+        inside = [op for op in top if step.start <= op.start < step.end]
+        top_in_steps += len(inside)
+        covered = union((op.start, op.end) for op in inside)
+        step_us += step.dur
+        work_us += length(window)
+        in_ops_us += length(_intersect(covered, window))
+        tiny_us += sum(op.dur for op in inside if op.dur < TINY_OP_US)
+    double_us = sum(op.dur for op, types in zip(top, (spans["types"].get(id(op)) for op in top))
+                    if types and "double" in types and any(s.start <= op.start < s.end for s in steps))
+    return {
+        "steps": len(steps),
+        "top_level_ops_per_step": round(top_in_steps / len(steps), 1),
+        "outside_ops_share": _share(work_us - in_ops_us, work_us),
+        "tiny_ops_share": _share(tiny_us, work_us),
+        "float64_ops_share": _share(double_us, in_ops_us),
+        "op_time_shares": _categories(ops),
+        "syncs": _runtime_syncs(spans["runtime"], spans["python"], steps),
+    }
+
+
+def _spans(trace: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = defaultdict(list)
+    found["types"] = {}
+    for event in trace.get("traceEvents", []):
+        if not isinstance(event, dict) or event.get("ph") != "X":
+            continue
+        start, dur = event.get("ts"), event.get("dur")
+        if not isinstance(start, (int, float)) or not isinstance(dur, (int, float)):
+            continue
+        name, cat = str(event.get("name", "")), str(event.get("cat", "")).lower()
+        span = Span(name, float(start), float(start) + float(dur), event.get("pid"), event.get("tid"))
+        if name.startswith(STEP_PREFIX):
+            found["step"].append(span)
+        elif name.startswith(DATA_WAIT_PREFIX):
+            found["data_wait"].append(span)
+        elif cat == "cpu_op":
+            found["cpu_op"].append(span)
+            args = event.get("args")
+            if isinstance(args, dict) and isinstance(args.get("Input type"), list):
+                found["types"][id(span)] = args["Input type"]
+        elif cat in ("cuda_runtime", "runtime"):
+            found["runtime"].append(span)
+        elif cat == "python_function":
+            found["python"].append(span)
+    return found
+
+
+def _top_level(ops: list[Span]) -> list[Span]:
+    """Ops not nested in another op of the same thread (the ones the program called)."""
+    top, end = [], float("-inf")
+    for op in sorted(ops, key=lambda o: (o.start, -o.end)):
+        if op.start >= end:
+            top.append(op)
+            end = op.end
+    return top
+
+
+def _intersect(a, b):
+    return subtract(a, subtract(a, b))
+
+
+def _categories(ops: list[Span]) -> dict[str, float]:
+    own = {name: entry[0] for name, entry in self_times(ops).items()}
+    total = sum(own.values())
+    shares: dict[str, float] = defaultdict(float)
+    for name, us in own.items():
+        category = next((c for c, regex in _CATEGORY_RES if regex.search(name)), "other")
+        shares[category] += us
+    return {c: _share(us, total) for c, us in sorted(shares.items(), key=lambda kv: -kv[1])}
+
+
+def _runtime_syncs(runtime: list[Span], python: list[Span], steps: list[Span]) -> dict[str, Any]:
+    """Blocking CUDA runtime calls per profiled step, with the user line around each."""
+    calls = [r for r in runtime if r.name.startswith(SYNC_RUNTIME_CALLS)
+             and any(s.start <= r.start < s.end for s in steps)]
+    if not calls:
+        return {"per_step": 0.0, "blocked_ms_per_step": 0.0, "locations": []}
+    where: dict[str, list] = defaultdict(lambda: [0, 0.0])
+    for call in calls:
+        location = _user_frame(call, python)
+        where[location or "unknown"][0] += 1
+        where[location or "unknown"][1] += call.dur
+    n = len(steps)
+    return {
+        "per_step": round(len(calls) / n, 2),
+        "blocked_ms_per_step": round(sum(c.dur for c in calls) / n / 1000.0, 3),
+        "locations": [{"location": loc, "per_step": round(count / n, 2),
+                       "blocked_ms_per_step": round(us / n / 1000.0, 3)}
+                      for loc, (count, us) in sorted(where.items(), key=lambda kv: -kv[1][1])],
+    }
+
+
+def _user_frame(call: Span, python: list[Span]) -> str | None:
+    """file:line of the innermost user Python frame enclosing a call (same thread)."""
+    best = None
+    for frame in python:
+        if frame.tid == call.tid and frame.start <= call.start and call.end <= frame.end:
+            match = PYTHON_FRAME.match(frame.name)
+            if match and not match["file"].startswith(NOT_USER_PREFIXES) and "site-packages" not in match["file"]:
+                if best is None or frame.start >= best[0]:
+                    best = (frame.start, f"{match['file']}:{match['line']}")
+    return best[1] if best else None
+
+
+def _share(part: float, whole: float) -> float:
+    return round(part / whole, 4) if whole > 0 else 0.0

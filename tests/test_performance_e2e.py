@@ -1,0 +1,71 @@
+"""End to end: the real CLI diagnoses each slow sample, and the healthy one is left alone."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from conftest import PROGRAMS, PYTHON, SAMPLES, load_report, run_ptdiag
+
+pytestmark = pytest.mark.slow
+
+TINY = ["--threads", "1", "--samples", "96", "--image-size", "16", "--batch-size", "8", "--epochs", "1"]
+# shorter windows than the defaults keep each run to a few seconds: stop after step 7
+WINDOWS = ["-o", "performance.skip=2", "-o", "performance.profile_steps=2",
+           "-o", "performance.scan_steps=1", "-o", "performance.tail_steps=2"]
+STOP_STEP = 2 + 1 + 2 + 1 + 2
+
+
+def diagnose(workdir, script, *args, symptom="training is slow, only 5 it/s"):
+    proc = run_ptdiag(symptom, *WINDOWS, "--json", "r.json", "--", PYTHON, str(script), *args, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    return load_report(workdir / "r.json"), proc
+
+
+@pytest.mark.parametrize("bug, code", [
+    ("dataloader", "performance.dataloader_bound"),
+    ("sync", "performance.host_sync"),
+    ("python_loop", "performance.launch_bound"),
+    ("float64", "performance.float64"),
+    ("optimizer_rebuilt", "performance.optimizer_recreated"),
+    ("batch1", "performance.launch_bound"),
+])
+def test_each_bug_is_the_top_finding(workdir, bug, code):
+    report, _ = diagnose(workdir, SAMPLES / "resnet_slow.py", "--bug", bug, *TINY)
+    top = report["findings"][0]
+    assert top["code"] == code, [(f["code"], f["title"]) for f in report["findings"]]
+    assert top["severity"] == "warning" and top["fix"]
+    if bug in ("sync", "python_loop"):
+        assert top["evidence"]["location"].split(":")[0].endswith("resnet_slow.py")
+    if bug == "sync":
+        calls = {c["call"] for c in top["evidence"]["calls"]}
+        assert {"item", "cpu", "tolist", "__format__"} <= calls
+    if bug == "dataloader":
+        assert top["evidence"]["num_workers"] == 0 and "num_workers=" in top["fix"]
+
+
+def test_healthy_run_is_profiled_stopped_early_and_not_blamed(workdir):
+    report, proc = diagnose(workdir, SAMPLES / "resnet_healthy.py", *TINY)
+    codes = [f["code"] for f in report["findings"]]
+    assert "performance.dataloader_bound" not in codes and "performance.host_sync" not in codes
+    assert all(f["severity"] == "info" for f in report["findings"]), codes
+    assert report["status"] == "completed" and report["steps_observed"] == STOP_STEP
+    # the program's stderr carries nothing of Kineto's
+    assert b"profiler_start" not in proc.stderr and b"gpuGetDeviceCount" not in proc.stderr
+    run_dir = workdir / "ptdiag-runs" / report["run_id"]
+    trace = json.loads(gzip.open(run_dir / "artifacts" / "trace.json.gz").read())
+    steps = sorted(e["name"] for e in trace["traceEvents"] if e.get("name", "").startswith("ProfilerStep#"))
+    assert steps == ["ProfilerStep#1", "ProfilerStep#2"]
+    assert any(e.get("cat") == "python_function" for e in trace["traceEvents"])
+    assert any("Input Dims" in e.get("args", {}) for e in trace["traceEvents"])
+    # the same trace through `ptdiag inspect`
+    inspected = run_ptdiag("inspect", str(run_dir / "artifacts" / "trace.json.gz"), "--json", "i.json", cwd=workdir)
+    assert inspected.returncode == 0, inspected.stderr.decode()
+    assert load_report(workdir / "i.json")["metrics"]["top_cpu_ops"]
+
+
+def test_two_optimizers_built_once_are_not_rebuilt(workdir):
+    report, _ = diagnose(workdir, PROGRAMS / "perf_two_optimizers.py")
+    assert "performance.optimizer_recreated" not in [f["code"] for f in report["findings"]]
