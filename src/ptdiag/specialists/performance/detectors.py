@@ -133,7 +133,10 @@ def launch_bound(m: Measured):
     phases = (m.breakdown or {}).get("phases", {})
     fixed = round(min(1.0, overhead + phases.get("optimizer", {}).get("share", 0.0)), 4)
     small_batch = batch is not None and batch <= SMALL_BATCH and fixed >= FIXED_SHARE_WARN
-    if not loops and not small_batch and overhead < OVERHEAD_SHARE_WARN:
+    # on CUDA the host's time outside ops is not overhead (it may just be ahead of the GPU):
+    # there trace.py's gpu_idle verdict, from kernel sizes and GPU idle time, speaks instead
+    host_bound = overhead >= OVERHEAD_SHARE_WARN and not m.env.get("cuda")
+    if not loops and not small_batch and not host_bound:
         return None
     evidence = {"overhead_share": overhead, "outside_ops_share": host.get("outside_ops_share"),
                 "tiny_ops_share": host.get("tiny_ops_share"), "ops_per_step": host.get("top_level_ops_per_step"),

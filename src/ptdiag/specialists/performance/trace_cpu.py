@@ -11,11 +11,12 @@ time inside ops shorter than TINY_OP_US is mostly dispatch cost rather than arit
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections import defaultdict
 from typing import Any
 
 from ptdiag.specialists.performance.trace_cpu_ops import self_times
-from ptdiag.specialists.performance.trace_events import DATA_WAIT_PREFIX, STEP_PREFIX, Span
+from ptdiag.specialists.performance.trace_events import CATEGORY_KINDS, DATA_WAIT_PREFIX, STEP_PREFIX, Span
 from ptdiag.specialists.performance.trace_intervals import length, subtract, union
 
 TINY_OP_US = 25.0
@@ -27,9 +28,11 @@ CPU_OP_CATEGORIES = [
     ("reduction", r"sum|mean|max|min|softmax|nll_loss|cross_entropy|norm"),
     ("elementwise", r"add|mul|div|sub|relu|threshold|sigmoid|tanh|gelu|clamp|copy_|fill_|zero_|where|exp|log|pow|sqrt"),
 ]
-# CUDA runtime calls after which the host has waited for the device.
-SYNC_RUNTIME_CALLS = ("cudaDeviceSynchronize", "cudaStreamSynchronize", "cudaEventSynchronize",
-                      "cudaMemcpy", "cudaStreamWaitEvent")
+# CUDA runtime calls that block the host until the device is done (cudaMemcpy is the
+# synchronous copy; cudaMemcpyAsync and cudaStreamWaitEvent do not block the host).
+SYNC_RUNTIME_CALLS = frozenset({"cudaDeviceSynchronize", "cudaStreamSynchronize", "cudaEventSynchronize",
+                                "cudaMemcpy"})
+LOCATED_SYNCS_MAX = 64  # sync calls whose Python line is looked up (the rest are counted only)
 PYTHON_FRAME = re.compile(r"^(?P<file>.+?)\((?P<line>\d+)\): (?P<func>.*)$")
 NOT_USER_PREFIXES = ("torch/", "<", "ptdiag/", "threading.py", "multiprocessing/")
 _CATEGORY_RES = [(name, re.compile(p)) for name, p in CPU_OP_CATEGORIES]
@@ -56,8 +59,8 @@ def host_metrics(trace: dict[str, Any]) -> dict[str, Any] | None:
         work_us += length(window)
         in_ops_us += length(_intersect(covered, window))
         tiny_us += sum(op.dur for op in inside if op.dur < TINY_OP_US)
-    double_us = sum(op.dur for op, types in zip(top, (spans["types"].get(id(op)) for op in top))
-                    if types and "double" in types and any(s.start <= op.start < s.end for s in steps))
+    in_steps = [op for op in top if _in_steps(op, steps)]
+    double_us = sum(op.dur for op in in_steps if "double" in spans["types"].get(id(op), ()))
     return {
         "steps": len(steps),
         "top_level_ops_per_step": round(top_in_steps / len(steps), 1),
@@ -79,21 +82,28 @@ def _spans(trace: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(start, (int, float)) or not isinstance(dur, (int, float)):
             continue
         name, cat = str(event.get("name", "")), str(event.get("cat", "")).lower()
+        kind = CATEGORY_KINDS.get(cat)
         span = Span(name, float(start), float(start) + float(dur), event.get("pid"), event.get("tid"))
         if name.startswith(STEP_PREFIX):
             found["step"].append(span)
         elif name.startswith(DATA_WAIT_PREFIX):
             found["data_wait"].append(span)
-        elif cat == "cpu_op":
+        elif kind == "cpu_op":
             found["cpu_op"].append(span)
             args = event.get("args")
             if isinstance(args, dict) and isinstance(args.get("Input type"), list):
                 found["types"][id(span)] = args["Input type"]
-        elif cat in ("cuda_runtime", "runtime"):
+        elif kind == "launch":
             found["runtime"].append(span)
         elif cat == "python_function":
             found["python"].append(span)
     return found
+
+
+def _in_steps(span: Span, steps: list[Span]) -> bool:
+    """Whether a span starts inside one of the (sorted, disjoint) steps."""
+    i = bisect_right([s.start for s in steps], span.start) - 1
+    return i >= 0 and span.start < steps[i].end
 
 
 def _top_level(ops: list[Span]) -> list[Span]:
@@ -122,35 +132,38 @@ def _categories(ops: list[Span]) -> dict[str, float]:
 
 def _runtime_syncs(runtime: list[Span], python: list[Span], steps: list[Span]) -> dict[str, Any]:
     """Blocking CUDA runtime calls per profiled step, with the user line around each."""
-    calls = [r for r in runtime if r.name.startswith(SYNC_RUNTIME_CALLS)
-             and any(s.start <= r.start < s.end for s in steps)]
+    calls = [r for r in runtime if r.name in SYNC_RUNTIME_CALLS and _in_steps(r, steps)]
     if not calls:
         return {"per_step": 0.0, "blocked_ms_per_step": 0.0, "locations": []}
+    frames: dict[object, list[Span]] = defaultdict(list)
+    for frame in sorted(python, key=lambda f: f.start):
+        frames[frame.tid].append(frame)
     where: dict[str, list] = defaultdict(lambda: [0, 0.0])
-    for call in calls:
-        location = _user_frame(call, python)
-        where[location or "unknown"][0] += 1
-        where[location or "unknown"][1] += call.dur
+    for call in calls[:LOCATED_SYNCS_MAX]:
+        location = _user_frame(call, frames.get(call.tid, [])) or "unknown"
+        where[location][0] += 1
+        where[location][1] += call.dur
     n = len(steps)
     return {
         "per_step": round(len(calls) / n, 2),
         "blocked_ms_per_step": round(sum(c.dur for c in calls) / n / 1000.0, 3),
+        "located_calls": min(len(calls), LOCATED_SYNCS_MAX),
         "locations": [{"location": loc, "per_step": round(count / n, 2),
                        "blocked_ms_per_step": round(us / n / 1000.0, 3)}
                       for loc, (count, us) in sorted(where.items(), key=lambda kv: -kv[1][1])],
     }
 
 
-def _user_frame(call: Span, python: list[Span]) -> str | None:
-    """file:line of the innermost user Python frame enclosing a call (same thread)."""
-    best = None
-    for frame in python:
-        if frame.tid == call.tid and frame.start <= call.start and call.end <= frame.end:
+def _user_frame(call: Span, frames: list[Span]) -> str | None:
+    """`file:line` (the function's first line: the trace names frames by it) of the
+    innermost user Python frame enclosing a call; `frames` are one thread's, by start."""
+    i = bisect_right([f.start for f in frames], call.start)
+    for frame in reversed(frames[:i]):
+        if call.end <= frame.end:
             match = PYTHON_FRAME.match(frame.name)
             if match and not match["file"].startswith(NOT_USER_PREFIXES) and "site-packages" not in match["file"]:
-                if best is None or frame.start >= best[0]:
-                    best = (frame.start, f"{match['file']}:{match['line']}")
-    return best[1] if best else None
+                return f"{match['file']}:{match['line']}"
+    return None
 
 
 def _share(part: float, whole: float) -> float:

@@ -1,0 +1,196 @@
+"""The performance specialist's parts on real torch: the step breakdown, the call scan,
+the host-side trace measurements, telemetry, and the detectors' arithmetic."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ptdiag.specialists.performance import detectors, trace_cpu
+from ptdiag.specialists.performance.breakdown import FLUSH_EVERY, StepBreakdown
+from ptdiag.specialists.performance.measured import Measured, breakdown
+from ptdiag.specialists.performance.scan import make_scan, per_call_overhead_us
+from ptdiag.specialists.performance.telemetry import Telemetry
+from ptdiag.specialists.performance.trace_events import read_trace
+
+TRACES = Path("/work/shared/fixtures/gpu_traces")
+
+
+def _train(steps: int, timer: StepBreakdown | None = None, dtype=torch.float32):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4)).to(dtype)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    if timer is not None:
+        model.register_forward_pre_hook(timer.forward_pre_hook)
+        model.register_forward_hook(timer.forward_hook)
+    for step in range(1, steps + 1):
+        x = torch.randn(32, 64, dtype=dtype)
+        if timer:
+            waited = time.perf_counter()
+            time.sleep(0.002)  # a real wait, as the DataLoader hook reports it
+            timer.data_wait(time.perf_counter() - waited)
+        loss = model(x).square().mean()
+        optimizer.zero_grad()
+        if timer:
+            timer.begin("backward")
+        loss.backward()
+        if timer:
+            timer.end("backward")
+            timer.begin("optimizer")
+        optimizer.step()
+        if timer:
+            timer.end("optimizer")
+            timer.step_end(step)
+        yield step
+
+
+def test_breakdown_times_each_phase_and_flushes_in_batches():
+    emitted = []
+    timer = StepBreakdown(lambda event, rows: emitted.append(rows))
+    timer.instrumented.add(3)
+    for _ in _train(FLUSH_EVERY + 5, timer):
+        pass
+    timer.flush()
+    rows = [r for batch in emitted for r in batch]
+    assert len(emitted) == 2 and len(emitted[0]) == FLUSH_EVERY
+    assert [r["step"] for r in rows] == list(range(2, FLUSH_EVERY + 6))  # step 1 has no start
+    for row in rows:
+        assert row["forward"] > 0 and row["backward"] > 0 and row["optimizer"] > 0
+        assert row["data"] >= 0.002
+        parts = row["data"] + row["forward"] + row["backward"] + row["optimizer"] + row["other"]
+        assert parts == pytest.approx(row["dt"], abs=1e-5)
+    assert [r["step"] for r in rows if r.get("instrumented")] == [3]
+    summary = breakdown(rows, batch=32)
+    assert summary["steps"] == len(rows) - 1 and summary["instrumented_steps_excluded"] == 1
+    assert summary["samples_per_s"] == pytest.approx(32 * summary["steps_per_s"])
+    assert sum(p["share"] for p in summary["phases"].values()) == pytest.approx(1.0, abs=0.01)
+
+
+def test_scan_counts_the_programs_syncs_at_their_lines_and_finds_loops():
+    scan = make_scan(torch, device_is_cuda=False)()
+    x = torch.randn(8, 3)
+    with scan:
+        for _ in range(2):
+            value = x.sum().item(); line_item = _line()  # noqa: E702
+            text = f"{x.mean()}"; line_format = _line()  # noqa: E702
+            rows = [x[i].abs().sum() for i in range(8)]; line_loop = _line()  # noqa: E702
+            torch.nn.functional.softmax(x, dim=1)  # torch's own code inside: no sync counted
+    summary = scan.summary(steps=2)
+    here = Path(__file__).name
+    syncs = {(s["call"], s["location"].split("/")[-1]): s["per_step"] for s in summary["syncs"]}
+    assert syncs == {("item", f"{here}:{line_item}"): 1.0, ("__format__", f"{here}:{line_format}"): 1.0}
+    loop = next(row for row in summary["top_lines"] if row["location"].endswith(f"{here}:{line_loop}"))
+    assert loop["user"] and loop["calls_per_step"] == 8 * 3
+    assert value and text and rows
+
+
+def _line() -> int:
+    import sys
+
+    return sys._getframe(1).f_lineno
+
+
+def test_per_call_overhead_is_a_few_microseconds():
+    assert 0.1 < per_call_overhead_us(torch) < 1000
+
+
+def _record_trace(tmp_path: Path, dtype) -> dict:
+    from torch.profiler import profile, schedule
+
+    path = tmp_path / "t.json"
+    prof = profile(record_shapes=True, schedule=schedule(wait=0, warmup=1, active=2, repeat=1),
+                   on_trace_ready=lambda p: p.export_chrome_trace(str(path)))
+    prof.start()
+    for _ in _train(4, dtype=dtype):
+        prof.step()
+    prof.stop()
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("dtype, expect_double", [(torch.float64, True), (torch.float32, False)])
+def test_host_metrics_of_a_recorded_trace(tmp_path, dtype, expect_double):
+    host = trace_cpu.host_metrics(_record_trace(tmp_path, dtype))
+    assert host["steps"] == 2 and host["top_level_ops_per_step"] > 5
+    assert 0.0 <= host["outside_ops_share"] <= 1.0
+    assert (host["float64_ops_share"] > 0.5) is expect_double
+    assert host["syncs"]["per_step"] == 0.0  # no CUDA runtime on a CPU
+    assert "matmul_conv" in host["op_time_shares"]
+
+
+@pytest.mark.skipif(not TRACES.is_dir(), reason="shared GPU trace fixtures missing")
+def test_host_metrics_on_real_gpu_traces_name_the_blocking_calls():
+    qwen = trace_cpu.host_metrics(read_trace(next(TRACES.glob("tracelens__h100__Qwen*.json.gz"))))
+    # cudaStreamSynchronize calls, found under the Python frames around them
+    assert qwen["syncs"]["per_step"] > 0 and qwen["syncs"]["blocked_ms_per_step"] > 1.0
+    assert any(loc["location"].startswith("transformers/") for loc in qwen["syncs"]["locations"])
+    old = trace_cpu.host_metrics(read_trace(TRACES / "kineto__resnet50_v100_num_workers_0.pt.trace.json.gz"))
+    assert old["top_level_ops_per_step"] > 100  # 2021 schema: ops are "Operator" events
+    assert trace_cpu.host_metrics(read_trace(next(TRACES.glob("hta__cpu_only__*.json.gz")))) is not None
+
+
+def test_telemetry_samples_this_process_and_claims_no_gpu():
+    telemetry = Telemetry()
+    telemetry.start(cuda_device=None)
+    end = time.perf_counter() + 1.3
+    while time.perf_counter() < end:
+        sum(i * i for i in range(10000))
+    summary = telemetry.stop()
+    assert summary["samples"] >= 1 and summary["main_cpu_pct"]["max"] > 0
+    assert summary["gpu"] is False and "gpu_util_pct" not in summary and "throttle_reasons" not in summary
+
+
+def _measured(**overrides) -> Measured:
+    rows = [{"step": s, "dt": 0.1, "data": 0.05, "forward": 0.02, "backward": 0.02, "optimizer": 0.005,
+             "other": 0.005} for s in range(2, 10)]
+    base = dict(breakdown=breakdown(rows, batch=8), loader={"batch_size": 8, "num_workers": 0,
+                "pin_memory": False, "persistent_workers": False}, env={"cores": 4, "cuda": False},
+                telemetry={"cores": 4})
+    base.update(overrides)
+    return Measured(**base)
+
+
+def test_dataloader_verdict_carries_the_measured_share_and_a_worker_count():
+    finding, impact = detectors.dataloader_bound(_measured())
+    assert finding.evidence["data_wait_share"] == pytest.approx(0.5) and impact == pytest.approx(0.5)
+    assert "num_workers=3" in finding.fix and "persistent_workers=True" in finding.fix
+    assert "pin_memory" not in finding.fix  # no GPU: pinning does not apply
+    busy = _measured(loader={"batch_size": 8, "num_workers": 4, "persistent_workers": True}, env={"cores": 4})
+    assert "already have all 4 cores" in detectors.dataloader_bound(busy)[0].fix
+
+
+def test_one_sync_per_step_is_quiet_three_warn():
+    one = {"steps": 2, "syncs": [{"call": "item", "location": "t.py:1", "per_step": 1.0, "ms_per_step": 0.01,
+                                  "what": ""}]}
+    assert detectors.host_sync(_measured(scan=one)) is None
+    three = dict(one, syncs=one["syncs"] * 3)
+    finding, _ = detectors.host_sync(_measured(scan=three))
+    assert finding.severity == "warning" and finding.evidence["per_step"] == 3.0
+    assert "CPU" in finding.detail  # says what was measured where no device exists
+
+
+def test_small_batch_speedup_follows_the_fixed_share():
+    assert detectors._batch_speedup(0.0, 1, 32) == 1.0  # nothing fixed: nothing to amortise
+    assert detectors._batch_speedup(0.5, 1, 32) == pytest.approx(1 / (0.5 / 32 + 0.5), rel=0.01)
+
+
+def test_rebuilt_optimizer_needs_many_short_lived_objects():
+    rebuilt = _measured(optimizers={"objects": 20, "steps": 20, "alive": 1},
+                        new_optimizers=[{"cls": "SGD", "location": "train.py:9"}])
+    assert detectors.optimizer_recreated(rebuilt)[0].evidence["location"] == "train.py:9"
+    gan = _measured(optimizers={"objects": 2, "steps": 80, "alive": 2})
+    assert detectors.optimizer_recreated(gan) is None
+
+
+def test_saved_trace_is_gzip_level_one(tmp_path):
+    from ptdiag.specialists.performance.probe import _gzip
+
+    plain = tmp_path / "trace.json"
+    plain.write_text(json.dumps({"traceEvents": [{"ph": "X"}] * 1000}))
+    _gzip(plain, tmp_path / "trace.json.gz")
+    assert not plain.exists()
+    assert json.loads(gzip.open(tmp_path / "trace.json.gz").read())["traceEvents"][0] == {"ph": "X"}
