@@ -4,9 +4,10 @@ The user's model and optimizer are copied into torch's FakeTensorMode (tensors w
 shapes and devices but no storage) and one training step runs there twice (the first
 creates the optimizer state) under `MemTracker`, which sums the bytes the real run would
 hold at its peak, by kind. Nothing is allocated, so a 16 GiB question is answered on
-any machine in seconds. Peak is close to affine in the batch size; two batch sizes give
-the line, and the batch size it predicts for the budget is checked by one more fake
-step (and corrected once) before it is reported.
+any machine in seconds. The peak is the larger of a floor that does not depend on the
+batch (parameters, gradients, optimizer state and the step's temporaries) and a part
+affine in the batch (activations): two batch sizes give a line, and each batch size it
+predicts for the budget is checked by another fake step before it is reported.
 
 Gradients are freed between the fake steps (`zero_grad(set_to_none=True)` before the
 forward); a program that keeps them through its forward needs their bytes on top

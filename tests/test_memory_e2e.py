@@ -1,0 +1,75 @@
+"""End to end: ptdiag runs the resnet_oom sample with each bug and names it, with file:line."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import FAST_SAMPLE_ARGS, PYTHON, SAMPLES, load_report, run_ptdiag
+
+pytestmark = pytest.mark.slow
+
+SAMPLE = SAMPLES / "resnet_oom.py"
+TINY = [*FAST_SAMPLE_ARGS, "--epochs", "1", "--batch-size", "8", "--samples", "48"]
+
+
+def line_of(text: str) -> int:
+    return next(i for i, line in enumerate(SAMPLE.read_text().splitlines(), 1) if line.strip() == text)
+
+
+def diagnose(workdir, bug: str, *options: str, extra: tuple = ()) -> dict:
+    proc = run_ptdiag("memory grows every step until OOM", "--only", "memory", *options, "--json", "r.json", "--",
+                      PYTHON, str(SAMPLE), "--bug", bug, *TINY, *extra, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert not list(workdir.glob("ptdiag-runs/*/probe-errors.log")), "the probe logged errors"
+    return load_report(workdir / "r.json")
+
+
+def by_code(report: dict, code: str) -> dict:
+    return next(f for f in report["findings"] if f["code"] == code)
+
+
+def test_loss_kept_with_its_graph_is_a_leak_at_the_accumulating_line(workdir):
+    finding = by_code(diagnose(workdir, "loss_graph"), "memory.leak")
+    assert finding["evidence"]["holder"] == "running_loss" and finding["evidence"]["kind"] == "graph_tensor"
+    assert finding["evidence"]["location"].endswith(f"resnet_oom.py:{line_of('running_loss += loss')}")
+    assert "loss.item()" in finding["fix"]
+
+
+def test_outputs_kept_in_a_list_is_a_leak_at_the_append(workdir):
+    finding = by_code(diagnose(workdir, "outputs_list"), "memory.leak")
+    assert finding["evidence"]["holder"] == "seen" and finding["evidence"]["kind"] == "container"
+    assert finding["evidence"]["location"].endswith(f"resnet_oom.py:{line_of('seen.append(outputs)')}")
+
+
+def test_evaluation_without_no_grad_is_found_with_its_peak_difference(workdir):
+    report = diagnose(workdir, "eval_no_grad")
+    finding = by_code(report, "memory.eval_without_no_grad")
+    eval_line = line_of("outputs = model(images.to(device))")  # the first of the two: the bug's branch
+    assert finding["evidence"]["location"].endswith(f"resnet_oom.py:{eval_line}")
+    assert finding["evidence"]["forwards"] == 6  # 48 samples / batch 8
+    assert finding["evidence"]["saved_bytes_per_forward"] > 0
+    assert "memory.leak" not in [f["code"] for f in report["findings"]]
+    breakdown = by_code(report, "memory.breakdown")
+    assert breakdown["evidence"]["parameter_bytes"] == 11_181_642 * 4  # ResNet-18, 10 classes, float32
+
+
+def test_batch_too_big_for_the_target_says_so_and_names_a_batch_that_fits(workdir):
+    # ResNet-18's parameters, gradients and SGD state take ~137 MiB at any batch; at 32x32 images
+    # each sample adds ~0.4 MiB of activations, so batch 8 x 16 = 128 is over 150 MiB, batch ~30 is not
+    report = diagnose(workdir, "too_big", "-o", "memory.target_memory=150MiB", "--max-steps", "1",
+                      extra=("--samples", "128", "--image-size", "32"))
+    finding = by_code(report, "memory.fit")
+    evidence = finding["evidence"]
+    assert finding["severity"] == "error" and evidence["batch_size"] == 8 * 16
+    assert evidence["estimated_peak_bytes"] > evidence["budget_bytes"] == 150 * 2**20
+    assert 0 < evidence["largest_batch"] < 128
+
+
+def test_healthy_sample_has_no_leak_or_eval_finding(workdir):
+    proc = run_ptdiag("out of memory?", "--only", "memory", "--json", "r.json", "--", PYTHON,
+                      str(SAMPLES / "resnet_healthy.py"), *TINY, cwd=workdir)
+    assert proc.returncode == 0
+    report = load_report(workdir / "r.json")
+    codes = [f["code"] for f in report["findings"]]
+    assert "memory.leak" not in codes and "memory.eval_without_no_grad" not in codes
+    assert "memory.breakdown" in codes
