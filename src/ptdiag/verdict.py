@@ -98,14 +98,22 @@ def _train_batch_size(run: RecordedRun) -> int | None:
     return None
 
 
+def _last_error(exc: dict | None) -> str | None:
+    if not exc:
+        return None
+    lines = exc["message"].strip().splitlines()
+    return f"{exc['type']}: {lines[-1] if lines else ''}"
+
+
 def run_findings(run: RecordedRun, status: str) -> list[Finding]:
-    """ptdiag.command_failed / ptdiag.no_training_observed: the run never trained."""
+    """ptdiag.command_failed / ptdiag.no_training_observed when the run never trained;
+    ptdiag.crashed when it failed part-way (where, with which error)."""
     if run.steps_observed:
-        return []
+        return _crash_finding(run) if status == "crashed" else []
     exit_code = run.outcome.get("exit_code", 0)
     if status in ("crashed", "killed", "oom") or exit_code != 0:
         exc = run.exceptions[-1] if run.exceptions else None
-        last_error = f"{exc['type']}: {exc['message'].splitlines()[-1] if exc['message'] else ''}" if exc else None
+        last_error = _last_error(exc)
         return [Finding(
             code="ptdiag.command_failed", specialist="ptdiag", severity="error",
             title=f"The command failed before training (exit code {exit_code})",
@@ -126,6 +134,22 @@ def run_findings(run: RecordedRun, status: str) -> list[Finding]:
         evidence={"seen": seen, "probed_processes": len(run.processes)},
         fix="Point ptdiag at the command that trains (optimizer.step() is called), "
             "e.g. ptdiag \"...\" -- python train.py; for frameworks, run their training entry point.")]
+
+
+def _crash_finding(run: RecordedRun) -> list[Finding]:
+    exc = run.exceptions[-1] if run.exceptions else None
+    exit_code = run.outcome.get("exit_code")
+    step = exc.get("step", run.steps_observed) if exc else run.steps_observed
+    where = f" at {exc['location']}" if exc and exc.get("location") else ""
+    return [Finding(
+        code="ptdiag.crashed", specialist="ptdiag", severity="error",
+        title=f"The run crashed after step {step}" + (f": {_last_error(exc)}" if exc else f" (exit code {exit_code})"),
+        detail=(f"{exc['type']} raised{where} on rank {exc['rank']} after {step} optimizer steps."
+                if exc else "No Python exception was recorded: the process ended itself (os._exit) or was killed."),
+        evidence={"step": step, "exit_code": exit_code, "rank": exc["rank"] if exc else None,
+                  "location": exc.get("location") if exc else None, "error": _last_error(exc)},
+        fix="Fix the error at that line (the full traceback is in the program's stderr above); "
+            "steps up to the crash were recorded and analysed.")]
 
 
 SEEN_KINDS = (("model", "a model forward pass"), ("dataloader", "a DataLoader"),

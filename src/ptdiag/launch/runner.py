@@ -155,6 +155,11 @@ class Supervisor:
         for p in alive:
             _send(p, signal.SIGKILL)
 
+    def kill_tree(self) -> None:
+        """The second interrupt: no more grace."""
+        for p in self._tree():
+            _send(p, signal.SIGKILL)
+
     def _tree(self) -> list[psutil.Process]:
         try:
             root = psutil.Process(self._proc.pid)
@@ -174,7 +179,7 @@ class Supervisor:
             self._interrupts += 1
             self._interrupted_by = self._interrupted_by or sig.name
             if self._interrupts >= 2:
-                self.end_tree(grace_s=0)
+                self.kill_tree()
                 self._outcome_signals.append("SIGKILL")
             elif not from_terminal and self._proc.poll() is None:
                 self._proc.send_signal(sig)
