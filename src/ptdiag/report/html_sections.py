@@ -1,0 +1,157 @@
+"""The text sections of the HTML report: verdict, findings, route, run metadata, artifacts.
+
+Everything shown here can come from the user (symptom, command, paths, parameter names,
+module names, exception messages), so every value goes through `text()` or `value()`,
+which escape it; nothing is ever inserted raw.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import time
+from html import escape
+from pathlib import Path
+from urllib.parse import quote
+
+from ptdiag.findings import SEVERITIES, Finding
+from ptdiag.report.model import Report
+from ptdiag.report.terminal import headline
+
+LONG_VALUE_CHARS = 300  # longer values fold into <details> (open when printed)
+SEVERITY_HEADINGS = {"error": "Errors", "warning": "Warnings", "info": "Information"}
+# artifact key -> (what it is, how to open it); {path} is the link's relative path
+ARTIFACT_HELP = {
+    "trace": ("Profiler trace (Chrome trace format)",
+              'Open <a href="https://ui.perfetto.dev" rel="noopener noreferrer">ui.perfetto.dev</a>, choose '
+              "“Open trace file” and pick this file: Perfetto reads it in your browser, nothing is uploaded."),
+    "memory_snapshot": ("CUDA memory snapshot",
+                        'Open <a href="https://pytorch.org/memory_viz" rel="noopener noreferrer">pytorch.org/memory_viz</a> '
+                        "and drop this file on the page: it is read in your browser, nothing is uploaded."),
+    "tensorboard": ("TensorBoard log dir", "Run <code>tensorboard --logdir {path}</code> and open the address it prints."),
+    "events": ("Probe events, one JSON object per line per process", ""),
+    "report": ("This report as JSON (the machine-readable contract)", ""),
+    "stacks": ("Python stacks dumped at the time-out or a fatal signal", ""),
+    "git_patch": ("Uncommitted changes at the start of the run", "<code>git apply</code> it on the recorded commit."),
+    "html": ("This report", ""),
+}
+
+
+def text(value) -> str:
+    return escape(str(value), quote=True)
+
+
+def value(item) -> str:
+    """Any evidence or config value: strings as they are, the rest as JSON; long ones fold."""
+    shown = item if isinstance(item, str) else json.dumps(item, default=str, ensure_ascii=False)
+    if len(shown) <= LONG_VALUE_CHARS:
+        return f"<code>{text(shown)}</code>"
+    return (f"<details><summary><code>{text(shown[:120])}…</code> ({len(shown)} characters)</summary>"
+            f"<pre>{text(shown)}</pre></details>")
+
+
+def table(rows: dict, css: str = "kv") -> str:
+    cells = "".join(f"<tr><th>{text(k)}</th><td>{value(v)}</td></tr>" for k, v in rows.items()
+                    if v not in (None, "", [], {}))
+    return f'<table class="{css}">{cells}</table>' if cells else ""
+
+
+def when(timestamp: float | None) -> str | None:
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(timestamp)) if timestamp else None
+
+
+def verdict_section(report: Report) -> str:
+    counts = {s: sum(f.severity == s for f in report.findings) for s in SEVERITIES}
+    summary = ", ".join(f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items() if n) or "no findings"
+    symptom = (f'<p class="symptom">You said: <q>{text(report.symptom)}</q></p>' if report.symptom else "")
+    return (f'<header id="verdict" class="status-{text(report.status)}">'
+            f'<p class="status">ptdiag ▸ <strong>{text(report.status)}</strong> ▸ run {text(report.run_id)}</p>'
+            f"<h1>{text(headline(report))}</h1>{symptom}"
+            f'<p class="counts">{text(summary)}; {text(report.steps_observed)} optimizer steps; '
+            f"exit code {text(report.exit_code)}</p></header>")
+
+
+def _finding(f: Finding) -> str:
+    evidence = {k: v for k, v in f.evidence.items() if v not in (None, [], {})}
+    return (f'<article class="finding severity-{text(f.severity)}">'
+            f'<h3><span class="badge">{text(f.severity)}</span> {text(f.title)}</h3>'
+            f'<p class="code">{text(f.code)} · {text(f.specialist)}</p>'
+            + (f'<p class="detail">{text(f.detail)}</p>' if f.detail else "")
+            + (f'<div class="evidence"><h4>Evidence</h4>{table(evidence)}</div>' if evidence else "")
+            + (f'<p class="fix"><strong>Fix:</strong> {text(f.fix)}</p>' if f.fix else "")
+            + "</article>")
+
+
+def findings_section(report: Report) -> str:
+    if not report.findings:
+        return '<section id="findings"><h2>Findings</h2><p>None.</p></section>'
+    groups = []
+    for severity in SEVERITIES:
+        found = [f for f in report.findings if f.severity == severity]
+        if found:
+            groups.append(f"<h2>{SEVERITY_HEADINGS[severity]} ({len(found)})</h2>" + "".join(map(_finding, found)))
+    return f'<section id="findings">{"".join(groups)}</section>'
+
+
+def route_section(report: Report) -> str:
+    route = report.route or {}
+    plan = " → ".join(route.get("specialists", [])) or "none"
+    kind = ("triage: the words name no symptom, so the plan measures instead" if route.get("ambiguous")
+            else f"confidence {route.get('confidence', 0):.2f}")
+    reasons = "".join(f"<li><strong>{text(r.get('specialist'))}</strong>: matched "
+                      f"{', '.join(f'<q>{text(m)}</q>' for m in r.get('matched', []))}</li>"
+                      for r in route.get("reasons", []) if r.get("matched"))
+    notes = "".join(f"<li>{text(n)}</li>" for n in route.get("notes", []))
+    return (f'<section id="route"><h2>Route</h2><p>Plan: <strong>{text(plan)}</strong> ({text(kind)})</p>'
+            + (f"<ul>{reasons}</ul>" if reasons else "") + (f'<ul class="notes">{notes}</ul>' if notes else "")
+            + "</section>")
+
+
+def metadata_section(report: Report) -> str:
+    env = dict(report.environment or {})
+    git = env.pop("git", None) or {}
+    host = env.pop("host", None) or {}
+    details = env.pop("torch_details", None) or {}
+    duration = report.ended - report.started if report.started and report.ended else None
+    run = {"run id": report.run_id, "name": report.name,
+           "command": shlex.join(report.command) if report.command else None,
+           "started": when(report.started), "ended": when(report.ended),
+           "duration": f"{duration:.1f} s" if duration is not None else None,
+           "exit code": report.exit_code, "steps observed": report.steps_observed, **{
+               f"tag {k}": v for k, v in (report.tags or {}).items()}}
+    seeds = {kind: f"{s.get('value')} at {s.get('location')}" if isinstance(s, dict) else s
+             for kind, s in (report.seeds or {}).items()}
+    blocks = [("Run", table(run)), ("Metrics", table(report.metrics or {})),
+              ("Parameters", table(report.params or {}) or "<p>No parameters were recorded.</p>"),
+              ("Seeds", table(seeds) or "<p>The program set no seeds.</p>"),
+              ("Git", table(git) or "<p>Not a git work tree.</p>"),
+              ("Environment", table({**env, **details, **host}))]
+    return ('<section id="metadata"><h2>Run metadata</h2>'
+            + "".join(f"<h3>{title}</h3>{body}" for title, body in blocks if body) + "</section>")
+
+
+def _href(path: str, base: Path | None) -> str:
+    """A link relative to the report's own folder, so the run dir can be moved or shared."""
+    target = Path(path)
+    if base is not None and target.is_absolute():
+        target = Path(os.path.relpath(target, base))
+    return quote(target.as_posix())
+
+
+def artifacts_section(report: Report, base: Path | None) -> str:
+    if not report.artifacts:
+        return ""
+    rows = []
+    for key, path in report.artifacts.items():
+        what, how = ARTIFACT_HELP.get(key, (key, ""))
+        href = _href(str(path), base)
+        rows.append(f"<tr><th>{text(what)}</th><td><a href=\"{text(href)}\">{text(path)}</a>"
+                    + (f'<div class="how">{how.format(path=text(href))}</div>' if how else "") + "</td></tr>")
+    return f'<section id="artifacts"><h2>Artifacts</h2><table class="kv">{"".join(rows)}</table></section>'
+
+
+def notes_section(report: Report) -> str:
+    if not report.notes:
+        return ""
+    return '<section id="notes"><h2>Notes</h2><ul>' + "".join(f"<li>{text(n)}</li>" for n in report.notes) + "</ul></section>"

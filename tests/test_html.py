@@ -1,0 +1,145 @@
+"""The HTML report: plots from plain series, pages from real recorded runs, escaping."""
+
+from __future__ import annotations
+
+import json
+import math
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+from browser.dom import PLOT_IDS, Elements
+from browser.runs import ATTRIBUTE_PAYLOAD, DIR_PAYLOAD, SCRIPT_PAYLOAD, hostile_run, sample_run
+from ptdiag.diagnose import analyse_run
+from ptdiag.findings import Finding
+from ptdiag.recorded import RecordedRun
+from ptdiag.report import html_series, svg
+from ptdiag.report.html import render_html, write_html
+from ptdiag.report.html_series import memory_breakdown
+from ptdiag.report.model import Report
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def parse_svg(text: str) -> ET.Element:
+    return ET.fromstring(text)
+
+
+# -- plots from plain data ------------------------------------------------------------------
+
+def test_line_chart_breaks_at_nonfinite_values_and_marks_them():
+    points = [(1, 2.0), (2, 3.0), (3, math.nan), (4, 1.0), (5, 1.5), (6, math.inf)]
+    root = parse_svg(svg.line_chart("loss", "Loss", [svg.Series("loss", points)], x_label="step", y_label="loss",
+                                    markers=[svg.Marker(3, "first non-finite loss: step 3")]))
+    assert root.get("data-plot") == "loss"
+    lines = root.findall(f"{SVG}polyline")
+    assert [len(p.get("points").split()) for p in lines] == [2, 2]
+    crosses = [t for t in root.iter(f"{SVG}text") if t.get("class") == "nonfinite"]
+    assert len(crosses) == 2
+    labels = [t.text for t in root.iter(f"{SVG}text") if t.get("class") == "marker-label"]
+    assert labels == ["first non-finite loss: step 3"]
+
+
+def test_line_chart_uses_log_scale_only_for_values_spanning_orders_of_magnitude():
+    wide = svg.line_chart("g", "g", [svg.Series("n", [(1, 1.0), (2, 1e6)])], x_label="s", y_label="norm")
+    narrow = svg.line_chart("g", "g", [svg.Series("n", [(1, 1.0), (2, 5.0)])], x_label="s", y_label="norm")
+    assert "norm (log scale)" in wide and "log scale" not in narrow
+    ticks = [t.text for t in parse_svg(wide).iter(f"{SVG}text") if t.get("class") == "tick" and t.get("text-anchor") == "end"]
+    assert ticks[0] == "1" and ticks[-1] == "1e+06"
+
+
+def test_long_series_are_thinned_but_keep_their_spike():
+    points = [(i, 1.0) for i in range(10_000)]
+    points[7_777] = (7_777, 500.0)
+    root = parse_svg(svg.line_chart("l", "l", [svg.Series("loss", points)], x_label="s", y_label="l", log_y=False))
+    drawn = [tuple(map(float, p.split(","))) for line in root.findall(f"{SVG}polyline") for p in line.get("points").split()]
+    assert len(drawn) <= svg.MAX_POINTS + 2
+    assert min(y for _, y in drawn) < svg.TOP + 5  # the spike reaches the top of the plot area
+
+
+def test_stacked_bars_stack_parts_and_average_long_runs():
+    root = parse_svg(svg.stacked_bars("t", "t", [1, 2, 3], {"data": [0.1, 0.0, 0.2], "rest": [0.3, 0.4, 0.2]},
+                                      x_label="step", y_label="s"))
+    bars = [r for r in root.iter(f"{SVG}rect") if r.get("class") == "bar"]
+    assert len(bars) == 5  # a zero part draws nothing
+    heights = {r.find(f"{SVG}title").text: float(r.get("height")) for r in bars}
+    assert heights["3: data 0.2"] == pytest.approx(heights["3: rest 0.2"], abs=0.2)
+    many = parse_svg(svg.stacked_bars("t", "t", list(range(1000)), {"a": [1.0] * 1000}, x_label="s", y_label="s"))
+    assert len([r for r in many.iter(f"{SVG}rect") if r.get("class") == "bar"]) <= svg.MAX_BARS
+
+
+def test_plot_text_is_escaped():
+    text = svg.line_chart("x", SCRIPT_PAYLOAD, [svg.Series(ATTRIBUTE_PAYLOAD, [(1, 1.0), (2, 2.0)])],
+                          x_label="<b>", y_label="y")
+    root = parse_svg(text)  # still well-formed XML: nothing broke out
+    assert root.find(f"{SVG}title").text == SCRIPT_PAYLOAD
+    assert not [e for e in root.iter() if e.tag.endswith(("script", "img"))]
+
+
+def test_memory_peak_breakdown_is_read_from_the_finding():
+    finding = Finding("memory.breakdown", "memory", "info", "peak", evidence={
+        "parameter_bytes": 4e6, "gradient_bytes": 4e6, "optstate_bytes": 8e6, "activation_bytes": 2e7, "rank": 0})
+    assert memory_breakdown([finding]) == [("parameters", 4e6), ("gradients", 4e6), ("optimizer state", 8e6),
+                                           ("activations", 2e7)]
+    report = Report(run_id="r1", symptom=None, command=None, route={}, status="completed", exit_code=0,
+                    steps_observed=0, findings=[finding])
+    page = Elements(render_html(report, None))
+    assert [a["data-plot"] for a in page.of("svg")] == ["memory_peak"]
+
+
+# -- pages from real recorded runs ------------------------------------------------------------
+
+@pytest.mark.slow
+def test_nan_run_page_has_verdict_first_then_findings_then_the_marked_loss_curve(tmp_path_factory):
+    run_dir = sample_run("resnet_nan", tmp_path_factory.getbasetemp())
+    report, run = analyse_run(run_dir), RecordedRun.load(run_dir)
+    page = render_html(report, run)
+    order = [page.index(marker) for marker in ('id="verdict"', 'id="findings"', 'id="plots"', 'id="route"',
+                                                'id="metadata"', 'id="artifacts"')]
+    assert order == sorted(order)
+    parsed = Elements(page)
+    assert parsed.of("h1") and report.findings[0].title in "".join(parsed.text)
+    plots = [a["data-plot"] for a in parsed.of("svg")]
+    assert plots[:1] == ["loss"] and "step_time" in plots and set(plots) <= PLOT_IDS
+    # each plot is there exactly when its data was recorded; otherwise a line says so
+    assert ("grad_norm" in plots) == bool(html_series.grad_norms(run)) != ("Gradient norm: not recorded" in page)
+    assert ("memory" in plots) == bool(html_series.memory(run)) != ("Memory at step boundaries: not" in page)
+    first = run.first_nonfinite_loss()
+    assert page.count('class="marker-label"') == (first is not None)
+    if first is not None:
+        assert f"first non-finite loss: step {first['step']}" in page
+    # the loss curve holds one dot per finite loss and one cross per non-finite one
+    losses = run.losses()
+    loss_svg = page[page.index('data-plot="loss"'):page.index("</svg>", page.index('data-plot="loss"'))]
+    assert loss_svg.count('class="dot"') == sum(math.isfinite(v) for _, v in losses)
+    assert loss_svg.count('class="nonfinite"') == sum(not math.isfinite(v) for _, v in losses)
+
+
+@pytest.mark.slow
+def test_written_page_links_artifacts_relative_to_itself(tmp_path_factory):
+    run_dir = sample_run("resnet_healthy", tmp_path_factory.getbasetemp())
+    report = analyse_run(run_dir)
+    for page_path in (run_dir / "report.html", tmp_path_factory.mktemp("elsewhere") / "deep" / "r.html"):
+        write_html(report, RecordedRun.load(run_dir), page_path)
+        links = [a["href"] for a in Elements(page_path.read_text()).of("a") if not a["href"].startswith("https://")]
+        assert links and all(not href.startswith("/") for href in links)
+        assert all((page_path.parent / unquote(href)).exists() for href in links)
+
+
+@pytest.mark.slow
+def test_user_controlled_text_is_escaped_everywhere(tmp_path_factory):
+    run_dir = hostile_run(tmp_path_factory.getbasetemp())
+    report = analyse_run(run_dir)
+    assert report.status == "crashed"
+    page = render_html(report, RecordedRun.load(run_dir))
+    parsed = Elements(page)
+    assert not parsed.of("script") and not parsed.of("img")
+    assert parsed.event_handlers() == []
+    assert all(a.get("data-plot") in PLOT_IDS for a in parsed.of("svg"))  # only ours, no injected <svg>
+    text = "".join(parsed.text)
+    # each payload is shown to the reader as the text it was
+    for payload in (SCRIPT_PAYLOAD, ATTRIBUTE_PAYLOAD, DIR_PAYLOAD):
+        assert payload in text
+    assert json.dumps(report.params["model.class"]) == json.dumps(ATTRIBUTE_PAYLOAD)
