@@ -171,3 +171,22 @@ def test_odd_symptoms_still_run(workdir, symptom):
 def _probed_pids(workdir) -> list[int]:
     run_dir = next((workdir / "ptdiag-runs").glob("2*"))
     return [int(p.name) for p in (run_dir / "procs").iterdir()]
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 kB tmpfs filled to the last byte (needs root to mount; skipped otherwise)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    subprocess.run(["dd", "if=/dev/zero", f"of={mount / 'fill'}", "bs=4k"], capture_output=True)
+    yield mount
+    subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_full_store_disk_is_one_line(workdir, full_disk):
+    proc = run_ptdiag("slow", "--store", str(full_disk / "runs"), "--", PYTHON, "-c", "print(1)", cwd=workdir)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "No space left on device" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
