@@ -39,8 +39,8 @@ def forward_finding(event: dict, rank: int, severity: str = "error") -> Finding:
     return Finding(
         code="numerics.nonfinite_forward", specialist=SPECIALIST, severity=severity,
         title=f"First non-finite value produced by {module} ({op}) at step {event['step']}",
-        detail=(f"Replaying step {event['step']} op by op: {op} returned {_what(event)} from finite inputs "
-                f"(largest |input| {_num(event.get('input_abs_max'))}) in {module}{where}. "
+        detail=(f"Replaying step {event['step']} op by op: {op} returned {_what(event)} from inputs without it "
+                f"(largest finite |input| {_num(event.get('input_abs_max'))}) in {module}{where}. "
                 f"Every op before it was finite."),
         evidence=_evidence(event, rank, dtype=event.get("dtype"), input_abs_max=event.get("input_abs_max"),
                            library_line=event.get("library_line"), call_line=event.get("call_line")),

@@ -86,8 +86,25 @@ class ModuleTracker:
             handle.remove()
 
 
+# ops that write Inf on purpose (attention masks): their Inf is a value, not a failure
+INTENTIONAL_INF = frozenset({"aten::masked_fill", "aten::fill", "aten::full", "aten::full_like",
+                             "aten::scalar_tensor", "aten::where", "aten::lift_fresh", "aten::copy"})
+
+
+def _has_nan(tensors: list[torch.Tensor]) -> bool:
+    return any(bool(t.isnan().any()) for t in tensors)
+
+
+def born_here(func, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> bool:
+    """NaN from inputs without NaN (an Inf mask going in is allowed), or Inf from finite
+    inputs by an op that does not write Inf on purpose."""
+    if _has_nan(outputs):
+        return not _has_nan(inputs)
+    return op_name(func) not in INTENTIONAL_INF and all_finite(inputs)
+
+
 class FirstNonFinite(TorchDispatchMode):
-    """Records the first op whose output is non-finite while all its float inputs are finite."""
+    """Records the first op where a non-finite value was born (see `born_here`)."""
 
     def __init__(self, tracker: ModuleTracker, stop_code, phase: str) -> None:
         super().__init__()
@@ -101,7 +118,7 @@ class FirstNonFinite(TorchDispatchMode):
             outputs = float_tensors(out)
             if outputs and not all_finite(outputs):
                 inputs = float_tensors((args, kwargs))
-                if all_finite(inputs):
+                if born_here(func, inputs, outputs):
                     self.found = self._describe(func, args, kwargs, inputs, outputs)
         return out
 

@@ -136,8 +136,9 @@ class Plugin(ProbePlugin):
         loss = reading.loss / reading.scale if reading.loss is not None and reading.scale else reading.loss
         self.probe.emit("numerics", step=step, loss=loss, out_finite=reading.outputs_finite,
                         norms=reading.group_norms, norm=reading.total_norm, scale=reading.scale)
-        failed = (not reading.loss_finite or reading.outputs_finite is False
-                  or (not reading.grads_finite and reading.scale is None))
+        # a non-finite output alone is not a failure (an attention mask's -inf); the loss or
+        # the gradients are (under a GradScaler, overflowing gradients are its normal business)
+        failed = not reading.loss_finite or (not reading.grads_finite and reading.scale is None)
         if failed:
             self._localise(step, reading)
         self._clear_step()

@@ -1,0 +1,100 @@
+"""Numerics watch mode: step-time overhead, and time to a localised diagnosis.
+
+1. Overhead: sample_models/resnet_healthy.py run bare, under `ptdiag --only tracking`
+   (the always-on recorder), under `ptdiag --only numerics` (watch mode + recorder), and
+   bare with `torch.autograd.set_detect_anomaly(True)`, interleaved in rotating order
+   with one torch thread, several repeats; each run times its own iterations. Ratios of
+   medians to the bare run.
+2. Time to diagnosis: wall time of `ptdiag "loss is NaN" -- resnet_nan.py --bug B` (it
+   stops once the failure is localised and writes the report) divided by the bare
+   script's wall time to the end of the epoch holding its first NaN.
+
+    python scripts/bench_numerics.py [--repeats 3] [--steps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+HEALTHY = REPO / "sample_models" / "resnet_healthy.py"
+NAN = REPO / "sample_models" / "resnet_nan.py"
+WARMUP_STEPS = 3
+BATCH = 32
+ANOMALY = ("import runpy, sys, torch; torch.autograd.set_detect_anomaly(True); "
+           "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+MODES = ("bare", "tracking", "numerics", "anomaly")
+# bug -> (sample args, epochs the bare run needs to reach its first NaN)
+DIAGNOSIS_CASES = {"lr": (["--epochs", "8"], 7), "zerostd": (["--epochs", "3"], 1), "poison": (["--epochs", "3"], 1)}
+FAST = ["--threads", "1", "--samples", "64", "--image-size", "16"]
+
+
+def ptdiag(*args: str, store: Path) -> list[str]:
+    return [sys.executable, "-m", "ptdiag", *args, "--quiet", "--store", str(store), "--"]
+
+
+def step_time(mode: str, steps: int, workdir: Path) -> float:
+    out = workdir / "times.json"
+    sample = [str(HEALTHY), "--threads", "1", "--epochs", "1", "--samples", str(BATCH * (steps + WARMUP_STEPS)),
+              "--batch-size", str(BATCH), "--step-times", str(out)]
+    prefix = {"bare": [sys.executable],
+              "tracking": ptdiag("benchmark", "--only", "tracking", store=workdir / "runs") + [sys.executable],
+              "numerics": ptdiag("benchmark", "--only", "numerics", store=workdir / "runs") + [sys.executable],
+              "anomaly": [sys.executable, "-c", ANOMALY]}[mode]
+    subprocess.run(prefix + sample, cwd=workdir, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return statistics.median(json.loads(out.read_text())[WARMUP_STEPS:])
+
+
+def wall(command: list[str], workdir: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, cwd=workdir, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def overhead(repeats: int, steps: int, workdir: Path) -> None:
+    times: dict[str, list[float]] = {m: [] for m in MODES}
+    for i in range(repeats):
+        for mode in MODES[i % len(MODES):] + MODES[:i % len(MODES)]:
+            times[mode].append(step_time(mode, steps, workdir))
+            print(f"repeat {i + 1}/{repeats} {mode:9s} median step {times[mode][-1] * 1000:.1f} ms", file=sys.stderr)
+    base = statistics.median(times["bare"])
+    print("\n| run | median step (ms) | ratio to bare | runs (ms) |\n|---|---|---|---|")
+    for mode in MODES:
+        m = statistics.median(times[mode])
+        print(f"| {mode} | {m * 1000:.1f} | {m / base:.3f} | {', '.join(f'{x * 1000:.1f}' for x in times[mode])} |")
+    print(f"\nResNet-18, 32x32, batch {BATCH}, 1 thread, {steps} steps after {WARMUP_STEPS} warm-up, {repeats} repeats")
+
+
+def diagnosis(repeats: int, workdir: Path) -> None:
+    print("\n| bug | bare to NaN (s) | ptdiag to report (s) | ratio |\n|---|---|---|---|")
+    for bug, (args, bare_epochs) in DIAGNOSIS_CASES.items():
+        bare, wrapped = [], []
+        for _ in range(repeats):
+            bare.append(wall([sys.executable, str(NAN), "--bug", bug, "--epochs", str(bare_epochs), *FAST], workdir))
+            wrapped.append(wall(ptdiag("loss is NaN", store=workdir / "runs")
+                                + [sys.executable, str(NAN), "--bug", bug, *args, *FAST], workdir))
+        b, w = statistics.median(bare), statistics.median(wrapped)
+        print(f"| {bug} | {b:.2f} | {w:.2f} | {w / b:.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--skip-overhead", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.skip_overhead:
+            overhead(args.repeats, args.steps, Path(tmp))
+        diagnosis(args.repeats, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
