@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import PROGRAMS, PYTHON, SAMPLES, load_report, run_ptdiag
+from conftest import PROGRAMS, PYTHON, REPO, SAMPLES, load_report, run_ptdiag
 
 pytestmark = pytest.mark.slow
 
@@ -69,3 +69,12 @@ def test_healthy_run_is_profiled_stopped_early_and_not_blamed(workdir):
 def test_two_optimizers_built_once_are_not_rebuilt(workdir):
     report, _ = diagnose(workdir, PROGRAMS / "perf_two_optimizers.py")
     assert "performance.optimizer_recreated" not in [f["code"] for f in report["findings"]]
+
+
+CORPUS = REPO / "diagnostics" / "performance"
+
+
+@pytest.mark.parametrize("case", json.loads((CORPUS / "cases.json").read_text()), ids=lambda c: c["script"])
+def test_realistic_slow_scripts_get_their_verdict_first(workdir, case):
+    report, _ = diagnose(workdir, CORPUS / case["script"], symptom=case["symptom"])
+    assert report["findings"][0]["code"] == case["top"], [(f["code"], f["title"]) for f in report["findings"]]

@@ -19,7 +19,7 @@ SYNC_PER_STEP_QUIET = 1.0  # one loss.item() per step for logging is normal
 SYNC_PER_STEP_WARN = 3.0
 SYNC_BLOCKED_SHARE_WARN = 0.10  # GPU runs: host blocked in sync calls, share of the step
 LOOP_CALLS_PER_STEP = 100  # one user line issuing this many torch calls per step is a loop
-OVERHEAD_SHARE_WARN = 0.50  # host time outside ops + in tiny ops, share of the step
+OVERHEAD_SHARE_WARN = 0.50  # host time outside ops + in tiny ops, share of the whole step
 SMALL_BATCH = 4
 FIXED_SHARE_WARN = 0.25  # small batch: batch-independent share of the step worth a warning
 TARGET_BATCH = 32  # the batch size the small-batch estimate compares with
@@ -128,9 +128,11 @@ def launch_bound(m: Measured):
     scan, host = m.scan or {}, m.host or {}
     loops = [line for line in scan.get("top_lines", []) if line.get("user")
              and line["calls_per_step"] >= LOOP_CALLS_PER_STEP]
-    overhead = round(host.get("outside_ops_share", 0.0) + host.get("tiny_ops_share", 0.0), 4)
-    batch = (m.loader or {}).get("batch_size")
     phases = (m.breakdown or {}).get("phases", {})
+    # the host shares are of the step without its data wait: scale them to the whole step
+    overhead = round((host.get("outside_ops_share", 0.0) + host.get("tiny_ops_share", 0.0))
+                     * (1.0 - phases.get("data", {}).get("share", 0.0)), 4)
+    batch = (m.loader or {}).get("batch_size")
     fixed = round(min(1.0, overhead + phases.get("optimizer", {}).get("share", 0.0)), 4)
     small_batch = batch is not None and batch <= SMALL_BATCH and fixed >= FIXED_SHARE_WARN
     # on CUDA the host's time outside ops is not overhead (it may just be ahead of the GPU):
