@@ -143,3 +143,38 @@ def test_user_controlled_text_is_escaped_everywhere(tmp_path_factory):
     for payload in (SCRIPT_PAYLOAD, ATTRIBUTE_PAYLOAD, DIR_PAYLOAD):
         assert payload in text
     assert json.dumps(report.params["model.class"]) == json.dumps(ATTRIBUTE_PAYLOAD)
+
+
+def _write_events(run_dir: Path, rank: int, events: list[dict]) -> None:
+    (run_dir / "events").mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps({"t": 0.0, **e}) for e in events]
+    (run_dir / "events" / f"rank{rank}.p{100 + rank}.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_specialists_events_feed_their_plots(tmp_path):
+    """A recorded run dir in the shapes the specialists write (html_series names them)."""
+    steps = range(1, 6)
+    for rank in (0, 1):
+        _write_events(tmp_path, rank, [
+            {"ev": "start", "world_size": 2},
+            *[{"ev": "step", "step": s, "dt": None if s == 1 else 0.1 * (1 + rank), "data_s": 0.01} for s in steps],
+            *[{"ev": "loss", "step": s, "value": 1.0 / s, "finite": True} for s in steps],
+            *[{"ev": "numerics", "step": s, "norm": 10.0 ** s, "norms": [10.0 ** s, 1.0]} for s in steps],
+            *[{"ev": "mem_step", "step": s, "rss": 1e9 + s * 1e6} for s in steps],
+            {"ev": "perf_steps", "rows": [{"step": s, "dt": 0.1, "data": 0.01, "forward": 0.03, "backward": 0.04,
+                                           "optimizer": 0.01, "other": 0.01} for s in range(2, 6)]
+             + [{"step": 2, "gpu": True, "dt": 9.0, "forward": 9.0}]},
+        ])
+    run = RecordedRun.load(tmp_path)
+    report = Report(run_id="r", symptom=None, command=None, route={}, status="completed", exit_code=0,
+                    steps_observed=5)
+    parsed = Elements(render_html(report, run))
+    assert [a["data-plot"] for a in parsed.of("svg")] == ["loss", "grad_norm", "step_time", "memory",
+                                                          "rank_step_time"]
+    page = render_html(report, run)
+    plot = lambda name: page[page.index(f'data-plot="{name}"'):page.index("</svg>", page.index(f'data-plot="{name}"'))]  # noqa: E731
+    assert "gradient norm (log scale)" in plot("grad_norm") and plot("grad_norm").count("<polyline") == 3
+    assert plot("step_time").count('class="bar"') == 4 * 5  # host rows only, five phases each
+    assert "9 s" not in plot("step_time")  # the device-time row is not mixed in
+    assert plot("rank_step_time").count("<polyline") == 2
+    assert "performance specialist's phase clocks" in "".join(parsed.text)

@@ -199,9 +199,11 @@ def stacked_bars(plot_id: str, title: str, x: Sequence[float], parts: dict[str, 
     if not x:
         return ""
     totals = [sum(vs[i] for vs in parts.values()) for i in range(len(x))]
-    x_axis = _integer_ticks(_Axis(min(x) - 0.5, max(x) + 0.5))
-    y_axis = _Axis(0.0, max(totals) or 1.0)
     gap = min((b - a for a, b in zip(x, x[1:])), default=1.0) or 1.0
+    x_axis = _integer_ticks(_Axis(min(x), max(x)))
+    x_axis.lo, x_axis.hi = min(x) - gap / 2, max(x) + gap / 2  # the bars fill the plot's width
+    x_axis.ticks = [t for t in x_axis.ticks if x_axis.lo <= t <= x_axis.hi]
+    y_axis = _Axis(0.0, max(totals) or 1.0)
     width = max(1.0, 0.8 * PLOT_W * gap / (x_axis.hi - x_axis.lo))
     body, legend = [], []
     base = [0.0] * len(x)
