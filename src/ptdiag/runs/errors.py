@@ -9,3 +9,7 @@ class StoreError(Exception):
 
 class RunNotFound(StoreError):
     """No run matches the id (or id prefix) the user gave."""
+
+
+class QueryError(StoreError):
+    """A filter or sort the user typed cannot be read (bad key, operator or date)."""

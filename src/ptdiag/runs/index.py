@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ptdiag.runs.errors import StoreError
+from ptdiag.runs.query import RunQuery
 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0
@@ -50,7 +52,6 @@ _CORRUPT_SIDE_FILES = ("", "-wal", "-shm")
 _INSERT = (f"INTO runs ({', '.join(_COLUMNS)}) "
            f"VALUES ({', '.join('?' for _ in _COLUMNS)})")
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM runs"
-_NEWEST_FIRST = "ORDER BY started DESC, run_id DESC"
 
 
 class IndexCorrupt(StoreError):
@@ -82,12 +83,16 @@ class RunIndex:
             connection.executemany("DELETE FROM runs WHERE run_id = ?",
                                    [(run_id,) for run_id in indexed if not run_exists(run_id)])
 
-    def select(self, *, status: str | None = None, limit: int | None = None
-               ) -> list[dict[str, Any]]:
-        where, arguments = ("WHERE status = ?", [status]) if status is not None else ("", [])
-        query = f"{_SELECT} {where} {_NEWEST_FIRST} LIMIT ?"
-        rows = self._read(query, [*arguments, -1 if limit is None else limit])
+    def select(self, query: RunQuery) -> list[dict[str, Any]]:
+        where, order, arguments = query.sql()
+        rows = self._read(f"{_SELECT} {where} {order} LIMIT ?",
+                          [*arguments, -1 if query.limit is None else query.limit])
         return [_decode(row) for row in rows]
+
+    def delete(self, run_ids: Iterable[str]) -> None:
+        with self._transaction() as connection:
+            connection.executemany("DELETE FROM runs WHERE run_id = ?",
+                                   [(run_id,) for run_id in run_ids])
 
     def get(self, run_id: str) -> dict[str, Any] | None:
         rows = self._read(f"{_SELECT} WHERE run_id = ?", [run_id])
@@ -258,11 +263,23 @@ def _encode(summary: dict[str, Any]) -> tuple[Any, ...]:
         value = summary.get(key)
         if key in JSON_KEYS and value is not None:
             try:
-                value = json.dumps(value, sort_keys=True)
+                value = json.dumps(_finite(value), sort_keys=True, allow_nan=False)
             except (TypeError, ValueError) as error:
                 raise StoreError(f"run summary {run_id!r}: {key} is not JSON: {error}") from error
         row.append(value)
     return tuple(row)
+
+
+def _finite(value: Any) -> Any:
+    """NaN/Inf as the strings "nan"/"inf" (as in the event logs): SQLite's JSON functions,
+    which filters and sorting use, reject the NaN that json.dumps writes by default."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _decode(row: tuple[Any, ...]) -> dict[str, Any]:

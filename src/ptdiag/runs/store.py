@@ -3,6 +3,7 @@
     <store>/index.sqlite         the index (a cache: rebuilt from the run dirs when lost)
     <store>/<run_id>/meta.json   written when the run starts
     <store>/<run_id>/report.json written when it ends (the final record)
+    <store>/<run_id>/pinned      present while the run is pinned: gc never deletes it
 
 The store owns directories, ids and the index; what goes into a run directory is
 written by the launcher and the report. The store is `./ptdiag-runs/` unless `--store`
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -21,12 +24,16 @@ from typing import Any, TypeVar
 from ptdiag.runs.errors import RunNotFound, StoreError
 from ptdiag.runs.ids import new_run_id, started_from_run_id
 from ptdiag.runs.index import ROW_KEYS, IndexCorrupt, RunIndex
+from ptdiag.runs.query import RunQuery
 
 STORE_ENV_VAR = "PTDIAG_STORE"
 DEFAULT_STORE_DIR = "ptdiag-runs"
 INDEX_NAME = "index.sqlite"
 META_NAME = "meta.json"
 REPORT_NAME = "report.json"
+PIN_NAME = "pinned"
+# A run being deleted is renamed to this first, so nobody ever reads half a run.
+_TRASH_PREFIX = ".deleting-"
 # rwxrwxr-x before the umask: group access follows the user's umask, but no umask makes
 # the store writable by the world (whose users could plant files in a victim's runs).
 DIR_MODE = 0o775
@@ -100,18 +107,80 @@ class RunStore:
         self.record_many([summary])
 
     def record_many(self, summaries: Iterable[dict[str, Any]]) -> None:
-        """record() for many runs in one transaction (imports, tests, rebuilds)."""
-        summaries = list(summaries)
+        """record() for many runs in one transaction (imports, tests, rebuilds). A summary
+        without a group (the report's does not carry one) keeps the one meta.json holds."""
+        summaries = [summary if "group" in summary else
+                     {**summary, "group": self._recorded_group(summary.get("run_id"))}
+                     for summary in summaries]
         self._ensure_root()
         self._indexed(lambda: self._index.upsert(summaries))
 
-    def list(self, *, status: str | None = None, limit: int | None = None
-             ) -> list[dict[str, Any]]:
-        """Run summaries, newest first. A store that does not exist yet holds no runs
-        (and is not created by looking)."""
+    def list(self, query: RunQuery | None = None, *, status: str | None = None,
+             limit: int | None = None) -> list[dict[str, Any]]:
+        """Run summaries matching the query (newest first unless it sorts). A store that
+        does not exist yet holds no runs (and is not created by looking)."""
+        query = query or RunQuery()
+        if status is not None:
+            query.status = status
+        if limit is not None:
+            query.limit = limit
         if not self.root.is_dir():
             return []
-        return self._indexed(lambda: self._index.select(status=status, limit=limit))
+        return self._indexed(lambda: self._index.select(query))
+
+    def pin(self, run_id: str, pinned: bool = True) -> str:
+        """Pin (or unpin) a run: gc never deletes a pinned run. Returns its full id."""
+        path = self.run_dir(run_id)
+        try:
+            if pinned:
+                (path / PIN_NAME).touch()
+            else:
+                (path / PIN_NAME).unlink(missing_ok=True)
+        except OSError as error:
+            raise self._write_error(error) from error
+        return path.name
+
+    def is_pinned(self, run_id: str) -> bool:
+        return (self.root / run_id / PIN_NAME).exists()
+
+    def gc_plan(self, keep: int, best: RunQuery | None = None) -> tuple[list[str], dict[str, str]]:
+        """(runs to delete, {run kept: why}). Kept: the `keep` newest, every pinned run,
+        every run still running, and the best run by `best` (a sorted query)."""
+        kept: dict[str, str] = {}
+        if best is not None and best.sort is not None:
+            for row in self.list(RunQuery(sort=best.sort, descending=best.descending, limit=1)):
+                kept[row["run_id"]] = f"best by {best.sort}"
+        delete = []
+        for position, row in enumerate(self.list()):
+            run_id = row["run_id"]
+            if run_id in kept:
+                continue
+            if position < keep:
+                kept[run_id] = f"among the {keep} newest"
+            elif self.is_pinned(run_id):
+                kept[run_id] = "pinned"
+            elif row["status"] == "running":
+                kept[run_id] = "still running"
+            else:
+                delete.append(run_id)
+        return delete, kept
+
+    def delete(self, run_ids: Iterable[str]) -> None:
+        """Delete runs: each directory is renamed away first (readers see the whole run
+        or none of it), then removed, then its index row dropped."""
+        deleted = []
+        for run_id in run_ids:
+            path = self.run_dir(run_id)
+            trash = self.root / f"{_TRASH_PREFIX}{path.name}-{secrets.token_hex(2)}"
+            try:
+                os.rename(path, trash)
+            except FileNotFoundError:
+                continue  # another gc was first
+            except OSError as error:
+                raise self._write_error(error) from error
+            shutil.rmtree(trash, ignore_errors=True)
+            deleted.append(path.name)
+        self._indexed(lambda: self._index.delete(deleted))
 
     def load(self, run_id: str) -> dict[str, Any]:
         """The full record of a run: its summary keys, then meta.json, then report.json on
@@ -164,6 +233,13 @@ class RunStore:
                 self._index.move_aside()
         self._sync_index()
         return operation()
+
+    def _recorded_group(self, run_id: Any) -> str | None:
+        if not isinstance(run_id, str) or not run_id or "/" in run_id or run_id.startswith("."):
+            return None
+        meta = _read_record_leniently(self.root / run_id / META_NAME)
+        group = (meta or {}).get("group")
+        return group if isinstance(group, str) else None
 
     def _ensure_root(self) -> None:
         """Create the store (and missing parents) with DIR_MODE; a new store gets a
