@@ -107,8 +107,7 @@ def _overwritten(trace: Trace) -> list[Finding]:
     for path, saves in by_path.items():
         steps = sorted({s["step"] for s in saves})
         held = {i["category"] for s in saves for i in s["items"]}
-        beside = {i["category"] for c in trace.ckpts if c["step"] in steps and c["path"] != path for i in c["items"]}
-        if len(steps) < 2 or (held | beside) & TELLS_VERSIONS_APART:  # a sibling file may carry the step
+        if len(steps) < 2 or held & TELLS_VERSIONS_APART:
             continue
         findings.append(Finding(
             code="reproducibility.ckpt_overwrite", specialist=SPECIALIST, severity="warning",
