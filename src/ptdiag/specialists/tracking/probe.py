@@ -14,6 +14,7 @@ from collections import deque
 
 from ptdiag.probe.location import user_location_of_traceback
 from ptdiag.probe.plugin import Plugin as ProbePlugin
+from ptdiag.specialists.tracking import footprint
 
 MAX_ARGS_EVENTS = 5  # a program that parses arguments in a loop is not worth more
 
@@ -97,6 +98,18 @@ class Plugin(ProbePlugin):
                         params=sum(p.numel() for p in params),
                         trainable=sum(p.numel() for p in params if p.requires_grad),
                         dtype=str(params[0].dtype), device=str(params[0].device))
+        self._fingerprint_next_forward(module)
+
+    def _fingerprint_next_forward(self, module) -> None:
+        """on_model runs inside the first forward, before its inputs can be seen; the next
+        forward's inputs are fingerprinted by a one-shot hook that removes itself."""
+        handle = None
+
+        def pre_hook(module, args, kwargs):
+            handle.remove()
+            self.probe.emit("data_identity", **footprint.input_fingerprint(args, kwargs))
+
+        handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
 
     def on_dataloader(self, loader) -> None:
         self._loaders[id(loader)] = len(self._loaders)
@@ -149,6 +162,12 @@ class Plugin(ProbePlugin):
         self.probe.emit("optimizer", cls=type(optimizer).__name__, groups=groups,
                         params=sum(p.numel() for g in optimizer.param_groups for p in g["params"]))
 
+    def on_log_scalar(self, source, tag, value, step) -> None:
+        """A metric the script logged to TensorBoard/MLflow/W&B, with the optimizer step
+        it was logged at (its own step argument may count epochs or samples)."""
+        self.probe.emit("scalar", source=source, tag=str(tag), value=_scalar(value),
+                        logged_step=step, step=self.probe.step)
+
     def on_save(self, obj, f, location) -> None:
         keys = sorted(str(k) for k in obj) if isinstance(obj, dict) else None
         self.probe.emit("save", path=os.fspath(f) if isinstance(f, (str, os.PathLike)) else repr(f),
@@ -172,3 +191,6 @@ class Plugin(ProbePlugin):
     def on_exit(self) -> None:
         for step, value in self._loss_reader.poll(wait=True):
             self._emit_loss(step, value)
+        self.probe.emit("resources", **footprint.at_exit())
+        if self.probe.rank == 0:
+            footprint.write_packages(self.probe.run_dir)

@@ -50,3 +50,63 @@ def torch_environment(run: RecordedRun) -> dict:
     main = run.main
     event = main.first("env") if main else None
     return event["torch"] if event else {}
+
+
+def logged_scalars(run: RecordedRun) -> dict[str, list[tuple[int, float]]]:
+    """What the script itself logged to TensorBoard/MLflow/W&B: per tag, (optimizer step,
+    value) in logging order. Non-numeric values are left out."""
+    main = run.main
+    found: dict[str, list[tuple[int, float]]] = {}
+    for event in main.of("scalar") if main else []:
+        try:
+            value = float(event["value"])
+        except (TypeError, ValueError):
+            continue
+        found.setdefault(event["tag"], []).append((event.get("step") or 0, value))
+    return found
+
+
+def logging_sources(run: RecordedRun) -> list[str]:
+    main = run.main
+    return sorted({e["source"] for e in main.of("scalar")}) if main else []
+
+
+def data_identity(run: RecordedRun) -> dict:
+    """The training data as far as it can be named without reading it: the training
+    loader's dataset class and length, and the per-sample shapes/dtypes the model got."""
+    main = run.main
+    if main is None:
+        return {}
+    found: dict = {}
+    used = {e.get("loader") for e in main.of("step")}
+    for loader in main.of("dataloader"):
+        if loader.get("loader") in used or not used:
+            found.update(dataset=loader.get("dataset"), length=loader.get("dataset_len"),
+                         batch_size=loader.get("batch_size"), sampler=loader.get("sampler"))
+            break
+    fed = main.first("data_identity")
+    if fed:
+        found.update(inputs=fed["inputs"], fingerprint=fed["fingerprint"])
+    return found
+
+
+def failure(run: RecordedRun) -> dict | None:
+    """The exception that ended the run: type, message, optimizer step, file:line."""
+    if not run.exceptions:
+        return None
+    exc = run.exceptions[-1]
+    return {"type": exc.get("type"), "message": exc.get("message"), "step": exc.get("step"),
+            "location": exc.get("location"), "rank": exc.get("rank")}
+
+
+def peak_memory(run: RecordedRun) -> dict:
+    """Peak host RSS over all probed processes, and CUDA allocator peaks of rank 0."""
+    found: dict = {}
+    rss = [e["max_rss_bytes"] for e in run.all_events("resources") if e.get("max_rss_bytes")]
+    if rss:
+        found["peak_rss_bytes"] = max(rss)
+    main = run.main
+    event = main.first("resources") if main else None
+    if event and event.get("cuda"):
+        found["cuda_max_allocated_bytes"] = max(d["max_allocated_bytes"] for d in event["cuda"].values())
+    return found
