@@ -1,7 +1,7 @@
 """The Python API: diagnose training that runs inside this process (a notebook cell, a
 framework that owns the loop) instead of a command ptdiag starts.
 
-    import ptdiag.api as ptdiag   # or `ptdiag.session` once re-exported by the package
+    import ptdiag
     with ptdiag.session("loss is NaN after epoch 3") as s:
         trainer.fit(model, data)
     s.report.status, s.run_dir
@@ -25,8 +25,6 @@ pass hyperparameters with `config=`.
 
 from __future__ import annotations
 
-import atexit
-import faulthandler
 import os
 import signal
 import sys
@@ -37,8 +35,7 @@ from pathlib import Path
 
 import ptdiag.probe as probe_state
 from ptdiag import diagnose
-from ptdiag.probe.core import STACK_DUMP_SIGNAL, Probe
-from ptdiag.probe.plugin import Dispatcher
+from ptdiag.probe.core import Probe
 
 HTML_NAME = "report.html"
 STOP_EVENT = '{"ev":"stopped",'  # how the probe's event writer starts that line
@@ -86,11 +83,8 @@ class Session:
         self.run_id, self.run_dir, meta = diagnose.start_run(self._store, self.symptom, command, self._route(),
                                                              self.options)
         self._started = time.time()
-        self._faulthandler_was_enabled = faulthandler.is_enabled()
-        self._excepthook = sys.excepthook
         self._probe = Probe(self.run_dir, meta["plan"], int(os.environ.get("RANK", "0") or 0))
         self._probe.install()
-        self._probe_excepthook = sys.excepthook
         probe_state._probe = self._probe
         if self.config:
             self._probe.emit("args", values=self.config)
@@ -98,9 +92,9 @@ class Session:
 
     def _route(self):
         if self.specialists:
-            from ptdiag.cli import _only_route
+            from ptdiag.router import fixed_route
 
-            return _only_route(",".join(self.specialists))
+            return fixed_route(self.specialists, "ptdiag.session(specialists=...)")
         from ptdiag.router import route
 
         return route(self.symptom)
@@ -130,31 +124,14 @@ class Session:
         return stopped_here
 
     def _switch_off(self, probe: Probe) -> None:
-        """Undo what Probe.install did that can be undone; silence what cannot (the patches)."""
-        probe.max_steps = None
-        atexit.unregister(probe._at_exit)
-        probe._at_exit()  # flushes pending losses, writes the exit event, closes the event log
-        probe.dispatcher = Dispatcher([], probe.log_error)
-        if sys.excepthook is self._probe_excepthook:
-            sys.excepthook = self._excepthook
-        faulthandler.unregister(STACK_DUMP_SIGNAL)
-        if not self._faulthandler_was_enabled:
-            faulthandler.disable()
-        probe._stack_file.close()
+        probe.close()
         probe_state._probe = None
 
     def _report(self) -> None:
-        from ptdiag.recorded import RecordedRun
         from ptdiag.report import terminal
-        from ptdiag.report.html import write_html
 
-        self.report = diagnose.finish(self._store, self.run_dir, self.json_path)
+        self.report = diagnose.finish(self._store, self.run_dir, self.json_path, self.extra_html_path)
         self.html_path = self.run_dir / HTML_NAME
-        run = RecordedRun.load(self.run_dir)
-        if not self.html_path.exists():  # finish() may already write it
-            write_html(self.report, run, self.html_path)
-        if self.extra_html_path is not None:
-            write_html(self.report, run, self.extra_html_path)
         if not self.quiet:
             terminal.render(self.report, terminal.stderr_console())
 

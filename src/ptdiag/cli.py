@@ -55,6 +55,7 @@ user_command: list[str] | None = None
 def diagnose(
     symptom: str = typer.Argument(..., help="What you see, in your own words, or a pasted error line."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the JSON report here."),
+    html_path: Optional[Path] = typer.Option(None, "--html", help="Also write the HTML report here (report.html is always in the run dir)."),
     store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
     only: Optional[str] = typer.Option(None, "--only", help="Run these specialists instead of the router's plan (comma-separated)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop the training cleanly after N optimizer steps."),
@@ -69,18 +70,19 @@ def diagnose(
 
     The command's output, exit code, argv and working directory are exactly as without
     ptdiag; the report goes to stderr (and to --json PATH)."""
-    from ptdiag.router import route as route_text
+    from ptdiag.router import fixed_route, route as route_text
 
     if fail_on not in FAIL_ON:
         raise UsageProblem(f"--fail-on must be one of {', '.join(FAIL_ON)}, not {fail_on!r}")
-    route = _only_route(only) if only else route_text(symptom)
-    return _run_and_report(symptom, route, json_path=json_path, store=store, max_steps=max_steps,
+    route = fixed_route([s.strip() for s in only.split(",") if s.strip()], "--only") if only else route_text(symptom)
+    return _run_and_report(symptom, route, json_path=json_path, html_path=html_path, store=store, max_steps=max_steps,
                            timeout=timeout, fail_on=fail_on, option=option, name=name, tag=tag, quiet=quiet)
 
 
 @app.command()
 def track(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the JSON report here."),
+    html_path: Optional[Path] = typer.Option(None, "--html", help="Also write the HTML report here."),
     store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
     name: Optional[str] = typer.Option(None, "--name", help="Name of the run in the store."),
     tag: list[str] = typer.Option([], "--tag", help="k=v tag for the run (repeatable)."),
@@ -95,25 +97,11 @@ def track(
 
     route = Route(specialists=["tracking"], ambiguous=False, confidence=1.0,
                   reasons=[{"specialist": "tracking", "matched": ["ptdiag track"]}], notes=[])
-    return _run_and_report(None, route, json_path=json_path, store=store, max_steps=None, timeout=timeout,
+    return _run_and_report(None, route, json_path=json_path, html_path=html_path, store=store, max_steps=None, timeout=timeout,
                            fail_on="never", option=[], name=name, tag=tag, quiet=quiet)
 
 
-def _only_route(only: str):
-    from ptdiag.router import Route
-    from ptdiag.specialists import NAMES
-
-    chosen = [s.strip() for s in only.split(",") if s.strip()]
-    unknown = [s for s in chosen if s not in NAMES]
-    if unknown or not chosen:
-        named = ", ".join(unknown) if unknown else repr(only)
-        raise UsageProblem(f"unknown specialist in --only: {named} (known: {', '.join(NAMES)})")
-    return Route(specialists=chosen, ambiguous=False, confidence=1.0,
-                 reasons=[{"specialist": s, "matched": ["--only"]} for s in chosen],
-                 notes=["plan chosen with --only"])
-
-
-def _run_and_report(symptom, route, *, json_path, store, max_steps, timeout, fail_on, option, name,
+def _run_and_report(symptom, route, *, json_path, html_path, store, max_steps, timeout, fail_on, option, name,
                     tag, quiet) -> int:
     from ptdiag import diagnose as diag
     from ptdiag.launch.command import resolve
@@ -136,7 +124,7 @@ def _run_and_report(symptom, route, *, json_path, store, max_steps, timeout, fai
     try:
         if not outcome.interrupted_by:
             diag.run_parent_parts(user_command, run_dir, meta, options)
-        report = diag.finish(run_store, run_dir, json_path)
+        report = diag.finish(run_store, run_dir, json_path, html_path)
     except Exception:  # ptdiag's own bug: the program's result still stands
         log = run_dir / "ptdiag-error.log"
         log.write_text(traceback.format_exc())

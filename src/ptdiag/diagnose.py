@@ -120,6 +120,7 @@ def analyse_run(run_dir: Path) -> Report:
     route = with_evidence(Route.from_dict(meta["route"]), status, run.world_size)
     findings: list[Finding] = run_findings(run, status) + stack_findings(run, status)
     notes: list[str] = []
+    artifacts_found: dict[str, str] = {}
     for name in dict.fromkeys([*route.specialists, "tracking"]):
         analysis = specialist_analysis(name, run)
         if analysis is None:
@@ -127,10 +128,11 @@ def analyse_run(run_dir: Path) -> Report:
                          "only the run-level measurements apply")
             continue
         findings.extend(analysis.findings)
+        artifacts_found.update(analysis.artifacts)
     if run.probe_errors:
         notes.append(f"the probe logged internal errors (the training was not affected): {run_dir / 'probe-errors.log'}")
     torch_env = record.torch_environment(run)
-    artifacts = {"events": str(run_dir / "events"), "report": str(run_dir / "report.json")}
+    artifacts = {"events": str(run_dir / "events"), "report": str(run_dir / "report.json"), **artifacts_found}
     if run.stack_dumps():
         artifacts["stacks"] = str(run_dir / "stacks")
     if (run_dir / "git.patch").exists():
@@ -178,10 +180,18 @@ def stack_findings(run: RecordedRun, status: str) -> list[Finding]:
             if status == "hung" else "Raise --timeout, or use --max-steps to diagnose a shorter run.")]
 
 
-def finish(store: RunStore, run_dir: Path, json_path: Path | None) -> Report:
+def finish(store: RunStore, run_dir: Path, json_path: Path | None, html_path: Path | None = None) -> Report:
+    """Analyse, then write report.json and report.html in the run dir (and where asked)."""
+    from ptdiag.report.html import write_html
+
     report = analyse_run(run_dir)
+    report.artifacts["html"] = str(run_dir / "report.html")
     write_report(report, run_dir / "report.json")
     store.record(report.summary())
     if json_path is not None:
         write_report(report, json_path)
+    run = RecordedRun.load(run_dir)
+    write_html(report, run, run_dir / "report.html")
+    if html_path is not None:
+        write_html(report, run, html_path)
     return report

@@ -78,12 +78,13 @@ class Probe:
                   local_rank=_env_int("LOCAL_RANK"), world_size=_env_int("WORLD_SIZE"),
                   node_rank=_env_int("GROUP_RANK"), cwd=os.getcwd(), executable=sys.executable)
         self._install_stack_dumps()
-        previous_hook = sys.excepthook
+        self._previous_excepthook = sys.excepthook
 
         def excepthook(exc_type, exc, tb):
             self.call("on_exception", exc_type, exc, tb)
-            previous_hook(exc_type, exc, tb)
+            self._previous_excepthook(exc_type, exc, tb)
 
+        self._excepthook = excepthook
         sys.excepthook = excepthook
         atexit.register(self._at_exit)
         patches.install(self)
@@ -94,7 +95,8 @@ class Probe:
         stacks.mkdir(exist_ok=True)
         self._stack_file = open(stacks / f"rank{self.rank}.p{os.getpid()}.txt", "a")
         faulthandler.register(STACK_DUMP_SIGNAL, file=self._stack_file, all_threads=True)
-        if not faulthandler.is_enabled():  # a user who enabled it keeps it on their stderr
+        self._enabled_faulthandler = not faulthandler.is_enabled()
+        if self._enabled_faulthandler:  # a user who enabled it keeps it on their stderr
             faulthandler.enable(file=self._stack_file, all_threads=True)
         (self.run_dir / "procs").mkdir(exist_ok=True)
         (self.run_dir / "procs" / str(os.getpid())).write_text(str(self.rank))
@@ -103,6 +105,21 @@ class Probe:
         self.call("on_exit")
         self.emit("exit", steps=self.step)
         self.events.close()
+
+    def close(self) -> None:
+        """End recording in a process that goes on (the Python API's session): write the
+        exit event now and undo what install() did that can be undone. The patches on
+        torch stay in place but call an empty dispatcher: one no-op call each."""
+        self.max_steps = None
+        atexit.unregister(self._at_exit)
+        self._at_exit()
+        self.dispatcher = Dispatcher([], self.log_error)
+        if sys.excepthook is self._excepthook:
+            sys.excepthook = self._previous_excepthook
+        faulthandler.unregister(STACK_DUMP_SIGNAL)
+        if self._enabled_faulthandler:
+            faulthandler.disable()
+        self._stack_file.close()
 
     # -- the step ---------------------------------------------------------------------------
     def _is_primary(self, optimizer) -> bool:

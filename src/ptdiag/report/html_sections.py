@@ -17,7 +17,6 @@ from urllib.parse import quote
 
 from ptdiag.findings import SEVERITIES, Finding
 from ptdiag.report.model import Report
-from ptdiag.report.terminal import headline
 
 LONG_VALUE_CHARS = 300  # longer values fold into <details> (open when printed)
 SEVERITY_HEADINGS = {"error": "Errors", "warning": "Warnings", "info": "Information"}
@@ -67,7 +66,7 @@ def verdict_section(report: Report) -> str:
     symptom = (f'<p class="symptom">You said: <q>{text(report.symptom)}</q></p>' if report.symptom else "")
     return (f'<header id="verdict" class="status-{text(report.status)}">'
             f'<p class="status">ptdiag ▸ <strong>{text(report.status)}</strong> ▸ run {text(report.run_id)}</p>'
-            f"<h1>{text(headline(report))}</h1>{symptom}"
+            f"<h1>{text(report.headline())}</h1>{symptom}"
             f'<p class="counts">{text(summary)}; {text(report.steps_observed)} optimizer steps; '
             f"exit code {text(report.exit_code)}</p></header>")
 

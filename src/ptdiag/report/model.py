@@ -48,6 +48,15 @@ class Report:
             "params": self.params, "seeds": self.seeds, "tags": self.tags, "notes": self.notes,
         }
 
+    def headline(self) -> str:
+        """The verdict in one line: the most important finding that is not bookkeeping."""
+        top = next((f for f in self.findings if f.specialist != "tracking"), None)
+        if top:
+            return top.title
+        if self.status == "completed":
+            return "No problem found in what was measured"
+        return f"The run ended: {self.status}"
+
     def summary(self) -> dict[str, Any]:
         """The `runs list` object of contract.md."""
         return {"run_id": self.run_id, "name": self.name, "status": self.status,

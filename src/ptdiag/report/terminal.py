@@ -23,19 +23,11 @@ def stderr_console() -> Console:
     return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def headline(report: Report) -> str:
-    top = next((f for f in report.findings if f.specialist != "tracking"), None)
-    verdict = top.title if top else {
-        "completed": "No problem found in what was measured",
-    }.get(report.status, f"The run ended: {report.status}")
-    return verdict
-
-
 def render(report: Report, console: Console | None = None) -> None:
     c = console or stderr_console()
     style = STATUS_STYLE.get(report.status, "bold")
     c.print()
-    c.print(f"[bold]ptdiag[/] ▸ [{style}]{escape(report.status)}[/] ▸ {escape(headline(report))}")
+    c.print(f"[bold]ptdiag[/] ▸ [{style}]{escape(report.status)}[/] ▸ {escape(report.headline())}")
     _render_route(c, report)
     _render_run(c, report)
     _render_findings(c, report)

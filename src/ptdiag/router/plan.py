@@ -64,3 +64,14 @@ class Route:
             reasons=[dict(reason) for reason in data.get("reasons", [])],
             notes=list(data.get("notes", [])),
         )
+
+
+def fixed_route(names: list[str], chosen_by: str) -> Route:
+    """A plan the user chose (`--only`, `specialists=`) instead of the router's."""
+    unknown = [n for n in names if n not in SPECIALISTS]
+    if unknown or not names:
+        named = ", ".join(unknown) if unknown else "none given"
+        raise RouteError(f"unknown specialist in {chosen_by}: {named} (known: {', '.join(SPECIALISTS)})")
+    return Route(specialists=list(names), ambiguous=False, confidence=1.0,
+                 reasons=[{"specialist": n, "matched": [chosen_by]} for n in names],
+                 notes=[f"plan chosen with {chosen_by}"])
