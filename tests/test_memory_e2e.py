@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from conftest import FAST_SAMPLE_ARGS, PYTHON, SAMPLES, load_report, run_ptdiag
@@ -73,3 +75,18 @@ def test_healthy_sample_has_no_leak_or_eval_finding(workdir):
     codes = [f["code"] for f in report["findings"]]
     assert "memory.leak" not in codes and "memory.eval_without_no_grad" not in codes
     assert "memory.breakdown" in codes
+
+
+CORPUS = SAMPLES.parent / "diagnostics" / "memory"
+
+
+@pytest.mark.parametrize("case", json.loads((CORPUS / "expected.json").read_text()), ids=lambda c: c["script"])
+def test_diagnostics_corpus(workdir, case):
+    script = CORPUS / case["script"]
+    proc = run_ptdiag(case["symptom"], "--json", "r.json", "--", PYTHON, str(script), cwd=workdir)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    report = load_report(workdir / "r.json")
+    assert "memory" in report["route"]["specialists"]
+    finding = by_code(report, case["code"])
+    line = next(i for i, text in enumerate(script.read_text().splitlines(), 1) if text.strip() == case["line"])
+    assert finding["evidence"]["location"].endswith(f"{case['script']}:{line}")

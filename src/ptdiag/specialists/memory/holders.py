@@ -7,8 +7,9 @@ stack (the training loop and its callers) for two measurable patterns:
   backward'd at an earlier step (`total_loss += loss`): every step chains one more
   graph to it. Losses are tagged in their graph node's `metadata` when backward runs,
   so the test is a short walk of `grad_fn.next_functions`, not a guess;
-- a container (list, tuple, dict, deque) of tensors with autograd graphs that grows
-  from one boundary to the next (`outputs.append(model(x))`).
+- a container (list, tuple, dict, deque; one level of nesting) of tensors with autograd
+  graphs that grows from one boundary to the next (`outputs.append(model(x))`,
+  `history["loss"].append(loss)`).
 
 Where the variable grows is read from the function's own source: the augmented
 assignment, the self-referencing assignment or the `append`/`extend` call on it.
@@ -80,12 +81,23 @@ def _graph_tensors(values, torch) -> list:
     return [v for v in values if isinstance(v, torch.Tensor) and v.grad_fn is not None]
 
 
-def _container_items(value) -> list:
+def _container_items(value, depth: int = 1) -> list:
+    """The newest items, looking one level into nested containers (`history = {"loss": [...]}`)."""
     items = list(value.values()) if isinstance(value, dict) else value
     try:
-        return list(items)[-MAX_CONTAINER_ITEMS:]
+        items = list(items)[-MAX_CONTAINER_ITEMS:]
     except TypeError:
         return []
+    if depth == 0:
+        return items
+    return [leaf for item in items
+            for leaf in (_container_items(item, depth - 1) if isinstance(item, CONTAINERS) else [item])]
+
+
+def _items(value) -> int:
+    """Total length, nested containers included: what grows when a nested list grows."""
+    return len(value) + sum(len(v) for v in (value.values() if isinstance(value, dict) else value)
+                            if isinstance(v, CONTAINERS))
 
 
 def scan(frame, step: int, torch) -> list[Holder]:
@@ -118,7 +130,7 @@ def _holder(name: str, value, code, step: int, torch) -> Holder | None:
         held = _graph_tensors(_container_items(value), torch)
         if not held:
             return None
-        return Holder(name, "container", growth_line(code, name), code.co_name, len(held), len(value),
+        return Holder(name, "container", growth_line(code, name), code.co_name, len(held), _items(value),
                       sum(t.numel() * t.element_size() for t in held))
     return None
 
@@ -164,5 +176,8 @@ def _grows(node, name: str) -> bool:
         return any((isinstance(t, ast.Name) and t.id == name and name in _names(node.value))
                    or (isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name) and t.value.id == name)
                    for t in node.targets)
-    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in GROWING_CALLS
-            and isinstance(node.func.value, ast.Name) and node.func.value.id == name)
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in GROWING_CALLS):
+        return False
+    target = node.func.value  # `name.append(x)` or `name[key].append(x)`
+    target = target.value if isinstance(target, ast.Subscript) else target
+    return isinstance(target, ast.Name) and target.id == name
