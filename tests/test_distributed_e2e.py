@@ -57,7 +57,7 @@ def sample_runs(tmp_path_factory) -> dict[str, dict]:
 def program_runs(tmp_path_factory) -> dict[str, dict]:
     root = tmp_path_factory.mktemp("ddp_programs")
     procs = {
-        "hang": _start(root / "hang", ["training hangs with 2 GPUs", "--timeout", "45"],
+        "hang": _start(root / "hang", ["training hangs with 2 GPUs", "--timeout", "60"],
                        _torchrun(29711, PROGRAMS / "ddp_skip_allreduce.py")),
         "uneven": _start(root / "uneven", ["ranks disagree"], _torchrun(29712, PROGRAMS / "ddp_uneven_ranks.py")),
     }

@@ -13,6 +13,7 @@ SPECIALIST = "distributed"
 MIN_STEPS = 3
 SLOW_RATIO = 1.3  # the slowest rank's work outside backward vs the median of the others
 MIN_GAP_S = 0.005  # and at least this much slower per step
+WAIT_SHARE = 0.5  # the others' backward must be longer by at least this share of the gap: they wait for it
 
 
 def straggler_metrics(job: Job) -> dict[int, dict]:
@@ -36,6 +37,8 @@ def straggler_findings(job: Job) -> list[Finding]:
     if per_rank[slow]["outside_s"] < SLOW_RATIO * others or gap < MIN_GAP_S:
         return []
     waits = statistics.median(v["backward_s"] for r, v in per_rank.items() if r != slow) - per_rank[slow]["backward_s"]
+    if waits < WAIT_SHARE * gap:
+        return []  # nobody waited for it (no gradient sync in backward, or noise): not holding the job back
     return [Finding(
         code="distributed.straggler", specialist=SPECIALIST, severity="warning",
         title=f"Rank {slow} is the straggler: {per_rank[slow]['outside_s'] * 1e3:.0f} ms per step outside "

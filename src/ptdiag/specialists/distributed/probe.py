@@ -29,6 +29,9 @@ ENV_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK"
             "TORCH_NCCL_TRACE_BUFFER_SIZE", "OMP_NUM_THREADS")
 FINGERPRINT_FORWARDS = 3  # training forwards whose input is fingerprinted
 NO_GRAD_CHECK_STEPS = 3  # optimizer steps at which parameters without a gradient are listed
+# the check's own gloo group connects every pair of ranks: beyond this many ranks it is
+# opt-in (-o distributed.consistency=on); -o distributed.consistency=off disables it
+CONSISTENCY_MAX_WORLD = 64
 WRAPPERS = ("DistributedDataParallel", "FullyShardedDataParallel", "FSDPModule")
 
 
@@ -92,7 +95,8 @@ class Plugin(ProbePlugin):
                         cuda=_cuda_device(torch, device), cuda_available=torch.cuda.is_available(),
                         job=job_identity(env, info.get("world_size")))
         self.live.start_watchdog()
-        if self.world > 1 and self.opts.get("consistency", "on") != "off":
+        wanted = self.opts.get("consistency", "auto")
+        if self.world > 1 and (wanted == "on" or (wanted == "auto" and self.world <= CONSISTENCY_MAX_WORLD)):
             self.check = ConsistencyCheck(dist)
 
     def on_model(self, module) -> None:
