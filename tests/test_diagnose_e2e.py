@@ -147,9 +147,9 @@ def test_sigint_is_forwarded_and_partial_report_written(workdir):
 
 def test_timeout_dumps_stacks_and_reports_hung(workdir):
     start = time.monotonic()
-    proc = run_ptdiag("it hangs", "--timeout", "12", "--json", "r.json", "--", PYTHON,
+    proc = run_ptdiag("it hangs", "--timeout", "25", "--json", "r.json", "--", PYTHON,
                       str(PROGRAMS / "hang_after_steps.py"), cwd=workdir, timeout=120)
-    assert time.monotonic() - start < 60
+    assert time.monotonic() - start < 90
     report = load_report(workdir / "r.json")
     assert report["status"] == "hung"
     finding = next(f for f in report["findings"] if f["code"] == "ptdiag.hung")

@@ -21,12 +21,10 @@ from ptdiag.report.model import Report
 from ptdiag.router import Route, with_evidence
 from ptdiag.runs.store import RunStore
 from ptdiag.specialists import analyse as specialist_analysis
-from ptdiag.specialists import parent_part
+from ptdiag.specialists import child_env, parent_part
 from ptdiag.specialists.tracking import record
+from ptdiag.stackdump import user_frame
 from ptdiag.verdict import run_findings, run_metrics, run_status
-
-STACK_FRAME_PREFIX = '  File "'
-
 
 @dataclass
 class Options:
@@ -75,7 +73,7 @@ def start_run(store: RunStore, symptom: str | None, command: list[str], route: R
     meta = {
         "run_id": run_id, "name": options.name or default_name(command), "symptom": symptom,
         "command": environment.redact_argv(command), "cwd": str(cwd), "started": started,
-        "route": route.to_dict(), "plan": plan_for(route, options), "tags": options.tags,
+        "route": route.to_dict(), "plan": plan_for(route, options, run_dir), "tags": options.tags,
         "ptdiag": __version__, "host": environment.host_environment(), "git": git,
         "environ": environment.redact_environ(os.environ),
     }
@@ -83,9 +81,9 @@ def start_run(store: RunStore, symptom: str | None, command: list[str], route: R
     return run_id, run_dir, meta
 
 
-def plan_for(route: Route, options: Options) -> dict:
+def plan_for(route: Route, options: Options, run_dir: Path) -> dict:
     return {"specialists": route.specialists, "max_steps": options.max_steps,
-            "options": options.specialist_options}
+            "options": options.specialist_options, "env": child_env(route.specialists, run_dir)}
 
 
 def default_name(command: list[str]) -> str:
@@ -121,6 +119,7 @@ def analyse_run(run_dir: Path) -> Report:
     findings: list[Finding] = run_findings(run, status) + stack_findings(run, status)
     notes: list[str] = []
     artifacts_found: dict[str, str] = {}
+    metrics_found: dict = {}
     for name in dict.fromkeys([*route.specialists, "tracking"]):
         analysis = specialist_analysis(name, run)
         if analysis is None:
@@ -129,6 +128,7 @@ def analyse_run(run_dir: Path) -> Report:
             continue
         findings.extend(analysis.findings)
         artifacts_found.update(analysis.artifacts)
+        metrics_found.update(analysis.metrics)
     if run.probe_errors:
         notes.append(f"the probe logged internal errors (the training was not affected): {run_dir / 'probe-errors.log'}")
     torch_env = record.torch_environment(run)
@@ -141,7 +141,7 @@ def analyse_run(run_dir: Path) -> Report:
         run_id=meta.get("run_id", run_dir.name), name=meta.get("name"), symptom=meta.get("symptom"),
         command=meta.get("command"), route=route.to_dict(), status=status,
         exit_code=run.outcome.get("exit_code"), steps_observed=run.steps_observed,
-        findings=sort_findings(findings), metrics=run_metrics(run), artifacts=artifacts,
+        findings=sort_findings(findings), metrics={**run_metrics(run), **metrics_found}, artifacts=artifacts,
         environment={"python": meta.get("host", {}).get("python", {}).get("version")
                      if isinstance(meta.get("host", {}).get("python"), dict) else meta.get("host", {}).get("python"),
                      "torch": torch_env.get("torch"), "cuda": torch_env.get("cuda"),
@@ -155,17 +155,11 @@ def stack_findings(run: RecordedRun, status: str) -> list[Finding]:
     """Where each process was when the time-out ended it: its innermost user frame."""
     if status not in ("hung", "timeout"):
         return []
-    from ptdiag.probe.location import format_location, is_user_file
-
     where = {}
     for name, text in run.stack_dumps().items():
-        for line in text.splitlines():
-            if line.startswith(STACK_FRAME_PREFIX):
-                filename, _, rest = line[len(STACK_FRAME_PREFIX):].partition('", line ')
-                if is_user_file(filename):
-                    lineno, _, func = rest.partition(" in ")
-                    where[name.split(".")[0]] = f"{format_location(filename, int(lineno))} in {func}"
-                    break
+        frame = user_frame(text, run.meta.get("cwd"))
+        if frame:
+            where[name.split(".")[0]] = f"{frame[0]} in {frame[1]}"
     silent = run.outcome.get("timed_out_at", 0) - (run.last_progress() or run.outcome.get("started", 0))
     title = ("The run stopped making progress" if status == "hung" else "The run was still going at the time-out")
     return [Finding(

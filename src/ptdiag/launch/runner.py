@@ -57,6 +57,8 @@ class ChildOutcome:
 
 def child_environment(run_dir: Path, plan: dict, base: dict | None = None) -> dict:
     env = dict(os.environ if base is None else base)
+    for name, value in plan.get("env", {}).items():
+        env.setdefault(name, value)  # what the user set wins
     existing = env.get("PYTHONPATH")
     env["PYTHONPATH"] = str(INJECT_DIR) + (os.pathsep + existing if existing else "")
     env["PTDIAG_RUN_DIR"] = str(run_dir)

@@ -4,6 +4,8 @@ A specialist package may hold:
 - `probe.py`: its in-process part, a `Plugin` subscribing to probe events (runs inside
   the user's processes; imported only when the specialist is in the plan);
 - `analyse(run) -> Analysis` in `__init__.py`: turns a recorded run into findings;
+- `CHILD_ENV` in `__init__.py`: environment variables the program needs for this
+  specialist's measurements (`{run_dir}` is filled in); a variable the user set wins;
 - `parent.py`: its part in ptdiag's own process, `after_run(ctx: ParentContext)`,
   called once the command has ended and before analysis, for work that needs more runs
   of the command (a second run to compare, a resumed run); whatever it measures goes into
@@ -33,3 +35,12 @@ def parent_part(name: str):
     """The specialist's `parent` module, or None where it needs nothing in ptdiag's process."""
     module_name = f"ptdiag.specialists.{name}.parent"
     return importlib.import_module(module_name) if importlib.util.find_spec(module_name) else None
+
+
+def child_env(names: list[str], run_dir) -> dict[str, str]:
+    """The environment the planned specialists ask for (see CHILD_ENV above)."""
+    env: dict[str, str] = {}
+    for name in names:
+        wanted = getattr(importlib.import_module(f"ptdiag.specialists.{name}"), "CHILD_ENV", {})
+        env.update({k: v.format(run_dir=run_dir) for k, v in wanted.items()})
+    return env

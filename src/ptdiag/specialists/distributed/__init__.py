@@ -14,7 +14,7 @@ from ptdiag.recorded import RecordedRun
 from ptdiag.specialists.distributed import checks_data, checks_hang, checks_launch, checks_replicas, checks_straggler
 from ptdiag.specialists.distributed.job import Job
 
-FLIGHT_RECORDER_DIR = "flight_recorder"
+from ptdiag.specialists.distributed.flight_recorder_dumps import FLIGHT_RECORDER_DIR
 
 CHECKS = (
     checks_launch.env_findings,
@@ -27,6 +27,14 @@ CHECKS = (
     checks_replicas.divergence_findings,
     checks_straggler.straggler_findings,
 )
+
+# NCCL's Flight Recorder: keep the last collectives of each rank and dump them into the
+# run dir when a collective times out (no effect on gloo); analysed by flight_recorder.py.
+CHILD_ENV = {
+    "TORCH_NCCL_TRACE_BUFFER_SIZE": "2000",
+    "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
+    "TORCH_FR_DUMP_TEMP_FILE": "{run_dir}/" + FLIGHT_RECORDER_DIR + "/rank_",
+}
 
 
 def analyse(run: RecordedRun) -> Analysis:

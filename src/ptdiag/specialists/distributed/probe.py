@@ -18,6 +18,7 @@ import socket
 import time
 
 from ptdiag.probe.location import user_location
+from ptdiag.specialists.distributed.flight_recorder_dumps import FLIGHT_RECORDER_DIR
 from ptdiag.probe.plugin import Plugin as ProbePlugin
 from ptdiag.specialists.distributed.consistency import ConsistencyCheck, is_check_step
 from ptdiag.specialists.distributed.fingerprint import fingerprint
@@ -87,6 +88,7 @@ class Plugin(ProbePlugin):
         import torch.distributed as dist
 
         self.dist, self.world = dist, info.get("world_size") or 1
+        (self.probe.run_dir / FLIGHT_RECORDER_DIR).mkdir(exist_ok=True)  # NCCL does not create it
         env = {k: os.environ.get(k) for k in ENV_VARS}
         device = None
         if torch.cuda.is_available():

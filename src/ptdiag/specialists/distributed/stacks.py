@@ -8,15 +8,12 @@ DDP's internals, invisible to the probe's collective hook) say which phase of DD
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass
 
+from ptdiag import stackdump
 from ptdiag.probe.location import is_user_file
 from ptdiag.probe.patches import COLLECTIVES
 
-FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+),? in (?P<func>\S+)')
-THREAD = re.compile(r"^(Current thread|Thread) 0x[0-9a-f]+")
 
 # (file ending, function, what the rank is doing there): DDP's communication phases
 DDP_PHASES = (
@@ -45,40 +42,16 @@ class Where:
                 "phase": self.phase}
 
 
-def _threads(text: str) -> list[list[tuple[str, int, str]]]:
-    """Frames per thread, innermost first."""
-    threads: list[list[tuple[str, int, str]]] = [[]]
-    innermost_first = "most recent call first" in text
-    for line in text.splitlines():
-        if THREAD.match(line) and threads[-1]:
-            threads.append([])
-        m = FRAME.match(line)
-        if m:
-            threads[-1].append((m["file"], int(m["line"]), m["func"]))
-    return [t if innermost_first else t[::-1] for t in threads if t]
-
-
-def _location(filename: str, line: int, cwd: str | None) -> str:
-    """file:line as the probe writes it: relative to the program's working directory."""
-    if cwd and os.path.isabs(filename) and filename.startswith(cwd.rstrip(os.sep) + os.sep):
-        filename = os.path.relpath(filename, cwd)
-    return f"{filename}:{line}"
-
-
 def where(text: str | None, cwd: str | None = None) -> Where | None:
     """The position of the thread that runs user code (the training), innermost first."""
     if not text:
         return None
-    threads = _threads(text)
-    # the training thread: the one started by the user's script (its outermost frame is
-    # theirs), not a helper thread started through threading's bootstrap
-    threads.sort(key=lambda frames: not is_user_file(frames[-1][0]))
-    for frames in threads:
+    for frames in stackdump.threads_training_first(text):
         user = next(((f, l, fn) for f, l, fn in frames if is_user_file(f)), None)
         if user is None:
             continue
         collective = next((fn for f, _, fn in frames if f.endswith("distributed_c10d.py") and fn in COLLECTIVES), None)
         phase = next((label for f, _, fn in frames for end, name, label in DDP_PHASES
                       if f.endswith(end) and fn == name), None)
-        return Where(_location(user[0], user[1], cwd), user[2], collective, phase)
+        return Where(stackdump.location(user[0], user[1], cwd), user[2], collective, phase)
     return None
