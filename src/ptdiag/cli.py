@@ -61,7 +61,8 @@ def diagnose(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop the training cleanly after N optimizer steps."),
     timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help="End the run after S seconds, dumping every rank's stacks."),
     fail_on: str = typer.Option("never", "--fail-on", help="Exit 3 when a finding of this severity or worse is found: never, error, warning."),
-    option: list[str] = typer.Option([], "--option", "-o", help="specialist.key=value for one specialist (repeatable), e.g. -o memory.target_memory=16GiB."),
+    option: list[str] = typer.Option([], "--option", "-o", help="specialist.key=value for one specialist (repeatable), e.g. -o reproducibility.steps=20."),
+    target_memory: Optional[str] = typer.Option(None, "--target-memory", help="Will it fit: a memory size (16GiB) or a GPU preset (V100-16GB); same as -o memory.target_memory=/memory.target=."),
     name: Optional[str] = typer.Option(None, "--name", help="Name of the run in the store."),
     tag: list[str] = typer.Option([], "--tag", help="k=v tag for the run (repeatable)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the report: no progress lines."),
@@ -70,11 +71,17 @@ def diagnose(
 
     The command's output, exit code, argv and working directory are exactly as without
     ptdiag; the report goes to stderr (and to --json PATH)."""
-    from ptdiag.router import fixed_route, route as route_text
+    from ptdiag.router import Route, fixed_route, route as route_text
 
     if fail_on not in FAIL_ON:
         raise UsageProblem(f"--fail-on must be one of {', '.join(FAIL_ON)}, not {fail_on!r}")
     route = fixed_route([s.strip() for s in only.split(",") if s.strip()], "--only") if only else route_text(symptom)
+    if target_memory:
+        key = "target_memory" if target_memory[:1].isdigit() else "target"
+        option = [*option, f"memory.{key}={target_memory}"]
+        if "memory" not in route.specialists:
+            route = Route(route.specialists + ["memory"], route.ambiguous, route.confidence, route.reasons,
+                          route.notes + ["memory added: --target-memory asks whether the step fits"])
     return _run_and_report(symptom, route, json_path=json_path, html_path=html_path, store=store, max_steps=max_steps,
                            timeout=timeout, fail_on=fail_on, option=option, name=name, tag=tag, quiet=quiet)
 
