@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from ptdiag.runs.query import Condition, RunQuery
-from ptdiag.runs.store import RunStore
+from ptdiag.runs.store import INDEX_NAME, RunStore
 
 # Words people use for a hyperparameter, as the argparse name scripts give it.
 ALIASES = {"learning rate": "lr", "learning_rate": "lr", "batch size": "batch_size",
@@ -35,7 +35,7 @@ def conditions_in(words: str, known_keys: set[str]) -> list[Condition]:
 def matching_runs(store_root: Path, words: str, known_keys: set[str], exclude: str
                   ) -> tuple[list[Condition], list[dict]]:
     conditions = conditions_in(words, known_keys)
-    if not conditions:
-        return [], []
+    if not conditions or not (store_root / INDEX_NAME).exists():
+        return conditions, []  # a companion run's dir is not in a store: never make one
     rows = RunStore(store_root).list(RunQuery(conditions=conditions, limit=MAX_LISTED + 1))
     return conditions, [row for row in rows if row["run_id"] != exclude][:MAX_LISTED]

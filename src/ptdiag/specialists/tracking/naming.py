@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 from ptdiag.recorded import RecordedRun
-from ptdiag.runs.store import RunStore
+from ptdiag.runs.store import INDEX_NAME, RunStore
 from ptdiag.specialists.tracking import record
 
 # Shown first when they differ, and shown when there is no previous run to differ from.
@@ -30,6 +30,8 @@ def run_name(run: RecordedRun) -> str:
 
 def previous_params(store: RunStore, command: list[str], exclude: str) -> dict | None:
     """The params of the newest other run of the same program (interpreter + script)."""
+    if not (store.root / INDEX_NAME).exists():
+        return None
     for row in store.list(limit=PREVIOUS_LOOKED_AT):
         if row["run_id"] != exclude and (row.get("command") or [])[:2] == command[:2] \
                 and row.get("params"):
