@@ -28,8 +28,8 @@ HEALTHY = REPO / "sample_models" / "resnet_healthy.py"
 NAN = REPO / "sample_models" / "resnet_nan.py"
 WARMUP_STEPS = 3
 BATCH = 32
-ANOMALY = ("import runpy, sys, torch; torch.autograd.set_detect_anomaly(True); "
-           "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+ANOMALY = ("import os, runpy, sys, torch; torch.autograd.set_detect_anomaly(True); sys.argv = sys.argv[1:]; "
+           "sys.path.insert(0, os.path.dirname(sys.argv[0])); runpy.run_path(sys.argv[0], run_name='__main__')")
 MODES = ("bare", "tracking", "numerics", "anomaly")
 # bug -> (sample args, epochs the bare run needs to reach its first NaN)
 DIAGNOSIS_CASES = {"lr": (["--epochs", "8"], 7), "zerostd": (["--epochs", "3"], 1), "poison": (["--epochs", "3"], 1)}

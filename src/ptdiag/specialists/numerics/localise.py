@@ -153,6 +153,18 @@ def _fp32_abs_max(func, args, kwargs) -> float | None:
     return abs_max(float_tensors(out))
 
 
+@contextlib.contextmanager
+def _buffers_kept(model):
+    """The replay's forward updates BatchNorm's running statistics; put them back."""
+    saved = [(b, b.clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, copy in saved:
+                buffer.copy_(copy)
+
+
 def replay(model, args, kwargs, autocast: dict | None, grad_outputs: list | None, params: list) -> dict:
     """Run the captured step again op by op; what was first non-finite, where.
 
@@ -164,6 +176,7 @@ def replay(model, args, kwargs, autocast: dict | None, grad_outputs: list | None
     tracker = ModuleTracker(model)
     devices = sorted({p.device.index for p in params if p.device.type == "cuda"})
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_buffers_kept(model))
         stack.enter_context(torch.random.fork_rng(devices=devices))
         stack.enter_context(torch.autograd.set_detect_anomaly(True, check_nan=False))
         stack.enter_context(torch.enable_grad())

@@ -31,6 +31,15 @@ def _autocast_state(device_type: str) -> dict | None:
     return {"device": device_type, "dtype": str(torch.get_autocast_dtype(device_type)).replace("torch.", "")}
 
 
+WRAPPERS = ("DistributedDataParallel", "DataParallel")
+
+
+def _unwrapped(model):
+    """The module inside DDP/DataParallel: replaying the wrapper on one rank would run its
+    collectives alone and wait forever for the other ranks."""
+    return model.module if type(model).__name__ in WRAPPERS and hasattr(model, "module") else model
+
+
 def _bf16_supported(device_type: str) -> bool:
     """CPU autocast runs bfloat16 everywhere; on CUDA it needs Ampere (sm_80) or newer."""
     return torch.cuda.is_bf16_supported() if device_type == "cuda" else device_type == "cpu"
@@ -158,10 +167,10 @@ class Plugin(ProbePlugin):
         if inputs and not all_finite(inputs):
             found = self._bad_batch(inputs)
         elif self._model is not None:
+            model = _unwrapped(self._model)
             self._replaying = True
             try:
-                found = replay(self._model, args, kwargs, self._autocast, self._grad_outs,
-                               list(self._model.parameters()))
+                found = replay(model, args, kwargs, self._autocast, self._grad_outs, list(model.parameters()))
             finally:
                 self._replaying = False
         else:
