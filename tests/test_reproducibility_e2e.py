@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from conftest import PROGRAMS, PYTHON, SAMPLES, load_report, run_ptdiag
@@ -36,12 +38,18 @@ def test_seeded_run_repeats_and_its_full_checkpoint_resumes_exactly(workdir):
 
 
 def test_seed_from_the_clock_is_named_with_both_values_and_the_line(workdir):
-    found = diagnose(workdir, "-o", "reproducibility.steps=3", command=[PYTHON, TRAIN, "--seed", "time", "--save", "none"])
+    found = diagnose(workdir, "-o", "reproducibility.steps=3", "-o", "reproducibility.op_audit=yes",
+                     command=[PYTHON, TRAIN, "--seed", "time", "--save", "none"])
     nd = found["reproducibility.nondeterministic"]
     assert nd["evidence"]["stage"] == "weights" and nd["evidence"]["first_tensor"] == "0.weight"
     seed_cause = next(c for c in nd["evidence"]["causes"] if c["kind"] == "seed_value")
     assert seed_cause["rng"] == "torch" and seed_cause["location"].endswith("repro_train.py:27")
     assert found["reproducibility.unseeded"]["evidence"]["rngs"] == ["python"]
+    # the audit run (asked for) ran under use_deterministic_algorithms; no CPU op of this program warns
+    audit = [json.loads(line) for path in workdir.glob("ptdiag-runs/*/companions/audit/events/*.jsonl")
+             for line in path.read_text().splitlines()]
+    assert any(e["ev"] == "repro_env" and e["deterministic_algorithms"] for e in audit)
+    assert not any(e["ev"] == "nondeterministic_op" for e in audit)
 
 
 def test_checkpoint_without_rng_state_diverges_after_resume_and_says_why(workdir):

@@ -39,7 +39,7 @@ KEY_HINTS = (
     (r"(^|_)(sampler|loader|dataloader|generator|data_state|batch_idx|batch_index|data_pos|data_position)($|_)",
      "data"),
     (r"(^|_)(epoch|epochs|step|steps|global_step|iteration|iter|it|n_iter|num_updates|updates)($|_)", "counter"),
-    (r"(^|_)(config|cfg|args|hparams|hyperparameters|git|commit|version|meta|metadata|date|timestamp)($|_)",
+    (r"(^|_)(config|cfg|args|hparams|hyperparameters|hyper_parameters|git|commit|version|meta|metadata|date|timestamp)($|_)",
      "metadata"),
     (r"(^|_)(best|acc|accuracy|loss|metric|score|top1|top5)($|_)", "metric"),
 )

@@ -40,7 +40,14 @@ def after_run(ctx) -> None:
     options = ctx.specialist_options("reproducibility")
     main = Trace.of(RecordedRun.load(ctx.run_dir))
     record: dict = {}
-    cap = int(options.get("steps", DEFAULT_STEPS))
+    try:
+        cap = int(options.get("steps", DEFAULT_STEPS))
+        int(options.get("resume_step", 1))
+    except ValueError:
+        record["options"] = {"skipped": "-o reproducibility.steps / resume_step must be whole numbers, not "
+                                        f"{options.get('steps')!r} / {options.get('resume_step')!r}"}
+        (ctx.run_dir / STATE_FILE).write_text(json.dumps(record, indent=2))
+        return
     steps = min(ctx.options.max_steps or main.last_step, main.last_step, cap)
     aside = _move_aside(ctx, main)
     try:
