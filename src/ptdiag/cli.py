@@ -51,6 +51,13 @@ NO_COMMAND = "no command after '--': e.g. ptdiag \"loss is NaN\" -- python train
 user_command: list[str] | None = None
 
 
+NAME_HELP = "Name of the run in the store [default: model, data and what changed since the last run]."
+GROUP_HELP = "Group the run with others (e.g. a sweep): runs list --group G."
+TAG_HELP = "k=v tag for the run (repeatable)."
+TENSORBOARD_HELP = "Also export the run as TensorBoard event files into this directory."
+MLFLOW_HELP = "Also log the run to this MLflow tracking server (http://host:port)."
+
+
 @app.command(epilog=EXAMPLES)
 def diagnose(
     symptom: str = typer.Argument(..., help="What you see, in your own words, or a pasted error line."),
@@ -62,16 +69,22 @@ def diagnose(
     timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help="End the run after S seconds, dumping every rank's stacks."),
     fail_on: str = typer.Option("never", "--fail-on", help="Exit 3 when a finding of this severity or worse is found: never, error, warning."),
     option: list[str] = typer.Option([], "--option", "-o", help="specialist.key=value for one specialist (repeatable), e.g. -o reproducibility.steps=20."),
+    resume_cmd: Optional[str] = typer.Option(None, "--resume-cmd", help="Check that this command resumes the run exactly from its checkpoint (reproducibility), e.g. \"python train.py --resume ckpt.pt\"."),
+    resume_step: Optional[int] = typer.Option(None, "--resume-step", min=1, help="The step whose checkpoint --resume-cmd resumes from [default: the first save]."),
+    repeat: Optional[bool] = typer.Option(None, "--repeat/--no-repeat", help="Run the command a second time to prove it repeats (reproducibility) [default: when reproducibility is planned]."),
     target_memory: Optional[str] = typer.Option(None, "--target-memory", help="Will it fit: a memory size (16GiB) or a GPU preset (V100-16GB); same as -o memory.target_memory=/memory.target=."),
-    name: Optional[str] = typer.Option(None, "--name", help="Name of the run in the store."),
-    tag: list[str] = typer.Option([], "--tag", help="k=v tag for the run (repeatable)."),
+    name: Optional[str] = typer.Option(None, "--name", help=NAME_HELP),
+    group: Optional[str] = typer.Option(None, "--group", help=GROUP_HELP),
+    tag: list[str] = typer.Option([], "--tag", help=TAG_HELP),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help=TENSORBOARD_HELP),
+    mlflow: Optional[str] = typer.Option(None, "--mlflow", help=MLFLOW_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the report: no progress lines."),
 ) -> int:
     """Run COMMAND with the probe, diagnose SYMPTOM, record the run, print the report.
 
     The command's output, exit code, argv and working directory are exactly as without
     ptdiag; the report goes to stderr (and to --json PATH)."""
-    from ptdiag.router import Route, fixed_route, route as route_text
+    from ptdiag.router import fixed_route, route as route_text
 
     if fail_on not in FAIL_ON:
         raise UsageProblem(f"--fail-on must be one of {', '.join(FAIL_ON)}, not {fail_on!r}")
@@ -79,11 +92,17 @@ def diagnose(
     if target_memory:
         key = "target_memory" if target_memory[:1].isdigit() else "target"
         option = [*option, f"memory.{key}={target_memory}"]
-        if "memory" not in route.specialists:
-            route = Route(route.specialists + ["memory"], route.ambiguous, route.confidence, route.reasons,
-                          route.notes + ["memory added: --target-memory asks whether the step fits"])
+        route = _with_specialist(route, "memory", "--target-memory asks whether the step fits")
+    reproducibility = {"resume_cmd": resume_cmd, "resume_step": resume_step,
+                       "repeat": None if repeat is None else ("yes" if repeat else "no")}
+    for key, value in reproducibility.items():
+        if value is not None:
+            option = [*option, f"reproducibility.{key}={value}"]
+    if resume_cmd or repeat:
+        route = _with_specialist(route, "reproducibility", "--resume-cmd/--repeat ask for it")
     return _run_and_report(symptom, route, json_path=json_path, html_path=html_path, store=store, max_steps=max_steps,
-                           timeout=timeout, fail_on=fail_on, option=option, name=name, tag=tag, quiet=quiet)
+                           timeout=timeout, fail_on=fail_on, option=option, name=name, group=group, tag=tag,
+                           tensorboard=tensorboard, mlflow=mlflow, quiet=quiet)
 
 
 @app.command()
@@ -91,8 +110,11 @@ def track(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the JSON report here."),
     html_path: Optional[Path] = typer.Option(None, "--html", help="Also write the HTML report here."),
     store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
-    name: Optional[str] = typer.Option(None, "--name", help="Name of the run in the store."),
-    tag: list[str] = typer.Option([], "--tag", help="k=v tag for the run (repeatable)."),
+    name: Optional[str] = typer.Option(None, "--name", help=NAME_HELP),
+    group: Optional[str] = typer.Option(None, "--group", help=GROUP_HELP),
+    tag: list[str] = typer.Option([], "--tag", help=TAG_HELP),
+    tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help=TENSORBOARD_HELP),
+    mlflow: Optional[str] = typer.Option(None, "--mlflow", help=MLFLOW_HELP),
     timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help="End the run after S seconds."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the summary: no progress lines."),
 ) -> int:
@@ -104,12 +126,22 @@ def track(
 
     route = Route(specialists=["tracking"], ambiguous=False, confidence=1.0,
                   reasons=[{"specialist": "tracking", "matched": ["ptdiag track"]}], notes=[])
-    return _run_and_report(None, route, json_path=json_path, html_path=html_path, store=store, max_steps=None, timeout=timeout,
-                           fail_on="never", option=[], name=name, tag=tag, quiet=quiet)
+    return _run_and_report(None, route, json_path=json_path, html_path=html_path, store=store, max_steps=None,
+                           timeout=timeout, fail_on="never", option=[], name=name, group=group, tag=tag,
+                           tensorboard=tensorboard, mlflow=mlflow, quiet=quiet)
+
+
+def _with_specialist(route, name: str, why: str):
+    from ptdiag.router import Route
+
+    if name in route.specialists:
+        return route
+    return Route(route.specialists + [name], route.ambiguous, route.confidence, route.reasons,
+                 route.notes + [f"{name} added: {why}"])
 
 
 def _run_and_report(symptom, route, *, json_path, html_path, store, max_steps, timeout, fail_on, option, name,
-                    tag, quiet) -> int:
+                    group, tag, tensorboard, mlflow, quiet) -> int:
     from ptdiag import diagnose as diag
     from ptdiag.launch.command import resolve
     from ptdiag.progress import ProgressWatcher
@@ -118,7 +150,8 @@ def _run_and_report(symptom, route, *, json_path, html_path, store, max_steps, t
 
     if user_command is None:
         raise UsageProblem(NO_COMMAND)
-    options = diag.Options(max_steps=max_steps, timeout_s=timeout, name=name, tags=_parse_pairs(tag, "--tag"),
+    options = diag.Options(max_steps=max_steps, timeout_s=timeout, name=name, group=group,
+                           tags=_parse_pairs(tag, "--tag"),
                            specialist_options=_parse_specialist_options(option))
     resolve(user_command, Path.cwd())  # bad commands fail before a run is created
     run_store = RunStore.resolve(store)
@@ -139,7 +172,21 @@ def _run_and_report(symptom, route, *, json_path, html_path, store, max_steps, t
                       "the program's exit code is passed through")
         return outcome.exit_code
     terminal.render(report, console)
+    if tensorboard is not None or mlflow is not None:
+        _export(run_store, run_id, tensorboard, mlflow, console)
     return _exit_code(outcome.exit_code, report, fail_on)
+
+
+def _export(run_store, run_id: str, tensorboard: Path | None, mlflow: str | None, console) -> None:
+    """Share the recorded run; an unreachable server is reported, never fatal to the run."""
+    from ptdiag.cli_runs import export_one
+    from ptdiag.runs.errors import StoreError
+
+    try:
+        for line in export_one(run_store, run_id, tensorboard, mlflow):
+            console.print(line)
+    except (StoreError, OSError) as error:
+        console.print(f"ptdiag: export failed: {error}")
 
 
 def _exit_code(child_exit: int, report, fail_on: str) -> int:

@@ -22,7 +22,7 @@ from ptdiag.router import Route, with_evidence
 from ptdiag.runs.store import RunStore
 from ptdiag.specialists import analyse as specialist_analysis
 from ptdiag.specialists import child_env, parent_part
-from ptdiag.specialists.tracking import record
+from ptdiag.specialists.tracking import naming, record
 from ptdiag.stackdump import user_frame
 from ptdiag.verdict import run_findings, run_metrics, run_status
 
@@ -31,6 +31,7 @@ class Options:
     max_steps: int | None = None
     timeout_s: float | None = None
     name: str | None = None
+    group: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     # per specialist, from `-o specialist.key=value`: {"memory": {"target_memory": "16GiB"}}
     specialist_options: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -71,7 +72,7 @@ def start_run(store: RunStore, symptom: str | None, command: list[str], route: R
     if git and git.get("dirty"):
         (run_dir / "git.patch").write_text(environment.git_diff(cwd))
     meta = {
-        "run_id": run_id, "name": options.name or default_name(command), "symptom": symptom,
+        "run_id": run_id, "name": options.name, "group": options.group, "symptom": symptom,
         "command": environment.redact_argv(command), "cwd": str(cwd), "started": started,
         "route": route.to_dict(), "plan": plan_for(route, options, run_dir), "tags": options.tags,
         "ptdiag": __version__, "host": environment.host_environment(), "git": git,
@@ -84,14 +85,6 @@ def start_run(store: RunStore, symptom: str | None, command: list[str], route: R
 def plan_for(route: Route, options: Options, run_dir: Path) -> dict:
     return {"specialists": route.specialists, "max_steps": options.max_steps,
             "options": options.specialist_options, "env": child_env(route.specialists, run_dir)}
-
-
-def default_name(command: list[str]) -> str:
-    """The script's name: what people call a run by before they name it."""
-    for arg in command[1:]:
-        if arg.endswith(".py"):
-            return Path(arg).stem
-    return Path(command[0]).name
 
 
 def run_child(command: list[str], run_dir: Path, meta: dict, options: Options, on_tick=None):
@@ -138,7 +131,8 @@ def analyse_run(run_dir: Path) -> Report:
     if (run_dir / "git.patch").exists():
         artifacts["git_patch"] = str(run_dir / "git.patch")
     return Report(
-        run_id=meta.get("run_id", run_dir.name), name=meta.get("name"), symptom=meta.get("symptom"),
+        run_id=meta.get("run_id", run_dir.name), name=meta.get("name") or naming.run_name(run),
+        symptom=meta.get("symptom"),
         command=meta.get("command"), route=route.to_dict(), status=status,
         exit_code=run.outcome.get("exit_code"), steps_observed=run.steps_observed,
         findings=sort_findings(findings), metrics={**run_metrics(run), **metrics_found}, artifacts=artifacts,

@@ -35,6 +35,9 @@ KINDS = (
                  "a CUDA memory snapshot pickle (torch.cuda.memory._dump_snapshot)"),
     ArtifactKind("flight_recorder", "distributed", "ptdiag.specialists.distributed.flight_recorder",
                  "NCCL Flight Recorder dumps (a folder with one file per rank)"),
+    # last: a torch zip checkpoint is recognised by content the kinds above never have
+    ArtifactKind("checkpoint", "reproducibility", "ptdiag.specialists.reproducibility.checkpoint",
+                 "a torch.save checkpoint (.pt/.pth/.ckpt), loaded with weights_only=True"),
 )
 
 

@@ -220,8 +220,28 @@ def _scalar_logger(source: str, probe: "Probe"):
     return make
 
 
+def _params_logger(probe: "Probe", source: str, params_of: Callable):
+    """Wrap a call that logs hyperparameters; `params_of(args, kwargs)` says which."""
+
+    def make(original):
+        def log_params(*args, **kwargs):
+            result = original(*args, **kwargs)
+            params = params_of(args, kwargs)
+            if params:
+                probe.call("on_log_params", source, params)
+            return result
+
+        return log_params
+
+    return make
+
+
 def _tensorboard(probe: "Probe", writer_module) -> None:
-    _replace(writer_module.SummaryWriter, "add_scalar", _scalar_logger("tensorboard", probe))
+    if probe.dispatcher.wants("on_log_scalar"):
+        _replace(writer_module.SummaryWriter, "add_scalar", _scalar_logger("tensorboard", probe))
+    if probe.dispatcher.wants("on_log_params"):
+        _replace(writer_module.SummaryWriter, "add_hparams", _params_logger(
+            probe, "tensorboard", lambda a, kw: a[1] if len(a) > 1 else kw.get("hparam_dict")))
 
 
 def _mlflow(probe: "Probe", mlflow) -> None:
@@ -233,7 +253,13 @@ def _mlflow(probe: "Probe", mlflow) -> None:
 
         return log_metric
 
-    _replace(mlflow, "log_metric", make)
+    if probe.dispatcher.wants("on_log_scalar"):
+        _replace(mlflow, "log_metric", make)
+    if probe.dispatcher.wants("on_log_params"):
+        _replace(mlflow, "log_param", _params_logger(
+            probe, "mlflow", lambda a, kw: {a[0]: a[1]} if len(a) > 1 else {kw.get("key"): kw.get("value")}))
+        _replace(mlflow, "log_params", _params_logger(
+            probe, "mlflow", lambda a, kw: a[0] if a else kw.get("params")))
 
 
 def _wandb(probe: "Probe", wandb) -> None:
@@ -247,7 +273,10 @@ def _wandb(probe: "Probe", wandb) -> None:
 
         return log
 
-    _replace(wandb, "log", make)
+    if probe.dispatcher.wants("on_log_scalar"):
+        _replace(wandb, "log", make)
+    if probe.dispatcher.wants("on_log_params"):
+        _replace(wandb, "init", _params_logger(probe, "wandb", lambda a, kw: kw.get("config")))
 
 
 def _argparse(probe: "Probe", argparse) -> None:
@@ -270,6 +299,17 @@ def _argparse(probe: "Probe", argparse) -> None:
     _replace(argparse.ArgumentParser, "parse_known_args", make)
 
 
+def _warnings(probe: "Probe", warnings) -> None:
+    def make(original):
+        def showwarning(message, category, filename, lineno, file=None, line=None):
+            probe.call("on_warning", message, category, user_location(2))
+            return original(message, category, filename, lineno, file, line)
+
+        return showwarning
+
+    _replace(warnings, "showwarning", make)
+
+
 def _python_seed(probe: "Probe", random) -> None:
     _replace(random, "seed", _seed_wrapper(probe, "python"))
 
@@ -289,11 +329,12 @@ PATCHES = (
     ("torch", ("on_save", "on_load"), _serialization),
     ("torch.distributed", ("on_dist_init",), _distributed),
     ("torch.distributed", ("on_collective", "on_collective_end"), _collectives),
-    ("torch.utils.tensorboard.writer", ("on_log_scalar",), _tensorboard),
-    ("mlflow", ("on_log_scalar",), _mlflow),
-    ("wandb", ("on_log_scalar",), _wandb),
+    ("torch.utils.tensorboard.writer", ("on_log_scalar", "on_log_params"), _tensorboard),
+    ("mlflow", ("on_log_scalar", "on_log_params"), _mlflow),
+    ("wandb", ("on_log_scalar", "on_log_params"), _wandb),
     ("argparse", ("on_args",), _argparse),
     ("random", ("on_seed",), _python_seed),
+    ("warnings", ("on_warning",), _warnings),
     ("numpy", ("on_seed",), _numpy_seed),
 )
 

@@ -30,9 +30,11 @@ HOOKS = {
     "on_collective": "(name, location) a torch.distributed collective or barrier is about to run",
     "on_collective_end": "(name) that collective returned",
     "on_log_scalar": "(source, tag, value, step) the program logged a scalar to TensorBoard/MLflow/W&B",
+    "on_log_params": "(source, params) the program logged hyperparameters to TensorBoard/MLflow/W&B",
     "on_save": "(obj, f, location) torch.save",
     "on_load": "(f, location, kwargs) torch.load",
     "on_dist_init": "(info) torch.distributed.init_process_group returned",
+    "on_warning": "(message, category, location) a Python warning was shown",
     "on_exception": "(exc_type, exc, tb) an exception ended the program",
     "on_exit": "() the interpreter is exiting normally or through SystemExit",
 }

@@ -22,7 +22,6 @@ import os
 import shutil
 import weakref
 
-from ptdiag.probe.location import user_location
 from ptdiag.probe.plugin import Plugin as ProbePlugin
 from ptdiag.specialists.reproducibility import checkpoint_contents, fingerprint
 
@@ -58,7 +57,6 @@ class Plugin(ProbePlugin):
         self._watch_first_forward(torch)
         if self.role == "audit":
             torch.use_deterministic_algorithms(True, warn_only=True)
-            self._record_nondeterministic_warnings()
             self.probe.emit("repro_audit", deterministic_algorithms=True)
 
     def _watch_first_forward(self, torch) -> None:
@@ -75,21 +73,12 @@ class Plugin(ProbePlugin):
 
         handle = register_module_forward_pre_hook(pre_hook)
 
-    def _record_nondeterministic_warnings(self) -> None:
+    def on_warning(self, message, category, location) -> None:
         """Audit run only: each alert of a non-deterministic op, with the user's line."""
-        import warnings
-
-        original = warnings.showwarning
-        probe = self.probe
-
-        def showwarning(message, category, filename, lineno, file=None, line=None):
-            text = str(message)
-            if NONDETERMINISTIC_MARK in text:
-                probe.emit("nondeterministic_op", op=text.split(" does not have")[0].strip()[:200],
-                           message=text[:1000], location=user_location(2), step=probe.step + 1)
-            return original(message, category, filename, lineno, file, line)
-
-        warnings.showwarning = showwarning
+        text = str(message)
+        if self.role == "audit" and NONDETERMINISTIC_MARK in text:
+            self.probe.emit("nondeterministic_op", op=text.split(" does not have")[0].strip()[:200],
+                            message=text[:1000], location=location, step=self.probe.step + 1)
 
     def on_dataloader(self, loader) -> None:
         index = len(self._loaders)

@@ -15,7 +15,6 @@ METADATA_KEYS = frozenset({"epoch", "step", "global_step", "iteration", "config"
                            "hparams", "hyper_parameters", "hyperparameters", "run_id", "lr"})
 # Whether the recorder can see hyperparameters logged to TensorBoard/MLflow/W&B at all:
 # without that hook, "logged no config" cannot be told from "logged it unseen".
-PARAMS_HOOK = "on_log_params"
 
 
 def analyse(run: RecordedRun) -> Analysis:
@@ -69,7 +68,7 @@ def _dirty_tree(run: RecordedRun) -> list[Finding]:
 def _config_not_logged(run: RecordedRun) -> list[Finding]:
     main = run.main
     logged = record.logged_scalars(run)
-    if PARAMS_HOOK not in HOOKS or not logged or main is None or main.of("logged_params"):
+    if not logged or main is None or main.of("logged_params"):
         return []
     sources = record.logging_sources(run)
     return [Finding(

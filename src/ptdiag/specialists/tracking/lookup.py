@@ -14,7 +14,8 @@ ALIASES = {"learning rate": "lr", "learning_rate": "lr", "batch size": "batch_si
            "batch-size": "batch_size", "bs": "batch_size", "weight decay": "weight_decay",
            "wd": "weight_decay", "momentum": "momentum", "epochs": "epochs", "seed": "seed"}
 _NUMBER = r"-?(?:\d+\.?\d*|\.\d+)(?:e-?\d+)?"
-_PAIR = re.compile(rf"(?P<key>[A-Za-z][A-Za-z0-9_.\- ]*?)\s*(?:=|:|of|is|at)?\s*(?P<value>{_NUMBER})(?![\w.])")
+# the key is bounded: an unbounded lazy run is quadratic on long symptoms (pasted logs)
+_PAIR = re.compile(rf"(?P<key>[A-Za-z][A-Za-z0-9_.\- ]{{0,40}}?)\s*(?:=|:|of|is|at)?\s*(?P<value>{_NUMBER})(?![\w.])")
 MAX_LISTED = 20
 
 

@@ -162,6 +162,12 @@ class Plugin(ProbePlugin):
         self.probe.emit("optimizer", cls=type(optimizer).__name__, groups=groups,
                         params=sum(p.numel() for g in optimizer.param_groups for p in g["params"]))
 
+    def on_log_params(self, source, params) -> None:
+        from ptdiag.environment import REDACTED, is_secret_name
+
+        values = {str(k): REDACTED if is_secret_name(str(k)) else v for k, v in dict(params).items()}
+        self.probe.emit("logged_params", source=source, params=values)
+
     def on_log_scalar(self, source, tag, value, step) -> None:
         """A metric the script logged to TensorBoard/MLflow/W&B, with the optimizer step
         it was logged at (its own step argument may count epochs or samples)."""
