@@ -169,3 +169,6 @@ def test_runs_list_and_show(workdir):
     assert record["tags"] == {"team": "vision"} and record["findings"]
     text = run_ptdiag("runs", "show", listed[0]["run_id"], cwd=workdir)
     assert text.returncode == 0 and b"crashed" in text.stdout
+    opened = run_ptdiag("runs", "show", listed[0]["run_id"], "--reanalyse", "--open", cwd=workdir,
+                        env={"BROWSER": "echo"})  # webbrowser runs $BROWSER with the page's URL
+    assert opened.returncode == 0 and b"report.html" in opened.stdout

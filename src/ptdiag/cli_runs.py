@@ -101,16 +101,24 @@ def runs_show(
     run_id: str = typer.Argument(..., help="Run id, or a unique prefix of it."),
     store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the full record as JSON."),
+    open_html: bool = typer.Option(False, "--open", help="Open the run's HTML report in the browser."),
+    reanalyse: bool = typer.Option(False, "--reanalyse", help="Analyse the recorded run again (e.g. once the other nodes of a multi-node job finished)."),
 ) -> int:
     """Show one run: its report (status, findings, metrics), config, seeds, git, environment.
 
-    Example: ptdiag runs show 20261122-013000
+    Examples: ptdiag runs show 20261122-013000      ptdiag runs show 20261122 --open
     """
     from ptdiag.runs.store import RunStore
 
     run_store = RunStore.resolve(store)
-    record = run_store.load(run_id)
-    run_dir = run_store.run_dir(record["run_id"])
+    run_dir = run_store.run_dir(run_id)
+    if reanalyse:
+        from ptdiag.diagnose import finish
+
+        finish(run_store, run_dir, None)
+    if open_html:
+        return _open_html(run_dir)
+    record = run_store.load(run_dir.name)
     record["pinned"] = run_store.is_pinned(record["run_id"])
     packages = run_dir / "packages.json"
     if as_json:
@@ -129,6 +137,23 @@ def runs_show(
     else:
         console.print(f"run {record['run_id']}: status {record.get('status')} (no report yet)")
     _print_record(console, record, packages)
+    return 0
+
+
+def _open_html(run_dir: Path) -> int:
+    """Open report.html (written for runs of older versions on demand); print its path
+    where no browser can be started (ssh sessions)."""
+    import webbrowser
+
+    page = run_dir / "report.html"
+    if not page.exists():
+        from ptdiag.diagnose import analyse_run
+        from ptdiag.recorded import RecordedRun
+        from ptdiag.report.html import write_html
+
+        write_html(analyse_run(run_dir), RecordedRun.load(run_dir), page)
+    if not webbrowser.open(page.resolve().as_uri()):
+        print(page)
     return 0
 
 
