@@ -37,13 +37,19 @@ def _timed_out_silently(run: RecordedRun) -> bool:
     return timed_out_at - last > max(HUNG_MIN_SILENCE_S, HUNG_STEP_MULTIPLE * typical)
 
 
+def _stopped_for(run: RecordedRun, reason: str) -> bool:
+    """A specialist stopped the training on purpose: numerics stops once it has localised
+    a non-finite value (which may be in the gradients only, with a finite loss)."""
+    return any(e.get("reason") == reason for e in run.all_events("stopped"))
+
+
 # (status, rule) in order of precedence
 STATUS_RULES: tuple[tuple[str, Callable[[RecordedRun], bool]], ...] = (
     ("interrupted", lambda r: bool(r.outcome.get("interrupted_by"))),
     ("hung", lambda r: r.outcome.get("timed_out_at") is not None and _timed_out_silently(r)),
     ("timeout", lambda r: r.outcome.get("timed_out_at") is not None),
     ("oom", lambda r: oom_exception(r) is not None),
-    ("diverged", lambda r: r.first_nonfinite_loss() is not None),
+    ("diverged", lambda r: r.first_nonfinite_loss() is not None or _stopped_for(r, "numerics")),
     ("killed", lambda r: r.outcome.get("returncode", 0) < 0),
     ("crashed", lambda r: r.outcome.get("returncode", 0) != 0),
     ("completed", lambda r: True),
@@ -123,7 +129,7 @@ def run_findings(run: RecordedRun, status: str) -> list[Finding]:
             evidence={"exit_code": exit_code, "last_error": last_error,
                       "location": exc.get("location") if exc else None},
             fix="Run the command without ptdiag to see its own error output above, and fix that first.")]
-    if status in ("interrupted", "timeout", "hung"):
+    if status in ("interrupted", "timeout", "hung", "diverged"):
         return []
     seen = _what_was_seen(run)
     return [Finding(
