@@ -66,7 +66,7 @@ def test_breakdown_times_each_phase_and_flushes_in_batches():
         assert parts == pytest.approx(row["dt"], abs=1e-5)
     assert [r["step"] for r in rows if r.get("instrumented")] == [3]
     summary = breakdown(rows, batch=32)
-    assert summary["steps"] == len(rows) - 1 and summary["instrumented_steps_excluded"] == 1
+    assert summary["steps"] == len(rows) - 1 and 3 not in summary["steps_used"]
     assert summary["samples_per_s"] == pytest.approx(32 * summary["steps_per_s"])
     assert sum(p["share"] for p in summary["phases"].values()) == pytest.approx(1.0, abs=0.01)
 
@@ -117,7 +117,9 @@ def test_host_metrics_of_a_recorded_trace(tmp_path, dtype, expect_double):
     host = trace_cpu.host_metrics(_record_trace(tmp_path, dtype))
     assert host["steps"] == 2 and host["top_level_ops_per_step"] > 5
     assert 0.0 <= host["outside_ops_share"] <= 1.0
-    assert (host["float64_ops_share"] > 0.5) is expect_double
+    # not 100%: randn has no tensor input, optimizer ops take Python scalars
+    assert (host["float64_ops_share"] > 0.3) is expect_double
+    assert (host["float64_ops_share"] < 0.05) is not expect_double
     assert host["syncs"]["per_step"] == 0.0  # no CUDA runtime on a CPU
     assert "matmul_conv" in host["op_time_shares"]
 

@@ -17,6 +17,7 @@ from ptdiag.specialists.performance.breakdown import PHASES
 from ptdiag.specialists.performance.trace_events import TraceError, read_trace
 
 BREAKDOWN_PARTS = ("data", *PHASES, "other")
+MIN_STEPS_BEFORE_WINDOWS = 3
 
 
 @dataclass
@@ -63,8 +64,15 @@ def measure(run: RecordedRun) -> Measured:
 
 def breakdown(rows: list[dict], batch: int | None) -> dict[str, Any] | None:
     """Median/p90 per phase over the steps outside the instrumented windows (all steps
-    when there are no others), the share of step time each phase takes, throughput."""
+    when there are no others), the share of step time each phase takes, throughput.
+
+    Steps before the windows are preferred when there are enough of them: on this
+    machine backward stayed ~1.4x slower for the rest of a run after the profiler window
+    (measured by this breakdown; see docs/benchmarks/performance.md)."""
     clean = [r for r in rows if not r.get("instrumented")]
+    first_window = min((r["step"] for r in rows if r.get("instrumented")), default=None)
+    before = [r for r in clean if first_window is not None and r["step"] < first_window]
+    clean = before if len(before) >= MIN_STEPS_BEFORE_WINDOWS else clean
     used = clean or rows
     if not used:
         return None
@@ -72,7 +80,7 @@ def breakdown(rows: list[dict], batch: int | None) -> dict[str, Any] | None:
     total = sum(times)
     result: dict[str, Any] = {
         "steps": len(used),
-        "instrumented_steps_excluded": len(rows) - len(clean) if clean else 0,
+        "steps_used": [r["step"] for r in used],
         "step_s": _quantiles(times),
         "steps_per_s": round(1.0 / statistics.median(times), 3) if statistics.median(times) > 0 else None,
     }

@@ -10,7 +10,7 @@ recorded; the analysis then reads everything back from the run dir.
 
 Options (`-o performance.KEY=VALUE`): skip (steps before the profiler's warm-up step),
 profile_steps, scan_steps, tail_steps (bare steps after the windows before the stop),
-stop (auto | yes | no), profile (yes | no).
+stop (auto | yes | no), profile (yes | no), telemetry (yes | no).
 """
 
 from __future__ import annotations
@@ -28,8 +28,12 @@ from ptdiag.probe.plugin import Plugin as ProbePlugin
 from ptdiag.specialists.performance.breakdown import StepBreakdown
 from ptdiag.specialists.performance.telemetry import Telemetry, usable_cores
 
-DEFAULTS = {"skip": 4, "profile_steps": 3, "scan_steps": 2, "tail_steps": 3, "stop": "auto", "profile": "yes"}
+DEFAULTS = {"skip": 4, "profile_steps": 3, "scan_steps": 2, "tail_steps": 3, "stop": "auto", "profile": "yes",
+            "telemetry": "yes"}
 NEW_OPTIMIZER_EVENTS = 5  # new optimizer objects described one by one; the rest are counted
+# A new optimizer for each of this many steps settles the diagnosis: the probe's step
+# counter follows the first optimizer and never reaches the windows, so stop here.
+REBUILT_STOP_OBJECTS = 10
 TRACE_NAME = "trace.json.gz"
 
 
@@ -66,7 +70,7 @@ class Plugin(ProbePlugin):
         self.stop_at = self.scan_end + _int(options, "tail_steps")  # bare steps after the windows
         self.breakdown = StepBreakdown(probe.emit)
         self.breakdown.instrumented.update(range(self.skip + 1, self.scan_end + 1))
-        self.telemetry = Telemetry()
+        self.telemetry = Telemetry() if options.get("telemetry", "yes") != "no" else None
         self._torch = None
         self._cuda = False
         self._profiler = None
@@ -134,12 +138,16 @@ class Plugin(ProbePlugin):
         elif self._scan is not None and step >= self.scan_end:
             self._stop_scan(step - self.profile_end)
         if step == self.stop_at and self.stop_when_done:
-            self._finish()
-            self.probe.emit("stopped", reason="performance_window", step=step, wall=time.time())
-            raise SystemExit(0)
+            self._stop("performance_window", step)
 
     def on_exit(self) -> None:
         self._finish()
+
+    def _stop(self, reason: str, step: int) -> None:
+        """End the training cleanly once the diagnosis has what it needs (--max-steps' way)."""
+        self._finish()
+        self.probe.emit("stopped", reason=reason, step=step, wall=time.time())
+        raise SystemExit(0)
 
     def _any_optimizer_stepped(self, optimizer, args, kwargs) -> None:
         """Global post-hook on every optimizer (torch's public API): new objects counted."""
@@ -151,12 +159,15 @@ class Plugin(ProbePlugin):
         if self._optimizer_objects <= NEW_OPTIMIZER_EVENTS:
             self.probe.emit("perf_optimizer", cls=type(optimizer).__name__, nth=self._optimizer_objects,
                             optimizer_steps=self._optimizer_steps, location=user_location(2))
+        if (self.stop_when_done and self._optimizer_objects >= REBUILT_STOP_OBJECTS
+                and self._optimizer_steps <= 2 * self._optimizer_objects):
+            self._stop("optimizer_rebuilt", self.probe.step)
 
     # -- windows -----------------------------------------------------------------------------
     def _start_telemetry(self) -> None:
         torch = self._torch
-        device = torch.cuda.current_device() if self._cuda else None
-        self.telemetry.start(device)
+        if self.telemetry is not None:
+            self.telemetry.start(torch.cuda.current_device() if self._cuda else None)
         capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: None)()
         self.probe.emit("perf_env", cores=usable_cores(), torch_threads=torch.get_num_threads(),
                         cuda=self._cuda, cpu_capability=capability)
@@ -247,4 +258,5 @@ class Plugin(ProbePlugin):
         self.breakdown.flush(wait_gpu=self._cuda)
         self.probe.emit("perf_optimizers", objects=self._optimizer_objects, steps=self._optimizer_steps,
                         alive=len(self._optimizers))
-        self.probe.emit("perf_telemetry", **self.telemetry.stop())
+        if self.telemetry is not None:
+            self.probe.emit("perf_telemetry", **self.telemetry.stop())
