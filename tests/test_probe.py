@@ -105,3 +105,11 @@ def test_max_steps_exits_zero_at_that_step(tmp_path):
     assert proc.returncode == 0 and "never" not in proc.stdout
     assert [e for e in events if e["ev"] == "stopped"][0]["step"] == 5
     assert json.dumps(events[-1]).startswith('{"ev": "exit"')
+
+
+def test_rebuilt_optimizer_steps_still_count(tmp_path):
+    code = ("import torch\nm = torch.nn.Linear(2, 1)\nfor i in range(5):\n"
+            "    o = torch.optim.SGD(m.parameters(), lr=0.1)\n    m(torch.ones(3, 2)).sum().backward()\n    o.step()\n")
+    proc, events, _ = run_probed(code, tmp_path)
+    assert proc.returncode == 0
+    assert [e["step"] for e in events if e["ev"] == "step"] == [1, 2, 3, 4, 5]

@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 import traceback
+import weakref
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,7 +46,7 @@ class Probe:
         self.step = 0
         self.max_steps: int | None = plan.get("max_steps")
         self.options: dict = plan.get("options", {})  # per specialist: {"memory": {"target_memory": "16GiB"}}
-        self._primary_optimizer: int | None = None
+        self._primary_optimizer: weakref.ref | None = None
         self.events = EventWriter(run_dir / "events" / f"rank{rank}.p{os.getpid()}.jsonl")
         self.dispatcher = Dispatcher(load_plugins(self, plan.get("specialists", [])), self.log_error)
 
@@ -123,10 +124,14 @@ class Probe:
 
     # -- the step ---------------------------------------------------------------------------
     def _is_primary(self, optimizer) -> bool:
-        """Steps count for the primary (first) optimizer; a GAN's second one does not count."""
-        if self._primary_optimizer is None:
-            self._primary_optimizer = id(optimizer)
-        return id(optimizer) == self._primary_optimizer
+        """Steps count for the primary (first) optimizer; a GAN's second one does not count.
+        When the primary is gone (a script that rebuilds its optimizer every step), the
+        next one that steps takes over, so steps are still counted."""
+        primary = self._primary_optimizer() if self._primary_optimizer is not None else None
+        if primary is None:
+            self._primary_optimizer = weakref.ref(optimizer)
+            return True
+        return primary is optimizer
 
     def optimizer_stepping(self, optimizer) -> None:
         if self._is_primary(optimizer):
