@@ -113,3 +113,32 @@ def test_rebuilt_optimizer_steps_still_count(tmp_path):
     proc, events, _ = run_probed(code, tmp_path)
     assert proc.returncode == 0
     assert [e["step"] for e in events if e["ev"] == "step"] == [1, 2, 3, 4, 5]
+
+
+def test_exception_from_a_signal_handler_inside_a_hook_reaches_the_program():
+    """torch raises a dead DataLoader worker's error from its SIGCHLD handler, wherever the
+    main process is, possibly inside a probe hook: it must not be taken for a probe bug."""
+    import os
+    import signal as sig
+
+    log: list[str] = []
+
+    class Slow(Plugin):
+        def on_step(self, step, optimizer):
+            os.kill(os.getpid(), sig.SIGUSR1)  # the handler runs inside this hook
+
+    def handler(signum, frame):
+        raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Killed.")
+
+    previous = sig.signal(sig.SIGUSR1, handler)
+    try:
+        dispatcher = Dispatcher([Slow(None)], log.append)
+        try:
+            dispatcher.call("on_step", 1, None)
+            raised = None
+        except RuntimeError as exc:
+            raised = exc
+    finally:
+        sig.signal(sig.SIGUSR1, previous)
+    assert raised is not None and "DataLoader worker" in str(raised)
+    assert log == [] and dispatcher.wants("on_step")

@@ -50,4 +50,4 @@ def test_dirty_tree_secrets_and_evidence_escalation(workdir):
     assert meta["environ"]["PTDIAG_TEST_PLAIN"] == "visible"
     assert "<redacted>" in meta["command"]
     # the program still got its real argument
-    assert report["params"]["lr"] == 10.0
+    assert report["params"]["lr"] == 100.0

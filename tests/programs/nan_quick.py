@@ -1,11 +1,11 @@
 """A linear regression whose learning rate is far too high: the loss overflows to inf/NaN
-within a few steps."""
+within ten steps (step 9)."""
 import argparse
 
 import torch
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--lr", type=float, default=10.0)
+parser.add_argument("--lr", type=float, default=100.0)
 parser.add_argument("--api-key", default="")
 args = parser.parse_args()
 torch.manual_seed(0)

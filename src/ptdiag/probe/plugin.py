@@ -8,6 +8,7 @@ to the run dir and loses that hook: ptdiag's own bug must never break the traini
 
 from __future__ import annotations
 
+import signal
 import traceback
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -49,6 +50,19 @@ class Plugin:
         self.probe = probe
 
 
+def raised_by_signal_handler(exc: BaseException) -> bool:
+    """Whether a Python signal handler raised this while a hook happened to run: such an
+    exception belongs to the program (torch raises a dead DataLoader worker's error from
+    its SIGCHLD handler) and must go on as it would without ptdiag."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    handlers = {getattr(signal.getsignal(s), "__code__", None) for s in signal.valid_signals()}
+    return tb.tb_frame.f_code in handlers
+
+
 class Dispatcher:
     def __init__(self, plugins: list[Plugin], error_log: Callable[[str], None]) -> None:
         self._error_log = error_log
@@ -68,7 +82,9 @@ class Dispatcher:
         for fn in list(subscribers):
             try:
                 fn(*args)
-            except Exception:
+            except Exception as exc:
+                if raised_by_signal_handler(exc):
+                    raise  # the program's own (e.g. torch's "DataLoader worker killed"), not ours
                 subscribers.remove(fn)
                 self._error_log(
                     f"{fn.__qualname__} raised and was disabled:\n{traceback.format_exc()}"
