@@ -56,7 +56,10 @@ def test_healthy_sample_completes_without_problem_findings(workdir):
     report = load_report(workdir / "r.json")
     assert report["status"] == "completed"
     assert report["steps_observed"] == 4
-    assert all(f["severity"] == "info" for f in report["findings"])
+    assert not [f for f in report["findings"] if f["severity"] == "error"]
+    # the baseline must never be called data-bound or sync-bound (timing-based warnings
+    # such as per-op overhead may appear on a loaded machine)
+    assert not {"performance.dataloader_bound", "performance.host_sync"} & {f["code"] for f in report["findings"]}
     assert report["metrics"]["step_time_s"]["p50"] > 0
     assert report["metrics"]["samples_per_s"] > 0
     # stdout is the program's own, untouched: the report went to stderr
