@@ -51,11 +51,13 @@ def main() -> None:
                 print(f"repeat {i + 1}/{args.repeats} {'ptdiag' if w else 'bare  '}: "
                       f"median step {(wrapped if w else bare)[-1] * 1000:.1f} ms", file=sys.stderr)
     b, w = statistics.median(bare), statistics.median(wrapped)
+    pairs = sorted(x / y for x, y in zip(wrapped, bare))
     print("\n| run | median step (ms) | runs (ms) |")
     print("|---|---|---|")
     print(f"| bare | {b * 1000:.1f} | {', '.join(f'{x * 1000:.1f}' for x in bare)} |")
     print(f"| ptdiag --only tracking | {w * 1000:.1f} | {', '.join(f'{x * 1000:.1f}' for x in wrapped)} |")
-    print(f"\nratio (ptdiag / bare): {w / b:.3f}  (ResNet-18, 32x32, batch 32, 1 thread, "
+    print(f"\nratio of medians (ptdiag / bare): {w / b:.3f}; median of paired ratios {statistics.median(pairs):.3f} "
+          f"(range {pairs[0]:.3f}-{pairs[-1]:.3f})  (ResNet-18, 32x32, batch 32, 1 thread, "
           f"{args.steps} steps after {WARMUP_STEPS} warm-up, {args.repeats} repeats)")
 
 

@@ -142,6 +142,8 @@ class Probe:
             return
         self.step += 1
         self.call("on_step", self.step, optimizer)
+        self.events.flush_each = False
+        self.events.flush()
         if self.max_steps is not None and self.step >= self.max_steps:
             self.emit("stopped", reason="max_steps", step=self.step, wall=time.time())
             raise SystemExit(0)

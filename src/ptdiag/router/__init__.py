@@ -7,6 +7,6 @@ under a second including interpreter start. The knowledge lives in symptoms.toml
 
 from ptdiag.router.evidence import with_evidence
 from ptdiag.router.plan import SPECIALISTS, Route, fixed_route
-from ptdiag.router.routing import route
+from ptdiag.router.routing import route, triage_steps
 
-__all__ = ["SPECIALISTS", "Route", "fixed_route", "route", "with_evidence"]
+__all__ = ["SPECIALISTS", "Route", "fixed_route", "route", "triage_steps", "with_evidence"]

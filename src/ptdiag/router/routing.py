@@ -134,3 +134,8 @@ def _quoted(words: list[str]) -> str:
 
 def _unique(items) -> list[str]:
     return list(dict.fromkeys(items))
+
+
+def triage_steps() -> int | None:
+    """How many optimizer steps a triage (an ambiguous symptom) measures by default."""
+    return default_table().triage_steps

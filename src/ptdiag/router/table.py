@@ -102,6 +102,7 @@ class SymptomTable:
         self.tie_break = _specialist_list(settings["tie_break"], "settings.tie_break")
 
         self.triage_plan = _specialist_list(data["triage"]["plan"], "triage.plan")
+        self.triage_steps = int(data["triage"].get("steps", 0)) or None
         self.notes: dict[str, str] = {key: data["notes"][key] for key in NOTE_KEYS}
 
         self.ignore_regexes = [_compile(p, "text.ignore_patterns", lower_case_text=False)
