@@ -17,16 +17,19 @@ from pathlib import Path
 from typing import Any
 
 
-def _jsonable(value: Any) -> Any:
-    """Events hold user values (argparse results, config): keep what JSON can say."""
+def jsonable(value: Any) -> Any:
+    """Strict JSON of user values (argparse results, config, NaN losses): non-finite
+    floats as the strings "nan"/"inf", anything else JSON cannot say as its repr."""
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)  # "nan", "inf": valid JSON, still readable
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     return repr(value)
 
 
@@ -45,7 +48,7 @@ class EventWriter:
         try:  # the common case (plain, finite values) at the speed of json.dumps alone
             line = json.dumps(record, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError):
-            line = json.dumps(_jsonable(record), separators=(",", ":"))
+            line = json.dumps(jsonable(record), separators=(",", ":"))
         self._fh.write(line + "\n")
         if self.flush_each:
             self._fh.flush()

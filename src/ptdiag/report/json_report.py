@@ -7,6 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from ptdiag.probe.events import jsonable
 from ptdiag.report.model import Report
 
 
@@ -16,7 +17,7 @@ def write_json(data: dict, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=str)
+            json.dump(jsonable(data), fh, indent=2, allow_nan=False)
             fh.write("\n")
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
