@@ -140,6 +140,7 @@ def _stopped_by_ptdiag(probe: Probe) -> bool:
     """Whether the SystemExit ending the block is ptdiag's own clean stop (--max-steps, or a
     specialist that has measured what it needed): the probe writes a "stopped" event
     right before raising it, and never otherwise."""
+    probe.events.flush()  # events are flushed once per step
     with open(probe.events.path, encoding="utf-8", errors="replace") as log:
         return any(STOP_EVENT in line for line in log)
 
