@@ -162,9 +162,12 @@ def test_timeout_dumps_stacks_and_reports_hung(workdir):
 
 
 def test_runs_list_and_show(workdir):
-    run_ptdiag("crash", "--name", "first", "--tag", "team=vision", "--", PYTHON,
+    run_ptdiag("crash", "--name", "first", "--tag", "team=vision", "--html", "page.html", "--", PYTHON,
                str(PROGRAMS / "crash_mid_training.py"), cwd=workdir)
     listed = json.loads(run_ptdiag("runs", "list", "--json", cwd=workdir).stdout)
+    page = (workdir / "page.html").read_text()
+    assert listed[0]["run_id"] in page and "ptdiag.crashed" in page
+    assert (workdir / "ptdiag-runs" / listed[0]["run_id"] / "report.html").exists()
     assert len(listed) == 1 and listed[0]["name"] == "first" and listed[0]["status"] == "crashed"
     assert {"run_id", "name", "status", "started", "command", "symptom", "params", "metrics", "tags"} <= set(listed[0])
     shown = run_ptdiag("runs", "show", listed[0]["run_id"][:15], "--json", cwd=workdir)
