@@ -66,7 +66,9 @@ def test_dataloader_worker_killed(workdir):
     assert report["status"] == "crashed" and 4 < report["steps_observed"] <= 7
     crash = report["findings"][0]
     assert crash["code"] == "ptdiag.crashed"
-    assert "DataLoader worker" in crash["evidence"]["error"]
+    # torch reports the dead worker from its SIGCHLD handler, or, when the main process
+    # reads the worker's queue first, as the broken connection: both are the program's own
+    assert "DataLoader worker" in crash["evidence"]["error"] or "Connection reset" in crash["evidence"]["error"]
     assert crash["evidence"]["location"].endswith("dl_worker_killed.py:23")
 
 

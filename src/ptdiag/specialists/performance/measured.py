@@ -87,8 +87,11 @@ def breakdown(rows: list[dict], batch: int | None) -> dict[str, Any] | None:
     if batch and result["steps_per_s"]:
         result["samples_per_s"] = round(batch * result["steps_per_s"], 2)
     parts = [p for p in BREAKDOWN_PARTS if any(p in r for r in used)]
+    # a phase's share is the median of its per-step shares: one slow step (a new epoch's
+    # iterator starting its workers) must not make a typical step look data-bound
     result["phases"] = {p: {**_quantiles([r.get(p, 0.0) for r in used]),
-                            "share": round(sum(r.get(p, 0.0) for r in used) / total, 4) if total else 0.0}
+                            "share": round(statistics.median(r.get(p, 0.0) / r["dt"] for r in used if r["dt"] > 0), 4)
+                            if total else 0.0}
                         for p in parts}
     return result
 
