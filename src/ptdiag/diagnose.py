@@ -138,7 +138,7 @@ def analyse_run(run_dir: Path) -> Report:
         findings=sort_findings(findings), metrics={**run_metrics(run), **metrics_found}, artifacts=artifacts,
         environment={"python": meta.get("host", {}).get("python", {}).get("version")
                      if isinstance(meta.get("host", {}).get("python"), dict) else meta.get("host", {}).get("python"),
-                     "torch": torch_env.get("torch"), "cuda": torch_env.get("cuda"),
+                     "torch": torch_env.get("torch"), "cuda": torch_env.get("cuda") if torch_env.get("cuda_available") else None,  # usable, as the contract shows
                      "cudnn": torch_env.get("cudnn"), "gpus": torch_env.get("gpus", []),
                      "git": meta.get("git"), "host": meta.get("host"), "torch_details": torch_env},
         started=meta.get("started"), ended=run.outcome.get("ended"),
