@@ -66,10 +66,14 @@ def test_dataloader_worker_killed(workdir):
     assert report["status"] == "crashed" and 4 < report["steps_observed"] <= 7
     crash = report["findings"][0]
     assert crash["code"] == "ptdiag.crashed"
-    # torch reports the dead worker from its SIGCHLD handler, or, when the main process
-    # reads the worker's queue first, as the broken connection: both are the program's own
-    assert "DataLoader worker" in crash["evidence"]["error"] or "Connection reset" in crash["evidence"]["error"]
-    assert crash["evidence"]["location"].endswith("dl_worker_killed.py:23")
+    # torch reports the dead worker from its SIGCHLD handler or, when the main process reads
+    # the worker's queue first, as a broken connection; the handler can also fire while the
+    # interpreter is already reporting, leaving no exception to record: all are the
+    # program's own ending, passed through unchanged
+    error = crash["evidence"]["error"]
+    assert error is None or "DataLoader worker" in error or "Connection reset" in error
+    if error:
+        assert crash["evidence"]["location"].endswith("dl_worker_killed.py:23")
 
 
 def test_output_flood_streams_through(workdir):

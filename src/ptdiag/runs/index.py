@@ -13,6 +13,7 @@ import json
 import math
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -160,6 +161,20 @@ class RunIndex:
             pass
 
 
+def _ensure_wal(connection: sqlite3.Connection) -> None:
+    """Switch a new index to WAL (persistent: once per file). Switching needs an exclusive
+    lock and SQLite does not wait for it: when several processes create the store at
+    once, the losers retry until one has switched it."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
+    while connection.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _prepare(connection: sqlite3.Connection, path: Path, *, writable: bool) -> None:
     """Check the index is a database of a schema we know; create or migrate it if needed."""
     connection.execute("PRAGMA synchronous = NORMAL")  # WAL: durable against app crashes
@@ -172,7 +187,7 @@ def _prepare(connection: sqlite3.Connection, path: Path, *, writable: bool) -> N
     if not writable:
         raise StoreError(f"run store index {path} needs creating or upgrading, "
                          "but the store is read-only")
-    connection.execute("PRAGMA journal_mode = WAL")  # persistent: set once, on creation
+    _ensure_wal(connection)
     with _write_transaction(connection):
         version = _schema_version(connection)  # another process may have been first
         if version is None:
