@@ -103,6 +103,15 @@ def test_no_training_observed(workdir):
     assert "a model forward pass" in finding["evidence"]["seen"]
 
 
+def test_every_update_skipped_by_gradscaler_is_not_called_no_training(workdir):
+    proc = run_ptdiag("track", "--json", "r.json", "--", PYTHON, str(PROGRAMS / "amp_skips.py"), "60", cwd=workdir)
+    assert proc.returncode == 0
+    report = load_report(workdir / "r.json")
+    finding = next(f for f in report["findings"] if f["code"] == "ptdiag.no_training_observed")
+    assert finding["evidence"]["skipped_steps"] == 12
+    assert "GradScaler skipped every update" in finding["title"] and "numerics" in finding["fix"]
+
+
 def test_program_behaves_as_without_ptdiag(workdir):
     args = [str(PROGRAMS / "behaviour.py"), "7", "--lr", "0.1"]
     bare = subprocess.run([PYTHON, *args], cwd=workdir, capture_output=True)

@@ -51,3 +51,22 @@ def test_dirty_tree_secrets_and_evidence_escalation(workdir):
     assert "<redacted>" in meta["command"]
     # the program still got its real argument
     assert report["params"]["lr"] == 100.0
+
+
+def test_gradscaler_skipped_updates_keep_their_unscaled_loss(workdir):
+    """A GradScaler hands backward loss * 2**20 and drops the first updates: the recorder
+    keeps each backward's loss as the program printed it, the dropped ones marked skipped."""
+    proc = run_ptdiag("track", "--json", "r.json", "--", PYTHON, str(PROGRAMS / "amp_skips.py"), cwd=workdir)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    printed = [line.split() for line in proc.stdout.decode().splitlines() if line.startswith("loss ")]
+    events = [json.loads(line) for p in (workdir / "ptdiag-runs").glob("*/events/*.jsonl")
+              for line in p.read_text().splitlines()]
+    losses = [e for e in events if e["ev"] == "loss"]
+    assert [bool(e.get("skipped")) for e in losses] == [status == "skipped" for _, _, status in printed]
+    assert [round(e["value"], 6) for e in losses] == [float(value) for _, value, _ in printed]
+    skipped = sum(status == "skipped" for _, _, status in printed)
+    assert 0 < skipped < len(printed)
+    assert [e["step"] for e in events if e["ev"] == "step_skipped"] == [1] * skipped  # the update still to come
+    report = load_report(workdir / "r.json")
+    assert report["steps_observed"] == len(printed) - skipped
+    assert round(report["metrics"]["loss"]["first"], 6) == float(printed[skipped][1])  # the curve: updates made

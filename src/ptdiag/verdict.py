@@ -132,14 +132,20 @@ def run_findings(run: RecordedRun, status: str) -> list[Finding]:
     if status in ("interrupted", "timeout", "hung", "diverged"):
         return []
     seen = _what_was_seen(run)
+    skipped = len(run.all_events("step_skipped"))
+    if skipped:  # training ran, but a GradScaler dropped every update
+        title = f"The GradScaler skipped every update: {skipped} backward passes, no optimizer step"
+        fix = ("Find the op that overflows: ptdiag \"gradients overflow in fp16\" --only numerics -- <command>; "
+               "bfloat16 autocast (no GradScaler needed) avoids float16's 65504 limit.")
+    else:
+        title = "The command ran but no optimizer step was seen"
+        fix = ("Point ptdiag at the command that trains (optimizer.step() is called), "
+               "e.g. ptdiag \"...\" -- python train.py; for frameworks, run their training entry point.")
     return [Finding(
-        code="ptdiag.no_training_observed", specialist="ptdiag", severity="warning",
-        title="The command ran but no optimizer step was seen",
+        code="ptdiag.no_training_observed", specialist="ptdiag", severity="warning", title=title,
         detail="Seen instead: " + (", ".join(seen) if seen else "nothing: no probed Python process recorded any event")
                + ". Diagnosis needs training steps.",
-        evidence={"seen": seen, "probed_processes": len(run.processes)},
-        fix="Point ptdiag at the command that trains (optimizer.step() is called), "
-            "e.g. ptdiag \"...\" -- python train.py; for frameworks, run their training entry point.")]
+        evidence={"seen": seen, "skipped_steps": skipped, "probed_processes": len(run.processes)}, fix=fix)]
 
 
 def _crash_finding(run: RecordedRun) -> list[Finding]:
@@ -158,7 +164,8 @@ def _crash_finding(run: RecordedRun) -> list[Finding]:
             "steps up to the crash were recorded and analysed.")]
 
 
-SEEN_KINDS = (("model", "a model forward pass"), ("dataloader", "a DataLoader"),
+SEEN_KINDS = (("step_skipped", "backward passes whose update a GradScaler skipped (inf/NaN gradients)"),
+              ("model", "a model forward pass"), ("dataloader", "a DataLoader"),
               ("optimizer", "an optimizer"), ("args", "command-line arguments parsed"),
               ("env", "torch imported"))
 

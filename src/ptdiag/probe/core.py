@@ -123,7 +123,7 @@ class Probe:
         self._stack_file.close()
 
     # -- the step ---------------------------------------------------------------------------
-    def _is_primary(self, optimizer) -> bool:
+    def is_primary(self, optimizer) -> bool:
         """Steps count for the primary (first) optimizer; a GAN's second one does not count.
         When the primary is gone (a script that rebuilds its optimizer every step), the
         next one that steps takes over, so steps are still counted."""
@@ -134,11 +134,11 @@ class Probe:
         return primary is optimizer
 
     def optimizer_stepping(self, optimizer) -> None:
-        if self._is_primary(optimizer):
+        if self.is_primary(optimizer):
             self.call("on_step_begin", self.step + 1, optimizer)
 
     def optimizer_stepped(self, optimizer) -> None:
-        if not self._is_primary(optimizer):
+        if not self.is_primary(optimizer):
             return
         self.step += 1
         self.call("on_step", self.step, optimizer)

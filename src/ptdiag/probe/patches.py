@@ -8,6 +8,7 @@ guarded so that a failure there is logged, never raised into the training.
 
 from __future__ import annotations
 
+import collections
 import functools
 import time
 import weakref
@@ -65,6 +66,11 @@ def _dataloader(probe: "Probe", torch) -> None:
 
     epochs: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
     loader_of: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+    # iterator -> sampler indices sent for batches not yet handed out. Worker processes
+    # get their indices from the main process ahead of time and, in order (the default),
+    # batches come back in the order their indices were drawn: the oldest is the next.
+    pending: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+    wants_indices = probe.dispatcher.wants("on_batch_indices")
 
     def make_init(original):
         def __init__(self, *args, **kwargs):
@@ -91,14 +97,66 @@ def _dataloader(probe: "Probe", torch) -> None:
         def __next__(self):
             start = time.perf_counter()
             batch = original(self)
-            probe.call("on_batch", loader_of.get(self), time.perf_counter() - start)
+            loader = loader_of.get(self)
+            probe.call("on_batch", loader, time.perf_counter() - start)
+            if wants_indices:
+                queue = pending.get(self)
+                indices = queue.popleft() if queue else None
+                probe.call("on_batch_indices", loader, indices if getattr(self, "_in_order", True) else None)
             return batch
 
         return __next__
 
+    def make_next_index(original):
+        def _next_index(self):
+            indices = original(self)
+            pending.setdefault(self, collections.deque()).append(indices)
+            return indices
+
+        return _next_index
+
+    def make_reset(original):
+        def _reset(self, *args, **kwargs):
+            pending.pop(self, None)  # a persistent-workers iterator starts a new epoch
+            return original(self, *args, **kwargs)
+
+        return _reset
+
     _replace(dl.DataLoader, "__init__", make_init)
     _replace(dl.DataLoader, "__iter__", make_iter)
     _replace(dl._BaseDataLoaderIter, "__next__", make_next)
+    if wants_indices:
+        _replace(dl._BaseDataLoaderIter, "_next_index", make_next_index)
+        _replace(dl._BaseDataLoaderIter, "_reset", make_reset)
+
+
+def _grad_scaler(probe: "Probe", torch) -> None:
+    """What a GradScaler does to the loss and the step: `scale(loss)` hands back loss * scale
+    (the tensor `backward` then sees), and `step(optimizer)` silently drops the update when
+    the gradients hold inf/NaN, so no optimizer step happens for that backward pass."""
+    from torch.amp.grad_scaler import GradScaler
+
+    def make_scale(original):
+        def scale(self, outputs):
+            scaled = original(self, outputs)
+            if self._enabled and isinstance(scaled, torch.Tensor) and self._scale is not None:
+                probe.call("on_loss_scaled", scaled, self._scale)
+            return scaled
+
+        return scale
+
+    def make_step(original):
+        def step(self, optimizer, *args, **kwargs):
+            before = probe.step
+            result = original(self, optimizer, *args, **kwargs)
+            if self._enabled and probe.step == before and probe.is_primary(optimizer):
+                probe.call("on_step_skipped", optimizer)
+            return result
+
+        return step
+
+    _replace(GradScaler, "scale", make_scale)
+    _replace(GradScaler, "step", make_step)
 
 
 def _first_model(probe: "Probe", torch) -> None:
@@ -323,7 +381,8 @@ PATCHES = (
     ("torch", (), _optimizer_steps),
     ("torch", ("on_step_begin",), _optimizer_step_begin),
     ("torch", ("on_backward",), _backward),
-    ("torch", ("on_dataloader", "on_loader_iter", "on_batch"), _dataloader),
+    ("torch", ("on_dataloader", "on_loader_iter", "on_batch", "on_batch_indices"), _dataloader),
+    ("torch", ("on_loss_scaled", "on_step_skipped"), _grad_scaler),
     ("torch", ("on_model",), _first_model),
     ("torch", ("on_seed",), _torch_seeds),
     ("torch", ("on_save", "on_load"), _serialization),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import weakref
 from collections import deque
 
 from ptdiag.probe.location import user_location_of_traceback
@@ -35,12 +36,14 @@ class LossReader:
     def __init__(self) -> None:
         self._pending: deque = deque()
 
-    def push(self, step: int, losses: list) -> list[tuple[int, float]]:
+    def push(self, step: int, losses: list, skipped: bool = False) -> list[tuple[int, float, bool]]:
+        """The mean of a step's losses (several backward passes: gradient accumulation);
+        `skipped`: a GradScaler dropped the update these backward passes were for."""
         ready = self.poll()
         if not losses:
             return ready
         if all(t.device.type == "cpu" for t in losses):
-            ready.append((step, sum(float(t) for t in losses) / len(losses)))
+            ready.append((step, sum(float(t) for t in losses) / len(losses), skipped))
             return ready
         import torch
 
@@ -48,15 +51,15 @@ class LossReader:
         host = mean.to("cpu", non_blocking=True)
         event = torch.cuda.Event()
         event.record()
-        self._pending.append((step, host, event))
+        self._pending.append((step, host, event, skipped))
         return ready
 
-    def poll(self, wait: bool = False) -> list[tuple[int, float]]:
+    def poll(self, wait: bool = False) -> list[tuple[int, float, bool]]:
         ready = []
         while self._pending and (wait or self._pending[0][2].query()):
-            step, host, event = self._pending.popleft()
+            step, host, event, skipped = self._pending.popleft()
             event.synchronize()
-            ready.append((step, float(host)))
+            ready.append((step, float(host), skipped))
         return ready
 
 
@@ -74,6 +77,7 @@ class Plugin(ProbePlugin):
         self._last_step_time = None
         self._optimizers_seen: set[int] = set()
         self._loaders: dict[int, int] = {}
+        self._scaled: tuple = (None, None)  # (weakref to GradScaler.scale's output, its scale)
 
     def on_torch_import(self, torch) -> None:
         from ptdiag.environment import torch_environment
@@ -134,9 +138,25 @@ class Plugin(ProbePlugin):
         if loader is not None:
             self._batch_from = (self._loaders.get(id(loader)), self._loader_epochs.get(id(loader)))
 
+    def on_loss_scaled(self, scaled, scale) -> None:
+        self._scaled = (weakref.ref(scaled), scale)
+
     def on_backward(self, tensor) -> None:
-        if tensor.numel() == 1:
-            self._losses.append(tensor.detach())
+        """The loss as the program computed it: a GradScaler's scaled loss is divided back
+        (on the device, no synchronisation)."""
+        if tensor.numel() != 1:
+            return
+        scaled, scale = self._scaled
+        loss = tensor.detach()
+        self._losses.append(loss / scale if scaled is not None and scaled() is tensor else loss)
+
+    def on_step_skipped(self, optimizer) -> None:
+        """The update of step `step + 1` was dropped: its loss is kept, marked skipped, and
+        that step number goes to the next update that happens."""
+        losses, self._losses = self._losses, []
+        for loss_step, value, skipped in self._loss_reader.push(self.probe.step + 1, losses, skipped=True):
+            self._emit_loss(loss_step, value, skipped)
+        self.probe.emit("step_skipped", step=self.probe.step + 1, reason="GradScaler: inf/NaN gradients")
 
     def on_step(self, step, optimizer) -> None:
         now = time.perf_counter()
@@ -150,11 +170,12 @@ class Plugin(ProbePlugin):
                         loader=self._batch_from[0], epoch=self._batch_from[1])
         self._data_wait = 0.0
         losses, self._losses = self._losses, []
-        for loss_step, value in self._loss_reader.push(step, losses):
-            self._emit_loss(loss_step, value)
+        for loss_step, value, skipped in self._loss_reader.push(step, losses):
+            self._emit_loss(loss_step, value, skipped)
 
-    def _emit_loss(self, step: int, value: float) -> None:
-        self.probe.emit("loss", step=step, value=value, finite=math.isfinite(value))
+    def _emit_loss(self, step: int, value: float, skipped: bool) -> None:
+        extra = {"skipped": True} if skipped else {}
+        self.probe.emit("loss", step=step, value=value, finite=math.isfinite(value), **extra)
 
     def _emit_optimizer(self, optimizer) -> None:
         groups = [{k: _scalar(v) for k, v in g.items() if k != "params" and not isinstance(v, (list, dict))}
@@ -195,8 +216,8 @@ class Plugin(ProbePlugin):
                         traceback="".join(traceback.format_exception(exc_type, exc, tb))[-8000:])
 
     def on_exit(self) -> None:
-        for step, value in self._loss_reader.poll(wait=True):
-            self._emit_loss(step, value)
+        for step, value, skipped in self._loss_reader.poll(wait=True):
+            self._emit_loss(step, value, skipped)
         self.probe.emit("resources", **footprint.at_exit())
         if self.probe.rank == 0:
             footprint.write_packages(self.probe.run_dir)
