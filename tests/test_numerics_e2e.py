@@ -70,8 +70,9 @@ def test_sqrt_at_zero_fails_in_backward_only(workdir):
     assert isinstance(watched["loss"], float)  # the forward was finite
 
 
-def test_poisoned_sample_is_named_by_dataset_index(workdir):
-    report, events = diagnose(workdir, "poison", "--epochs", "1")
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_poisoned_sample_is_named_by_dataset_index(workdir, workers):
+    report, events = diagnose(workdir, "poison", "--epochs", "1", "--workers", workers)
     top = report["findings"][0]
     assert top["code"] == "numerics.nonfinite_input"
     ev = top["evidence"]

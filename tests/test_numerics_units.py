@@ -1,4 +1,5 @@
-"""The numerics specialist's parts on real torch, in process: replay, sampler replay, history rules."""
+"""The numerics specialist's parts on real torch, in process: replay, watch flags, the loss
+computation's ops, batch ledger, history rules."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from ptdiag.specialists.numerics import history
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ptdiag.specialists.numerics import history, watch
+from ptdiag.specialists.numerics.loss_region import LossRegion
 from ptdiag.specialists.numerics.batches import BatchLedger, poisoned_indices
 from ptdiag.specialists.numerics.localise import replay
 
@@ -60,22 +64,20 @@ def test_finite_step_replays_clean():
     assert run_replay(model, torch.randn(2, 4))["phase"] is None
 
 
-@pytest.mark.parametrize("shuffle", [True, False])
-def test_poisoned_rows_are_traced_to_dataset_indices(shuffle):
+def test_ledger_keeps_the_last_batch_and_poisoned_rows_are_confirmed_by_the_dataset():
     x = torch.randn(40, 3)
     x[29] = float("nan")
-    loader = DataLoader(TensorDataset(x), batch_size=8, shuffle=shuffle, generator=torch.Generator().manual_seed(1))
+    loader = DataLoader(TensorDataset(x), batch_size=8, sampler=list(range(39, -1, -1)))
     ledger = BatchLedger()
-    iterator = iter(loader)  # the probe's hook fires once DataLoader.__iter__ has built the iterator
     ledger.epoch_started(loader, 0)
-    for position, (batch,) in enumerate(iterator):
-        ledger.batch_handed(loader)
-        rows = (~torch.isfinite(batch)).any(1).nonzero().flatten().tolist()
-        if rows:
-            break
+    ledger.batch_handed(loader, list(range(39, 31, -1)))
+    ledger.batch_handed(loader, list(range(31, 23, -1)))  # holds 29 at row 2
     last = ledger.last_batch()
-    assert last["batch"] == position
-    assert poisoned_indices(loader, ledger.indices(loader, position), rows) == [29]
+    assert (last["epoch"], last["batch"], last["loader"]) == (0, 1, loader)
+    assert poisoned_indices(loader, last["indices"], [2]) == [29]
+    assert poisoned_indices(loader, last["indices"], [3]) is None  # index 28 is finite: not claimed
+    ledger.batch_handed(loader, [None] * 8)  # an iterable dataset's sampler draws None
+    assert ledger.last_batch()["indices"] is None
 
 
 def test_explosion_measures_growth_onset_and_clip_value():
@@ -95,3 +97,62 @@ def test_loss_spikes_and_scale_collapse():
     collapsed = history.scale_collapse(scales)
     assert collapsed["lowest_scale"] == 65536.0 / 2 ** 13 and collapsed["skipped"] == 14
     assert history.scale_collapse([(s, 65536.0, True) for s in range(10)]) is None
+
+
+class MaskedNaN(nn.Module):
+    """A block whose inner output holds NaN that its own code then hides: the loss stays finite."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.inner(x)
+        return torch.where(torch.isfinite(h), h, torch.zeros_like(h))
+
+
+def test_watch_flags_each_module_whose_output_was_nonfinite_with_one_read():
+    model = nn.Sequential(nn.Linear(4, 4), MaskedNaN(), nn.Linear(4, 1))
+    outputs = watch.ModuleOutputs(model)
+    loss = model(torch.ones(2, 4)).sum()
+    loss.backward()
+    reading = watch.read(loss, outputs, None, [list(model.parameters())], None)
+    assert reading.loss_finite and reading.flagged_modules == []  # the inner output itself was finite
+    model[1].inner.register_forward_hook(lambda m, a, out: out / 0, prepend=True)
+    loss = model(torch.ones(2, 4)).sum()
+    loss.backward()
+    reading = watch.read(loss, outputs, None, [list(model.parameters())], None)
+    assert reading.flagged_modules == ["1.inner"] and reading.loss_finite  # innermost first; hidden downstream
+    assert watch.read(loss, outputs, None, [], None).flagged_modules == []  # taken: the next step starts afresh
+
+
+def test_loss_region_names_the_first_op_born_nonfinite_and_its_line():
+    region = LossRegion()
+    logits = torch.randn(4, 3, requires_grad=True)
+    region.enter()
+    masked = logits.masked_fill(torch.tensor([True, False, False]), float("-inf"))  # Inf on purpose
+    ratio = masked.exp().sum(1) / torch.zeros(4)  # line below: first NaN/Inf by accident
+    loss = ratio.mean()
+    region.leave()
+    reading = watch.read(loss, None, region, [], None)
+    assert reading.loss_op["op"] == "aten::div" and reading.loss_op["output_inf"]
+    line = next(i for i, text in enumerate(open(__file__).read().splitlines(), 1) if "line below: first" in text)
+    assert reading.loss_op["user_line"].endswith(f"test_numerics_units.py:{line}")
+
+
+def test_loss_region_never_pops_a_mode_the_program_pushed_on_top():
+    class Program(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    region = LossRegion()
+    region.enter()
+    mine = Program()
+    mine.__enter__()
+    region.leave()  # not on top: left alone, and no more watching
+    assert region.broken
+    mine.__exit__(None, None, None)
+    region.leave()  # on top again: popped now
+    region.enter()
+    torch.ones(2) * 2
+    assert region.take() == ([], [])

@@ -157,8 +157,9 @@ def _scale_collapse(run: RecordedRun, rank: int, amp: dict | None) -> Finding | 
     bf16 = (amp or {}).get("bf16_supported")
     return Finding(
         code="numerics.fp16_overflow", specialist=SPECIALIST, severity="warning",
-        title=(f"GradScaler skipped {found['skipped']} of {found['backward_passes']} steps; the loss scale fell "
-               f"from {found['first_scale']:g} to {found['lowest_scale']:g}"),
+        title=(f"GradScaler skipped {found['skipped']} of {found['backward_passes']} steps; "
+               + (f"the loss scale fell from {found['first_scale']:g} to {found['lowest_scale']:g}"
+                  if found['lowest_scale'] < found['first_scale'] else f"loss scale {found['first_scale']:g}")),
         detail=(f"Gradients overflowed float16 in {found['skipped_share']:.0%} of the backward passes "
                 f"(first at steps {found['first_skipped']}); each skip halves the scale and drops the update."),
         evidence={"step": found["lowest_at"], "rank": rank, "module": None, "op": None, "location": None, **found},

@@ -105,17 +105,26 @@ def fp16_finding(event: dict, rank: int, amp: dict | None) -> Finding:
 
 
 def outside_model_finding(event: dict, rank: int) -> Finding:
-    ops = event.get("loss_ops") or []
-    born = ("in the backward of the loss computation (the gradient reaching the model's output was already "
-            "non-finite)" if event.get("phase") == "gradient_in" else "in the loss computation")
+    """Born after the model's output: in the loss computation (its op watched op by op,
+    see loss_region) or in the loss's backward."""
+    ops, op, step = event.get("loss_ops") or [], event.get("op"), event["step"]
+    nodes = f"The autograd nodes between the loss and the model's output: {', '.join(ops) or 'none recorded'}."
+    if event.get("phase") == "gradient_in":
+        title = f"The model's output was finite at step {step}; the gradient reaching it from the loss was not"
+        detail = "Replaying the model's forward and backward stayed finite. " + nodes
+    elif op:
+        title = (f"The loss computation made the first non-finite value: {op} at "
+                 f"{event.get('user_line') or 'an unknown line'}, step {step}")
+        detail = (f"The model's output was finite and its replay stayed finite; watching the ops between the model's "
+                  f"output and backward, {op} was the first to return {_what(event)}. " + nodes)
+    else:
+        title = f"The model's output was finite at step {step}; the non-finite value was born in the loss computation"
+        detail = "Replaying the model's forward and backward stayed finite. " + nodes
     return Finding(
-        code="numerics.nonfinite_forward" if event.get("phase") != "gradient_in" else "numerics.nonfinite_backward",
-        specialist=SPECIALIST, severity="error",
-        title=f"The model's output was finite at step {event['step']}; the non-finite value was born {born}",
-        detail=(f"Replaying the model's forward and backward stayed finite. The autograd nodes between the loss "
-                f"and the model's output: {', '.join(ops) or 'none recorded'}."),
-        evidence=_evidence(event, rank, module=None, op=None, loss_ops=ops),
-        fix="Check the loss function's logs, divisions and square roots (see the nodes above) and its targets.")
+        code="numerics.nonfinite_backward" if event.get("phase") == "gradient_in" else "numerics.nonfinite_forward",
+        specialist=SPECIALIST, severity="error", title=title, detail=detail,
+        evidence=_evidence(event, rank, module=None, loss_ops=ops),
+        fix=rules.FORWARD_FIXES.get(op, rules.LOSS_DEFAULT_FIX))
 
 
 def _num(value) -> str:

@@ -1,9 +1,9 @@
 """The numerics specialist inside the training process.
 
 Watch mode runs every step (see `watch`): a hook on the model's outermost module keeps
-the step's inputs, where the program called the model, the autocast state, a device
-flag for non-finite outputs and the gradient reaching the outputs. After each backward
-the step's numbers are read once. The first time something is non-finite, and before
+the step's inputs, where the program called the model, the autocast state and the
+gradient reaching the outputs; a hook on every module keeps a device flag for a
+non-finite output. After each backward the step's numbers are read once. The first time something is non-finite, and before
 the optimizer has touched the parameters, the step is replayed op by op (see
 `localise`) or, when the batch itself was bad, its samples are traced back to the
 dataset (see `batches`). Then the training is stopped once the step is recorded:
@@ -13,6 +13,7 @@ there is nothing to learn from training on NaN (`-o numerics.stop=0` keeps it go
 from __future__ import annotations
 
 import time
+import weakref
 
 import torch
 
@@ -21,8 +22,10 @@ from ptdiag.probe.plugin import Plugin as ProbePlugin
 from ptdiag.specialists.numerics import watch
 from ptdiag.specialists.numerics.batches import BatchLedger, poisoned_indices
 from ptdiag.specialists.numerics.localise import all_finite, float_tensors, replay
+from ptdiag.specialists.numerics.loss_region import LossRegion
 
 FALSE_WORDS = ("0", "false", "no", "off")
+MODULES_KEPT = 20  # module names recorded per step with a non-finite output
 
 
 def _autocast_state(device_type: str) -> dict | None:
@@ -67,6 +70,8 @@ class Plugin(ProbePlugin):
         self.stop = str(options.get("stop", "1")).lower() not in FALSE_WORDS
         self.ledger = BatchLedger()
         self._model = None
+        self._outputs: watch.ModuleOutputs | None = None
+        self._region = LossRegion()
         self._groups: list[list] | None = None
         self._replaying = False
         self._localised = False
@@ -77,9 +82,9 @@ class Plugin(ProbePlugin):
         self._autocast = None
         self._device_type = "cpu"
         self._amp_seen = False
+        self._scaled: tuple = (None, None)  # (weakref to GradScaler.scale's output, its scale)
 
     def _clear_step(self) -> None:
-        self._out_flag = None
         self._out_nodes: set = set()
         self._grad_outs: list | None = None
         self._loss = None
@@ -89,13 +94,15 @@ class Plugin(ProbePlugin):
     def on_loader_iter(self, loader, epoch) -> None:
         self.ledger.epoch_started(loader, epoch)
 
-    def on_batch(self, loader, wait_s) -> None:
-        self.ledger.batch_handed(loader)
+    def on_batch_indices(self, loader, indices) -> None:
+        self.ledger.batch_handed(loader, indices)
 
     # -- the model -------------------------------------------------------------------------
     def on_model(self, module) -> None:
         self._model = module
         self._device_type = next(module.parameters()).device.type
+        self._outputs = watch.ModuleOutputs(module)  # first: its sums are not the loss computation's ops
+        module.register_forward_pre_hook(lambda *_: self._region.leave())
         module.register_forward_hook(self._after_forward, with_kwargs=True)
 
     def _after_forward(self, module, args, kwargs, output):
@@ -113,12 +120,12 @@ class Plugin(ProbePlugin):
             self.probe.emit("numerics_amp", step=self.probe.step + 1, bf16_supported=_bf16_supported(self._device_type),
                             **self._autocast)
         outputs = float_tensors(output)
-        self._out_flag = watch.output_flag(outputs)
         graded = [t for t in outputs if t.requires_grad]
         self._out_nodes = {t.grad_fn for t in graded}
         self._grad_outs = [None] * len(graded)
         for i, t in enumerate(graded):
             t.register_hook(self._grad_catcher(i))
+        self._region.enter()
         return None
 
     def _grad_catcher(self, i: int):
@@ -129,28 +136,40 @@ class Plugin(ProbePlugin):
         return catch
 
     # -- after each backward: the step's numbers, read once --------------------------------
+    def on_loss_scaled(self, scaled, scale) -> None:
+        self._scaled = (weakref.ref(scaled), scale)
+
     def on_backward(self, tensor) -> None:
+        self._region.leave()
         if self._replaying or tensor.numel() != 1:
             return
         self._loss = tensor
-        if self._autocast and self._autocast["dtype"] == "float16":
-            self._scale = watch.loss_scale(tensor)
+        scaled, scale = self._scaled
+        if scaled is not None and scaled() is tensor:
+            self._scale = scale.detach().reshape(()).clone()  # GradScaler.update changes it in place
 
     def on_backward_end(self, tensor) -> None:
         if self._replaying or self._localised or tensor is not self._loss:
             return
         groups = self._groups or ([[p for p in self._model.parameters() if p.requires_grad]] if self._model else [])
-        reading = watch.read(self._loss, self._out_flag, groups, self._scale)
+        reading = watch.read(self._loss, self._outputs, self._region, groups, self._scale)
         step = self.probe.step + 1
         loss = reading.loss / reading.scale if reading.loss is not None and reading.scale else reading.loss
+        flagged = {"nonfinite_modules": reading.flagged_modules[:MODULES_KEPT]} if reading.flagged_modules else {}
         self.probe.emit("numerics", step=step, loss=loss, out_finite=reading.outputs_finite,
-                        norms=reading.group_norms, norm=reading.total_norm, scale=reading.scale)
+                        norms=reading.group_norms, norm=reading.total_norm, scale=reading.scale, **flagged)
         # a non-finite output alone is not a failure (an attention mask's -inf); the loss or
         # the gradients are (under a GradScaler, overflowing gradients are its normal business)
         failed = not reading.loss_finite or (not reading.grads_finite and reading.scale is None)
         if failed:
             self._localise(step, reading)
         self._clear_step()
+
+    def on_step_begin(self, step, optimizer) -> None:
+        self._region.leave()
+
+    def on_exit(self) -> None:
+        self._region.leave()
 
     def on_step(self, step, optimizer) -> None:
         if self._groups is None or len(self._groups) != len(optimizer.param_groups):
@@ -168,17 +187,20 @@ class Plugin(ProbePlugin):
             found = self._bad_batch(inputs)
         elif self._model is not None:
             model = _unwrapped(self._model)
-            self._replaying = True
+            self._replaying = self._outputs.paused = True
             try:
                 found = replay(model, args, kwargs, self._autocast, self._grad_outs, list(model.parameters()))
             finally:
-                self._replaying = False
+                self._replaying = self._outputs.paused = False
         else:
             found = {"phase": None, "reason": "no model forward was seen"}
         if found.get("phase") in (None, "gradient_in") and self._loss is not None and self._loss.grad_fn is not None:
             found["loss_ops"] = _graph_between(self._loss.grad_fn, self._out_nodes)
+        if found.get("phase") is None and reading.loss_op:  # born in the loss computation, watched op by op
+            found.update(phase="loss", **reading.loss_op)
         self.probe.emit("numerics_culprit", step=step, call_line=self._call_line, autocast=self._autocast,
                         loss_finite=reading.loss_finite, outputs_finite=reading.outputs_finite,
+                        nonfinite_modules=(reading.flagged_modules or [])[:MODULES_KEPT],
                         grads_finite=reading.grads_finite, localise_s=time.perf_counter() - started,
                         **found)
         self._stop_due = self.stop
@@ -194,8 +216,7 @@ class Plugin(ProbePlugin):
         if last is not None and last["loader"] is not None:
             found.update(epoch=last["epoch"], batch=last["batch"],
                          dataset=type(last["loader"].dataset).__name__)
-            indices = self.ledger.indices(last["loader"], last["batch"])
-            found["indices"] = poisoned_indices(last["loader"], indices, rows) if indices else None
+            found["indices"] = poisoned_indices(last["loader"], last["indices"], rows)
         return found
 
     def _halt(self) -> None:

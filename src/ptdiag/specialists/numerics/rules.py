@@ -23,6 +23,8 @@ SKIP_SHARE = 0.5  # or more than half the steps skipped
 
 PARAMS_SHOWN = 8
 
+LOSS_DEFAULT_FIX = "Check the loss function's logs, divisions and square roots (see the nodes above) and its targets."
+
 # forward op (aten name) -> why it makes NaN/Inf from finite inputs, and the fix
 FORWARD_FIXES = {
     "aten::log": "log(0) = -inf (and log(x<0) = NaN): a probability that underflowed to 0. Use "

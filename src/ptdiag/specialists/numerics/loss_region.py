@@ -1,0 +1,97 @@
+"""The loss computation, watched op by op: from the model's output to `loss.backward()`.
+
+The replay (`localise`) re-runs the model, but a loss written outside the model (a
+hand-written log-softmax, a division by a batch statistic) cannot be re-run: its code
+is the program's own, between the model call and backward. So while that stretch runs,
+a TorchDispatchMode keeps, per op, one float32 sum of its output on the device and the
+program's line; the sums join the step's single read. The first op whose sum is NaN
+(or Inf, from an op that does not write Inf on purpose) is where the value was born.
+
+It is a few ops per step (bounded by MAX_OPS), entered only while gradients are on
+and the mode can be left cleanly: when another dispatch mode was pushed on top of it,
+it is not popped from under that one and watching the loss stops for the run.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import lru_cache
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode
+
+from ptdiag.probe.location import format_location, is_user_file
+from ptdiag.specialists.numerics.localise import INTENTIONAL_INF, float_tensors, op_name
+
+MAX_OPS = 64  # ops kept per step: a loss is a handful; more is other work, not worth the cost
+_is_user_file = lru_cache(maxsize=4096)(is_user_file)
+
+
+def _program_line() -> tuple[str, int] | None:
+    frame = sys._getframe(2)
+    while frame is not None:
+        if _is_user_file(frame.f_code.co_filename):
+            return frame.f_code.co_filename, frame.f_lineno
+        frame = frame.f_back
+    return None
+
+
+class _Watch(TorchDispatchMode):
+    def __init__(self, region: "LossRegion") -> None:
+        super().__init__()
+        self.region = region
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        region = self.region
+        if len(region.sums) < MAX_OPS:
+            plain = [t for t in float_tensors(out) if type(t) is torch.Tensor]  # no subclass (DTensor) sums
+            if plain:
+                total = plain[0].detach().sum(dtype=torch.float32)
+                for t in plain[1:]:
+                    total = total + t.detach().sum(dtype=torch.float32)
+                region.sums.append(total)
+                region.ops.append((op_name(func), _program_line()))
+        return out
+
+
+class LossRegion:
+    """Enter after the model's forward, leave at backward (or the next forward)."""
+
+    def __init__(self) -> None:
+        self.sums: list[torch.Tensor] = []
+        self.ops: list[tuple[str, tuple[str, int] | None]] = []
+        self._mode: _Watch | None = None
+        self.broken = False
+
+    def enter(self) -> None:
+        self.leave()
+        if self.broken or not torch.is_grad_enabled():
+            return
+        self.sums, self.ops = [], []
+        self._mode = _Watch(self)
+        self._mode.__enter__()
+
+    def leave(self) -> None:
+        if self._mode is None:
+            return
+        if _get_current_dispatch_mode() is self._mode:
+            self._mode.__exit__(None, None, None)
+            self._mode = None
+        else:  # the program pushed a mode of its own on top: not popped from under it, tried again later
+            self.broken = True
+
+    def take(self) -> tuple[list[torch.Tensor], list[tuple[str, tuple[str, int] | None]]]:
+        taken = (self.sums, self.ops)
+        self.sums, self.ops = [], []
+        return taken
+
+
+def first_born(ops: list[tuple[str, tuple[str, int] | None]], values: list[float]) -> dict | None:
+    """The first op whose output sum was NaN, or Inf from an op not writing Inf on purpose."""
+    for (op, line), value in zip(ops, values):
+        nan = value != value
+        if nan or (abs(value) == float("inf") and op not in INTENTIONAL_INF):
+            return {"op": op, "user_line": format_location(*line) if line else None,
+                    "output_nan": nan, "output_inf": not nan}
+    return None
