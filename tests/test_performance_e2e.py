@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 
 import pytest
 
@@ -78,3 +79,35 @@ CORPUS = REPO / "diagnostics" / "performance"
 def test_realistic_slow_scripts_get_their_verdict_first(workdir, case):
     report, _ = diagnose(workdir, CORPUS / case["script"], symptom=case["symptom"])
     assert report["findings"][0]["code"] == case["top"], [(f["code"], f["title"]) for f in report["findings"]]
+
+
+
+def diagnose_ddp(workdir, script, *args):
+    """`training is slow` on torchrun with 2 gloo ranks, on a port free right now (the
+    tests of this file may run at the same time under xdist)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return diagnose(workdir, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+                    str(script), *args)[0]
+
+
+def test_ddp_every_ranks_trace_is_read_and_the_slow_rank_named(workdir):
+    report = diagnose_ddp(workdir, PROGRAMS / "ddp_uneven_ranks.py", "--steps", "10")
+    rows = report["metrics"]["trace_per_rank"]
+    assert set(rows) == {"0", "1"}
+    run_dir = workdir / "ptdiag-runs" / report["run_id"]
+    for row in rows.values():
+        assert (run_dir / row["trace"]).is_file() and row["steps"] == 2
+    # rank 1 sleeps 50 ms in its step; rank 0 spends that time in gloo:all_reduce
+    assert rows["1"]["work_ms_p50"] > rows["0"]["work_ms_p50"] + 30
+    assert rows["0"]["collective_ms_p50"] > rows["1"]["collective_ms_p50"] + 30
+    finding = next(f for f in report["findings"] if f["code"] == "performance.rank_imbalance")
+    assert finding["evidence"]["rank"] == 1 and finding["severity"] == "warning"
+    assert finding["evidence"]["others_wait_share"] > 0.5
+
+
+def test_ddp_ranks_doing_the_same_work_are_not_called_imbalanced(workdir):
+    report = diagnose_ddp(workdir, PROGRAMS / "ddp_tiny.py", "--steps", "10")
+    assert set(report["metrics"]["trace_per_rank"]) == {"0", "1"}
+    assert "performance.rank_imbalance" not in [f["code"] for f in report["findings"]]

@@ -196,3 +196,106 @@ def test_saved_trace_is_gzip_level_one(tmp_path):
     _gzip(plain, tmp_path / "trace.json.gz")
     assert not plain.exists()
     assert json.loads(gzip.open(tmp_path / "trace.json.gz").read())["traceEvents"][0] == {"ph": "X"}
+
+
+# -- every rank's trace -------------------------------------------------------------------
+
+def _gloo_rank_trace(rank: int, step_ms: float, collective_ms: float, steps: int = 3) -> dict:
+    """A rank's profiled steps shaped like a real gloo DDP trace (torch 2.14): work on the
+    main thread, `c10d::allreduce_` called there, `gloo:all_reduce` open on the backend's
+    thread until every rank contributed (`collective_ms`), the step ending right after."""
+    def event(cat, name, start_ms, dur_ms, tid=1):
+        return {"ph": "X", "cat": cat, "name": name, "ts": 1e3 * start_ms, "dur": 1e3 * dur_ms, "pid": 100 + rank,
+                "tid": tid, "args": {}}
+    events = []
+    for i in range(steps):
+        start, work = i * step_ms, step_ms - collective_ms
+        events += [event("user_annotation", f"ProfilerStep#{i + 3}", start, step_ms),
+                   event("cpu_op", "aten::addmm", start + 0.01, work - 0.02),
+                   event("cpu_op", "c10d::allreduce_", start + work - 0.01, 0.005),
+                   event("user_annotation", "gloo:all_reduce", start + work, collective_ms, tid=2)]
+    return {"schemaVersion": 1, "distributedInfo": {"rank": rank}, "traceEvents": events}
+
+
+def _ddp_run_dir(tmp_path: Path, traces: dict, plan=("performance",)) -> Path:
+    """A run dir as the probe writes it for a job of len(traces) ranks: per rank a start
+    event, and a perf_trace event with its gzipped trace unless the trace is None; bytes
+    are written as the trace file as they are (a damaged file)."""
+    (tmp_path / "events").mkdir()
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "meta.json").write_text(json.dumps({"plan": {"specialists": list(plan)}}))
+    for rank, trace in traces.items():
+        name = "trace.json.gz" if rank == 0 else f"trace.rank{rank}.json.gz"
+        events = [{"ev": "start", "t": 0.0, "rank": rank, "world_size": len(traces)}]
+        if trace is not None:
+            data = trace if isinstance(trace, bytes) else gzip.compress(json.dumps(trace).encode())
+            (tmp_path / "artifacts" / name).write_bytes(data)
+            events.append({"ev": "perf_trace", "t": 1.0, "path": f"artifacts/{name}", "first_step": 3})
+        (tmp_path / "events" / f"rank{rank}.p{100 + rank}.jsonl").write_text(
+            "".join(json.dumps(e) + "\n" for e in events))
+    return tmp_path
+
+
+def _analyse(run_dir: Path):
+    from ptdiag.recorded import RecordedRun
+    from ptdiag.specialists.performance import analyse
+
+    return analyse(RecordedRun.load(run_dir))
+
+
+def test_every_ranks_trace_is_compared_and_the_rank_waited_for_is_named(tmp_path):
+    # rank 1 works 50 ms per step; rank 0 works 5 ms and waits 50 ms in gloo:all_reduce
+    analysis = _analyse(_ddp_run_dir(tmp_path, {0: _gloo_rank_trace(0, 56.0, 51.0),
+                                                1: _gloo_rank_trace(1, 56.0, 6.0)}))
+    rows = analysis.metrics["trace_per_rank"]
+    assert rows["0"]["trace"] == "artifacts/trace.json.gz" and rows["1"]["trace"] == "artifacts/trace.rank1.json.gz"
+    for rank, collective in (("0", 51.0), ("1", 6.0)):
+        assert rows[rank]["steps"] == 3
+        assert rows[rank]["step_ms_p50"] == pytest.approx(56.0)
+        assert rows[rank]["collective_ms_p50"] == pytest.approx(collective, abs=0.02)
+        assert rows[rank]["work_ms_p50"] == pytest.approx(56.0 - collective, abs=0.02)
+        assert rows[rank]["top_op"]["name"] == "aten::addmm"
+        assert "gpu_shares" not in rows[rank]  # a CPU trace: no GPU numbers made up
+    found = [f for f in analysis.findings if f.code == "performance.rank_imbalance"]
+    assert len(found) == 1 and found[0].severity == "warning"
+    evidence = found[0].evidence
+    assert evidence["rank"] == 1 and evidence["others_wait_ms"] == pytest.approx(45.0, abs=0.05)
+    assert evidence["others_wait_share"] == pytest.approx(45.0 / 56.0, abs=0.01)
+    assert set(evidence["per_rank"]) == {"0", "1"}
+    # rank 0, the main rank, still drives everything else
+    assert analysis.metrics["profiled_steps"]["collective_share"] == pytest.approx(51.0 / 56.0, abs=0.01)
+    assert analysis.artifacts["trace"].endswith("trace.json.gz")
+
+
+@pytest.mark.parametrize("ranks, why", [
+    ({0: (56.0, 20.0), 1: (56.0, 18.0)}, "balanced: equal work"),
+    ({0: (8.0, 4.0), 1: (8.0, 1.0)}, "3 ms more work is under the 5 ms bar"),
+])
+def test_ranks_that_do_not_differ_measurably_get_no_finding(tmp_path, ranks, why):
+    analysis = _analyse(_ddp_run_dir(tmp_path, {r: _gloo_rank_trace(r, *v) for r, v in ranks.items()}))
+    assert set(analysis.metrics["trace_per_rank"]) == {"0", "1"}
+    assert "performance.rank_imbalance" not in [f.code for f in analysis.findings], why
+
+
+def test_imbalance_is_left_to_distributed_straggler_when_distributed_ran(tmp_path):
+    run_dir = _ddp_run_dir(tmp_path, {0: _gloo_rank_trace(0, 56.0, 51.0), 1: _gloo_rank_trace(1, 56.0, 6.0)},
+                           plan=("distributed", "performance"))
+    analysis = _analyse(run_dir)
+    assert "performance.rank_imbalance" not in [f.code for f in analysis.findings]
+    assert analysis.metrics["trace_per_rank"]["1"]["work_ms_p50"] == pytest.approx(50.0, abs=0.02)
+    assert any("rank 1" in n and "distributed.straggler" in n for n in analysis.metrics["notes"])
+
+
+def test_a_missing_or_unreadable_rank_trace_is_a_note_naming_the_rank(tmp_path):
+    analysis = _analyse(_ddp_run_dir(tmp_path, {0: _gloo_rank_trace(0, 56.0, 51.0), 1: b"\x1f\x8b not gzip",
+                                                2: None}))
+    notes = analysis.metrics["notes"]
+    assert any(n.startswith("rank 1's profiler trace could not be read") for n in notes), notes
+    assert any("by rank 2" in n for n in notes), notes
+    assert set(analysis.metrics["trace_per_rank"]) == {"0"}
+    assert "performance.rank_imbalance" not in [f.code for f in analysis.findings]
+
+
+def test_a_single_process_run_has_no_per_rank_table(tmp_path):
+    analysis = _analyse(_ddp_run_dir(tmp_path, {0: _gloo_rank_trace(0, 56.0, 0.0)}))
+    assert "trace_per_rank" not in analysis.metrics and analysis.metrics["profiled_steps"]["count"] == 3

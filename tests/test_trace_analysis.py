@@ -15,13 +15,17 @@ from pathlib import Path
 import pytest
 
 from ptdiag.specialists.performance.trace import KIND, TraceError, analyse_trace, inspect, sniff
+from ptdiag.specialists.performance.trace_cpu import host_metrics
+from ptdiag.specialists.performance.trace_events import read_trace
 from ptdiag.specialists.performance.trace_intervals import CoverageIndex, length, subtract, union
+from ptdiag.specialists.performance.trace_ranks import imbalance, rank_row
 
 TRACES = Path("/work/shared/fixtures/gpu_traces")
 NUM_WORKERS_0 = TRACES / "kineto__resnet50_v100_num_workers_0.pt.trace.json.gz"
 NUM_WORKERS_4 = TRACES / "kineto__resnet50_v100_num_workers_4.pt.trace.json.gz"
 NCCL_TRACE = TRACES / "hta__df_index_resolver__df_index_resolver.json.gz"
 CPU_ONLY = TRACES / "hta__cpu_only__rank-34.Jul_15_10_52_41.1074.pt.trace.json.gz"
+TWO_RANKS = [TRACES / f"hta__trace_filter__sampled_rank-{rank}.json.gz" for rank in (0, 1)]
 TRACELENS = sorted(TRACES.glob("tracelens__h100__*.json.gz"))
 # Big traces must analyse quickly; measured ~1.5 s here for 216k events, so this bound
 # only catches an accidental quadratic, not machine noise.
@@ -154,6 +158,22 @@ def test_cpu_only_trace_has_no_gpu_numbers(analysed):
     assert [op["name"] for op in analysis.metrics["top_cpu_ops"]] == ["aten::empty"]
     assert not [code for code in codes(analysis) if code in ("performance.gpu_idle",
                                                               "performance.compute_bound")]
+
+
+def test_two_real_nccl_ranks_side_by_side_are_balanced():
+    """HTA's sampled two-rank job: each rank ~25% of its step in exposed NCCL communication,
+    ~450 ms of its own work per step; the ranks differ by ~5%, far from an imbalance."""
+    rows = {}
+    for rank, path in enumerate(TWO_RANKS):
+        trace = read_trace(path)
+        rows[rank] = rank_row(analyse_trace(trace).metrics, host_metrics(trace))
+    for row in rows.values():
+        assert row["steps"] == 2
+        assert 0.2 < row["collective_share"] < 0.3
+        assert row["gpu_shares"]["exposed_comm"] == pytest.approx(row["collective_share"], abs=0.01)
+        assert row["gpu_shares"]["busy"] + row["gpu_shares"]["idle"] == pytest.approx(1.0, abs=1e-3)
+        assert row["work_ms_p50"] == pytest.approx(row["step_ms_p50"] - row["collective_ms_p50"], rel=0.05)
+    assert imbalance(rows) is None
 
 
 # -- bad input and sniffing ---------------------------------------------------------------

@@ -182,6 +182,35 @@ def _batch_speedup(fixed_share: float, batch: int, target: int) -> float:
     return round((1.0 / batch) / (fixed_share / target + variable / batch), 2)
 
 
+def rank_imbalance(m: Measured):
+    """One rank's profiled steps hold the whole job back (trace_ranks.imbalance): it does
+    more work per step, the others wait for it in their collectives. Left to
+    distributed.straggler when the distributed specialist ran (measured.straggler_judged).
+    Impact: the share of the other ranks' step spent waiting, what evening out gives back."""
+    found = m.imbalance
+    if found is None or m.straggler_judged:
+        return None
+    slow = found["rank"]
+    rows = {rank: row for rank, row in sorted(m.per_rank.items()) if "work_ms_p50" in row}
+    steps = [row["step_ms_p50"] for row in rows.values()]
+    return _finding(
+        "rank_imbalance", "warning",
+        f"Rank {slow} holds the other ranks back: {found['work_ms']:.1f} ms of its own work per profiled step vs "
+        f"{found['others_work_ms']:.1f} ms on the others, who wait {found['others_wait_share']:.0%} of their step",
+        f"Medians over each rank's profiled steps: the steps take {min(steps):.1f}-{max(steps):.1f} ms on every "
+        f"rank (a collective such as DDP's gradient all-reduce ends only when the last rank arrives), but the "
+        f"other ranks spend {found['others_wait_ms']:.1f} ms more per step with a collective in flight than "
+        f"rank {slow} does: they wait for it. "
+        f"Per rank (step / in collectives / own work, ms): "
+        + ", ".join(f"{rank}: {row['step_ms_p50']:.1f} / {row['collective_ms_p50']:.1f} / {row['work_ms_p50']:.1f}"
+                    for rank, row in rows.items()) + ".",
+        {**found, "per_rank": {str(rank): row for rank, row in rows.items()}},
+        f"Look at what rank {slow} does that the others do not: its data loading (workers, storage), work on that "
+        "rank only inside the step (logging, evaluation, checkpointing), fewer CPU threads or a slower or shared "
+        "device. Naming the distributed set-up in the symptom (e.g. \"slow with DDP on 2 ranks\") adds the "
+        "distributed specialist, which times every step of every rank."), found["others_wait_share"]
+
+
 def float64(m: Measured):
     dtypes = (m.model or {}).get("param_dtypes", {})
     total = sum(dtypes.values()) or 1
@@ -272,7 +301,7 @@ def _cpu_gains(shares: dict[str, float], env: dict[str, Any]) -> list[dict[str, 
     return gains
 
 
-DETECTORS = (optimizer_recreated, float64, dataloader_bound, launch_bound, host_sync)
+DETECTORS = (optimizer_recreated, float64, dataloader_bound, launch_bound, host_sync, rank_imbalance)
 
 
 def detect(m: Measured) -> list[Finding]:

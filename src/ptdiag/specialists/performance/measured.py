@@ -1,8 +1,9 @@
 """Everything the performance probe recorded in a run dir, read back and summarised.
 
-The analysis reads only the run dir: the per-step breakdown rows, the profiler trace
-saved under artifacts/, the call scan, telemetry and the optimizer watch, plus the
-recorder's own events (DataLoader settings).
+The analysis reads only the run dir: the per-step breakdown rows, the profiler traces
+saved under artifacts/ (every rank's; the main rank's drive the findings, the others are
+compared with it in trace_per_rank), the call scan, telemetry and the optimizer watch,
+plus the recorder's own events (DataLoader settings).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ptdiag.recorded import ProcessEvents, RecordedRun
-from ptdiag.specialists.performance import trace, trace_cpu
+from ptdiag.specialists.performance import trace, trace_cpu, trace_ranks
 from ptdiag.specialists.performance.breakdown import PHASES
 from ptdiag.specialists.performance.trace_events import TraceError, read_trace
 
@@ -28,6 +29,9 @@ class Measured:
     trace: dict[str, Any] | None = None  # trace.analyse_trace metrics
     trace_findings: list = field(default_factory=list)
     host: dict[str, Any] | None = None  # trace_cpu.host_metrics
+    per_rank: dict[int, dict[str, Any]] = field(default_factory=dict)  # trace_ranks.rank_row of each rank read
+    imbalance: dict[str, Any] | None = None  # trace_ranks.imbalance: the rank the others wait for
+    straggler_judged: bool = False  # the distributed specialist's straggler check ran on this run
     scan: dict[str, Any] | None = None
     telemetry: dict[str, Any] | None = None
     optimizers: dict[str, Any] = field(default_factory=dict)
@@ -58,7 +62,16 @@ def measure(run: RecordedRun) -> Measured:
     found.loader = _train_loader(proc)
     found.model = _last(proc, "perf_model")
     found.env = _last(proc, "perf_env") or {}
-    _read_trace(run, proc, found)
+    _read_traces(run, found)
+    found.imbalance = trace_ranks.imbalance(found.per_rank)
+    # the distributed specialist's probe timed every step of every rank: its straggler
+    # check owns the claim "one rank holds the others back" then, and a second finding
+    # from three profiled steps would only repeat it
+    found.straggler_judged = "distributed" in run.meta.get("plan", {}).get("specialists", [])
+    if found.imbalance and found.straggler_judged:
+        found.notes.append(f"rank {found.imbalance['rank']} did the most work in the profiled steps while the "
+                           "others waited in collectives (trace_per_rank); distributed.straggler judges that "
+                           "claim over every step")
     return found
 
 
@@ -96,23 +109,37 @@ def breakdown(rows: list[dict], batch: int | None) -> dict[str, Any] | None:
     return result
 
 
-def _read_trace(run: RecordedRun, proc: ProcessEvents, found: Measured) -> None:
-    event = _last(proc, "perf_trace")
-    if event is None:
-        found.notes.append("no profiler trace was recorded (the run ended before the profiler window)")
-        return
-    path = run.run_dir / event["path"]
-    found.trace_path = str(path)
-    try:
-        loaded = read_trace(path)
-        analysis = trace.analyse_trace(loaded)
-    except (TraceError, OSError) as exc:
-        found.notes.append(f"the profiler trace could not be read: {exc}")
-        return
-    found.trace = analysis.metrics
-    found.trace_findings = analysis.findings
-    found.host = trace_cpu.host_metrics(loaded)
-    found.trace["first_step"] = event.get("first_step")
+def _read_traces(run: RecordedRun, found: Measured) -> None:
+    """Every rank's trace through the same analysis; the main rank's fills the fields the
+    detectors read, each readable one adds its row to found.per_rank, and a missing or
+    unreadable one a note naming the rank."""
+    several = run.world_size > 1
+    for rank in range(run.world_size) if several else []:
+        if rank not in run.ranks:
+            found.notes.append(f"rank {rank} recorded no events, so no profiler trace")
+    for rank, proc in run.ranks.items():
+        whose = f"rank {rank}'s profiler trace" if several else "the profiler trace"
+        event = _last(proc, "perf_trace")
+        if event is None:
+            found.notes.append(f"no profiler trace was recorded{f' by rank {rank}' if several else ''} "
+                               "(the run ended before the profiler window)")
+            continue
+        path = run.run_dir / event["path"]
+        try:
+            loaded = read_trace(path)
+            analysis = trace.analyse_trace(loaded)
+        except (TraceError, OSError) as exc:
+            found.notes.append(f"{whose} could not be read: {exc}")
+            continue
+        host = trace_cpu.host_metrics(loaded)
+        found.per_rank[rank] = {"trace": event["path"], "first_step": event.get("first_step"),
+                                **trace_ranks.rank_row(analysis.metrics, host)}
+        if proc is run.main:
+            found.trace_path = str(path)
+            found.trace = analysis.metrics
+            found.trace_findings = analysis.findings
+            found.host = host
+            found.trace["first_step"] = event.get("first_step")
 
 
 def _train_loader(proc: ProcessEvents) -> dict[str, Any] | None:

@@ -90,8 +90,9 @@ def analyse_trace(trace: dict[str, Any]) -> Analysis:
         metrics["kernel_breakdown"] = kernel_breakdown(events.gpu)
     if events.steps:
         all_gpu = events.gpu.plus(unlinked)
-        metrics["steps"] = steps_metrics(measure_steps(events, gpu_unions(all_gpu)),
-                                         with_gpu=all_gpu.count() > 0)
+        step_unions = gpu_unions(all_gpu)
+        metrics["steps"] = steps_metrics(measure_steps(events, step_unions), with_gpu=all_gpu.count() > 0,
+                                         with_collectives=bool(events.collectives or step_unions["communication"]))
     else:
         notes.append("no ProfilerStep#N spans (prof.step() not called): per-step metrics and "
                      "the data-loading verdict are not available")

@@ -10,12 +10,18 @@ GPU work whose launch (a CUDA runtime/driver call with the same `correlation` id
 in the trace was queued before the profiler started: it belongs to an earlier,
 unprofiled step and would stretch the GPU timeline over a window the CPU side never
 recorded. It is set aside and counted (TraceLens' timeline leaves it out the same way).
+
+Collectives leave CPU-side spans too (COLLECTIVE_SPAN): the c10d op the training thread
+calls (`c10d::allreduce_`, `record_param_comms`) and the backend's own range on its worker
+thread (`gloo:all_reduce`), which gloo keeps open until every rank has contributed; a rank
+that arrives early therefore shows a long span, the last one to arrive a short one.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +49,11 @@ CATEGORY_KINDS = {
 }
 STEP_PREFIX = "ProfilerStep#"
 DATA_WAIT_PREFIX = "enumerate(DataLoader)#"
+# CPU ops and annotations of a collective: c10d's ops, DDP's/FSDP's `record_param_comms`,
+# and the backends' ranges (`gloo:all_reduce`, `nccl:all_reduce`, `ProcessGroupGloo...`).
+# Seen in torch 2.14 gloo traces: `c10d::allreduce_` (main thread) and `gloo:all_reduce`.
+COLLECTIVE_SPAN = re.compile(r"^(c10d|c10d_functional)::|^(gloo|nccl|mpi|ucc):|record_param_comms|ProcessGroup",
+                             re.IGNORECASE)
 
 
 class Span(NamedTuple):
@@ -92,6 +103,7 @@ class TraceEvents:
     cpu_ops: list[Span] = field(default_factory=list)  # ops, not record_function annotations
     steps: list[Span] = field(default_factory=list)
     data_waits: list[Span] = field(default_factory=list)
+    collectives: list[Span] = field(default_factory=list)  # CPU-side collective ops and ranges
     rank: int | None = None
     devices: list[dict[str, Any]] = field(default_factory=list)
     event_count: int = 0
@@ -138,6 +150,8 @@ def collect_events(trace: Any) -> TraceEvents:
         else:
             if span.name.startswith(DATA_WAIT_PREFIX):
                 events.data_waits.append(span)
+            elif COLLECTIVE_SPAN.search(span.name):
+                events.collectives.append(span)
             if kind == "cpu_op":
                 events.cpu_ops.append(span)
     launched.discard(None)

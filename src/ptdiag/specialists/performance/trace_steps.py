@@ -4,7 +4,11 @@
 it, the DataLoader's `__next__` is recorded as `enumerate(DataLoader)#<Iterator>.__next__`:
 the time the training loop waited for the next batch. GPU activity is measured against
 the same wall-clock windows, so "the GPU was idle 40% of the step" and "the loop waited
-for data 39% of the step" are directly comparable.
+for data 39% of the step" are directly comparable. Collectives are measured the same way:
+the time a collective was in flight, i.e. its CPU-side spans (trace_events.COLLECTIVE_SPAN,
+any thread of the step's process: gloo's range lasts until every rank has contributed)
+joined with the GPU's exposed communication (NCCL kernels no computation overlaps); on a
+rank that waits for a slower one this is mostly waiting.
 
 GPU work launched before the profiler started still occupies the GPU inside the first
 step's window, so the per-step GPU view counts it (unlike the whole-trace timeline).
@@ -17,7 +21,7 @@ from bisect import bisect_left
 from dataclasses import dataclass
 
 from ptdiag.specialists.performance.trace_events import Span, TraceEvents
-from ptdiag.specialists.performance.trace_intervals import CoverageIndex, Interval, union
+from ptdiag.specialists.performance.trace_intervals import CoverageIndex, Interval, subtract, union
 
 STEP_NUMBER = re.compile(r"ProfilerStep#(\d+)")
 DATALOADER_ITERATOR = re.compile(r"#(\w+)\.__next__")
@@ -33,6 +37,7 @@ class StepMeasure:
     gpu_busy_us: float
     computation_us: float
     kernels: int
+    collective_us: float
 
 
 def measure_steps(events: TraceEvents, gpu_all: dict[str, list[Interval]]) -> list[StepMeasure]:
@@ -40,26 +45,34 @@ def measure_steps(events: TraceEvents, gpu_all: dict[str, list[Interval]]) -> li
     busy = CoverageIndex(gpu_all["busy"])
     computation = CoverageIndex(gpu_all["computation"])
     kernel_starts = sorted(k.start for k in events.gpu.kernels + events.gpu_unlinked.kernels)
-    waits_by_pid: dict[object, CoverageIndex] = {}
-    for pid in {w.pid for w in events.data_waits}:
-        waits_by_pid[pid] = CoverageIndex(union((w.start, w.end) for w in events.data_waits if w.pid == pid))
+    pids = {step.pid for step in events.steps}
+    waits_by_pid = _coverage_by_pid(events.data_waits, pids, [])
+    gpu_comm = subtract(gpu_all["communication"], gpu_all["computation"])
+    collectives_by_pid = _coverage_by_pid(events.collectives, pids, gpu_comm)
     measures = []
     for step in events.steps:
-        waits = waits_by_pid.get(step.pid)
         measures.append(StepMeasure(
             step=_step_number(step),
             step_us=step.dur,
-            data_wait_us=waits.covered(step.start, step.end) if waits else 0.0,
+            data_wait_us=waits_by_pid[step.pid].covered(step.start, step.end),
             gpu_busy_us=busy.covered(step.start, step.end),
             computation_us=computation.covered(step.start, step.end),
             kernels=_count_between(kernel_starts, step.start, step.end),
+            collective_us=collectives_by_pid[step.pid].covered(step.start, step.end),
         ))
     return measures
 
 
-def steps_metrics(measures: list[StepMeasure], with_gpu: bool) -> dict[str, object]:
+def _coverage_by_pid(spans: list[Span], pids: set, shared: list[Interval]) -> dict[object, CoverageIndex]:
+    """Per process, the union of these spans over all its threads plus `shared` intervals
+    (GPU activity, which belongs to no host process)."""
+    return {pid: CoverageIndex(union([*shared, *((s.start, s.end) for s in spans if s.pid == pid)])) for pid in pids}
+
+
+def steps_metrics(measures: list[StepMeasure], with_gpu: bool, with_collectives: bool) -> dict[str, object]:
     """metrics["steps"]: per-step times (ms) and shares over all steps; GPU shares only
-    when the trace has GPU activity (a CPU-only run gets no made-up zeros)."""
+    when the trace has GPU activity and collective shares only when it has collectives (a
+    CPU-only, single-process run gets no made-up zeros)."""
     total = sum(m.step_us for m in measures)
     durations = sorted(m.step_us for m in measures)
     metrics: dict[str, object] = {
@@ -78,6 +91,10 @@ def steps_metrics(measures: list[StepMeasure], with_gpu: bool) -> dict[str, obje
         metrics["gpu_computation_share"] = _share(sum(m.computation_us for m in measures), total)
         for row, m in zip(per_step, measures):
             row.update(gpu_busy_ms=_ms(m.gpu_busy_us), kernels=m.kernels)
+    if with_collectives:
+        metrics["collective_share"] = _share(sum(m.collective_us for m in measures), total)
+        for row, m in zip(per_step, measures):
+            row["collective_ms"] = _ms(m.collective_us)
     metrics["per_step"] = per_step
     return metrics
 

@@ -1,0 +1,80 @@
+"""Several ranks' profiled windows side by side: which rank works, which ranks wait.
+
+Each rank of a DDP job writes its own trace (the probe's artifacts/trace.rank{N}.json.gz)
+and each is analysed alone by trace.analyse_trace and trace_cpu.host_metrics; here one
+compact row per rank is drawn from those analyses, and the rows are compared.
+
+DDP makes every rank wait for the slowest in the gradient all-reduce, so the ranks'
+profiled step times come out equal and say nothing by themselves. What differs is how
+long each rank has a collective in flight (trace_steps: gloo keeps its range open until
+every rank has contributed; on GPUs, NCCL kernels no computation overlaps): a rank that
+arrives early waits there, the rank the others wait for hardly at all. A rank's own work
+is its step minus that time.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from ptdiag.specialists.distributed.checks_straggler import MIN_GAP_S, SLOW_RATIO, WAIT_SHARE
+
+# When one rank's profiled window counts as holding the others back. The bars are the
+# distributed specialist's straggler bars (checks_straggler), so both specialists call the
+# same thing a straggler whichever of them measured it: the slowest rank's own work is
+# `work_ratio` times the median of the others' and `min_gap_ms` longer per step (below
+# that, a 2-core CI box's timer noise), and the others' collectives last longer than its
+# own by at least `wait_share` of that gap (they wait for it; without this a rank doing
+# extra work no one waits for, e.g. after the last collective, would be blamed).
+IMBALANCE = {"work_ratio": SLOW_RATIO, "min_gap_ms": 1000.0 * MIN_GAP_S, "wait_share": WAIT_SHARE}
+# gpu_timeline fields (ms) shown per rank as shares of the GPU timeline's span
+GPU_SHARES = ("busy", "idle", "computation", "exposed_comm")
+
+
+def rank_row(metrics: dict[str, Any], host: dict[str, Any] | None) -> dict[str, Any]:
+    """metrics["trace_per_rank"][rank]: one rank's profiled window in a few numbers (ms,
+    medians over its profiled steps; shares of the step or of the GPU timeline)."""
+    steps = metrics.get("steps") or {}
+    per_step = steps.get("per_step", [])
+    row: dict[str, Any] = {"steps": len(per_step)}
+    if per_step:
+        row["step_ms_p50"] = _median(s["ms"] for s in per_step)
+        row["data_wait_share"] = steps["data_wait_share"]
+    if per_step and "collective_ms" in per_step[0]:
+        row["collective_ms_p50"] = _median(s["collective_ms"] for s in per_step)
+        row["collective_share"] = steps["collective_share"]
+        row["work_ms_p50"] = _median(s["ms"] - s["collective_ms"] for s in per_step)
+    timeline = metrics.get("gpu_timeline")
+    if timeline and timeline["total_ms"] > 0:
+        row["gpu_shares"] = {k: round(timeline[f"{k}_ms"] / timeline["total_ms"], 4) for k in GPU_SHARES}
+    if host:
+        row["outside_ops_share"] = host["outside_ops_share"]
+    top = metrics.get("top_cpu_ops")
+    if top:
+        row["top_op"] = {"name": top[0]["name"], "self_ms": top[0]["self_ms"]}
+    return row
+
+
+def imbalance(per_rank: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
+    """The rank the others wait for, with the numbers that show it; None when the ranks
+    with collectives in their traces are fewer than two or do not differ by IMBALANCE."""
+    rows = {rank: row for rank, row in per_rank.items() if "work_ms_p50" in row}
+    if len(rows) < 2:
+        return None
+    slow = max(rows, key=lambda rank: rows[rank]["work_ms_p50"])
+    others = [row for rank, row in rows.items() if rank != slow]
+    work, others_work = rows[slow]["work_ms_p50"], _median(row["work_ms_p50"] for row in others)
+    gap = work - others_work
+    waited = _median(row["collective_ms_p50"] for row in others) - rows[slow]["collective_ms_p50"]
+    if work < IMBALANCE["work_ratio"] * others_work or gap < IMBALANCE["min_gap_ms"] \
+            or waited < IMBALANCE["wait_share"] * gap:
+        return None
+    others_step = _median(row["step_ms_p50"] for row in others)
+    return {"rank": slow, "work_ms": work, "others_work_ms": others_work, "gap_ms": round(gap, 3),
+            "others_wait_ms": round(waited, 3), "others_step_ms": others_step,
+            "others_wait_share": round(waited / others_step, 4) if others_step > 0 else 0.0,
+            "ratio": round(work / others_work, 3) if others_work > 0 else None}
+
+
+def _median(values) -> float:
+    return round(statistics.median(values), 3)
