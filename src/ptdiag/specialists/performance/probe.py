@@ -45,6 +45,28 @@ def _gzip(source, target) -> None:
     os.unlink(source)
 
 
+def _return_freed_memory() -> None:
+    """Hand the profiler's freed memory back to the OS (glibc's malloc_trim).
+
+    A window with Python stacks allocates and frees hundreds of MB of small objects; glibc
+    keeps that heap fragmented, and afterwards every backward pass grew and trimmed the heap
+    top again: measured 2.3k -> 9-14k page faults per backward and backward 1.3-1.5x slower
+    for the rest of the process (plain torch, no ptdiag, with a DataLoader in the loop).
+    One trim after the window restores it (0 faults, backward as before the window)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()  # the profiler's result objects hold reference cycles
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim): nothing to hand back
+        pass
+
+
 def _int(options: dict, key: str) -> int:
     try:
         return max(0, int(options.get(key, DEFAULTS[key])))
@@ -207,6 +229,8 @@ class Plugin(ProbePlugin):
                 profiler.stop()
         except Exception as exc:
             self.probe.log_error(f"profiler stop failed: {exc!r}")
+        del profiler
+        _return_freed_memory()
 
     @contextlib.contextmanager
     def _kineto_log(self):
