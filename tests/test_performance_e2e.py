@@ -104,6 +104,8 @@ def test_ddp_every_ranks_trace_is_read_and_the_slow_rank_named(workdir):
     assert rows["0"]["collective_ms_p50"] > rows["1"]["collective_ms_p50"] + 30
     finding = next(f for f in report["findings"] if f["code"] == "performance.rank_imbalance")
     assert finding["evidence"]["rank"] == 1 and finding["severity"] == "warning"
+    # rank 0's time waiting in gloo's all_reduce is not per-op overhead
+    assert "performance.launch_bound" not in [f["code"] for f in report["findings"]]
     assert finding["evidence"]["others_wait_share"] > 0.5
 
 

@@ -129,9 +129,11 @@ def launch_bound(m: Measured):
     loops = [line for line in scan.get("top_lines", []) if line.get("user")
              and line["calls_per_step"] >= LOOP_CALLS_PER_STEP]
     phases = (m.breakdown or {}).get("phases", {})
-    # the host shares are of the step without its data wait: scale them to the whole step
+    # the host shares are of the step without its waits (data; other ranks in a collective):
+    # scale them to the whole step
+    waiting = phases.get("data", {}).get("share", 0.0) + ((m.trace or {}).get("steps") or {}).get("collective_share", 0.0)
     overhead = round((host.get("outside_ops_share", 0.0) + host.get("tiny_ops_share", 0.0))
-                     * (1.0 - phases.get("data", {}).get("share", 0.0)), 4)
+                     * max(0.0, 1.0 - waiting), 4)
     batch = (m.loader or {}).get("batch_size")
     fixed = round(min(1.0, overhead + phases.get("optimizer", {}).get("share", 0.0)), 4)
     small_batch = batch is not None and batch <= SMALL_BATCH and fixed >= FIXED_SHARE_WARN

@@ -6,6 +6,7 @@ host waited for the device.
 the launch-bound, float64, host-sync and CPU compute-bound verdicts need. A step's time
 outside any top-level op is Python and framework overhead (module calls, hooks, loops);
 time inside ops shorter than TINY_OP_US is mostly dispatch cost rather than arithmetic.
+Time waiting (for data, or for other ranks in a collective) is neither: it is left out.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from collections import defaultdict
 from typing import Any
 
 from ptdiag.specialists.performance.trace_cpu_ops import self_times
-from ptdiag.specialists.performance.trace_events import CATEGORY_KINDS, DATA_WAIT_PREFIX, STEP_PREFIX, Span
+from ptdiag.specialists.performance.trace_events import (CATEGORY_KINDS, COLLECTIVE_SPAN, DATA_WAIT_PREFIX,
+                                                        STEP_PREFIX, Span)
 from ptdiag.specialists.performance.trace_intervals import length, subtract, union
 
 TINY_OP_US = 25.0
@@ -44,10 +46,13 @@ def host_metrics(trace: dict[str, Any]) -> dict[str, Any] | None:
     steps = sorted(spans["step"], key=lambda s: s.start)
     if not steps:
         return None
-    main_tid = steps[0].tid
+    main_tid, main_pid = steps[0].tid, steps[0].pid
     ops = [s for s in spans["cpu_op"] if s.tid == main_tid]
     top = _top_level(ops)
-    waits = union((w.start, w.end) for w in spans["data_wait"] if w.tid == main_tid)
+    # waiting is not overhead: for data, and for other ranks in a collective (gloo keeps its
+    # range open on its worker thread while the training thread sits in backward)
+    waits = union([(w.start, w.end) for w in spans["data_wait"] if w.tid == main_tid]
+                  + [(c.start, c.end) for c in spans["collective"] if c.pid == main_pid])
     step_us = work_us = in_ops_us = tiny_us = 0.0
     top_in_steps = 0
     for step in steps:
@@ -84,6 +89,8 @@ def _spans(trace: dict[str, Any]) -> dict[str, Any]:
         name, cat = str(event.get("name", "")), str(event.get("cat", "")).lower()
         kind = CATEGORY_KINDS.get(cat)
         span = Span(name, float(start), float(start) + float(dur), event.get("pid"), event.get("tid"))
+        if cat != "python_function" and COLLECTIVE_SPAN.search(name):  # gloo's range is a user_annotation
+            found["collective"].append(span)
         if name.startswith(STEP_PREFIX):
             found["step"].append(span)
         elif name.startswith(DATA_WAIT_PREFIX):
