@@ -156,3 +156,9 @@ def test_loss_region_never_pops_a_mode_the_program_pushed_on_top():
     region.enter()
     torch.ones(2) * 2
     assert region.take() == ([], [])
+
+
+def test_a_model_with_more_modules_than_watched_is_watched_at_its_shallowest_levels(monkeypatch):
+    monkeypatch.setattr(watch, "MAX_WATCHED_MODULES", 4)
+    model = nn.Sequential(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
+    assert watch.ModuleOutputs(model).names == ["", "0", "1", "0.0"]

@@ -22,6 +22,12 @@ from torch.utils._pytree import tree_leaves
 from ptdiag.specialists.numerics.loss_region import LossRegion, first_born
 
 
+# Each watched module costs a Python hook call and one reduction (a kernel launch on a GPU)
+# per forward: a few microseconds. Up to this many modules that is well under 1 % of any
+# step that has them; a larger model is watched to the depth that fits (its blocks).
+MAX_WATCHED_MODULES = 512
+
+
 class ModuleOutputs:
     """Forward hooks on every module: one float32 sum per float output, kept on the device.
 
@@ -36,7 +42,10 @@ class ModuleOutputs:
         self.paused = False
         self._last: torch.Tensor | None = None
         self._last_sum: torch.Tensor | None = None
-        for name, module in model.named_modules():
+        modules = list(model.named_modules())
+        if len(modules) > MAX_WATCHED_MODULES:  # shallowest first: blocks before their sublayers
+            modules = sorted(modules, key=lambda nm: nm[0].count(".") + bool(nm[0]))[:MAX_WATCHED_MODULES]
+        for name, module in modules:
             module.register_forward_hook(self._hook(len(self.names)))
             self.names.append(name)
 
