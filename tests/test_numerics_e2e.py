@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import FAST_SAMPLE_ARGS, PYTHON, SAMPLES, load_report, run_ptdiag
+from conftest import FAST_SAMPLE_ARGS, PROGRAMS, PYTHON, SAMPLES, load_report, run_ptdiag
 
 pytestmark = pytest.mark.slow
 
@@ -108,3 +108,12 @@ def test_lr_blow_up_is_an_explosion_with_numbers(workdir):
     assert explosion["evidence"]["lr_before_onset"] >= 10 * explosion["evidence"]["lr_start"]
     assert "clip_grad_norm_" in explosion["fix"]
     assert "numerics.loss_spike" in codes
+
+
+def test_a_step_the_replay_cannot_repeat_is_placed_by_the_watch_flags(workdir):
+    proc = run_ptdiag("loss is NaN", "--json", "r.json", "--", PYTHON, str(PROGRAMS / "nan_once.py"), cwd=workdir)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    top = load_report(workdir / "r.json")["findings"][0]
+    assert top["code"] == "numerics.nonfinite_forward" and top["evidence"]["step"] == 3
+    assert top["evidence"]["module"] == "1"  # Flaky itself, the innermost module flagged (not linear inside it)
+    assert top["evidence"]["nonfinite_modules"][:2] == ["1", "2"] and top["evidence"]["op"] is None

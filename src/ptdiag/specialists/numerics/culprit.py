@@ -127,6 +127,22 @@ def outside_model_finding(event: dict, rank: int) -> Finding:
         fix=rules.FORWARD_FIXES.get(op, rules.LOSS_DEFAULT_FIX))
 
 
+def watched_finding(event: dict, rank: int) -> Finding:
+    """The replay stayed finite but watch mode had flagged module outputs in the failing
+    step: the innermost flagged module is the place, without an op (it did not happen again)."""
+    modules = event["nonfinite_modules"]
+    return Finding(
+        code="numerics.nonfinite_forward", specialist=SPECIALIST, severity="error",
+        title=f"First non-finite output seen in {modules[0] or 'the model top level'} at step {event['step']}",
+        detail=(f"Watch mode flagged these module outputs as non-finite in step {event['step']}, innermost first: "
+                f"{', '.join(m or '(top level)' for m in modules[:rules.PARAMS_SHOWN])}. Replaying the step did not "
+                f"reproduce it, so no op is named: the model's forward is not repeatable from its inputs "
+                f"(a non-deterministic op, state changed by the first forward, or data-dependent control flow)."),
+        evidence=_evidence(event, rank, module=modules[0], nonfinite_modules=modules[:rules.PARAMS_SHOWN]),
+        fix="Run that module's forward on the step's inputs with torch.autograd.detect_anomaly or print its "
+            "input ranges; look for log, division, sqrt or exp in it.")
+
+
 def _num(value) -> str:
     return "?" if value is None else f"{float(value):.4g}"
 
@@ -141,4 +157,6 @@ def finding_for(event: dict, rank: int, amp: dict | None) -> Finding:
         return forward_finding(event, rank)
     if phase == "backward":
         return backward_finding(event, rank)
+    if phase in (None, "gradient_in") and event.get("nonfinite_modules") and event.get("outputs_finite") is False:
+        return watched_finding(event, rank)  # the model's own output was non-finite, but not in the replay
     return outside_model_finding(event, rank)

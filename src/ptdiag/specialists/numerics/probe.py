@@ -196,7 +196,8 @@ class Plugin(ProbePlugin):
             found = {"phase": None, "reason": "no model forward was seen"}
         if found.get("phase") in (None, "gradient_in") and self._loss is not None and self._loss.grad_fn is not None:
             found["loss_ops"] = _graph_between(self._loss.grad_fn, self._out_nodes)
-        if found.get("phase") is None and reading.loss_op:  # born in the loss computation, watched op by op
+        if found.get("phase") is None and reading.loss_op and reading.outputs_finite is not False:
+            # born in the loss computation (the model's own outputs were finite), watched op by op
             found.update(phase="loss", **reading.loss_op)
         self.probe.emit("numerics_culprit", step=step, call_line=self._call_line, autocast=self._autocast,
                         loss_finite=reading.loss_finite, outputs_finite=reading.outputs_finite,

@@ -84,7 +84,9 @@ class Reading:
 
     @property
     def outputs_finite(self) -> bool | None:
-        return None if self.flagged_modules is None else not self.flagged_modules
+        """Whether the model's own output (its top-level module, named "") was finite: an
+        inner module's -inf (an attention mask) is not the model's output."""
+        return None if self.flagged_modules is None else "" not in self.flagged_modules
 
     @property
     def total_norm(self) -> float | None:
