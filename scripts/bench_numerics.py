@@ -5,11 +5,14 @@
    bare with `torch.autograd.set_detect_anomaly(True)`, interleaved in rotating order
    with one torch thread, several repeats; each run times its own iterations. Ratios of
    medians to the bare run.
-2. Time to diagnosis: wall time of `ptdiag "loss is NaN" -- resnet_nan.py --bug B` (it
+2. In one process (`--parts`): ResNet-18 steps alternating between bare and each part of
+   watch mode (gradient norms; + per-module output sums; + the loss-computation watch),
+   rotating order, so the machine's drift between runs does not enter the ratios.
+3. Time to diagnosis: wall time of `ptdiag "loss is NaN" -- resnet_nan.py --bug B` (it
    stops once the failure is localised and writes the report) divided by the bare
    script's wall time to the end of the epoch holding its first NaN.
 
-    python scripts/bench_numerics.py [--repeats 3] [--steps 30]
+    python scripts/bench_numerics.py [--repeats 3] [--steps 30] [--parts 80]
 """
 
 from __future__ import annotations
@@ -84,12 +87,63 @@ def diagnosis(repeats: int, workdir: Path) -> None:
         print(f"| {bug} | {b:.2f} | {w:.2f} | {w / b:.2f} |")
 
 
+def parts(steps: int) -> None:
+    """Watch mode's parts, timed against bare steps in the same process."""
+    import torch
+    import torch.nn.functional as F
+    import torchvision
+
+    sys.path.insert(0, str(REPO / "src"))
+    from ptdiag.specialists.numerics import watch
+    from ptdiag.specialists.numerics.loss_region import LossRegion
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.randn(BATCH, 3, 32, 32), torch.randint(0, 10, (BATCH,))
+    outputs, region, groups = watch.ModuleOutputs(model), LossRegion(), [list(model.parameters())]
+    arms = ("bare", "norms", "norms+module sums", "norms+module sums+loss ops")
+
+    def step(arm: str) -> float:
+        outputs.paused = arm in ("bare", "norms")
+        start = time.perf_counter()
+        out = model(x)
+        if arm == arms[3]:
+            region.enter()
+        loss = F.cross_entropy(out, y)
+        region.leave()
+        optimizer.zero_grad()
+        loss.backward()
+        if arm == "bare":
+            outputs.take()
+            float(loss.detach())
+        else:
+            watch.read(loss, None if arm == "norms" else outputs, region, groups, None)
+        optimizer.step()
+        return time.perf_counter() - start
+
+    for arm in arms * 2:
+        step(arm)
+    times: dict[str, list[float]] = {arm: [] for arm in arms}
+    for i in range(steps):
+        for arm in arms[i % len(arms):] + arms[:i % len(arms)]:
+            times[arm].append(step(arm))
+    base = statistics.median(times["bare"])
+    print(f"\n| in one process, {steps} steps each | median step (ms) | ratio to bare |\n|---|---|---|")
+    for arm in arms:
+        print(f"| {arm} | {statistics.median(times[arm]) * 1000:.1f} | {statistics.median(times[arm]) / base:.3f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--parts", type=int, default=80, help="steps per arm of the in-process measure (0: skip)")
     args = parser.parse_args()
+    if args.parts:
+        parts(args.parts)
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_overhead:
             overhead(args.repeats, args.steps, Path(tmp))
