@@ -123,6 +123,18 @@ def test_program_behaves_as_without_ptdiag(workdir):
     assert wrapped.stderr.startswith(bare.stderr)
 
 
+def test_a_compiled_model_gets_no_warning_about_ptdiags_hooks(workdir):
+    """torch.compile(module) warns while a global module hook exists; the probe's own
+    one-shot hook must not put that line into the program's stderr."""
+    args = [str(PROGRAMS / "compiled_model.py")]
+    bare = subprocess.run([PYTHON, *args], cwd=workdir, capture_output=True)
+    wrapped = run_ptdiag("loss is NaN", "--quiet", "--json", "r.json", "--", PYTHON, *args, cwd=workdir)
+    assert wrapped.returncode == bare.returncode == 0
+    assert wrapped.stdout == bare.stdout
+    assert b"global hooks" not in bare.stderr and b"global hooks" not in wrapped.stderr
+    assert load_report(workdir / "r.json")["steps_observed"] == 4
+
+
 def test_python_dash_m_is_probed(workdir):
     (workdir / "pkg").mkdir()
     (workdir / "pkg" / "__init__.py").write_text("")

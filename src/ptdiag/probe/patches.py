@@ -159,15 +159,27 @@ def _grad_scaler(probe: "Probe", torch) -> None:
     _replace(GradScaler, "step", make_step)
 
 
+# torch.compile(module) warns on every call while any global module hook exists: ours must
+# not add that line to the program's stderr (it is gone after the first forward anyway)
+COMPILE_HOOK_WARNING = r"Using `torch\.compile\(module\)` when there are global hooks"
+
+
 def _first_model(probe: "Probe", torch) -> None:
     """The outermost module runs its pre-hook first; one look, then the hook is gone."""
+    import warnings
+
     from torch.nn.modules.module import register_module_forward_pre_hook
 
     handle = None
+    warnings.filterwarnings("ignore", message=COMPILE_HOOK_WARNING, category=UserWarning)
+    quiet = warnings.filters[0]
 
     def pre_hook(module, args):
         if handle is not None and next(module.parameters(), None) is not None:
             handle.remove()
+            if quiet in warnings.filters:
+                warnings.filters.remove(quiet)
+                getattr(warnings, "_filters_mutated", lambda: None)()  # the C cache of the filters
             probe.call("on_model", module)
 
     handle = register_module_forward_pre_hook(pre_hook)
