@@ -117,3 +117,13 @@ def test_a_step_the_replay_cannot_repeat_is_placed_by_the_watch_flags(workdir):
     assert top["code"] == "numerics.nonfinite_forward" and top["evidence"]["step"] == 3
     assert top["evidence"]["module"] == "1"  # Flaky itself, the innermost module flagged (not linear inside it)
     assert top["evidence"]["nonfinite_modules"][:2] == ["1", "2"] and top["evidence"]["op"] is None
+
+
+def test_a_compiled_model_is_localised_with_the_users_module_names(workdir):
+    proc = run_ptdiag("loss is NaN", "--json", "r.json", "--", PYTHON, str(PROGRAMS / "compiled_model.py"), "nan",
+                      cwd=workdir)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    top = load_report(workdir / "r.json")["findings"][0]
+    ev = top["evidence"]
+    assert (top["code"], ev["step"], ev["module"], ev["op"]) == ("numerics.nonfinite_forward", 1, "3", "aten::log")
+    assert ev["location"].endswith("compiled_model.py:12")

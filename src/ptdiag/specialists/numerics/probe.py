@@ -34,13 +34,18 @@ def _autocast_state(device_type: str) -> dict | None:
     return {"device": device_type, "dtype": str(torch.get_autocast_dtype(device_type)).replace("torch.", "")}
 
 
-WRAPPERS = ("DistributedDataParallel", "DataParallel")
+# wrapper class -> the attribute holding the user's module
+WRAPPERS = {"DistributedDataParallel": "module", "DataParallel": "module", "OptimizedModule": "_orig_mod"}
 
 
 def _unwrapped(model):
-    """The module inside DDP/DataParallel: replaying the wrapper on one rank would run its
-    collectives alone and wait forever for the other ranks."""
-    return model.module if type(model).__name__ in WRAPPERS and hasattr(model, "module") else model
+    """The user's module inside DDP/DataParallel/torch.compile, innermost: replaying a DDP
+    wrapper on one rank would run its collectives alone and wait forever for the other
+    ranks; a compiled one would compile again under the replay's dispatch mode; and the
+    module names the user knows are those of the inner module."""
+    while type(model).__name__ in WRAPPERS and hasattr(model, WRAPPERS[type(model).__name__]):
+        model = getattr(model, WRAPPERS[type(model).__name__])
+    return model
 
 
 def _bf16_supported(device_type: str) -> bool:
@@ -101,7 +106,7 @@ class Plugin(ProbePlugin):
     def on_model(self, module) -> None:
         self._model = module
         self._device_type = next(module.parameters()).device.type
-        self._outputs = watch.ModuleOutputs(module)  # first: its sums are not the loss computation's ops
+        self._outputs = watch.ModuleOutputs(_unwrapped(module))  # first: its sums are not the loss's ops
         module.register_forward_pre_hook(lambda *_: self._region.leave())
         module.register_forward_hook(self._after_forward, with_kwargs=True)
 
