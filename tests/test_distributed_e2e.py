@@ -173,3 +173,22 @@ def test_two_node_job_is_diagnosed_as_one(program_runs):
         assert job["evidence"]["job"].startswith("job42@")
         sampler = _finding(report, "distributed.no_distributed_sampler")
         assert sampler["evidence"]["identical_batches"] == [[0, 1]]  # one rank per node: only merged runs show it
+
+
+def test_ranks_started_by_mp_spawn_are_probed(tmp_path):
+    """torch.multiprocessing.spawn's workers are multiprocessing children, like DataLoader
+    workers: the ones that start a process group are ranks and get probed; rank 1's spawned
+    DataLoader worker does not. The program's output is as without ptdiag (no deprecated
+    Flight Recorder variable warning from the environment ptdiag sets)."""
+    args = [str(PROGRAMS / "ddp_mp_spawn.py"), "4"]
+    bare = subprocess.run([PYTHON, *args], cwd=tmp_path, capture_output=True, timeout=120)
+    wrapped = subprocess.run(ptdiag_cmd("DDP is slow", "--json", "r.json", "--", PYTHON, *args), cwd=tmp_path,
+                             capture_output=True, timeout=240, env={k: v for k, v in os.environ.items()
+                                                                    if k != "PTDIAG_STORE"})
+    assert wrapped.returncode == bare.returncode == 0, wrapped.stderr.decode()[-2000:]
+    assert sorted(wrapped.stdout.splitlines()) == sorted(bare.stdout.splitlines())
+    assert b"deprecated" not in wrapped.stderr
+    report = load_report(tmp_path / "r.json")
+    assert report["metrics"]["steps_per_rank"] == {"0": 4, "1": 4}
+    finding = _finding(report, "distributed.no_distributed_sampler")  # the program has none: measured
+    assert finding["evidence"]["ranks"] == [0, 1]

@@ -99,7 +99,7 @@ def test_names_where_the_peers_wait_and_how_far_the_culprits_got():
             assert f"rank {rank} is stuck" in finding.detail
     # No frames in these dumps: no invented location.
     assert ev["locations"] == {}
-    assert "TORCH_NCCL_TRACE_BUFFER_SIZE" in finding.fix and "12, 14" in finding.fix
+    assert "TORCH_FR_BUFFER_SIZE" in finding.fix and "12, 14" in finding.fix
 
 
 def test_per_rank_metrics_are_measured(fixture_dumps):

@@ -15,7 +15,8 @@ LAUNCHER_SCRIPTS = ("torchrun",)
 
 def process_role() -> str:
     """'launcher' for torchrun's agent (passive: its workers are probed), 'spawned' for
-    multiprocessing children (DataLoader workers under spawn), else 'main'."""
+    multiprocessing children (DataLoader workers under spawn, mp.spawn's training
+    workers: probed once they start a process group), else 'main'."""
     argv = list(getattr(sys, "orig_argv", sys.argv))
     if any(m in argv for m in LAUNCHER_MODULES) or os.path.basename(sys.argv[0]) in LAUNCHER_SCRIPTS:
         return "launcher"
@@ -28,12 +29,34 @@ _probe = None
 
 
 def activate() -> None:
-    global _probe
-    if _probe is not None or process_role() != "main":
+    if _probe is not None:
         return
+    role = process_role()
+    if role == "main":
+        _start(int(os.environ.get("RANK", "0") or 0))
+    elif role == "spawned":
+        from ptdiag.probe.imports import when_imported
+        from ptdiag.probe.patches import probe_ranks_that_start
+
+        when_imported("torch.distributed", probe_ranks_that_start(_start_quietly))
+
+
+def _start(rank: int):
+    global _probe
     from ptdiag.probe.core import Probe
 
     plan = json.loads(os.environ.get("PTDIAG_PLAN", "{}"))
-    rank = int(os.environ.get("RANK", "0") or 0)
     _probe = Probe(Path(os.environ["PTDIAG_RUN_DIR"]), plan, rank)
     _probe.install()
+    return _probe
+
+
+def _start_quietly(rank: int):
+    """Started from inside the program's init_process_group call: a failure to start is
+    ptdiag's, and must not become the program's."""
+    if _probe is not None:
+        return None
+    try:
+        return _start(rank)
+    except Exception:
+        return None

@@ -229,6 +229,13 @@ def _serialization(probe: "Probe", torch) -> None:
     _replace(torch, "load", make_load, torch.serialization)
 
 
+def _dist_info(dist) -> dict:
+    """What on_dist_init reports, read right after init_process_group returned (called
+    from its wrapper: the program's line is two frames up)."""
+    return {"backend": str(dist.get_backend()), "rank": dist.get_rank(), "world_size": dist.get_world_size(),
+            "location": user_location(3)}
+
+
 def _distributed(probe: "Probe", dist) -> None:
     if not dist.is_available():
         return
@@ -236,17 +243,36 @@ def _distributed(probe: "Probe", dist) -> None:
     def make(original):
         def init_process_group(*args, **kwargs):
             result = original(*args, **kwargs)
-            probe.call("on_dist_init", {
-                "backend": str(dist.get_backend()),
-                "rank": dist.get_rank(),
-                "world_size": dist.get_world_size(),
-                "location": user_location(2),
-            })
+            probe.call("on_dist_init", _dist_info(dist))
             return result
 
         return init_process_group
 
     _replace(dist, "init_process_group", make, dist.distributed_c10d)
+
+
+def probe_ranks_that_start(start: Callable[[int], "Probe | None"]) -> Callable:
+    """For a multiprocessing child (a DataLoader worker, or a training worker of
+    `mp.spawn`): the one that starts a process group is a rank; `start(rank)` probes it
+    from there on. Workers that never start one stay untouched."""
+
+    def install(dist) -> None:
+        if not dist.is_available():
+            return
+
+        def make(original):
+            def init_process_group(*args, **kwargs):
+                result = original(*args, **kwargs)
+                probe = start(dist.get_rank())
+                if probe is not None:
+                    probe.call("on_dist_init", _dist_info(dist))
+                return result
+
+            return init_process_group
+
+        _replace(dist, "init_process_group", make, dist.distributed_c10d)
+
+    return install
 
 
 COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object",

@@ -28,10 +28,24 @@ CHECKS = (
     checks_straggler.straggler_findings,
 )
 
+def _torch_older_than(major: int, minor: int) -> bool:
+    """The installed torch's version, read without importing torch (unknown: older)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        numbers = version("torch").split("+")[0].split(".")[:2]
+        return (int(numbers[0]), int(numbers[1])) < (major, minor)
+    except (PackageNotFoundError, ValueError, IndexError):
+        return True
+
+
 # NCCL's Flight Recorder: keep the last collectives of each rank and dump them into the
 # run dir when a collective times out (no effect on gloo); analysed by flight_recorder.py.
+# torch 2.11 renamed the buffer size to TORCH_FR_BUFFER_SIZE and prints a deprecation line
+# on every rank's stderr for the old name, which the program's output must not gain.
 CHILD_ENV = {
-    "TORCH_NCCL_TRACE_BUFFER_SIZE": "2000",
+    "TORCH_FR_BUFFER_SIZE": "2000",
+    **({"TORCH_NCCL_TRACE_BUFFER_SIZE": "2000"} if _torch_older_than(2, 11) else {}),
     "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
     "TORCH_FR_DUMP_TEMP_FILE": "{run_dir}/" + FLIGHT_RECORDER_DIR + "/rank_",
 }

@@ -106,7 +106,8 @@ def _fix(roots: list[int], involved: list[Stall], roots_set: set[int], no_frames
               " (TORCH_NCCL_DUMP_ON_TIMEOUT=1) normally include them.") if no_frames else ""
     return (f"Start with {_ranks_text(roots)}: the other ranks wait for {'it' if len(roots) == 1 else 'them'}."
             f" {advice} "
-            "For the next run: TORCH_NCCL_TRACE_BUFFER_SIZE=2000 and TORCH_NCCL_DUMP_ON_TIMEOUT=1 so every "
+            "For the next run: TORCH_FR_BUFFER_SIZE=2000 (TORCH_NCCL_TRACE_BUFFER_SIZE before torch 2.11) and "
+            "TORCH_NCCL_DUMP_ON_TIMEOUT=1 so every "
             "rank dumps at the time-out, TORCH_NCCL_ENABLE_TIMING=1 to record when each collective "
             "started on the GPU, and a shorter process-group timeout to fail fast." + frames)
 

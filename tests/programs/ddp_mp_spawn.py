@@ -1,0 +1,38 @@
+"""A tiny DDP training on gloo started the tutorial way: torch.multiprocessing.spawn, no
+torchrun; the ranks pass their rank to init_process_group themselves. Rank 1 feeds a
+DataLoader with a worker process (a spawned child that never starts a process group)."""
+
+import os
+import socket
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader, TensorDataset
+
+
+def train(rank: int, world_size: int, port: int, steps: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    torch.manual_seed(0)
+    model = DDP(torch.nn.Linear(4, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    data = DataLoader(TensorDataset(torch.randn(8 * steps, 4)), batch_size=8,
+                      num_workers=1 if rank == 1 else 0, multiprocessing_context="spawn" if rank == 1 else None)
+    for (x,) in data:
+        loss = model(x).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    print(f"rank {rank} done", flush=True)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    steps = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(train, args=(2, port, steps), nprocs=2)
