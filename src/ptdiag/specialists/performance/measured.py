@@ -15,7 +15,7 @@ from typing import Any
 from ptdiag.recorded import ProcessEvents, RecordedRun
 from ptdiag.specialists.performance import trace, trace_cpu, trace_ranks
 from ptdiag.specialists.performance.breakdown import PHASES
-from ptdiag.specialists.performance.trace_events import TraceError, read_trace
+from ptdiag.specialists.performance.trace_events import STEP_PREFIX, TraceError, read_trace
 
 BREAKDOWN_PARTS = ("data", *PHASES, "other")
 MIN_STEPS_BEFORE_WINDOWS = 3
@@ -127,6 +127,12 @@ def _read_traces(run: RecordedRun, found: Measured) -> None:
         path = run.run_dir / event["path"]
         try:
             loaded = read_trace(path)
+            if proc.of("perf_trace_cut"):
+                loaded, complete = _complete_steps_only(loaded)
+                if not complete:
+                    found.notes.append(f"the program ended inside the profiler window: {whose} holds no complete "
+                                       "step (its last step ran on to the program's end), so it is not analysed")
+                    continue
             analysis = trace.analyse_trace(loaded)
         except (TraceError, OSError) as exc:
             found.notes.append(f"{whose} could not be read: {exc}")
@@ -140,6 +146,18 @@ def _read_traces(run: RecordedRun, found: Measured) -> None:
             found.trace_findings = analysis.findings
             found.host = host
             found.trace["first_step"] = event.get("first_step")
+
+
+def _complete_steps_only(loaded: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The trace without its last ProfilerStep span, which the profiler's stop at the
+    program's exit closed: it holds whatever the program did after its last step (evaluation,
+    saving, ptdiag's own exit work), not a training step. Also: how many steps remain."""
+    events = loaded.get("traceEvents", [])
+    steps = [e for e in events if isinstance(e, dict) and str(e.get("name", "")).startswith(STEP_PREFIX)]
+    if not steps:
+        return loaded, 0
+    last = max(steps, key=lambda e: e.get("ts", 0))
+    return {**loaded, "traceEvents": [e for e in events if e is not last]}, len(steps) - 1
 
 
 def _train_loader(proc: ProcessEvents) -> dict[str, Any] | None:

@@ -277,7 +277,8 @@ class Plugin(ProbePlugin):
         self._finished = True
         if self._scan is not None:
             self._stop_scan(max(1, self.probe.step - self.profile_end))
-        if self._profiler is not None:
+        if self._profiler is not None:  # the program ended inside the window
+            self.probe.emit("perf_trace_cut", step=self.probe.step)
             self._stop_profiler()
         self.breakdown.flush(wait_gpu=self._cuda)
         self.probe.emit("perf_optimizers", objects=self._optimizer_objects, steps=self._optimizer_steps,
