@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ptdiag.launch.runner import child_environment
 from ptdiag.probe.events import EventWriter, read_events
 from ptdiag.probe.plugin import Dispatcher, Plugin
@@ -142,3 +144,18 @@ def test_exception_from_a_signal_handler_inside_a_hook_reaches_the_program():
         sig.signal(sig.SIGUSR1, previous)
     assert raised is not None and "DataLoader worker" in str(raised)
     assert log == [] and dispatcher.wants("on_step")
+
+
+@pytest.mark.parametrize("argv, role", [
+    (["python", "train.py"], "main"),
+    (["python", "-m", "torch.distributed.run", "--nproc_per_node", "2", "train.py"], "launcher"),
+    (["python", "-c", "from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=5, pipe_handle=7)",
+      "--multiprocessing-fork"], "spawned"),
+    (["python", "-B", "-c", "from multiprocessing.resource_tracker import main;main(3)"], "helper"),
+])
+def test_process_roles(monkeypatch, argv, role):
+    import ptdiag.probe as probe
+
+    monkeypatch.setattr(sys, "orig_argv", argv)
+    monkeypatch.setattr(sys, "argv", argv[1:] if argv[1] != "-m" else argv[2:])
+    assert probe.process_role() == role

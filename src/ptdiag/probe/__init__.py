@@ -11,17 +11,23 @@ from pathlib import Path
 
 LAUNCHER_MODULES = ("torch.distributed.run", "torch.distributed.launch")
 LAUNCHER_SCRIPTS = ("torchrun",)
+# `python -c "from multiprocessing.resource_tracker import main; ..."`: multiprocessing's own
+# helper process, started for spawn contexts; it never trains (not probed)
+MULTIPROCESSING_HELPERS = ("from multiprocessing.resource_tracker import",)
 
 
 def process_role() -> str:
     """'launcher' for torchrun's agent (passive: its workers are probed), 'spawned' for
     multiprocessing children (DataLoader workers under spawn, mp.spawn's training
-    workers: probed once they start a process group), else 'main'."""
+    workers: probed once they start a process group), 'helper' for multiprocessing's
+    resource tracker (not probed), else 'main'."""
     argv = list(getattr(sys, "orig_argv", sys.argv))
     if any(m in argv for m in LAUNCHER_MODULES) or os.path.basename(sys.argv[0]) in LAUNCHER_SCRIPTS:
         return "launcher"
     if any("multiprocessing" in a and ("spawn_main" in a or "forkserver" in a) for a in argv) or "--multiprocessing-fork" in argv:
         return "spawned"
+    if any(a.startswith(MULTIPROCESSING_HELPERS) for a in argv):
+        return "helper"
     return "main"
 
 
