@@ -47,6 +47,7 @@ class Probe:
         self.max_steps: int | None = plan.get("max_steps")
         self.options: dict = plan.get("options", {})  # per specialist: {"memory": {"target_memory": "16GiB"}}
         self._primary_optimizer: weakref.ref | None = None
+        self._scaled_loss: tuple = (None, None)  # (weakref to GradScaler.scale's output, its scale)
         self.events = EventWriter(run_dir / "events" / f"rank{rank}.p{os.getpid()}.jsonl")
         self.dispatcher = Dispatcher(load_plugins(self, plan.get("specialists", [])), self.log_error)
 
@@ -121,6 +122,16 @@ class Probe:
         if self._enabled_faulthandler:
             faulthandler.disable()
         self._stack_file.close()
+
+    # -- the loss a GradScaler scaled (patches: GradScaler.scale) ---------------------------
+    def note_scaled_loss(self, scaled, scale) -> None:
+        self._scaled_loss = (weakref.ref(scaled), scale)
+
+    def loss_scale(self, loss):
+        """The scale a GradScaler multiplied `loss` by (its device tensor, changed in place
+        by `update()`), or None when `loss` is not what `GradScaler.scale` handed back."""
+        ref, scale = self._scaled_loss
+        return scale if ref is not None and ref() is loss else None
 
     # -- the step ---------------------------------------------------------------------------
     def is_primary(self, optimizer) -> bool:

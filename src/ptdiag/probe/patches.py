@@ -140,7 +140,7 @@ def _grad_scaler(probe: "Probe", torch) -> None:
         def scale(self, outputs):
             scaled = original(self, outputs)
             if self._enabled and isinstance(scaled, torch.Tensor) and self._scale is not None:
-                probe.call("on_loss_scaled", scaled, self._scale)
+                probe.note_scaled_loss(scaled, self._scale)
             return scaled
 
         return scale
@@ -420,7 +420,7 @@ PATCHES = (
     ("torch", ("on_step_begin",), _optimizer_step_begin),
     ("torch", ("on_backward",), _backward),
     ("torch", ("on_dataloader", "on_loader_iter", "on_batch", "on_batch_indices"), _dataloader),
-    ("torch", ("on_loss_scaled", "on_step_skipped"), _grad_scaler),
+    ("torch", ("on_backward", "on_step_skipped"), _grad_scaler),  # on_backward: probe.loss_scale
     ("torch", ("on_model",), _first_model),
     ("torch", ("on_seed",), _torch_seeds),
     ("torch", ("on_save", "on_load"), _serialization),

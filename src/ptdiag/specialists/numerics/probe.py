@@ -13,7 +13,6 @@ there is nothing to learn from training on NaN (`-o numerics.stop=0` keeps it go
 from __future__ import annotations
 
 import time
-import weakref
 
 import torch
 
@@ -87,7 +86,6 @@ class Plugin(ProbePlugin):
         self._autocast = None
         self._device_type = "cpu"
         self._amp_seen = False
-        self._scaled: tuple = (None, None)  # (weakref to GradScaler.scale's output, its scale)
 
     def _clear_step(self) -> None:
         self._out_nodes: set = set()
@@ -141,16 +139,13 @@ class Plugin(ProbePlugin):
         return catch
 
     # -- after each backward: the step's numbers, read once --------------------------------
-    def on_loss_scaled(self, scaled, scale) -> None:
-        self._scaled = (weakref.ref(scaled), scale)
-
     def on_backward(self, tensor) -> None:
         self._region.leave()
         if self._replaying or tensor.numel() != 1:
             return
         self._loss = tensor
-        scaled, scale = self._scaled
-        if scaled is not None and scaled() is tensor:
+        scale = self.probe.loss_scale(tensor)
+        if scale is not None:
             self._scale = scale.detach().reshape(()).clone()  # GradScaler.update changes it in place
 
     def on_backward_end(self, tensor) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import weakref
 from collections import deque
 
 from ptdiag.probe.location import user_location_of_traceback
@@ -77,7 +76,6 @@ class Plugin(ProbePlugin):
         self._last_step_time = None
         self._optimizers_seen: set[int] = set()
         self._loaders: dict[int, int] = {}
-        self._scaled: tuple = (None, None)  # (weakref to GradScaler.scale's output, its scale)
 
     def on_torch_import(self, torch) -> None:
         from ptdiag.environment import torch_environment
@@ -138,17 +136,14 @@ class Plugin(ProbePlugin):
         if loader is not None:
             self._batch_from = (self._loaders.get(id(loader)), self._loader_epochs.get(id(loader)))
 
-    def on_loss_scaled(self, scaled, scale) -> None:
-        self._scaled = (weakref.ref(scaled), scale)
-
     def on_backward(self, tensor) -> None:
         """The loss as the program computed it: a GradScaler's scaled loss is divided back
         (on the device, no synchronisation)."""
         if tensor.numel() != 1:
             return
-        scaled, scale = self._scaled
+        scale = self.probe.loss_scale(tensor)
         loss = tensor.detach()
-        self._losses.append(loss / scale if scaled is not None and scaled() is tensor else loss)
+        self._losses.append(loss / scale if scale is not None else loss)
 
     def on_step_skipped(self, optimizer) -> None:
         """The update of step `step + 1` was dropped: its loss is kept, marked skipped, and
