@@ -230,25 +230,28 @@ def _serialization(probe: "Probe", torch) -> None:
 
 
 def _dist_info(dist) -> dict:
-    """What on_dist_init reports, read right after init_process_group returned (called
-    from its wrapper: the program's line is two frames up)."""
+    """What on_dist_init reports, read right after init_process_group returned."""
     return {"backend": str(dist.get_backend()), "rank": dist.get_rank(), "world_size": dist.get_world_size(),
-            "location": user_location(3)}
+            "location": user_location(1)}
 
 
-def _distributed(probe: "Probe", dist) -> None:
-    if not dist.is_available():
-        return
+def _after_init_process_group(dist, then: Callable[[], None]) -> None:
+    """Call `then()` each time init_process_group (either spelling) has returned."""
 
     def make(original):
         def init_process_group(*args, **kwargs):
             result = original(*args, **kwargs)
-            probe.call("on_dist_init", _dist_info(dist))
+            then()
             return result
 
         return init_process_group
 
     _replace(dist, "init_process_group", make, dist.distributed_c10d)
+
+
+def _distributed(probe: "Probe", dist) -> None:
+    if dist.is_available():
+        _after_init_process_group(dist, lambda: probe.call("on_dist_init", _dist_info(dist)))
 
 
 def probe_ranks_that_start(start: Callable[[int], "Probe | None"]) -> Callable:
@@ -257,20 +260,13 @@ def probe_ranks_that_start(start: Callable[[int], "Probe | None"]) -> Callable:
     from there on. Workers that never start one stay untouched."""
 
     def install(dist) -> None:
-        if not dist.is_available():
-            return
+        def started() -> None:
+            probe = start(dist.get_rank())
+            if probe is not None:
+                probe.call("on_dist_init", _dist_info(dist))
 
-        def make(original):
-            def init_process_group(*args, **kwargs):
-                result = original(*args, **kwargs)
-                probe = start(dist.get_rank())
-                if probe is not None:
-                    probe.call("on_dist_init", _dist_info(dist))
-                return result
-
-            return init_process_group
-
-        _replace(dist, "init_process_group", make, dist.distributed_c10d)
+        if dist.is_available():
+            _after_init_process_group(dist, started)
 
     return install
 
