@@ -53,7 +53,8 @@ class ModuleOutputs:
         def after_forward(module, args, output):
             if self.paused or not torch.is_grad_enabled():
                 return None
-            for t in tree_leaves(output):
+            # most modules return one tensor: no pytree walk for them (this runs per module per step)
+            for t in (output,) if isinstance(output, torch.Tensor) else tree_leaves(output):
                 if isinstance(t, torch.Tensor) and t.is_floating_point():
                     if t is not self._last:  # a container hands on its last child's tensor: summed once
                         self._last, self._last_sum = t, t.detach().sum(dtype=torch.float32)
