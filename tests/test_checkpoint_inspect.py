@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ptdiag.specialists.reproducibility import checkpoint
-from ptdiag.specialists.reproducibility.checkpoint_contents import categories, describe
+from ptdiag.checkpoint_contents import categories, describe
 
 
 def _training_state():

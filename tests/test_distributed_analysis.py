@@ -13,7 +13,7 @@ import pytest
 
 from ptdiag.recorded import RecordedRun
 from ptdiag.specialists.distributed import analyse
-from ptdiag.specialists.distributed.consistency import is_check_step
+from ptdiag.probe.plugins.distributed.consistency import is_check_step
 from ptdiag.specialists.distributed.errors import classify, unused_from_message
 from ptdiag.specialists.distributed.stacks import where
 

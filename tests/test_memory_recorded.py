@@ -7,7 +7,7 @@ import json
 
 from snapshot_builders import GiB, forward_oom_allocator, write_snapshot
 
-from ptdiag.probe.events import EventWriter
+from ptdiag.probe.event_log import EventWriter
 from ptdiag.recorded import RecordedRun
 from ptdiag.specialists.memory import analyse
 

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import PROGRAMS, PYTHON
-from ptdiag.specialists.memory import holders
-from ptdiag.specialists.memory.forwards import ForwardWatch
+from ptdiag.probe.plugins.memory import holders
+from ptdiag.probe.plugins.memory.forwards import ForwardWatch
 from ptdiag.specialists.memory.leak import leak_finding
-from ptdiag.specialists.memory.sizes import SizeError, parse_size, preset, target_from_options
+from ptdiag.sizes import SizeError, parse_size, preset, target_from_options
 
 sys.path.insert(0, str(PROGRAMS))
 import mem_model  # noqa: E402
@@ -106,7 +106,7 @@ def test_forward_watch_counts_eval_forwards_without_backward_and_their_saved_byt
 
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc/self/clear_refs")
 def test_fit_estimate_within_10_percent_of_measured_cpu_peaks():
-    from ptdiag.specialists.memory.fit import FakeStep, estimate
+    from ptdiag.probe.plugins.memory.fit import FakeStep, estimate
 
     model, optimizer = mem_model.build()
     step = FakeStep(torch, model, optimizer, mem_model.batch(16)[:1])

@@ -10,10 +10,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ptdiag.specialists.numerics import history, watch
-from ptdiag.specialists.numerics.loss_region import LossRegion
-from ptdiag.specialists.numerics.batches import BatchLedger, poisoned_indices
-from ptdiag.specialists.numerics.localise import replay
+from ptdiag.probe.plugins.numerics import watch
+from ptdiag.specialists.numerics import history
+from ptdiag.probe.plugins.numerics.loss_region import LossRegion
+from ptdiag.probe.plugins.numerics.batches import BatchLedger, poisoned_indices
+from ptdiag.probe.plugins.numerics.localise import replay
 
 
 class LogHead(nn.Module):

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from ptdiag.specialists.performance import detectors, trace_cpu
-from ptdiag.specialists.performance.breakdown import FLUSH_EVERY, StepBreakdown
+from ptdiag.probe.plugins.performance.breakdown import FLUSH_EVERY, StepBreakdown
 from ptdiag.specialists.performance.measured import Measured, breakdown
-from ptdiag.specialists.performance.scan import make_scan, per_call_overhead_us
-from ptdiag.specialists.performance.telemetry import Telemetry
+from ptdiag.probe.plugins.performance.scan import make_scan, per_call_overhead_us
+from ptdiag.probe.plugins.performance.telemetry import Telemetry
 from ptdiag.specialists.performance.trace_events import read_trace
 
 TRACES = Path("/work/shared/fixtures/gpu_traces")
@@ -191,7 +191,7 @@ def test_rebuilt_optimizer_needs_many_short_lived_objects():
 
 
 def test_saved_trace_is_gzip_level_one(tmp_path):
-    from ptdiag.specialists.performance.probe import _gzip
+    from ptdiag.probe.plugins.performance import _gzip
 
     plain = tmp_path / "trace.json"
     plain.write_text(json.dumps({"traceEvents": [{"ph": "X"}] * 1000}))

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from ptdiag.launch.runner import child_environment
-from ptdiag.probe.events import EventWriter, read_events
+from ptdiag.events import read_events
+from ptdiag.probe.event_log import EventWriter
 from ptdiag.probe.plugin import Dispatcher, Plugin
 
 

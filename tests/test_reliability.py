@@ -127,7 +127,7 @@ def test_probe_bug_is_logged_and_training_unharmed(workdir):
     hook disabled, the program's output and result unchanged."""
     (workdir / "plugins").mkdir()
     (workdir / "plugins" / "sitecustomize.py").write_text(
-        "import ptdiag.specialists.tracking.probe as p\n"
+        "import ptdiag.probe.plugins.tracking as p\n"
         "def boom(value):\n    raise RuntimeError('injected probe bug')\n"
         "p._scalar = boom\n")
     bare = subprocess.run([PYTHON, str(PROGRAMS / "checksum_train.py")], cwd=workdir, capture_output=True, check=True)

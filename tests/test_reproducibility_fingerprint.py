@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from ptdiag.specialists.reproducibility.fingerprint import PendingSums, bit_sum, rng_fingerprints
+from ptdiag.probe.plugins.reproducibility.fingerprint import PendingSums, bit_sum, rng_fingerprints
 
 
 def test_bit_sum_sees_a_single_flipped_bit_and_ignores_summation_order():

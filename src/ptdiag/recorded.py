@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from ptdiag.probe.events import read_events
+from ptdiag.events import read_events
 
 
 @dataclass

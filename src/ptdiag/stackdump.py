@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 
-from ptdiag.probe.location import is_user_file
+from ptdiag.location import is_user_file
 
 FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+),? in (?P<func>\S+)')
 THREAD = re.compile(r"^(Current thread|Thread) 0x[0-9a-f]+")

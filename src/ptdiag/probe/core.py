@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ptdiag.probe import patches
-from ptdiag.probe.events import EventWriter
+from ptdiag.probe.event_log import EventWriter
 from ptdiag.probe.plugin import Dispatcher, Plugin
 
 STACK_DUMP_SIGNAL = signal.SIGUSR2  # SIGUSR1 is often taken (SLURM pre-emption, Lightning)
@@ -31,7 +31,7 @@ def load_plugins(probe: "Probe", specialists: list[str]) -> list[Plugin]:
     """Tracking always records; each planned specialist adds its in-process part, if any."""
     plugins = []
     for name in ["tracking", *[s for s in specialists if s != "tracking"]]:
-        module_name = f"ptdiag.specialists.{name}.probe"
+        module_name = f"ptdiag.probe.plugins.{name}"
         if importlib.util.find_spec(module_name) is None:
             continue
         plugins.append(importlib.import_module(module_name).Plugin(probe))

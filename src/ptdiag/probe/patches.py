@@ -14,8 +14,9 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Callable
 
+from ptdiag.events import COLLECTIVES
 from ptdiag.probe.imports import when_imported
-from ptdiag.probe.location import caller_file, is_user_file, user_location
+from ptdiag.location import caller_file, is_user_file, user_location
 
 if TYPE_CHECKING:
     from ptdiag.probe.core import Probe
@@ -269,12 +270,6 @@ def probe_ranks_that_start(start: Callable[[int], "Probe | None"]) -> Callable:
             _after_init_process_group(dist, started)
 
     return install
-
-
-COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "all_gather_object",
-               "reduce_scatter", "reduce_scatter_tensor", "all_to_all", "all_to_all_single",
-               "broadcast", "broadcast_object_list", "reduce", "gather", "scatter", "barrier",
-               "monitored_barrier", "send", "recv")
 
 
 def _collectives(probe: "Probe", dist) -> None:

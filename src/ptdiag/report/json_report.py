@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ptdiag.probe.events import jsonable
+from ptdiag.events import jsonable
 from ptdiag.report.model import Report
 
 

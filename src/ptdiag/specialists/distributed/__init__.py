@@ -14,7 +14,7 @@ from ptdiag.recorded import RecordedRun
 from ptdiag.specialists.distributed import checks_data, checks_hang, checks_launch, checks_replicas, checks_straggler
 from ptdiag.specialists.distributed.job import Job
 
-from ptdiag.specialists.distributed.flight_recorder_dumps import FLIGHT_RECORDER_DIR
+from ptdiag.events import FLIGHT_RECORDER_DIR
 
 CHECKS = (
     checks_launch.env_findings,

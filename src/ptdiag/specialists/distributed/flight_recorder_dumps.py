@@ -28,10 +28,6 @@ SNIFF_MARKERS = (b"pg_config", b"entries", b"nccl_version")
 SNIFF_BYTES = 64 * 1024
 
 
-# where a diagnosed run's ranks dump (TORCH_FR_DUMP_TEMP_FILE, see distributed.CHILD_ENV)
-FLIGHT_RECORDER_DIR = "flight_recorder"
-
-
 class FlightRecorderError(ValueError):
     """A path that cannot be analysed as Flight Recorder dumps, with the reason."""
 

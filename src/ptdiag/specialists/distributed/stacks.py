@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ptdiag import stackdump
-from ptdiag.probe.location import is_user_file
-from ptdiag.probe.patches import COLLECTIVES
+from ptdiag.location import is_user_file
+from ptdiag.events import COLLECTIVES
 
 
 # (file ending, function, what the rank is doing there): DDP's communication phases

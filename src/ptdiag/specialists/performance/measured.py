@@ -14,7 +14,7 @@ from typing import Any
 
 from ptdiag.recorded import ProcessEvents, RecordedRun
 from ptdiag.specialists.performance import trace, trace_cpu, trace_ranks
-from ptdiag.specialists.performance.breakdown import PHASES
+from ptdiag.events import STEP_PHASES as PHASES
 from ptdiag.specialists.performance.trace_events import STEP_PREFIX, TraceError, read_trace
 
 BREAKDOWN_PARTS = ("data", *PHASES, "other")

@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 
 from ptdiag.findings import Analysis, Finding
-from ptdiag.specialists.reproducibility.checkpoint_contents import CATEGORIES, categories, describe
+from ptdiag.checkpoint_contents import CATEGORIES, categories, describe
 from ptdiag.specialists.reproducibility.checkpoints import FIX_BY_STATE
 
 KIND = "checkpoint"

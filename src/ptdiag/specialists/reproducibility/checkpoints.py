@@ -7,7 +7,7 @@ import os
 from collections import defaultdict
 
 from ptdiag.findings import Finding
-from ptdiag.specialists.reproducibility.checkpoint_contents import CATEGORIES
+from ptdiag.checkpoint_contents import CATEGORIES
 from ptdiag.specialists.reproducibility.needs import missing
 from ptdiag.specialists.reproducibility.trace import Trace
 

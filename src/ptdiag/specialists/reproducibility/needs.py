@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ptdiag.specialists.reproducibility.checkpoint_contents import CATEGORIES
+from ptdiag.checkpoint_contents import CATEGORIES
 from ptdiag.specialists.reproducibility.trace import Trace, rng_label
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ptdiag.recorded import RecordedRun
 from ptdiag.specialists.reproducibility.compare import compare
-from ptdiag.specialists.reproducibility.probe import ROLE_ENV
+from ptdiag.events import REPRO_ROLE_ENV
 from ptdiag.specialists.reproducibility.resume import STATE_FILE
 from ptdiag.specialists.reproducibility.trace import AUDIT, COMPANIONS, REPEAT, RESUME, Trace
 
@@ -67,14 +67,14 @@ def _companion(ctx, name: str) -> Path:
 
 
 def _repeat(ctx, main: Trace, steps: int, op_audit: str) -> dict:
-    outcome = ctx.run_again(ctx.command, _companion(ctx, REPEAT), max_steps=steps, env={ROLE_ENV: REPEAT})
+    outcome = ctx.run_again(ctx.command, _companion(ctx, REPEAT), max_steps=steps, env={REPRO_ROLE_ENV: REPEAT})
     done = {"steps": steps, "exit_code": outcome.exit_code}
     repeat = Trace.of(RecordedRun.load(_companion(ctx, REPEAT)))
     difference = compare(main, repeat).difference
     explained = difference is not None and (difference.stage == "weights" or difference.rng or difference.input)
     if op_audit not in NO and (op_audit in ("yes", "always", "true", "1") or (difference and not explained)):
         audit_steps = max(difference.step, 1) if difference else steps
-        audit = ctx.run_again(ctx.command, _companion(ctx, AUDIT), max_steps=audit_steps, env={ROLE_ENV: AUDIT})
+        audit = ctx.run_again(ctx.command, _companion(ctx, AUDIT), max_steps=audit_steps, env={REPRO_ROLE_ENV: AUDIT})
         done["audit"] = {"steps": audit_steps, "exit_code": audit.exit_code}
     return done
 
@@ -93,7 +93,7 @@ def _resume(ctx, main: Trace, command: str, cap: int) -> dict:
                 "fix": "Run more steps, or -o reproducibility.resume_step=K with a K before the end."}
     for ckpt in snapshots:
         shutil.copyfile(ckpt["snapshot"], ckpt["path"])
-    outcome = ctx.run_again(shlex.split(command), _companion(ctx, RESUME), max_steps=steps, env={ROLE_ENV: RESUME})
+    outcome = ctx.run_again(shlex.split(command), _companion(ctx, RESUME), max_steps=steps, env={REPRO_ROLE_ENV: RESUME})
     return {"command": command, "step": k, "steps": steps, "exit_code": outcome.exit_code,
             "files": [c["path"] for c in snapshots]}
 

@@ -5,7 +5,6 @@ what produced them), and answer "which run had lr 0.01" from the store."""
 from __future__ import annotations
 
 from ptdiag.findings import Analysis, Finding
-from ptdiag.probe.plugin import HOOKS
 from ptdiag.recorded import RecordedRun
 from ptdiag.specialists.tracking import lookup, record
 from ptdiag.specialists.tracking.metrics import tracked_metrics

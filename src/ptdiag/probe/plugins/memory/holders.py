@@ -22,7 +22,7 @@ import collections
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
-from ptdiag.probe.location import format_location, is_user_file
+from ptdiag.location import format_location, is_user_file
 
 BACKWARD_TAG = "ptdiag_backward_step"
 FORWARD_TAG = "ptdiag_forward_step"  # a model output's node: the model's graph holds no loss, stop there

@@ -17,12 +17,12 @@ import os
 import socket
 import time
 
-from ptdiag.probe.location import user_location
-from ptdiag.specialists.distributed.flight_recorder_dumps import FLIGHT_RECORDER_DIR
+from ptdiag.location import user_location
+from ptdiag.events import FLIGHT_RECORDER_DIR
 from ptdiag.probe.plugin import Plugin as ProbePlugin
-from ptdiag.specialists.distributed.consistency import ConsistencyCheck, is_check_step
-from ptdiag.specialists.distributed.fingerprint import fingerprint
-from ptdiag.specialists.distributed.live import LiveState
+from ptdiag.probe.plugins.distributed.consistency import ConsistencyCheck, is_check_step
+from ptdiag.probe.plugins.distributed.fingerprint import fingerprint
+from ptdiag.probe.plugins.distributed.live import LiveState
 
 ENV_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
             "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT",

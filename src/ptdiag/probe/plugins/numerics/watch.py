@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils._pytree import tree_leaves
 
-from ptdiag.specialists.numerics.loss_region import LossRegion, first_born
+from ptdiag.probe.plugins.numerics.loss_region import LossRegion, first_born
 
 
 # Each watched module costs a Python hook call and one reduction (a kernel launch on a GPU)

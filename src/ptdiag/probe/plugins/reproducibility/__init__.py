@@ -23,16 +23,17 @@ import shutil
 import weakref
 
 from ptdiag.probe.plugin import Plugin as ProbePlugin
-from ptdiag.specialists.reproducibility import checkpoint_contents, fingerprint
+from ptdiag import checkpoint_contents
+from ptdiag.events import REPRO_ROLE_ENV
+from ptdiag.probe.plugins.reproducibility import fingerprint
 
-ROLE_ENV = "PTDIAG_REPRO_ROLE"
 NONDETERMINISTIC_MARK = "deterministic"  # in every alert of use_deterministic_algorithms
 ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED",
             "CUDA_VISIBLE_DEVICES", "CUDA_LAUNCH_BLOCKING")
 
 
 def role() -> str:
-    return os.environ.get(ROLE_ENV, "main")
+    return os.environ.get(REPRO_ROLE_ENV, "main")
 
 
 class Plugin(ProbePlugin):

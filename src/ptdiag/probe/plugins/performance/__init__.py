@@ -23,10 +23,10 @@ import sys
 import time
 import weakref
 
-from ptdiag.probe.location import user_location
+from ptdiag.location import user_location
 from ptdiag.probe.plugin import Plugin as ProbePlugin
-from ptdiag.specialists.performance.breakdown import StepBreakdown
-from ptdiag.specialists.performance.telemetry import Telemetry, usable_cores
+from ptdiag.probe.plugins.performance.breakdown import StepBreakdown
+from ptdiag.probe.plugins.performance.telemetry import Telemetry, usable_cores
 
 DEFAULTS = {"skip": 4, "profile_steps": 3, "scan_steps": 2, "tail_steps": 3, "stop": "auto", "profile": "yes",
             "telemetry": "yes"}
@@ -254,7 +254,7 @@ class Plugin(ProbePlugin):
             os.close(log)
 
     def _start_scan(self) -> None:
-        from ptdiag.specialists.performance import scan
+        from ptdiag.probe.plugins.performance import scan
 
         torch = self._torch
         overhead = scan.per_call_overhead_us(torch)

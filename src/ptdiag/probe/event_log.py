@@ -10,27 +10,12 @@ inherits the open file; only the process that opened it writes.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-
-def jsonable(value: Any) -> Any:
-    """Strict JSON of user values (argparse results, config, NaN losses): non-finite
-    floats as the strings "nan"/"inf", anything else JSON cannot say as its repr."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return repr(value)  # "nan", "inf": valid JSON, still readable
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return repr(value)
+from ptdiag.events import jsonable
 
 
 class EventWriter:
@@ -60,15 +45,3 @@ class EventWriter:
     def close(self) -> None:
         if os.getpid() == self._pid:
             self._fh.close()
-
-
-def read_events(path: Path) -> list[dict]:
-    """All complete events of one file; a line cut short by a crash is skipped."""
-    events = []
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            try:
-                events.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return events

@@ -15,7 +15,7 @@ import weakref
 
 import torch
 
-from ptdiag.specialists.numerics.localise import all_finite, float_tensors
+from ptdiag.probe.plugins.numerics.localise import all_finite, float_tensors
 
 
 def _plain_indices(indices) -> list[int] | None:

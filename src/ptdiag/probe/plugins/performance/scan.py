@@ -26,7 +26,7 @@ import time
 from collections import Counter, defaultdict
 from functools import lru_cache
 
-from ptdiag.probe.location import format_location, is_user_file
+from ptdiag.location import format_location, is_user_file
 
 # Tensor method / torch function name -> what it does to the host.
 SYNC_CALLS = {

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ptdiag.probe.location import user_location
-from ptdiag.specialists.memory.holders import tag_forward
-from ptdiag.specialists.memory.tensor_bytes import unique_bytes
+from ptdiag.location import user_location
+from ptdiag.probe.plugins.memory.holders import tag_forward
+from ptdiag.probe.plugins.memory.tensor_bytes import unique_bytes
 
 SAVED_SAMPLES_PER_MODE = 2  # sampled forwards per train/eval mode; the hooks cost per saved tensor
 

@@ -22,7 +22,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 
-from ptdiag.specialists.memory.step_tracker import peak_by_kind
+from ptdiag.probe.plugins.memory.step_tracker import peak_by_kind
 
 MAX_BATCH_MULTIPLE = 1024  # never search beyond 1024x the user's batch
 SECANT_CHECKS = 3  # fake steps spent checking and correcting the predicted batch size

@@ -20,8 +20,8 @@ from functools import lru_cache
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode
 
-from ptdiag.probe.location import format_location, is_user_file
-from ptdiag.specialists.numerics.localise import INTENTIONAL_INF, float_tensors, op_name
+from ptdiag.location import format_location, is_user_file
+from ptdiag.probe.plugins.numerics.localise import INTENTIONAL_INF, float_tensors, op_name
 
 MAX_OPS = 64  # ops kept per step: a loss is a handful; more is other work, not worth the cost
 _is_user_file = lru_cache(maxsize=4096)(is_user_file)

@@ -11,7 +11,7 @@ import os
 import re
 import sys
 
-from ptdiag.probe.location import format_location, is_user_file
+from ptdiag.location import format_location, is_user_file
 
 _TORCH_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__import__("torch").__file__))) + os.sep
 _PTDIAG_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) + os.sep

@@ -17,9 +17,9 @@ from __future__ import annotations
 import sys
 
 from ptdiag.probe.plugin import Plugin as ProbePlugin
-from ptdiag.specialists.memory import holders, tensor_bytes
-from ptdiag.specialists.memory.process_memory import cuda_sample, host_sample
-from ptdiag.specialists.memory.sizes import SizeError, target_from_options
+from ptdiag.probe.plugins.memory import holders, tensor_bytes
+from ptdiag.probe.plugins.memory.process_memory import cuda_sample, host_sample
+from ptdiag.sizes import SizeError, target_from_options
 
 DEFAULT_BREAKDOWN_STEP = 2  # step 1 creates optimizer state and warms caches: watch the next
 
@@ -44,8 +44,8 @@ class Plugin(ProbePlugin):
             probe.emit("mem_option_error", message=str(error))
 
     def on_torch_import(self, torch) -> None:
-        from ptdiag.specialists.memory.cuda_history import CudaHistory
-        from ptdiag.specialists.memory.step_tracker import StepTracker
+        from ptdiag.probe.plugins.memory.cuda_history import CudaHistory
+        from ptdiag.probe.plugins.memory.step_tracker import StepTracker
 
         self.torch = torch
         self.tracker = StepTracker(torch)
@@ -53,7 +53,7 @@ class Plugin(ProbePlugin):
         self.probe.emit("mem_start", cuda_history=self.cuda.start(), **host_sample())
 
     def on_model(self, module) -> None:
-        from ptdiag.specialists.memory.forwards import ForwardWatch
+        from ptdiag.probe.plugins.memory.forwards import ForwardWatch
 
         self.model = module
         first = next(module.parameters())
@@ -99,7 +99,7 @@ class Plugin(ProbePlugin):
             self.tracker.start(self.model, self._optimizer)
 
     def _estimate_fit(self, optimizer) -> None:
-        from ptdiag.specialists.memory.fit import FakeStep, estimate
+        from ptdiag.probe.plugins.memory.fit import FakeStep, estimate
 
         label, budget = self.target
         if self.model is None or self.forwards.last_input is None:

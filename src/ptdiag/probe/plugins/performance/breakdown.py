@@ -14,7 +14,8 @@ from __future__ import annotations
 import time
 from collections import deque
 
-PHASES = ("forward", "backward", "optimizer")
+from ptdiag.events import STEP_PHASES as PHASES
+
 FLUSH_EVERY = 32  # rows per perf_steps event
 GPU_PENDING_MAX = 64  # steps of CUDA events kept waiting before the oldest are dropped
 

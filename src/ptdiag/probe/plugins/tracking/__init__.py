@@ -12,9 +12,9 @@ import os
 import time
 from collections import deque
 
-from ptdiag.probe.location import user_location_of_traceback
+from ptdiag.location import user_location_of_traceback
 from ptdiag.probe.plugin import Plugin as ProbePlugin
-from ptdiag.specialists.tracking import footprint
+from ptdiag.probe.plugins.tracking import footprint
 
 MAX_ARGS_EVENTS = 5  # a program that parses arguments in a loop is not worth more
 

@@ -23,7 +23,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from ptdiag.specialists.numerics.locations import frames_until, traceback_frames, user_and_library
+from ptdiag.probe.plugins.numerics.locations import frames_until, traceback_frames, user_and_library
 
 FP16_MAX = 65504.0
 

@@ -14,17 +14,23 @@ from __future__ import annotations
 
 import time
 
-import torch
-
-from ptdiag.probe.location import user_location
+from ptdiag.location import user_location
 from ptdiag.probe.plugin import Plugin as ProbePlugin
-from ptdiag.specialists.numerics import watch
-from ptdiag.specialists.numerics.batches import BatchLedger, poisoned_indices
-from ptdiag.specialists.numerics.localise import all_finite, float_tensors, replay
-from ptdiag.specialists.numerics.loss_region import LossRegion
 
 FALSE_WORDS = ("0", "false", "no", "off")
 MODULES_KEPT = 20  # module names recorded per step with a non-finite output
+
+
+def _import_torch_parts() -> None:
+    """The watch's parts are torch code (dispatch modes, pytree): they are imported with
+    torch, never before it (the probe starts before the program imports anything)."""
+    global torch, watch, BatchLedger, poisoned_indices, all_finite, float_tensors, replay, LossRegion
+    import torch
+
+    from ptdiag.probe.plugins.numerics import watch
+    from ptdiag.probe.plugins.numerics.batches import BatchLedger, poisoned_indices
+    from ptdiag.probe.plugins.numerics.localise import all_finite, float_tensors, replay
+    from ptdiag.probe.plugins.numerics.loss_region import LossRegion
 
 
 def _autocast_state(device_type: str) -> dict | None:
@@ -72,10 +78,10 @@ class Plugin(ProbePlugin):
         super().__init__(probe)
         options = probe.options.get("numerics", {})
         self.stop = str(options.get("stop", "1")).lower() not in FALSE_WORDS
-        self.ledger = BatchLedger()
+        self.ledger = None  # BatchLedger and LossRegion come with torch (on_torch_import)
         self._model = None
-        self._outputs: watch.ModuleOutputs | None = None
-        self._region = LossRegion()
+        self._outputs = None  # watch.ModuleOutputs of the model
+        self._region = None
         self._groups: list[list] | None = None
         self._replaying = False
         self._localised = False
@@ -92,6 +98,11 @@ class Plugin(ProbePlugin):
         self._grad_outs: list | None = None
         self._loss = None
         self._scale = None
+
+    def on_torch_import(self, torch) -> None:
+        _import_torch_parts()
+        self.ledger = BatchLedger()
+        self._region = LossRegion()
 
     # -- data ------------------------------------------------------------------------------
     def on_loader_iter(self, loader, epoch) -> None:
