@@ -96,7 +96,7 @@ def hook_cost(steps: int = 2000) -> None:
     import torch
 
     from ptdiag.probe.core import Probe
-    from ptdiag.specialists.distributed.probe import Plugin
+    from ptdiag.probe.plugins.distributed import Plugin
 
     with tempfile.TemporaryDirectory() as tmp:
         probe = Probe(Path(tmp), {"specialists": []}, 0)

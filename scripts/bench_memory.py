@@ -76,7 +76,7 @@ def fit_accuracy() -> None:
     import mem_model
     import torch
 
-    from ptdiag.specialists.memory.fit import FakeStep, estimate
+    from ptdiag.probe.plugins.memory.fit import FakeStep, estimate
 
     torch.set_num_threads(1)
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", PYTHONPATH=str(PROGRAMS))

@@ -94,8 +94,8 @@ def parts(steps: int) -> None:
     import torchvision
 
     sys.path.insert(0, str(REPO / "src"))
-    from ptdiag.specialists.numerics import watch
-    from ptdiag.specialists.numerics.loss_region import LossRegion
+    from ptdiag.probe.plugins.numerics import watch
+    from ptdiag.probe.plugins.numerics.loss_region import LossRegion
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
