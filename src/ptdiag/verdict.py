@@ -37,10 +37,10 @@ def _timed_out_silently(run: RecordedRun) -> bool:
     return timed_out_at - last > max(HUNG_MIN_SILENCE_S, HUNG_STEP_MULTIPLE * typical)
 
 
-def _stopped_for(run: RecordedRun, reason: str) -> bool:
+def _stopped_by(run: RecordedRun, specialist: str) -> bool:
     """A specialist stopped the training on purpose: numerics stops once it has localised
     a non-finite value (which may be in the gradients only, with a finite loss)."""
-    return any(e.get("reason") == reason for e in run.all_events("stopped"))
+    return any(e.get("by") == specialist for e in run.all_events("stopped"))
 
 
 # (status, rule) in order of precedence
@@ -49,7 +49,7 @@ STATUS_RULES: tuple[tuple[str, Callable[[RecordedRun], bool]], ...] = (
     ("hung", lambda r: r.outcome.get("timed_out_at") is not None and _timed_out_silently(r)),
     ("timeout", lambda r: r.outcome.get("timed_out_at") is not None),
     ("oom", lambda r: oom_exception(r) is not None),
-    ("diverged", lambda r: r.first_nonfinite_loss() is not None or _stopped_for(r, "numerics")),
+    ("diverged", lambda r: r.first_nonfinite_loss() is not None or _stopped_by(r, "numerics")),
     ("killed", lambda r: r.outcome.get("returncode", 0) < 0),
     ("crashed", lambda r: r.outcome.get("returncode", 0) != 0),
     ("completed", lambda r: True),

@@ -47,7 +47,8 @@ class Probe:
         self.max_steps: int | None = plan.get("max_steps")
         self.options: dict = plan.get("options", {})  # per specialist: {"memory": {"target_memory": "16GiB"}}
         self._primary_optimizer: weakref.ref | None = None
-        self._scaled_loss: tuple = (None, None)  # (weakref to GradScaler.scale's output, its scale)
+        self._scaled_loss: tuple = (None, None)
+        self._switched_off: set[str] = set()  # (weakref to GradScaler.scale's output, its scale)
         self.events = EventWriter(run_dir / "events" / f"rank{rank}.p{os.getpid()}.jsonl")
         self.dispatcher = Dispatcher(load_plugins(self, plan.get("specialists", [])), self.log_error)
 
@@ -123,6 +124,25 @@ class Probe:
             faulthandler.disable()
         self._stack_file.close()
 
+    # -- what ptdiag changes about the run: always said --------------------------------------
+    def stop(self, by: str, reason: str, keep_running: str | None = None) -> None:
+        """The one way ptdiag ends a training early: a clean SystemExit(0) after the
+        `stopped` event that the report turns into `stopped_by` (who, at which step, why,
+        and the option that keeps the training running)."""
+        self.emit("stopped", by=by, reason=reason, step=self.step, keep_running=keep_running, wall=time.time())
+        self.events.flush()
+        raise SystemExit(0)
+
+    def switch_off(self, what: str, why: str) -> None:
+        """Record that ptdiag removed one of its own instruments (it faulted, or would cost
+        more than its budget); the report lists these under `switched_off`. Said once per
+        instrument."""
+        if what in self._switched_off:
+            return
+        self._switched_off.add(what)
+        self.emit("switched_off", what=what, why=why, step=self.step)
+        self.log_error(f"switched off {what}: {why}")
+
     # -- the loss a GradScaler scaled (patches: GradScaler.scale) ---------------------------
     def note_scaled_loss(self, scaled, scale) -> None:
         self._scaled_loss = (weakref.ref(scaled), scale)
@@ -156,8 +176,7 @@ class Probe:
         self.events.flush_each = False
         self.events.flush()
         if self.max_steps is not None and self.step >= self.max_steps:
-            self.emit("stopped", reason="max_steps", step=self.step, wall=time.time())
-            raise SystemExit(0)
+            self.stop("max_steps", f"--max-steps {self.max_steps} was reached")
 
 
 def _env_int(name: str) -> int | None:

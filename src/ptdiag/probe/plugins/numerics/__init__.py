@@ -233,6 +233,6 @@ class Plugin(ProbePlugin):
 
     def _halt(self) -> None:
         self._stop_due = False
-        self.probe.emit("stopped", reason="numerics", step=self.probe.step, wall=time.time())
-        raise SystemExit(0)
+        self.probe.stop("numerics", "the first non-finite value was localised; training on NaN teaches nothing",
+                        keep_running="-o numerics.stop=0")
 

@@ -160,16 +160,15 @@ class Plugin(ProbePlugin):
         elif self._scan is not None and step >= self.scan_end:
             self._stop_scan(step - self.profile_end)
         if step == self.stop_at and self.stop_when_done:
-            self._stop("performance_window", step)
+            self._stop("both profiling windows are recorded (the diagnosis needs no more steps)")
 
     def on_exit(self) -> None:
         self._finish()
 
-    def _stop(self, reason: str, step: int) -> None:
+    def _stop(self, reason: str) -> None:
         """End the training cleanly once the diagnosis has what it needs (--max-steps' way)."""
         self._finish()
-        self.probe.emit("stopped", reason=reason, step=step, wall=time.time())
-        raise SystemExit(0)
+        self.probe.stop("performance", reason, keep_running="-o performance.stop=0")
 
     def _any_optimizer_stepped(self, optimizer, args, kwargs) -> None:
         """Global post-hook on every optimizer (torch's public API): new objects counted."""
@@ -183,7 +182,7 @@ class Plugin(ProbePlugin):
                             optimizer_steps=self._optimizer_steps, location=user_location(2))
         if (self.stop_when_done and self._optimizer_objects >= REBUILT_STOP_OBJECTS
                 and self._optimizer_steps <= 2 * self._optimizer_objects):
-            self._stop("optimizer_rebuilt", self.probe.step)
+            self._stop(f"a new optimizer was built {self._optimizer_objects} times (the finding is measured)")
 
     # -- windows -----------------------------------------------------------------------------
     def _start_telemetry(self) -> None:
