@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
 from ptdiag.cli_runs import STORE_HELP, runs_app
 from ptdiag.errors import UsageProblem
@@ -280,6 +279,16 @@ def inspect(
     return 0
 
 
+# typer raises its vendored click's exceptions, which it does not export: they are known
+# by their shape (a message and an exit code), and a bare command's help by its name, as
+# typer itself tells it (rich_utils.rich_format_error)
+NO_ARGS_IS_HELP = "NoArgsIsHelpError"
+
+
+def _is_usage_error(error: Exception) -> bool:
+    return callable(getattr(error, "format_message", None)) and isinstance(getattr(error, "exit_code", None), int)
+
+
 def run_app(head: list[str]) -> int:
     from ptdiag.errors import USER_ERRORS
 
@@ -290,16 +299,16 @@ def run_app(head: list[str]) -> int:
     except typer.Abort:
         print("ptdiag: aborted", file=sys.stderr)
         return 130
-    except NoArgsIsHelpError as error:
-        print(error.format_message())
-        return 2
-    except ClickException as error:
-        print(f"ptdiag: error: {error.format_message()}", file=sys.stderr)
-        return 2
     except USER_ERRORS as error:
         print(f"ptdiag: error: {error}", file=sys.stderr)
         return 2
     except Exception as error:
+        if _is_usage_error(error):
+            if type(error).__name__ == NO_ARGS_IS_HELP:  # a bare `ptdiag` or `ptdiag runs`: the help
+                print(error.format_message())
+            else:
+                print(f"ptdiag: error: {error.format_message()}", file=sys.stderr)
+            return error.exit_code
         if os.environ.get("PTDIAG_DEBUG"):
             raise
         print(f"ptdiag: internal error: {type(error).__name__}: {error} "

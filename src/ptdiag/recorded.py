@@ -82,11 +82,6 @@ class RecordedRun:
             return []
         return [(e["step"], _as_float(e["value"])) for e in proc.of("loss") if not e.get("skipped")]
 
-    def skipped_steps(self, rank: int | None = None) -> list[int]:
-        """Step numbers whose update a GradScaler dropped (inf/NaN gradients)."""
-        proc = self.main if rank is None else self.ranks.get(rank)
-        return [e["step"] for e in proc.of("step_skipped")] if proc else []
-
     def step_times(self, rank: int | None = None) -> list[float]:
         proc = self.main if rank is None else self.ranks.get(rank)
         return [e["dt"] for e in proc.of("step") if e.get("dt") is not None] if proc else []

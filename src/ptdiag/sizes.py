@@ -1,8 +1,7 @@
 """Memory sizes as users write them ("16GiB", "512MB") and named device presets.
 
-Presets are the device's total memory as sold; what the allocator can use is less (the
-CUDA context takes a few hundred MiB), so the fit estimate keeps `CONTEXT_RESERVE_BYTES`
-aside for it rather than pretending the whole card is free.
+Presets are the device's total memory as sold. The fit estimate compares a step's peak
+with that whole figure: the few hundred MiB the CUDA context takes are not subtracted.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ DEVICE_PRESETS = {
     "L4-24GB": 24 * 2**30, "L40S-48GB": 48 * 2**30, "H100-80GB": 80 * 2**30,
     "H200-141GB": 141 * 2**30, "RTX3090-24GB": 24 * 2**30, "RTX4090-24GB": 24 * 2**30,
 }
-CONTEXT_RESERVE_BYTES = 512 * 2**20  # CUDA context + cuBLAS/cuDNN workspaces, measured typically 300-600 MiB
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
 

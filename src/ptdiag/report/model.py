@@ -12,7 +12,6 @@ from typing import Any
 from ptdiag.findings import Finding
 
 SCHEMA = "ptdiag.report/1"
-STATUSES = ("completed", "diverged", "crashed", "oom", "hung", "timeout", "interrupted", "killed")
 
 
 @dataclass

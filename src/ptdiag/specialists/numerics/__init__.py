@@ -128,10 +128,6 @@ def _explosion(run: RecordedRun, rank: int, failed_at: int | None) -> Finding | 
         fix=fix)
 
 
-def _lr_before(lrs: dict[int, list], step: int) -> float:
-    return _lr_at(lrs, step - 1) or _lr_at(lrs, step) or 0.0
-
-
 def _spikes(run: RecordedRun, rank: int, until: int | None) -> Finding | None:
     losses = [(e["step"], e.get("loss")) for e in _watch(run, rank)] or run.losses(rank)
     spikes = history.loss_spikes(losses, until)

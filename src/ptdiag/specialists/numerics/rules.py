@@ -42,8 +42,6 @@ FORWARD_FIXES = {
 }
 FORWARD_DEFAULT_FIX = ("The op's inputs were finite and its output was not: guard its inputs (clamp, eps) "
                        "or compute it with a numerically stable library function.")
-OVERFLOW_OPS = ("aten::convolution", "aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear",
-                "aten::mul", "aten::add", "aten::sum", "aten::_to_copy", "aten::native_batch_norm")
 
 # backward node -> fix
 BACKWARD_FIXES = {

@@ -78,7 +78,7 @@ class Plugin(ProbePlugin):
         self.check_pending: int | None = None
         self.via_ddp = False
         self.own_collective = False
-        self.t_step = self.t_batch = self.t_backward = None
+        self.t_step = self.t_backward = None
         self.backward_s = 0.0
         self.opts = probe.options.get("distributed", {})
 
@@ -148,9 +148,6 @@ class Plugin(ProbePlugin):
         if sampler is not None:
             self.probe.emit("dist_epoch", loader=index, epoch=epoch,
                             sampler_epoch=_plain(getattr(sampler, "epoch", None)), location=user_location(1))
-
-    def on_batch(self, loader, wait_s) -> None:
-        self.t_batch = time.perf_counter()
 
     # -- forward: fingerprints and the consistency check -------------------------------------
     def _ddp_forward(self, module, args) -> None:
