@@ -110,6 +110,56 @@ def test_max_steps_exits_zero_at_that_step(tmp_path):
     assert json.dumps(events[-1]).startswith('{"ev": "exit"')
 
 
+# Warns from torch's DataLoader at each epoch (shown once: the default action) and logs a
+# loss that still requires grad to TensorBoard (the recorder reads it as a float).
+WARNS_EACH_EPOCH = """
+import tempfile, torch
+from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.tensorboard import SummaryWriter
+torch.manual_seed(0)
+loader = DataLoader(TensorDataset(torch.randn(16, 4)), batch_size=8, pin_memory=True)
+model = torch.nn.Linear(4, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+writer = SummaryWriter(tempfile.mkdtemp())
+for epoch in range(3):
+    for (x,) in loader:
+        loss = model(x).pow(2).mean()
+        opt.zero_grad(); loss.backward(); opt.step()
+    writer.add_scalar("loss", loss, epoch)
+writer.close()
+"""
+
+
+def test_program_warnings_are_shown_as_often_as_without_the_probe(tmp_path):
+    """The probe silenced torch.compile's hook warning with filterwarnings, whose version
+    bump cleared every warning registry: the pin_memory warning came back at the next
+    epoch. And float() of the logged loss raised torch's requires_grad warning."""
+    bare = subprocess.run([sys.executable, "-c", WARNS_EACH_EPOCH], capture_output=True, text=True, timeout=120)
+    proc, events, _ = run_probed(WARNS_EACH_EPOCH, tmp_path)
+    assert bare.returncode == proc.returncode == 0
+    assert bare.stderr.count("pin_memory") == 1
+    assert proc.stderr == bare.stderr
+    assert [e["tag"] for e in events if e["ev"] == "scalar"] == ["loss"] * 3
+
+
+def test_silencing_a_warning_leaves_the_registries_alone():
+    import warnings
+
+    from ptdiag.probe import quiet_warnings
+
+    def warn():
+        warnings.warn("once per location", UserWarning)
+
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("default")
+        warn()
+        with quiet_warnings.ignored("compile"):
+            warnings.warn("compile this", UserWarning)
+            warn()
+        warn()
+    assert [str(w.message) for w in shown] == ["once per location"]
+
+
 def test_rebuilt_optimizer_steps_still_count(tmp_path):
     code = ("import torch\nm = torch.nn.Linear(2, 1)\nfor i in range(5):\n"
             "    o = torch.optim.SGD(m.parameters(), lr=0.1)\n    m(torch.ones(3, 2)).sum().backward()\n    o.step()\n")

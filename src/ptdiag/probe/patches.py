@@ -15,6 +15,7 @@ import weakref
 from typing import TYPE_CHECKING, Callable
 
 from ptdiag.events import COLLECTIVES
+from ptdiag.probe import quiet_warnings
 from ptdiag.probe.imports import when_imported
 from ptdiag.location import caller_file, is_user_file, user_location
 
@@ -167,20 +168,15 @@ COMPILE_HOOK_WARNING = r"Using `torch\.compile\(module\)` when there are global 
 
 def _first_model(probe: "Probe", torch) -> None:
     """The outermost module runs its pre-hook first; one look, then the hook is gone."""
-    import warnings
-
     from torch.nn.modules.module import register_module_forward_pre_hook
 
     handle = None
-    warnings.filterwarnings("ignore", message=COMPILE_HOOK_WARNING, category=UserWarning)
-    quiet = warnings.filters[0]
+    quiet = quiet_warnings.ignore(COMPILE_HOOK_WARNING, UserWarning)
 
     def pre_hook(module, args):
         if handle is not None and next(module.parameters(), None) is not None:
             handle.remove()
-            if quiet in warnings.filters:
-                warnings.filters.remove(quiet)
-                getattr(warnings, "_filters_mutated", lambda: None)()  # the C cache of the filters
+            quiet_warnings.unignore(quiet)
             probe.call("on_model", module)
 
     handle = register_module_forward_pre_hook(pre_hook)

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import copy
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 
+from ptdiag.probe import quiet_warnings
 from ptdiag.probe.plugins.memory.step_tracker import peak_by_kind
 
 MAX_BATCH_MULTIPLE = 1024  # never search beyond 1024x the user's batch
@@ -120,8 +120,7 @@ def estimate(step: FakeStep, budget: int) -> FitEstimate:
     """Peak at the user's batch, the line through a second batch size, the largest batch that fits.
 
     Warnings torch raises about fake tensors are silenced: they would reach the user's stderr."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with quiet_warnings.ignored():
         return _estimate(step, budget)
 
 

@@ -37,7 +37,7 @@ def all_finite(tensors: list[torch.Tensor]) -> bool:
 
 
 def abs_max(tensors: list[torch.Tensor]) -> float | None:
-    finite = [t[torch.isfinite(t)] for t in tensors if t.numel()]
+    finite = [t.detach()[torch.isfinite(t)] for t in tensors if t.numel()]  # float() of a grad tensor warns
     values = [float(t.abs().max()) for t in finite if t.numel()]
     return max(values) if values else None
 

@@ -20,11 +20,13 @@ MAX_ARGS_EVENTS = 5  # a program that parses arguments in a loop is not worth mo
 
 
 def _scalar(value):
-    """Plain numbers as they are; a tensor hyperparameter (a tensor lr) as a float."""
+    """Plain numbers as they are; a tensor (a tensor lr, a loss logged to TensorBoard) as a
+    float, read detached: float() of a tensor that requires grad warns on the program's
+    stderr."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     try:
-        return float(value)
+        return float(value.detach() if callable(getattr(value, "detach", None)) else value)
     except (TypeError, ValueError, RuntimeError):
         return repr(value)
 
