@@ -91,14 +91,15 @@ def breakdown(rows: list[dict], batch: int | None) -> dict[str, Any] | None:
         return None
     times = [r["dt"] for r in used]
     total = sum(times)
+    median = statistics.median(times)
     result: dict[str, Any] = {
         "steps": len(used),
         "steps_used": [r["step"] for r in used],
         "step_s": _quantiles(times),
-        "steps_per_s": round(1.0 / statistics.median(times), 3) if statistics.median(times) > 0 else None,
+        "steps_per_s": round(1.0 / median, 3) if median > 0 else None,
     }
-    if batch and result["steps_per_s"]:
-        result["samples_per_s"] = round(batch * result["steps_per_s"], 2)
+    if batch and median > 0:  # from the median itself: a rounded steps_per_s times the batch loses digits
+        result["samples_per_s"] = round(batch / median, 2)
     parts = [p for p in BREAKDOWN_PARTS if any(p in r for r in used)]
     # a phase's share is the median of its per-step shares: one slow step (a new epoch's
     # iterator starting its workers) must not make a typical step look data-bound

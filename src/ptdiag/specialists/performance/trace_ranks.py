@@ -27,6 +27,10 @@ from ptdiag.specialists.distributed.checks_straggler import MIN_GAP_S, SLOW_RATI
 # own by at least `wait_share` of that gap (they wait for it; without this a rank doing
 # extra work no one waits for, e.g. after the last collective, would be blamed).
 IMBALANCE = {"work_ratio": SLOW_RATIO, "min_gap_ms": 1000.0 * MIN_GAP_S, "wait_share": WAIT_SHARE}
+# The gap must hold in every profiled step the ranks share, and in at least this many: a
+# rank the scheduler preempted in one step of a loaded box works longer there (and the
+# others wait for it) exactly as a straggler does; only a straggler does so step after step.
+MIN_CONSISTENT_STEPS = 2
 # gpu_timeline fields (ms) shown per rank as shares of the GPU timeline's span
 GPU_SHARES = ("busy", "idle", "computation", "exposed_comm")
 
@@ -44,6 +48,8 @@ def rank_row(metrics: dict[str, Any], host: dict[str, Any] | None) -> dict[str, 
         row["collective_ms_p50"] = _median(s["collective_ms"] for s in per_step)
         row["collective_share"] = steps["collective_share"]
         row["work_ms_p50"] = _median(s["ms"] - s["collective_ms"] for s in per_step)
+        row["work_ms_per_step"] = {str(s["step"]): round(s["ms"] - s["collective_ms"], 3)
+                                   for s in per_step if s.get("step") is not None}
     timeline = metrics.get("gpu_timeline")
     if timeline and timeline["total_ms"] > 0:
         row["gpu_shares"] = {k: round(timeline[f"{k}_ms"] / timeline["total_ms"], 4) for k in GPU_SHARES}
@@ -66,14 +72,27 @@ def imbalance(per_rank: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
     work, others_work = rows[slow]["work_ms_p50"], _median(row["work_ms_p50"] for row in others)
     gap = work - others_work
     waited = _median(row["collective_ms_p50"] for row in others) - rows[slow]["collective_ms_p50"]
-    if work < IMBALANCE["work_ratio"] * others_work or gap < IMBALANCE["min_gap_ms"] \
-            or waited < IMBALANCE["wait_share"] * gap:
+    if not _holds_back(work, others_work) or waited < IMBALANCE["wait_share"] * gap \
+            or not _holds_back_every_step(rows[slow], others):
         return None
     others_step = _median(row["step_ms_p50"] for row in others)
     return {"rank": slow, "work_ms": work, "others_work_ms": others_work, "gap_ms": round(gap, 3),
             "others_wait_ms": round(waited, 3), "others_step_ms": others_step,
             "others_wait_share": round(waited / others_step, 4) if others_step > 0 else 0.0,
             "ratio": round(work / others_work, 3) if others_work > 0 else None}
+
+
+def _holds_back(work: float, others_work: float) -> bool:
+    return work >= IMBALANCE["work_ratio"] * others_work and work - others_work >= IMBALANCE["min_gap_ms"]
+
+
+def _holds_back_every_step(slow: dict[str, Any], others: list[dict[str, Any]]) -> bool:
+    """The slow rank's own work exceeds the others' (median) by the bars in each profiled
+    step they all recorded, and there are at least MIN_CONSISTENT_STEPS such steps."""
+    per_step = [slow.get("work_ms_per_step") or {}] + [row.get("work_ms_per_step") or {} for row in others]
+    shared = set(per_step[0]).intersection(*per_step[1:])
+    return len(shared) >= MIN_CONSISTENT_STEPS and all(
+        _holds_back(per_step[0][step], statistics.median(other[step] for other in per_step[1:])) for step in shared)
 
 
 def _median(values) -> float:
