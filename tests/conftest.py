@@ -35,6 +35,21 @@ def load_report(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def assert_stop_announced(report: dict, stderr: bytes, by: str) -> dict:
+    """An early stop is said in the report (`stopped_by`, the first note) and once on the
+    terminal, in ptdiag's report after the program's own output."""
+    from ptdiag.report.model import stop_sentence
+
+    stop = report["stopped_by"]
+    assert stop["by"] == by and stop["step"] == report["steps_observed"], stop
+    sentence = stop_sentence(stop)
+    assert report["notes"][0] == sentence
+    assert stderr.decode().count(sentence) == 1
+    report_start = stderr.rindex("\nptdiag ▸ ".encode())
+    assert stderr.index(sentence.encode()) > report_start
+    return stop
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """A fresh working directory: its run store is ./ptdiag-runs inside it."""

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from conftest import FAST_SAMPLE_ARGS, PROGRAMS, PYTHON, SAMPLES, load_report, ptdiag_cmd, run_ptdiag
+from conftest import (FAST_SAMPLE_ARGS, PROGRAMS, PYTHON, SAMPLES, assert_stop_announced, load_report, ptdiag_cmd,
+                      run_ptdiag)
 
 pytestmark = pytest.mark.slow
 
@@ -72,6 +73,8 @@ def test_max_steps_stops_cleanly(workdir):
     assert proc.returncode == 0
     report = load_report(workdir / "r.json")
     assert report["steps_observed"] == 3 and report["status"] == "completed"
+    stop = assert_stop_announced(report, proc.stderr, "max_steps")
+    assert stop == {"by": "max_steps", "step": 3, "reason": "--max-steps 3 was reached", "keep_running": None}
 
 
 def test_crash_mid_training_passes_exit_code_and_keeps_steps(workdir):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import FAST_SAMPLE_ARGS, PROGRAMS, PYTHON, SAMPLES, load_report, run_ptdiag
+from conftest import FAST_SAMPLE_ARGS, PROGRAMS, PYTHON, SAMPLES, assert_stop_announced, load_report, run_ptdiag
 
 pytestmark = pytest.mark.slow
 
@@ -108,6 +108,16 @@ def test_lr_blow_up_is_an_explosion_with_numbers(workdir):
     assert explosion["evidence"]["lr_before_onset"] >= 10 * explosion["evidence"]["lr_start"]
     assert "clip_grad_norm_" in explosion["fix"]
     assert "numerics.loss_spike" in codes
+
+
+def test_the_stop_at_the_first_nonfinite_value_is_announced(workdir):
+    proc = run_ptdiag("loss is NaN", "--max-steps", "30", "--json", "r.json", "--", PYTHON,
+                      str(PROGRAMS / "nan_quick.py"), cwd=workdir)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    report = load_report(workdir / "r.json")
+    assert report["status"] == "diverged"
+    stop = assert_stop_announced(report, proc.stderr, "numerics")
+    assert stop["step"] < 30 and stop["max_steps"] == 30 and stop["keep_running"] == "-o numerics.stop=0"
 
 
 def test_a_step_the_replay_cannot_repeat_is_placed_by_the_watch_flags(workdir):

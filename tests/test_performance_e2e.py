@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from conftest import PROGRAMS, PYTHON, REPO, SAMPLES, load_report, run_ptdiag
+from conftest import PROGRAMS, PYTHON, REPO, SAMPLES, assert_stop_announced, load_report, run_ptdiag
 
 pytestmark = pytest.mark.slow
 
@@ -65,6 +65,19 @@ def test_healthy_run_is_profiled_stopped_early_and_not_blamed(workdir):
     inspected = run_ptdiag("inspect", str(run_dir / "artifacts" / "trace.json.gz"), "--json", "i.json", cwd=workdir)
     assert inspected.returncode == 0, inspected.stderr.decode()
     assert load_report(workdir / "i.json")["metrics"]["top_cpu_ops"]
+
+
+def test_a_stop_before_the_users_max_steps_is_announced(workdir):
+    """Performance ends the training once its windows are recorded, well before the
+    --max-steps the user gave: the report and the terminal say so, and how to keep it running."""
+    proc = run_ptdiag("training is slow", *WINDOWS, "--max-steps", "30", "--json", "r.json", "--", PYTHON,
+                      str(PROGRAMS / "train_forever.py"), cwd=workdir, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    report = load_report(workdir / "r.json")
+    stop = assert_stop_announced(report, proc.stderr, "performance")
+    assert stop["step"] == STOP_STEP and stop["max_steps"] == 30
+    assert stop["keep_running"] == "-o performance.stop=0"
+    assert "before the --max-steps 30" in report["notes"][0] and "-o performance.stop=0" in report["notes"][0]
 
 
 def test_two_optimizers_built_once_are_not_rebuilt(workdir):

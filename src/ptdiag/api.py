@@ -38,7 +38,6 @@ from ptdiag import diagnose
 from ptdiag.probe.core import Probe
 
 HTML_NAME = "report.html"
-STOP_EVENT = '{"ev":"stopped",'  # how the probe's event writer starts that line
 
 
 class Session:
@@ -104,7 +103,8 @@ class Session:
         probe = self._probe
         if probe is None:
             return False
-        stopped_here = exc_type is SystemExit and exc.code in (0, None) and _stopped_by_ptdiag(probe)
+        # ptdiag's own clean stop (max_steps, a specialist done measuring: Probe.stop)
+        stopped_here = exc_type is SystemExit and exc.code in (0, None) and probe.stopped is not None
         if exc_type is not None and not stopped_here:
             probe.call("on_exception", exc_type, exc, tb)
         self._switch_off(probe)
@@ -134,15 +134,6 @@ class Session:
         self.html_path = self.run_dir / HTML_NAME
         if not self.quiet:
             terminal.render(self.report, terminal.stderr_console())
-
-
-def _stopped_by_ptdiag(probe: Probe) -> bool:
-    """Whether the SystemExit ending the block is ptdiag's own clean stop (--max-steps, or a
-    specialist that has measured what it needed): the probe writes a "stopped" event
-    right before raising it, and never otherwise."""
-    probe.events.flush()  # events are flushed once per step
-    with open(probe.events.path, encoding="utf-8", errors="replace") as log:
-        return any(STOP_EVENT in line for line in log)
 
 
 def _returncode(exc_type, exc, stopped_here: bool) -> tuple[int, str | None]:

@@ -17,14 +17,14 @@ from ptdiag.launch.command import resolve
 from ptdiag.launch.runner import Supervisor
 from ptdiag.recorded import RecordedRun
 from ptdiag.report.json_report import write_json, write_report
-from ptdiag.report.model import Report
+from ptdiag.report.model import Report, announcements
 from ptdiag.router import Route, with_evidence
 from ptdiag.runs.store import RunStore
 from ptdiag.specialists import analyse as specialist_analysis
 from ptdiag.specialists import child_env, parent_part
 from ptdiag.specialists.tracking import naming, record
 from ptdiag.stackdump import user_frame
-from ptdiag.verdict import run_findings, run_metrics, run_status
+from ptdiag.verdict import run_findings, run_metrics, run_status, stopped_by, switched_off
 
 @dataclass
 class Options:
@@ -133,6 +133,7 @@ def analyse_run(run_dir: Path) -> Report:
     return Report(
         run_id=meta.get("run_id", run_dir.name), name=meta.get("name") or naming.run_name(run),
         symptom=meta.get("symptom"),
+    stop, removed = stopped_by(run), switched_off(run)
         command=meta.get("command"), route=route.to_dict(), status=status,
         exit_code=run.outcome.get("exit_code"), steps_observed=run.steps_observed,
         findings=sort_findings(findings), metrics={**run_metrics(run), **metrics_found}, artifacts=artifacts,
@@ -142,7 +143,8 @@ def analyse_run(run_dir: Path) -> Report:
                      "cudnn": torch_env.get("cudnn"), "gpus": torch_env.get("gpus", []),
                      "git": meta.get("git"), "host": meta.get("host"), "torch_details": torch_env},
         started=meta.get("started"), ended=run.outcome.get("ended"),
-        params=record.params(run), seeds=record.seeds(run), tags=meta.get("tags", {}), notes=notes)
+        params=record.params(run), seeds=record.seeds(run), tags=meta.get("tags", {}),
+        notes=[*announcements(stop, removed), *notes], stopped_by=stop, switched_off=removed)
 
 
 def stack_findings(run: RecordedRun, status: str) -> list[Finding]:

@@ -104,8 +104,18 @@ class RecordedRun:
 
     @property
     def stopped_by_ptdiag(self) -> dict | None:
+        """The first stop ptdiag made (Probe.stop), over all ranks: each rank of a DDP run
+        stops itself at --max-steps."""
         stops = self.all_events("stopped")
-        return stops[0] if stops else None
+        return min(stops, key=lambda e: (e["step"], e.get("wall", 0))) if stops else None
+
+    @property
+    def switched_off(self) -> list[dict]:
+        """Instruments ptdiag removed (Probe.switch_off), once each: the first rank to say so."""
+        first: dict[str, dict] = {}
+        for e in sorted(self.all_events("switched_off"), key=lambda e: e["step"]):
+            first.setdefault(e["what"], e)
+        return list(first.values())
 
     def last_progress(self) -> float | None:
         """Wall time of the last event of any process: when the run last moved."""

@@ -104,6 +104,25 @@ def _train_batch_size(run: RecordedRun) -> int | None:
     return None
 
 
+def stopped_by(run: RecordedRun) -> dict | None:
+    """contract.md's `stopped_by`: who ended the training early, at which step, why, and the
+    option that keeps it running; `max_steps` when the stop came before the --max-steps
+    the run was given (the user must not think the limit was reached)."""
+    stop = run.stopped_by_ptdiag
+    if stop is None:
+        return None
+    found = {"by": stop["by"], "step": stop["step"], "reason": stop["reason"], "keep_running": stop.get("keep_running")}
+    max_steps = run.meta.get("plan", {}).get("max_steps")
+    if max_steps and stop["step"] < max_steps:
+        found["max_steps"] = max_steps
+    return found
+
+
+def switched_off(run: RecordedRun) -> list[dict]:
+    """contract.md's `switched_off`: each instrument ptdiag removed, why, from which step."""
+    return [{"what": e["what"], "why": e["why"], "step": e["step"]} for e in run.switched_off]
+
+
 def _last_error(exc: dict | None) -> str | None:
     if not exc:
         return None

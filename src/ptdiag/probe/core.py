@@ -47,8 +47,9 @@ class Probe:
         self.max_steps: int | None = plan.get("max_steps")
         self.options: dict = plan.get("options", {})  # per specialist: {"memory": {"target_memory": "16GiB"}}
         self._primary_optimizer: weakref.ref | None = None
-        self._scaled_loss: tuple = (None, None)
-        self._switched_off: set[str] = set()  # (weakref to GradScaler.scale's output, its scale)
+        self._scaled_loss: tuple = (None, None)  # (weakref to GradScaler.scale's output, its scale)
+        self._switched_off: set[str] = set()
+        self.stopped: dict | None = None  # set by stop(): the program's SystemExit is ptdiag's
         self.events = EventWriter(run_dir / "events" / f"rank{rank}.p{os.getpid()}.jsonl")
         self.dispatcher = Dispatcher(load_plugins(self, plan.get("specialists", [])), self.log_error)
 
@@ -128,8 +129,10 @@ class Probe:
     def stop(self, by: str, reason: str, keep_running: str | None = None) -> None:
         """The one way ptdiag ends a training early: a clean SystemExit(0) after the
         `stopped` event that the report turns into `stopped_by` (who, at which step, why,
-        and the option that keeps the training running)."""
-        self.emit("stopped", by=by, reason=reason, step=self.step, keep_running=keep_running, wall=time.time())
+        and the option that keeps the training running). `stopped` says so to the Python
+        API's session, whose block this SystemExit ends."""
+        self.stopped = {"by": by, "reason": reason, "step": self.step, "keep_running": keep_running}
+        self.emit("stopped", **self.stopped, wall=time.time())
         self.events.flush()
         raise SystemExit(0)
 
@@ -155,14 +158,18 @@ class Probe:
 
     # -- the step ---------------------------------------------------------------------------
     def is_primary(self, optimizer) -> bool:
-        """Steps count for the primary (first) optimizer; a GAN's second one does not count.
-        When the primary is gone (a script that rebuilds its optimizer every step), the
-        next one that steps takes over, so steps are still counted."""
+        """Steps count for the primary optimizer: the first one, or a later one over the
+        same parameters. A script that builds a new optimizer every step still takes steps
+        (the old object may live on: a reference cycle, a list, a plugin's reference); a
+        GAN's second optimizer, over other parameters, does not count. When the primary is
+        gone, the next optimizer that steps takes over."""
         primary = self._primary_optimizer() if self._primary_optimizer is not None else None
-        if primary is None:
+        if primary is optimizer:
+            return True
+        if primary is None or _same_parameters(primary, optimizer):
             self._primary_optimizer = weakref.ref(optimizer)
             return True
-        return primary is optimizer
+        return False
 
     def optimizer_stepping(self, optimizer) -> None:
         if self.is_primary(optimizer):
@@ -177,6 +184,16 @@ class Probe:
         self.events.flush()
         if self.max_steps is not None and self.step >= self.max_steps:
             self.stop("max_steps", f"--max-steps {self.max_steps} was reached")
+
+
+def _same_parameters(one, other) -> bool:
+    """Whether two optimizers update the same model: their first parameter is the same
+    tensor (one lookup: this runs when a non-primary optimizer steps)."""
+    try:
+        first = one.param_groups[0]["params"][0]
+        return first is other.param_groups[0]["params"][0]
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return False
 
 
 def _env_int(name: str) -> int | None:

@@ -68,7 +68,9 @@ def verdict_section(report: Report) -> str:
             f'<p class="status">ptdiag ▸ <strong>{text(report.status)}</strong> ▸ run {text(report.run_id)}</p>'
             f"<h1>{text(report.headline())}</h1>{symptom}"
             f'<p class="counts">{text(summary)}; {text(report.steps_observed)} optimizer steps; '
-            f"exit code {text(report.exit_code)}</p></header>")
+            f"exit code {text(report.exit_code)}</p>"
+            + "".join(f'<p class="announced">{text(sentence)}</p>' for sentence in report.announcements())
+            + "</header>")
 
 
 def _finding(f: Finding) -> str:
@@ -151,6 +153,7 @@ def artifacts_section(report: Report, base: Path | None) -> str:
 
 
 def notes_section(report: Report) -> str:
-    if not report.notes:
+    notes = [n for n in report.notes if n not in report.announcements()]  # the verdict says those
+    if not notes:
         return ""
-    return '<section id="notes"><h2>Notes</h2><ul>' + "".join(f"<li>{text(n)}</li>" for n in report.notes) + "</ul></section>"
+    return '<section id="notes"><h2>Notes</h2><ul>' + "".join(f"<li>{text(n)}</li>" for n in notes) + "</ul></section>"

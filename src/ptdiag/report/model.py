@@ -34,8 +34,12 @@ class Report:
     seeds: dict[str, Any] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # what ptdiag changed about the run (contract.md): absent from the JSON when nothing
+    stopped_by: dict[str, Any] | None = None
+    switched_off: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
+        changed = {"stopped_by": self.stopped_by, "switched_off": self.switched_off}
         return {
             "schema": SCHEMA, "run_id": self.run_id, "name": self.name,
             "symptom": self.symptom, "command": self.command, "route": self.route,
@@ -45,7 +49,11 @@ class Report:
             "metrics": self.metrics, "artifacts": self.artifacts,
             "environment": self.environment, "started": self.started, "ended": self.ended,
             "params": self.params, "seeds": self.seeds, "tags": self.tags, "notes": self.notes,
+            **{key: value for key, value in changed.items() if value},
         }
+
+    def announcements(self) -> list[str]:
+        return announcements(self.stopped_by, self.switched_off)
 
     def headline(self) -> str:
         """The verdict in one line: the most important finding that is not bookkeeping."""
@@ -62,3 +70,28 @@ class Report:
                 "started": self.started, "command": self.command, "symptom": self.symptom,
                 "params": self.params, "metrics": self.metrics, "tags": self.tags,
                 "ended": self.ended, "exit_code": self.exit_code, "steps": self.steps_observed}
+
+
+def announcements(stopped_by: dict[str, Any] | None, switched_off: list[dict[str, Any]]) -> list[str]:
+    """What ptdiag changed about the run, one sentence each: the first notes of a report,
+    and the lines the terminal shows right under the run."""
+    said = [stop_sentence(stopped_by)] if stopped_by else []
+    return said + [switched_off_sentence(entry) for entry in switched_off]
+
+
+def stop_sentence(stopped_by: dict[str, Any]) -> str:
+    """An early stop said so that nobody takes it for the program's own end, nor for the
+    --max-steps they gave."""
+    who = "ptdiag" if stopped_by["by"] == "max_steps" else f"ptdiag's {stopped_by['by']} specialist"
+    sentence = f"{who} stopped the training after step {stopped_by['step']}"
+    if stopped_by.get("max_steps"):
+        sentence += f", before the --max-steps {stopped_by['max_steps']} it was given"
+    sentence += f": {stopped_by['reason']}."
+    if stopped_by.get("keep_running"):
+        sentence += f" {stopped_by['keep_running']} keeps it running."
+    return sentence
+
+
+def switched_off_sentence(entry: dict[str, Any]) -> str:
+    return (f"ptdiag switched off its {entry['what']} at step {entry['step']}: {entry['why']}. "
+            "The training went on without it.")

@@ -30,9 +30,13 @@ def render(report: Report, console: Console | None = None) -> None:
     c.print(f"[bold]ptdiag[/] ▸ [{style}]{escape(report.status)}[/] ▸ {escape(report.headline())}")
     _render_route(c, report)
     _render_run(c, report)
+    announced = report.announcements()
+    for sentence in announced:
+        c.print(f"[yellow]{escape(sentence)}[/]")
     _render_findings(c, report)
     for note in report.notes:
-        c.print(f"[dim]note: {escape(note)}[/]")
+        if note not in announced:  # said above, where nobody misses it
+            c.print(f"[dim]note: {escape(note)}[/]")
     if report.artifacts:
         c.print("[bold]Artifacts[/]: " + ", ".join(f"{escape(k)}: {escape(v)}" for k, v in report.artifacts.items()))
 

@@ -36,6 +36,7 @@ class Plugin(ProbePlugin):
         self.forwards = None
         self.tracker = None
         self._optimizer = None
+        self._breakdown_taken = False
         self.breakdown_step = int(options.get("breakdown_step", DEFAULT_BREAKDOWN_STEP))
         try:
             self.target = target_from_options(options)
@@ -95,7 +96,9 @@ class Plugin(ProbePlugin):
             return
         if self.tracker.active:
             self.probe.emit("mem_breakdown", step=self.probe.step, peak=self.tracker.stop())
-        elif self.model is not None and self.probe.step == self.breakdown_step - 1 and self._optimizer is not None:
+        elif (not self._breakdown_taken and self.model is not None and self._optimizer is not None
+              and self.probe.step == self.breakdown_step - 1):
+            self._breakdown_taken = True  # one step per run, however many batches a step takes
             self.tracker.start(self.model, self._optimizer)
 
     def _estimate_fit(self, optimizer) -> None:

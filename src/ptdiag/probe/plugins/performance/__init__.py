@@ -3,8 +3,8 @@
 Every step: the cheap phase breakdown (breakdown.py). Once, after warm-up: a short
 torch.profiler window whose trace is saved gzipped in the run dir, then a short call
 scan (scan.py) for host synchronisations, per-line torch calls and float64. Throughout:
-background telemetry (telemetry.py) and a watch on optimizer objects (a new one every
-step is a bug that the probe's step counter cannot see: it follows the first optimizer).
+background telemetry (telemetry.py) and a count of optimizer objects (a new one every
+step is a bug: each starts with empty state).
 When performance is the only question asked, the run is stopped once both windows are
 recorded; the analysis then reads everything back from the run dir.
 
@@ -31,9 +31,6 @@ from ptdiag.probe.plugins.performance.telemetry import Telemetry, usable_cores
 DEFAULTS = {"skip": 4, "profile_steps": 3, "scan_steps": 2, "tail_steps": 3, "stop": "auto", "profile": "yes",
             "telemetry": "yes"}
 NEW_OPTIMIZER_EVENTS = 5  # new optimizer objects described one by one; the rest are counted
-# A new optimizer for each of this many steps settles the diagnosis: the probe's step
-# counter follows the first optimizer and never reaches the windows, so stop here.
-REBUILT_STOP_OBJECTS = 10
 TRACE_NAME = "trace.json.gz"
 
 
@@ -180,9 +177,6 @@ class Plugin(ProbePlugin):
         if self._optimizer_objects <= NEW_OPTIMIZER_EVENTS:
             self.probe.emit("perf_optimizer", cls=type(optimizer).__name__, nth=self._optimizer_objects,
                             optimizer_steps=self._optimizer_steps, location=user_location(2))
-        if (self.stop_when_done and self._optimizer_objects >= REBUILT_STOP_OBJECTS
-                and self._optimizer_steps <= 2 * self._optimizer_objects):
-            self._stop(f"a new optimizer was built {self._optimizer_objects} times (the finding is measured)")
 
     # -- windows -----------------------------------------------------------------------------
     def _start_telemetry(self) -> None:
