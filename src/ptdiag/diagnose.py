@@ -130,10 +130,10 @@ def analyse_run(run_dir: Path) -> Report:
         artifacts["stacks"] = str(run_dir / "stacks")
     if (run_dir / "git.patch").exists():
         artifacts["git_patch"] = str(run_dir / "git.patch")
+    stop, removed = stopped_by(run), switched_off(run)
     return Report(
         run_id=meta.get("run_id", run_dir.name), name=meta.get("name") or naming.run_name(run),
         symptom=meta.get("symptom"),
-    stop, removed = stopped_by(run), switched_off(run)
         command=meta.get("command"), route=route.to_dict(), status=status,
         exit_code=run.outcome.get("exit_code"), steps_observed=run.steps_observed,
         findings=sort_findings(findings), metrics={**run_metrics(run), **metrics_found}, artifacts=artifacts,
