@@ -182,20 +182,6 @@ def test_rebuilt_optimizer_that_stays_alive_still_takes_steps(tmp_path):
     assert [e["step"] for e in events if e["ev"] == "step"] == [1, 2, 3, 4]
 
 
-def test_rebuilt_optimizer_that_stays_alive_still_takes_steps(tmp_path):
-    """The old optimizers are kept (a list here; a reference cycle or a plugin's reference
-    does the same): each new one over the model's parameters takes the step; a second
-    optimizer over other parameters (a GAN's critic) does not."""
-    code = ("import torch\ng, c = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)\n"
-            "critic = torch.optim.SGD(c.parameters(), lr=0.1)\nkept = []\n"
-            "for i in range(4):\n    o = torch.optim.SGD(g.parameters(), lr=0.1)\n    kept.append(o)\n"
-            "    (g(torch.ones(3, 2)).sum() + c(torch.ones(3, 2)).sum()).backward()\n"
-            "    o.step()\n    critic.step()\n")
-    proc, events, _ = run_probed(code, tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert [e["step"] for e in events if e["ev"] == "step"] == [1, 2, 3, 4]
-
-
 def test_exception_from_a_signal_handler_inside_a_hook_reaches_the_program():
     """torch raises a dead DataLoader worker's error from its SIGCHLD handler, wherever the
     main process is, possibly inside a probe hook: it must not be taken for a probe bug."""

@@ -196,16 +196,6 @@ def _same_parameters(one, other) -> bool:
         return False
 
 
-def _same_parameters(one, other) -> bool:
-    """Whether two optimizers update the same model: their first parameter is the same
-    tensor (one lookup: this runs when a non-primary optimizer steps)."""
-    try:
-        first = one.param_groups[0]["params"][0]
-        return first is other.param_groups[0]["params"][0]
-    except (AttributeError, IndexError, KeyError, TypeError):
-        return False
-
-
 def _env_int(name: str) -> int | None:
     try:
         return int(os.environ[name])
