@@ -90,7 +90,7 @@ def overhead(repeats: int, steps: int) -> None:
 
 def hook_cost(steps: int = 2000) -> None:
     """The distributed plugin's own Python work per training step, timed directly: the
-    hooks a step triggers (batch, forward pre-hook, backward begin/end, step begin/end)
+    hooks a step triggers (forward pre-hook, backward begin/end, step begin/end)
     called on a real probe and model, single process. Robust where a loaded machine makes
     whole-run ratios noisy."""
     import torch
@@ -110,7 +110,6 @@ def hook_cost(steps: int = 2000) -> None:
             plugin.on_step(step, None)
         start = time.perf_counter()
         for step in range(50, 50 + steps):
-            plugin.on_batch(None, 0.0)
             plugin._model_forward(model, batch)
             plugin.on_backward(loss)
             plugin.on_backward_end(loss)

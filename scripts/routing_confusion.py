@@ -3,12 +3,19 @@ misrouted cases. First choice is what is scored ("ambiguous" counts as a class);
 cases that expect two specialists, the full expected order is reported too.
 
     python scripts/routing_confusion.py [CORPUS.jsonl ...]
+    python scripts/routing_confusion.py --real [--split test|train|all]
 
 With no arguments it scores diagnostics/routing/cases.jsonl and holdout.jsonl.
+
+`--real` scores the corpus of real user reports (diagnostics/routing/real_reports.jsonl)
+on one side of its frozen split (real_split.json: whole source groups, chosen by a hash
+before any model was built). On the test split it prints figures and the confusion
+table only, never the misses: looking at them would turn the test into tuning data.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from dataclasses import dataclass
@@ -25,6 +32,9 @@ from ptdiag.router import SPECIALISTS, route  # noqa: E402
 AMBIGUOUS = "ambiguous"
 CLASSES = (*SPECIALISTS, AMBIGUOUS)
 CORPORA = (ROOT / "diagnostics/routing/cases.jsonl", ROOT / "diagnostics/routing/holdout.jsonl")
+REAL = ROOT / "diagnostics/routing/real_reports.jsonl"
+SPLIT = ROOT / "diagnostics/routing/real_split.json"
+TEST_SHARE = 22  # percent of source groups; the rule in real_split.json
 
 
 class CorpusError(ValueError):
@@ -114,7 +124,85 @@ def report(name: str, outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
+def in_test_split(group: str) -> bool:
+    """The frozen rule: a whole source group falls on one side, by a hash of its name."""
+    digest = hashlib.sha256(("routing-split/" + group).encode()).hexdigest()
+    return int(digest[:8], 16) % 100 < TEST_SHARE
+
+
+def load_real(split: str = "test", path: Path = REAL) -> list[dict]:
+    """Real reports of one side of the split ("test", "train" or "all")."""
+    cases = load_corpus(path)
+    if split == "all":
+        return cases
+    want = split == "test"
+    return [case for case in cases if in_test_split(case["group"]) == want]
+
+
+@dataclass
+class RealOutcome:
+    expected: list[str]
+    vague: bool
+    got: list[str] | str
+
+    @property
+    def first_ok(self) -> bool:
+        """Right first specialist; for a report whose words are vague, abstaining
+        (the triage plan measures) is right too."""
+        if self.got == AMBIGUOUS:
+            return self.vague
+        return self.got[0] == self.expected[0]
+
+    @property
+    def both_found(self) -> bool:
+        """Two-symptom reports: both expected specialists are in the plan."""
+        return self.got != AMBIGUOUS and set(self.expected[:2]) <= set(self.got)
+
+
+def evaluate_real(cases: list[dict], router=None) -> list[RealOutcome]:
+    router = router or route
+    outcomes = []
+    for case in cases:
+        plan = router(case["text"])
+        outcomes.append(RealOutcome(case["expected"], bool(case.get("vague")),
+                                    AMBIGUOUS if plan.ambiguous else plan.specialists))
+    return outcomes
+
+
+def real_figures(outcomes: list[RealOutcome]) -> dict:
+    two = [o for o in outcomes if len(o.expected) > 1]
+    return {"cases": len(outcomes),
+            "top1": sum(o.first_ok for o in outcomes) / max(1, len(outcomes)),
+            "two_label_cases": len(two),
+            "two_label_recall": sum(o.both_found for o in two) / max(1, len(two)),
+            "abstained": sum(o.got == AMBIGUOUS for o in outcomes)}
+
+
+def real_report(split: str, outcomes: list[RealOutcome], texts: list[str] | None = None) -> str:
+    figures = real_figures(outcomes)
+    as_cases = [Outcome("", o.expected, o.got) for o in outcomes]
+    lines = [f"== real reports, {split} split: {figures['cases']} cases",
+             confusion_table(as_cases),
+             f"top-1 (vague reports: abstaining counts as right): {figures['top1']:.1%}",
+             f"two-label recall (both specialists in the plan): {figures['two_label_recall']:.1%}"
+             f" of {figures['two_label_cases']}",
+             f"abstained (ambiguous): {figures['abstained']}"]
+    if texts is not None and split != "test":
+        lines.append("misrouted (expected -> got):")
+        for text, o in zip(texts, outcomes):
+            if not o.first_ok or (len(o.expected) > 1 and not o.both_found):
+                lines.append(f"  {o.expected} -> {o.got}: {' '.join(text.split())[:110]!r}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
+    if argv and argv[0] == "--real":
+        split = argv[2] if len(argv) > 2 and argv[1] == "--split" else "test"
+        if split not in ("test", "train", "all"):
+            raise SystemExit("--split is test, train or all")
+        cases = load_real(split)
+        print(real_report(split, evaluate_real(cases), [c["text"] for c in cases]))
+        return 0
     paths = [Path(arg) for arg in argv] or list(CORPORA)
     for path in paths:
         print(report(path.name, evaluate(load_corpus(path))))

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import ptdiag.probe as probe_state
 from ptdiag import diagnose
+from ptdiag import options as option_tables
 from ptdiag.probe.core import Probe
 
 HTML_NAME = "report.html"
@@ -56,8 +57,7 @@ class Session:
         self.symptom = symptom
         self.specialists = list(specialists) if specialists else None
         self.options = diagnose.Options(max_steps=max_steps, name=name, tags={k: str(v) for k, v in (tags or {}).items()},
-                                        specialist_options={k: {kk: str(vv) for kk, vv in v.items()}
-                                                            for k, v in (options or {}).items()})
+                                        specialist_options=option_tables.parse_all(options or {}))
         self.config = dict(config or {})
         self.store_option = os.fspath(store) if store is not None else None
         self.json_path = Path(json_path) if json_path is not None else None

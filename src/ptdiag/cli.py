@@ -35,6 +35,8 @@ Examples:
   ptdiag runs list            ptdiag runs show 20261122-0130
 
   ptdiag inspect trace.json.gz      ptdiag env
+
+  ptdiag options              (every -o specialist.key=value, its type and default)
 """
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -212,16 +214,19 @@ def _parse_pairs(pairs: list[str], option: str) -> dict[str, str]:
     return parsed
 
 
-def _parse_specialist_options(pairs: list[str]) -> dict[str, dict[str, str]]:
-    from ptdiag.specialists import NAMES
+def _parse_specialist_options(pairs: list[str]) -> dict[str, dict]:
+    """`-o specialist.key=value` pairs, checked against the declared options and typed
+    (ptdiag.options): a wrong key or value ends here, before any run starts."""
+    from ptdiag.options import OPTIONS, parse_all
 
     options: dict[str, dict[str, str]] = {}
     for key, value in _parse_pairs(pairs, "--option").items():
         specialist, dot, name = key.partition(".")
-        if not dot or specialist not in NAMES or not name:
-            raise UsageProblem(f"--option needs specialist.key=value with a specialist of {', '.join(NAMES)}, not {key!r}")
+        if not dot or not name:
+            raise UsageProblem(f"-o needs specialist.key=value with a specialist of {', '.join(OPTIONS)}, not {key!r}"
+                               " (ptdiag options lists them)")
         options.setdefault(specialist, {})[name] = value
-    return options
+    return parse_all(options)
 
 
 @app.command()
@@ -255,6 +260,27 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) ->
         typer.echo(f"{section}:")
         for key, value in (values or {"state": "not a git work tree"}).items():
             typer.echo(f"  {key}: {json.dumps(value, default=str) if isinstance(value, (dict, list)) else value}")
+    return 0
+
+
+@app.command()
+def options(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> int:
+    """List each specialist's options for -o specialist.key=value: type, default, what it does.
+
+    Example: ptdiag "training is slow" -o performance.profile_steps=5 -- python train.py
+    """
+    from ptdiag.options import OPTIONS
+
+    if as_json:
+        print(json.dumps({s: [{"name": o.name, "type": o.kind, "default": o.default, "help": o.help,
+                               **({"choices": list(o.choices)} if o.choices else {})} for o in declared]
+                          for s, declared in OPTIONS.items()}, indent=2))
+        return 0
+    for specialist, declared in OPTIONS.items():
+        typer.echo(f"{specialist}:" + ("" if declared else " no options"))
+        for option in declared:
+            typer.echo(f"  -o {specialist}.{option.describe()}")
+            typer.echo(f"       {option.help}")
     return 0
 
 

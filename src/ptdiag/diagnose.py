@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ptdiag import __version__, environment
+from ptdiag import options as option_tables
 from ptdiag.findings import Finding, sort_findings
 from ptdiag.launch.command import resolve
 from ptdiag.launch.runner import Supervisor
@@ -33,8 +34,9 @@ class Options:
     name: str | None = None
     group: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
-    # per specialist, from `-o specialist.key=value`: {"memory": {"target_memory": "16GiB"}}
-    specialist_options: dict[str, dict[str, str]] = field(default_factory=dict)
+    # per specialist, from `-o specialist.key=value`, typed (ptdiag.options.parse_all):
+    # {"memory": {"target_memory": "16GiB", "breakdown_step": 3}}
+    specialist_options: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -46,8 +48,9 @@ class ParentContext:
     meta: dict
     options: Options
 
-    def specialist_options(self, name: str) -> dict[str, str]:
-        return self.options.specialist_options.get(name, {})
+    def specialist_options(self, name: str) -> dict:
+        """All of the specialist's options, typed, with their defaults (ptdiag.options)."""
+        return option_tables.settings(name, self.options.specialist_options.get(name, {}))
 
     def run_again(self, command: list[str], companion_dir: Path, max_steps: int | None = None,
                   env: dict[str, str] | None = None):

@@ -11,7 +11,7 @@ import sys
 
 from ptdiag import __version__
 
-SUBCOMMANDS = ("diagnose", "track", "route", "runs", "env", "inspect")
+SUBCOMMANDS = ("diagnose", "track", "route", "runs", "env", "inspect", "options")
 HELP = ("--help", "-h")
 
 

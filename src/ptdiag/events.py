@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,113 @@ COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "all_gather
 STEP_PHASES = ("forward", "backward", "optimizer")
 # which companion run a child process is (reproducibility's repeat/audit/resume runs)
 REPRO_ROLE_ENV = "PTDIAG_REPRO_ROLE"
+
+
+# -- the event vocabulary -------------------------------------------------------------------
+@dataclass(frozen=True)
+class EventKind:
+    """One kind of line in a process's event log: the fields it may carry (besides "ev",
+    its kind, and "t", its wall time) and what it records. tests/test_events.py reads the
+    source: every kind the probe writes is declared here with the fields it writes, and
+    every kind declared is read by the analysis."""
+
+    fields: tuple[str, ...]
+    doc: str
+
+
+def _kind(fields: str, doc: str) -> EventKind:
+    return EventKind(tuple(fields.split()), doc)
+
+
+_MEMORY_SAMPLE = "rss peak_rss cuda_allocated cuda_reserved cuda_peak cuda_total"
+_CULPRIT_OP = ("op overload dtype input_abs_max output_abs_max output_nan output_inf module user_line library_line "
+               "node forward_user_line forward_library_line fp32_abs_max params")
+_BAD_BATCH = "rows batch_size shape nan inf indices epoch batch dataset"
+
+EVENTS: dict[str, EventKind] = {
+    # the probe itself (probe/core.py)
+    "start": _kind("pid ppid rank local_rank world_size node_rank cwd executable", "a probed process began"),
+    "exit": _kind("steps", "the process is exiting (normally or through SystemExit)"),
+    "stopped": _kind("by reason step keep_running wall", "ptdiag ended the training early (Probe.stop)"),
+    "switched_off": _kind("what why step", "ptdiag removed one of its instruments (Probe.switch_off)"),
+    # tracking: the always-on recorder
+    "env": _kind("torch", "torch was imported: its build and settings"),
+    "args": _kind("values", "the command line argparse parsed (or the API session's config)"),
+    "seed": _kind("kind value location", "a python/numpy/torch/cuda seed call"),
+    "model": _kind("cls module params trainable dtype device", "the first module with parameters ran forward"),
+    "data_identity": _kind("inputs batch fingerprint", "the first training batch's shapes and a hash of it"),
+    "dataloader": _kind("loader batch_size num_workers pin_memory drop_last persistent_workers dataset dataset_len "
+                        "sampler", "a DataLoader was built"),
+    "step": _kind("step dt data_s lr loader epoch", "the primary optimizer finished a step"),
+    "step_skipped": _kind("step reason", "a GradScaler skipped the primary optimizer's step"),
+    "loss": _kind("step value finite skipped", "the loss passed to backward in that step"),
+    "optimizer": _kind("cls groups params", "the primary optimizer and its hyperparameters"),
+    "logged_params": _kind("source params", "the program logged hyperparameters (TensorBoard/MLflow/W&B)"),
+    "scalar": _kind("source tag value logged_step step", "the program logged a scalar"),
+    "save": _kind("path keys type location step", "torch.save"),
+    "load": _kind("path weights_only location step", "torch.load"),
+    "exception": _kind("type module message location step traceback", "an exception ended the program"),
+    "resources": _kind("max_rss_bytes num_threads cuda", "the process's peak memory and threads at exit"),
+    # memory
+    "mem_start": _kind("cuda_history " + _MEMORY_SAMPLE, "memory when torch was imported"),
+    "mem_model": _kind("params_bytes buffers_bytes device dtype", "the model's parameter and buffer bytes"),
+    "mem_grads": _kind("step bytes", "gradient bytes after the first step"),
+    "mem_step": _kind("step holders " + _MEMORY_SAMPLE, "memory at a step's end and what holds old graphs"),
+    "mem_optimizer": _kind("cls bytes foreach fused", "optimizer state bytes after the first step"),
+    "mem_breakdown": _kind("step peak", "MemTracker's peak of one step, by kind of memory"),
+    "mem_fit": _kind("target budget_bytes error batch_size peak_bytes by_kind largest_batch points wall_s",
+                     "the fake-execution estimate of a step against --target-memory"),
+    "mem_end": _kind(_MEMORY_SAMPLE, "memory at exit"),
+    "mem_grads_in_forward": _kind("step held", "gradients still held while the next forward ran"),
+    "mem_saved": _kind("step training location bytes tensors", "what a forward saved for backward"),
+    "mem_unused_forward": _kind("saved_bytes location training count first_step",
+                                "forwards whose graph no backward reached (evaluation without no_grad)"),
+    "mem_cuda_oom": _kind("device requested device_allocated device_free count", "a CUDA out-of-memory"),
+    "mem_snapshot": _kind("reason path", "a CUDA memory snapshot was written"),
+    # numerics
+    "numerics": _kind("step loss out_finite norms norm scale nonfinite_modules",
+                      "a step's loss, output finiteness and gradient norms"),
+    "numerics_amp": _kind("step bf16_supported device dtype", "autocast was on in the step"),
+    "numerics_culprit": _kind("step call_line autocast loss_finite outputs_finite nonfinite_modules grads_finite "
+                              f"localise_s phase reason loss_ops {_CULPRIT_OP} {_BAD_BATCH}",
+                              "where the first non-finite value came from"),
+    # performance
+    "perf_model": _kind("cls param_dtypes device location", "the model's parameter dtypes and device"),
+    "perf_loader": _kind("batch_size num_workers pin_memory persistent_workers prefetch_factor",
+                         "a DataLoader's loading settings"),
+    "perf_optimizer": _kind("cls nth optimizer_steps location", "a new optimizer object began stepping"),
+    "perf_optimizers": _kind("objects steps alive", "optimizer objects against optimizer steps, at exit"),
+    "perf_env": _kind("cores torch_threads cuda cpu_capability", "cores and threads the training had"),
+    "perf_steps": _kind("rows", "per-step phase times (data, forward, backward, optimizer, other)"),
+    "perf_trace": _kind("path first_step warmup_steps steps export_s cuda", "the profiler window's trace"),
+    "perf_trace_cut": _kind("step", "the program ended inside the profiler window"),
+    "perf_scan": _kind("first_step steps torch_calls_per_step top_lines syncs float64_calls_per_step "
+                       "float64_lines per_call_us float64_slowdown", "the call scan: syncs and hot lines"),
+    "perf_telemetry": _kind("samples interval_s cores gpu main_cpu_pct gpu_util_pct gpu_mem_used_mb sm_clock_mhz "
+                            "power_w workers workers_cpu_pct throttle_reasons", "CPU/GPU utilisation samples"),
+    # distributed
+    "dist_env": _kind("backend rank world_size location env host pid cuda cuda_available job",
+                      "the rank's launch environment"),
+    "dist_model": _kind("wrapper cls ddp param_device cuda batchnorm n_batchnorm n_sync_batchnorm reducer_params",
+                        "how the model is wrapped for data parallelism"),
+    "dist_loader": _kind("loader sampler sharded iterable num_replicas sampler_rank shuffle batch_size location",
+                         "a DataLoader's sampler and how it shards"),
+    "dist_epoch": _kind("loader epoch sampler_epoch location", "a pass over a DataLoader began"),
+    "dist_batch": _kind("n step fp shape", "a fingerprint of an early training batch"),
+    "dist_check": _kind("step checked n_differing differing", "parameters compared across ranks"),
+    "dist_no_grad": _kind("step names count", "DDP parameters that got no gradient"),
+    "dist_step": _kind("step backward_s outside_s", "a step's time in and outside backward"),
+    # reproducibility
+    "nondeterministic_op": _kind("op message location step", "an op without a deterministic implementation ran"),
+    "repro_loader": _kind("loader generator worker_init_fn num_workers", "a DataLoader's randomness"),
+    "repro_names": _kind("names dtypes", "the names of the tensors whose sums repro_step lists"),
+    "repro_begin": _kind("opt_entries opt_sum lr", "the optimizer state before the first step"),
+    "repro_step": _kind("step sums input rng", "bitwise sums of parameters, input and RNG after a step"),
+    "repro_env": _kind("threads interop_threads deterministic_algorithms cudnn_benchmark cudnn_deterministic cuda "
+                       "tf32_matmul tf32_cudnn environ", "settings that change results"),
+    "ckpt": _kind("path step location type items bytes state_sums opt_entries opt_sum snapshot",
+                  "what a checkpoint held"),
+}
 
 
 # -- the event log's encoding ------------------------------------------------------------------

@@ -183,11 +183,11 @@ def _crash_finding(run: RecordedRun) -> list[Finding]:
             "steps up to the crash were recorded and analysed.")]
 
 
-SEEN_KINDS = (("step_skipped", "backward passes whose update a GradScaler skipped (inf/NaN gradients)"),
+SEEN_EVENTS = (("step_skipped", "backward passes whose update a GradScaler skipped (inf/NaN gradients)"),
               ("model", "a model forward pass"), ("dataloader", "a DataLoader"),
               ("optimizer", "an optimizer"), ("args", "command-line arguments parsed"),
               ("env", "torch imported"))
 
 
 def _what_was_seen(run: RecordedRun) -> list[str]:
-    return [label for kind, label in SEEN_KINDS if run.all_events(kind)]
+    return [label for kind, label in SEEN_EVENTS if run.all_events(kind)]

@@ -20,6 +20,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable
 
+from ptdiag import options as option_tables
 from ptdiag.probe import patches
 from ptdiag.probe.event_log import EventWriter
 from ptdiag.probe.plugin import Dispatcher, Plugin
@@ -59,6 +60,17 @@ class Probe:
 
     def call(self, hook: str, *args: Any) -> None:
         self.dispatcher.call(hook, *args)
+
+    def settings(self, specialist: str) -> dict[str, Any]:
+        """A specialist's options, typed, with their declared defaults (ptdiag.options). The
+        CLI checked them before the run; a plan that still holds a bad one (written by
+        hand, or by the API) costs that specialist its given options, never the run."""
+        given = self.options.get(specialist, {}) if isinstance(self.options, dict) else {}
+        try:
+            return option_tables.settings(specialist, given)
+        except option_tables.OptionError as error:
+            self.log_error(f"{specialist}'s options ignored: {error}")
+            return option_tables.settings(specialist, {})
 
     def log_error(self, message: str) -> None:
         try:

@@ -5,6 +5,9 @@ hangs or dies at start-up keeps what it did); from then on the probe flushes onc
 step, so a SIGKILL or segfault loses at most the current step's events, and a step
 costs one write(2) instead of one per event. A forked child (a DataLoader worker)
 inherits the open file; only the process that opened it writes.
+
+Kinds and fields are not checked here, on the hot path: tests/test_events.py checks every
+write site in the probe against the declarations in ptdiag.events.EVENTS.
 """
 
 from __future__ import annotations

@@ -13,23 +13,17 @@
 
 from __future__ import annotations
 
-from ptdiag.findings import Analysis, Finding
+from ptdiag.findings import Analysis
 from ptdiag.recorded import RecordedRun
 from ptdiag.specialists.reproducibility.checkpoints import checkpoint_findings
 from ptdiag.specialists.reproducibility.compare import compare
 from ptdiag.specialists.reproducibility.determinism import determinism_findings, unseeded_findings
-from ptdiag.specialists.reproducibility.resume import parent_record, resume_findings
+from ptdiag.specialists.reproducibility.resume import resume_findings
 from ptdiag.specialists.reproducibility.trace import AUDIT, REPEAT, RESUME, Trace, companion
 
 
 def analyse(run: RecordedRun) -> Analysis:
     main = Trace.of(run)
-    bad_options = parent_record(main).get("options")
-    if bad_options:
-        return Analysis(findings=[Finding(
-            code="reproducibility.not_checked", specialist="reproducibility", severity="info",
-            title="The repeat and resume checks did not run", detail=bad_options["skipped"] + ".",
-            evidence=bad_options, fix="Pass whole numbers, e.g. -o reproducibility.steps=50.")])
     repeat = companion(run, REPEAT)
     findings = determinism_findings(main, repeat, companion(run, AUDIT))
     findings += unseeded_findings(main, repeat)

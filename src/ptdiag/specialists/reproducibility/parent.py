@@ -32,30 +32,21 @@ from ptdiag.events import REPRO_ROLE_ENV
 from ptdiag.specialists.reproducibility.resume import STATE_FILE
 from ptdiag.specialists.reproducibility.trace import AUDIT, COMPANIONS, REPEAT, RESUME, Trace
 
-DEFAULT_STEPS = 200
-NO = ("no", "false", "0", "off")
 
 
 def after_run(ctx) -> None:
     options = ctx.specialist_options("reproducibility")
     main = Trace.of(RecordedRun.load(ctx.run_dir))
     record: dict = {}
-    try:
-        cap = int(options.get("steps", DEFAULT_STEPS))
-        int(options.get("resume_step", 1))
-    except ValueError:
-        record["options"] = {"skipped": "-o reproducibility.steps / resume_step must be whole numbers, not "
-                                        f"{options.get('steps')!r} / {options.get('resume_step')!r}"}
-        (ctx.run_dir / STATE_FILE).write_text(json.dumps(record, indent=2))
-        return
+    cap = options["steps"]
     steps = min(ctx.options.max_steps or main.last_step, main.last_step, cap)
     aside = _move_aside(ctx, main)
     try:
         if steps < 1:
             record["repeat"] = {"skipped": "the main run took no optimizer step"}
-        elif str(options.get("repeat", "yes")).lower() not in NO:
-            record["repeat"] = _repeat(ctx, main, steps, str(options.get("op_audit", "auto")).lower())
-        if options.get("resume_cmd"):
+        elif options["repeat"]:
+            record["repeat"] = _repeat(ctx, main, steps, options["op_audit"])
+        if options["resume_cmd"]:
             record["resume"] = _resume(ctx, main, options["resume_cmd"], cap)
     finally:
         _put_back_files(aside)
@@ -72,7 +63,7 @@ def _repeat(ctx, main: Trace, steps: int, op_audit: str) -> dict:
     repeat = Trace.of(RecordedRun.load(_companion(ctx, REPEAT)))
     difference = compare(main, repeat).difference
     explained = difference is not None and (difference.stage == "weights" or difference.rng or difference.input)
-    if op_audit not in NO and (op_audit in ("yes", "always", "true", "1") or (difference and not explained)):
+    if op_audit == "yes" or (op_audit == "auto" and difference and not explained):
         audit_steps = max(difference.step, 1) if difference else steps
         audit = ctx.run_again(ctx.command, _companion(ctx, AUDIT), max_steps=audit_steps, env={REPRO_ROLE_ENV: AUDIT})
         done["audit"] = {"steps": audit_steps, "exit_code": audit.exit_code}

@@ -80,7 +80,7 @@ class Plugin(ProbePlugin):
         self.own_collective = False
         self.t_step = self.t_backward = None
         self.backward_s = 0.0
-        self.opts = probe.options.get("distributed", {})
+        self.consistency = probe.settings("distributed")["consistency"]
 
     # -- launch -----------------------------------------------------------------------------
     def on_dist_init(self, info) -> None:
@@ -97,7 +97,7 @@ class Plugin(ProbePlugin):
                         cuda=_cuda_device(torch, device), cuda_available=torch.cuda.is_available(),
                         job=job_identity(env, info.get("world_size")))
         self.live.start_watchdog()
-        wanted = self.opts.get("consistency", "auto")
+        wanted = self.consistency
         if self.world > 1 and (wanted == "on" or (wanted == "auto" and self.world <= CONSISTENCY_MAX_WORLD)):
             self.check = ConsistencyCheck(dist)
 

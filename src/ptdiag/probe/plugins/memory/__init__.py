@@ -19,9 +19,7 @@ import sys
 from ptdiag.probe.plugin import Plugin as ProbePlugin
 from ptdiag.probe.plugins.memory import holders, tensor_bytes
 from ptdiag.probe.plugins.memory.process_memory import cuda_sample, host_sample
-from ptdiag.sizes import SizeError, target_from_options
-
-DEFAULT_BREAKDOWN_STEP = 2  # step 1 creates optimizer state and warms caches: watch the next
+from ptdiag.sizes import target_from_options
 
 
 class Plugin(ProbePlugin):
@@ -29,7 +27,7 @@ class Plugin(ProbePlugin):
 
     def __init__(self, probe) -> None:
         super().__init__(probe)
-        options = probe.options.get("memory", {})
+        options = probe.settings("memory")
         self.torch = None
         self.cuda = None
         self.model = None
@@ -37,12 +35,8 @@ class Plugin(ProbePlugin):
         self.tracker = None
         self._optimizer = None
         self._breakdown_taken = False
-        self.breakdown_step = int(options.get("breakdown_step", DEFAULT_BREAKDOWN_STEP))
-        try:
-            self.target = target_from_options(options)
-        except SizeError as error:
-            self.target = None
-            probe.emit("mem_option_error", message=str(error))
+        self.breakdown_step = options["breakdown_step"]
+        self.target = target_from_options(options)
 
     def on_torch_import(self, torch) -> None:
         from ptdiag.probe.plugins.memory.cuda_history import CudaHistory

@@ -17,7 +17,6 @@ import time
 from ptdiag.location import user_location
 from ptdiag.probe.plugin import Plugin as ProbePlugin
 
-FALSE_WORDS = ("0", "false", "no", "off")
 MODULES_KEPT = 20  # module names recorded per step with a non-finite output
 
 
@@ -76,8 +75,7 @@ class Plugin(ProbePlugin):
 
     def __init__(self, probe) -> None:
         super().__init__(probe)
-        options = probe.options.get("numerics", {})
-        self.stop = str(options.get("stop", "1")).lower() not in FALSE_WORDS
+        self.stop = probe.settings("numerics")["stop"]
         self.ledger = None  # BatchLedger and LossRegion come with torch (on_torch_import)
         self._model = None
         self._outputs = None  # watch.ModuleOutputs of the model

@@ -28,8 +28,6 @@ from ptdiag.probe.plugin import Plugin as ProbePlugin
 from ptdiag.probe.plugins.performance.breakdown import StepBreakdown
 from ptdiag.probe.plugins.performance.telemetry import Telemetry, usable_cores
 
-DEFAULTS = {"skip": 4, "profile_steps": 3, "scan_steps": 2, "tail_steps": 3, "stop": "auto", "profile": "yes",
-            "telemetry": "yes"}
 NEW_OPTIMIZER_EVENTS = 5  # new optimizer objects described one by one; the rest are counted
 TRACE_NAME = "trace.json.gz"
 
@@ -64,32 +62,25 @@ def _return_freed_memory() -> None:
         pass
 
 
-def _int(options: dict, key: str) -> int:
-    try:
-        return max(0, int(options.get(key, DEFAULTS[key])))
-    except (TypeError, ValueError):
-        return DEFAULTS[key]
-
-
 class Plugin(ProbePlugin):
     name = "performance"
 
     def __init__(self, probe) -> None:
         super().__init__(probe)
-        options = probe.options.get("performance", {}) if isinstance(probe.options, dict) else {}
-        self.skip = max(1, _int(options, "skip"))
-        self.profile_steps = _int(options, "profile_steps") if options.get("profile", "yes") != "no" else 0
-        self.scan_steps = _int(options, "scan_steps")
+        options = probe.settings("performance")
+        self.skip = options["skip"]
+        self.profile_steps = options["profile_steps"] if options["profile"] else 0
+        self.scan_steps = options["scan_steps"]
         others = [s for s in probe.plan.get("specialists", []) if s not in ("performance", "tracking")]
-        stop = options.get("stop", DEFAULTS["stop"])
+        stop = options["stop"]
         self.stop_when_done = stop == "yes" or (stop == "auto" and not others)
         # step numbers: profiler warm-up at skip+1, recorded skip+2 .. profile_end, then the scan
         self.profile_end = self.skip + 1 + self.profile_steps if self.profile_steps else self.skip
         self.scan_end = self.profile_end + self.scan_steps
-        self.stop_at = self.scan_end + _int(options, "tail_steps")  # bare steps after the windows
+        self.stop_at = self.scan_end + options["tail_steps"]  # bare steps after the windows
         self.breakdown = StepBreakdown(probe.emit)
         self.breakdown.instrumented.update(range(self.skip + 1, self.scan_end + 1))
-        self.telemetry = Telemetry() if options.get("telemetry", "yes") != "no" else None
+        self.telemetry = Telemetry() if options["telemetry"] else None
         self._torch = None
         self._cuda = False
         self._profiler = None

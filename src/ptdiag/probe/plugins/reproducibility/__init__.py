@@ -42,7 +42,7 @@ class Plugin(ProbePlugin):
     def __init__(self, probe) -> None:
         super().__init__(probe)
         self.role = role()
-        self.options = probe.options.get("reproducibility", {})
+        self.options = probe.settings("reproducibility")
         self._torch = None
         self._tensors: list = []
         self._loaders: list = []  # (index, weakref to loader)
@@ -58,7 +58,6 @@ class Plugin(ProbePlugin):
         self._watch_first_forward(torch)
         if self.role == "audit":
             torch.use_deterministic_algorithms(True, warn_only=True)
-            self.probe.emit("repro_audit", deterministic_algorithms=True)
 
     def _watch_first_forward(self, torch) -> None:
         """The first step's forward pass happens before `on_model` could hook the model:
@@ -173,10 +172,10 @@ class Plugin(ProbePlugin):
     def _snapshot(self, path: str | None) -> str | None:
         """Main run with a resume check: keep a copy of the checkpoint at the resume step
         (the first save at or after `resume_step`), since later saves overwrite the file."""
-        if self.role != "main" or not self.options.get("resume_cmd") or not path or not os.path.isfile(path):
+        if self.role != "main" or not self.options["resume_cmd"] or not path or not os.path.isfile(path):
             return None
         step = self.probe.step
-        if self._snapshot_step is None and step >= max(int(self.options.get("resume_step", 1)), 1):
+        if self._snapshot_step is None and step >= (self.options["resume_step"] or 1):
             self._snapshot_step = step
         if step != self._snapshot_step:
             return None

@@ -201,9 +201,6 @@ class Plugin(ProbePlugin):
         self.probe.emit("load", path=os.fspath(f) if isinstance(f, (str, os.PathLike)) else repr(f),
                         weights_only=kwargs.get("weights_only"), location=location, step=self.probe.step)
 
-    def on_dist_init(self, info) -> None:
-        self.probe.emit("dist_init", **info)
-
     def on_exception(self, exc_type, exc, tb) -> None:
         import traceback
 
