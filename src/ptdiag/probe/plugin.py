@@ -1,6 +1,7 @@
 """The probe's hook protocol: plugins subscribe, the probe calls.
 
-Each specialist's in-process part is a `Plugin` subclass overriding the hooks it needs.
+Each specialist's in-process part is a `Plugin` subclass defining the hooks it needs:
+methods named and shaped as declared in HOOKS.
 The probe installs a patch on torch only when some plugin overrides the hook the patch
 feeds, so a hook nobody subscribed to costs nothing. A plugin that raises is logged
 to the run dir and loses that hook: ptdiag's own bug must never break the training.
@@ -8,38 +9,55 @@ to the run dir and loses that hook: ptdiag's own bug must never break the traini
 
 from __future__ import annotations
 
+import inspect
 import signal
 import traceback
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from ptdiag.probe.core import Probe
 
-# hook name -> what it is called with
-HOOKS = {
-    "on_torch_import": "(torch) once torch is imported",
-    "on_args": "(namespace, argv) after argparse parsed the command line",
-    "on_seed": "(kind, value, location) python/numpy/torch/cuda seed calls",
-    "on_model": "(module) the first module with parameters that runs forward",
-    "on_dataloader": "(loader) a DataLoader was built",
-    "on_loader_iter": "(loader, epoch) iteration over a DataLoader began (epoch counts from 0)",
-    "on_batch": "(loader, wait_s) a batch was handed to the program after wait_s seconds",
-    "on_batch_indices": "(loader, indices) the sampler's indices of that batch (None when not knowable)",
-    "on_backward": "(tensor) backward was called on this tensor (the loss; probe.loss_scale says if a GradScaler scaled it)",
-    "on_backward_end": "(tensor) that backward call returned",
-    "on_step_skipped": "(optimizer) a GradScaler skipped the primary optimizer's step (inf/NaN gradients)",
-    "on_step_begin": "(step, optimizer) the primary optimizer is about to take step `step` (1-based)",
-    "on_step": "(step, optimizer) the primary optimizer finished optimizer step `step` (1-based)",
-    "on_collective": "(name, location) a torch.distributed collective or barrier is about to run",
-    "on_collective_end": "(name) that collective returned",
-    "on_log_scalar": "(source, tag, value, step) the program logged a scalar to TensorBoard/MLflow/W&B",
-    "on_log_params": "(source, params) the program logged hyperparameters to TensorBoard/MLflow/W&B",
-    "on_save": "(obj, f, location) torch.save",
-    "on_load": "(f, location, kwargs) torch.load",
-    "on_dist_init": "(info) torch.distributed.init_process_group returned",
-    "on_warning": "(message, category, location) a Python warning was shown",
-    "on_exception": "(exc_type, exc, tb) an exception ended the program",
-    "on_exit": "() the interpreter is exiting normally or through SystemExit",
+
+@dataclass(frozen=True)
+class Hook:
+    """One hook: the parameters the probe passes (positionally, in this order) and when."""
+
+    params: tuple[str, ...]
+    doc: str
+
+
+def _hook(params: str, doc: str) -> Hook:
+    return Hook(tuple(params.replace(",", " ").split()), doc)
+
+
+# hook name -> its parameters and when the probe calls it; a plugin subscribes by defining
+# a method of that name with those parameters (checked when the Dispatcher is built)
+HOOKS: dict[str, Hook] = {
+    "on_torch_import": _hook("torch", "once torch is imported"),
+    "on_args": _hook("namespace, argv", "after argparse parsed the command line"),
+    "on_seed": _hook("kind, value, location", "python/numpy/torch/cuda seed calls"),
+    "on_model": _hook("module", "the first module with parameters that runs forward"),
+    "on_dataloader": _hook("loader", "a DataLoader was built"),
+    "on_loader_iter": _hook("loader, epoch", "iteration over a DataLoader began (epoch counts from 0)"),
+    "on_batch": _hook("loader, wait_s", "a batch was handed to the program after wait_s seconds"),
+    "on_batch_indices": _hook("loader, indices", "the sampler's indices of that batch (None when not knowable)"),
+    "on_backward": _hook("tensor",
+                         "backward was called on this tensor (the loss; probe.loss_scale says if a GradScaler scaled it)"),
+    "on_backward_end": _hook("tensor", "that backward call returned"),
+    "on_step_skipped": _hook("optimizer", "a GradScaler skipped the primary optimizer's step (inf/NaN gradients)"),
+    "on_step_begin": _hook("step, optimizer", "the primary optimizer is about to take step `step` (1-based)"),
+    "on_step": _hook("step, optimizer", "the primary optimizer finished optimizer step `step` (1-based)"),
+    "on_collective": _hook("name, location", "a torch.distributed collective or barrier is about to run"),
+    "on_collective_end": _hook("name", "that collective returned"),
+    "on_log_scalar": _hook("source, tag, value, step", "the program logged a scalar to TensorBoard/MLflow/W&B"),
+    "on_log_params": _hook("source, params", "the program logged hyperparameters to TensorBoard/MLflow/W&B"),
+    "on_save": _hook("obj, f, location", "torch.save"),
+    "on_load": _hook("f, location, kwargs", "torch.load"),
+    "on_dist_init": _hook("info", "torch.distributed.init_process_group returned"),
+    "on_warning": _hook("message, category, location", "a Python warning was shown"),
+    "on_exception": _hook("exc_type, exc, tb", "an exception ended the program"),
+    "on_exit": _hook("", "the interpreter is exiting normally or through SystemExit"),
 }
 
 
@@ -65,13 +83,38 @@ def raised_by_signal_handler(exc: BaseException) -> bool:
     return tb.tb_frame.f_code in handlers
 
 
+def subscription_problems(plugin: Plugin) -> dict[str, str]:
+    """method name -> what is wrong, for every `on_*` method of the plugin that is not a
+    declared hook (a misspelling such as `on_stpe` would silently never fire) or whose
+    parameters differ from the hook's (it would raise at its first call)."""
+    problems = {}
+    for name, method in inspect.getmembers(type(plugin), inspect.isfunction):
+        if not name.startswith("on_"):
+            continue
+        where = f"{type(plugin).__module__}.{type(plugin).__qualname__}.{name}"
+        hook = HOOKS.get(name)
+        params = tuple(inspect.signature(method).parameters)[1:]  # after self
+        if hook is None:
+            problems[name] = f"{where} is not a hook of the probe (ptdiag.probe.plugin.HOOKS): it would never be called"
+        elif params != hook.params:
+            problems[name] = f"{where}({', '.join(params)}) does not take the hook's parameters ({', '.join(hook.params)})"
+    return problems
+
+
 class Dispatcher:
+    """Calls each hook's subscribers, in plugin order. A plugin method that does not match
+    its hook is logged (probe-errors.log, which the report points to) and left out, never
+    called with arguments it cannot take."""
+
     def __init__(self, plugins: list[Plugin], error_log: Callable[[str], None]) -> None:
         self._error_log = error_log
         self._subscribers: dict[str, list[Callable]] = {}
-        for hook in HOOKS:
-            for plugin in plugins:
-                if getattr(type(plugin), hook, None) is not getattr(Plugin, hook, None):
+        for plugin in plugins:
+            problems = subscription_problems(plugin)
+            for problem in problems.values():
+                error_log(f"hook not subscribed: {problem}")
+            for hook in HOOKS:
+                if hasattr(type(plugin), hook) and hook not in problems:
                     self._subscribers.setdefault(hook, []).append(getattr(plugin, hook))
 
     def wants(self, hook: str) -> bool:
