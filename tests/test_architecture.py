@@ -33,6 +33,12 @@ HOOK_CALLS = ("register_forward_hook", "register_forward_pre_hook", "register_fu
               "register_state_dict_pre_hook", "register_load_state_dict_post_hook",
               "register_multi_grad_hook")
 MODE_BASES = ("TorchDispatchMode", "TorchFunctionMode")
+# the probe's instruments own every mode and tracker it runs inside the program's calls
+INSTRUMENTS = PROBE / "instruments"
+# names only the instruments may touch: torch's trackers, the allocator's history, the profiler
+INSTRUMENT_NAMES = ("MemTracker", "ModTracker", "_record_memory_history", "_cuda_attach_out_of_memory_observer",
+                    "_dump_snapshot")
+PROFILER_MODULES = ("torch.profiler", "torch.autograd.profiler")
 
 
 def _modules(root: Path):
@@ -74,6 +80,28 @@ def test_nothing_outside_the_probe_hooks_into_torch_or_the_model():
                 bases = {b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", None) for b in node.bases}
                 if bases & set(MODE_BASES):
                     offenders.append(f"{_rel(path)}:{node.lineno} class {node.name}({', '.join(sorted(bases))})")
+    assert offenders == []
+
+
+def test_only_the_instruments_push_modes_or_run_trackers_and_the_profiler():
+    offenders = []
+    for path, tree in _modules(SRC):
+        if INSTRUMENTS in path.parents:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                bases = {b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", None) for b in node.bases}
+                if bases & set(MODE_BASES):
+                    offenders.append(f"{_rel(path)}:{node.lineno} class {node.name}")
+            elif isinstance(node, (ast.Name, ast.Attribute)):
+                name = node.attr if isinstance(node, ast.Attribute) else node.id
+                if name in INSTRUMENT_NAMES:
+                    offenders.append(f"{_rel(path)}:{node.lineno} {name}")
+            elif isinstance(node, ast.ImportFrom) and node.module in PROFILER_MODULES:
+                offenders += [f"{_rel(path)}:{node.lineno} {node.module}.{a.name}" for a in node.names
+                              if a.name in ("profile", "record_function")]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("torch.distributed._tools"):
+                offenders.append(f"{_rel(path)}:{node.lineno} {node.module}")
     assert offenders == []
 
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
-from conftest import FAST_SAMPLE_ARGS, PYTHON, SAMPLES, load_report, run_ptdiag
+from conftest import FAST_SAMPLE_ARGS, PROGRAMS, PYTHON, SAMPLES, load_report, run_ptdiag
 
 pytestmark = pytest.mark.slow
 
@@ -75,6 +76,23 @@ def test_healthy_sample_has_no_leak_or_eval_finding(workdir):
     codes = [f["code"] for f in report["findings"]]
     assert "memory.leak" not in codes and "memory.eval_without_no_grad" not in codes
     assert "memory.breakdown" in codes
+
+
+def test_a_model_called_again_inside_the_tracked_step_runs_as_bare_and_the_breakdown_says_it_was_switched_off(workdir):
+    """minGPT's shape: the training loop evaluates by generating token by token, so the
+    model runs many times inside one iteration, where torch's MemTracker raises from the
+    model's forward pre-hook. The program must run as it does bare."""
+    program = [PYTHON, str(PROGRAMS / "generate_in_loop.py")]
+    bare = subprocess.run(program, cwd=workdir, capture_output=True, timeout=120)
+    proc = run_ptdiag("memory keeps growing every step", "--json", "r.json", "--", *program, cwd=workdir)
+    assert (proc.returncode, proc.stdout.decode()) == (bare.returncode, bare.stdout.decode())
+    assert bare.returncode == 0 and bare.stdout.count(b"test score") == 3
+    report = load_report(workdir / "r.json")
+    assert "memory" in report["route"]["specialists"]
+    assert report["status"] == "completed" and report["steps_observed"] == 12
+    assert [(s["what"], s["step"]) for s in report["switched_off"]] == [("memory breakdown (MemTracker)", 1)]
+    assert report["switched_off"][0]["why"].startswith("NotImplementedError: MemTracker does not support")
+    assert any("switched off its memory breakdown" in note for note in report["notes"])
 
 
 CORPUS = SAMPLES.parent / "diagnostics" / "memory"

@@ -8,10 +8,12 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode, _get_current_dispatch_mode_stack
 
 from ptdiag.probe.plugins.numerics import watch
 from ptdiag.specialists.numerics import history
+from ptdiag.probe.instruments import Instruments
+from ptdiag.probe.plugins.numerics import loss_region
 from ptdiag.probe.plugins.numerics.loss_region import LossRegion
 from ptdiag.probe.plugins.numerics.batches import BatchLedger, poisoned_indices
 from ptdiag.probe.plugins.numerics.localise import replay
@@ -127,8 +129,12 @@ def test_watch_flags_each_module_whose_output_was_nonfinite_with_one_read():
     assert watch.read(loss, outputs, None, [], None).flagged_modules == []  # taken: the next step starts afresh
 
 
+def _instruments(switched: list | None = None) -> Instruments:
+    return Instruments(lambda what, why: (switched if switched is not None else []).append(what), lambda message: None)
+
+
 def test_loss_region_names_the_first_op_born_nonfinite_and_its_line():
-    region = LossRegion()
+    region = LossRegion(_instruments())
     logits = torch.randn(4, 3, requires_grad=True)
     region.enter()
     masked = logits.masked_fill(torch.tensor([True, False, False]), float("-inf"))  # Inf on purpose
@@ -141,22 +147,35 @@ def test_loss_region_names_the_first_op_born_nonfinite_and_its_line():
     assert reading.loss_op["user_line"].endswith(f"test_numerics_units.py:{line}")
 
 
-def test_loss_region_never_pops_a_mode_the_program_pushed_on_top():
-    class Program(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            return func(*args, **(kwargs or {}))
+class ProgramMode(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
 
-    region = LossRegion()
+
+def test_loss_region_never_pops_a_mode_the_program_pushed_on_top():
+    switched = []
+    region = LossRegion(_instruments(switched))
     region.enter()
-    mine = Program()
+    mine = ProgramMode()
     mine.__enter__()
-    region.leave()  # not on top: left alone, and no more watching
-    assert region.broken
+    region.leave()  # not on top: left under the program's mode, inert, and watching stops for the run
+    assert _get_current_dispatch_mode() is mine and switched == [loss_region.WHAT]
     mine.__exit__(None, None, None)
-    region.leave()  # on top again: popped now
-    region.enter()
+    region.enter()  # ours is on top again: popped now, and not pushed again
     torch.ones(2) * 2
-    assert region.take() == ([], [])
+    assert region.take() == ([], []) and _get_current_dispatch_mode_stack() == []
+    assert switched == [loss_region.WHAT]
+
+
+def test_loss_region_is_not_pushed_over_a_mode_the_program_has_active():
+    switched = []
+    region = LossRegion(_instruments(switched))
+    with ProgramMode() as mine:
+        region.enter()
+        torch.ones(2) * 2
+        assert _get_current_dispatch_mode_stack() == [mine]
+    region.leave()
+    assert region.take() == ([], []) and switched == [loss_region.WHAT]
 
 
 def test_a_model_with_more_modules_than_watched_is_watched_at_its_shallowest_levels(monkeypatch):

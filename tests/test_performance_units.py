@@ -15,7 +15,8 @@ import torch
 from ptdiag.specialists.performance import detectors, trace_cpu
 from ptdiag.probe.plugins.performance.breakdown import FLUSH_EVERY, StepBreakdown
 from ptdiag.specialists.performance.measured import Measured, breakdown
-from ptdiag.probe.plugins.performance.scan import make_scan, per_call_overhead_us
+from ptdiag.probe.instruments import ops_in_block
+from ptdiag.probe.plugins.performance.scan import CallScan, per_call_overhead_us
 from ptdiag.probe.plugins.performance.telemetry import Telemetry
 from ptdiag.specialists.performance.trace_events import read_trace
 
@@ -78,9 +79,9 @@ def test_breakdown_times_each_phase_and_flushes_in_batches():
 
 
 def test_scan_counts_the_programs_syncs_at_their_lines_and_finds_loops():
-    scan = make_scan(torch, device_is_cuda=False)()
+    scan = CallScan(torch, device_is_cuda=False)
     x = torch.randn(8, 3)
-    with scan:
+    with ops_in_block(scan, functions=True):
         for _ in range(2):
             value = x.sum().item(); line_item = _line()  # noqa: E702
             text = f"{x.mean()}"; line_format = _line()  # noqa: E702

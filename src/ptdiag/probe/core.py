@@ -23,6 +23,7 @@ from typing import Any, Callable
 from ptdiag import options as option_tables
 from ptdiag.probe import patches
 from ptdiag.probe.event_log import EventWriter
+from ptdiag.probe.instruments import Instruments
 from ptdiag.probe.plugin import Dispatcher, Plugin
 
 STACK_DUMP_SIGNAL = signal.SIGUSR2  # SIGUSR1 is often taken (SLURM pre-emption, Lightning)
@@ -52,6 +53,7 @@ class Probe:
         self._switched_off: set[str] = set()
         self.stopped: dict | None = None  # set by stop(): the program's SystemExit is ptdiag's
         self.events = EventWriter(run_dir / "events" / f"rank{rank}.p{os.getpid()}.jsonl")
+        self.instruments = Instruments(self.switch_off, self.log_error)  # modes and trackers, for the plugins
         self.dispatcher = Dispatcher(load_plugins(self, plan.get("specialists", [])), self.log_error)
 
     # -- plumbing shared by patches and plugins -------------------------------------------
@@ -119,6 +121,7 @@ class Probe:
 
     def _at_exit(self) -> None:
         self.call("on_exit")
+        self.instruments.close_all()
         self.emit("exit", steps=self.step)
         self.events.close()
 

@@ -43,8 +43,8 @@ class Plugin(ProbePlugin):
         from ptdiag.probe.plugins.memory.step_tracker import StepTracker
 
         self.torch = torch
-        self.tracker = StepTracker(torch)
-        self.cuda = CudaHistory(torch, self.probe.run_dir, self.probe.rank, self.probe.emit)
+        self.tracker = StepTracker(self.probe.instruments)
+        self.cuda = CudaHistory(torch, self.probe.instruments, self.probe.run_dir, self.probe.rank, self.probe.emit)
         self.probe.emit("mem_start", cuda_history=self.cuda.start(), **host_sample())
 
     def on_model(self, module) -> None:
@@ -89,11 +89,16 @@ class Plugin(ProbePlugin):
         if self.tracker is None:
             return
         if self.tracker.active:
-            self.probe.emit("mem_breakdown", step=self.probe.step, peak=self.tracker.stop())
+            self._end_breakdown()
         elif (not self._breakdown_taken and self.model is not None and self._optimizer is not None
               and self.probe.step == self.breakdown_step - 1):
             self._breakdown_taken = True  # one step per run, however many batches a step takes
             self.tracker.start(self.model, self._optimizer)
+
+    def _end_breakdown(self) -> None:
+        peak = self.tracker.stop()
+        if peak is not None:  # None: the tracker faulted and was switched off (the probe said so)
+            self.probe.emit("mem_breakdown", step=self.probe.step, peak=peak)
 
     def _estimate_fit(self, optimizer) -> None:
         from ptdiag.probe.plugins.memory.fit import FakeStep, estimate
@@ -113,7 +118,7 @@ class Plugin(ProbePlugin):
 
     def on_exit(self) -> None:
         if self.tracker is not None and self.tracker.active:
-            self.probe.emit("mem_breakdown", step=self.probe.step, peak=self.tracker.stop())
+            self._end_breakdown()
         if self.forwards is not None:
             self.forwards.finish()
         if self.torch is not None:

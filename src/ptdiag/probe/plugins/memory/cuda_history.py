@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+WHAT = "CUDA allocator history"
 MAX_ENTRIES = 100_000  # alloc/free events kept (ring buffer); a few KB each
 SNAPSHOT_DIR = "memory"
 
@@ -24,18 +25,14 @@ def snapshot_path(run_dir: Path, rank: int, reason: str) -> Path:
 
 
 class CudaHistory:
-    def __init__(self, torch, run_dir: Path, rank: int, emit) -> None:
-        self.torch, self.run_dir, self.rank, self._emit = torch, run_dir, rank, emit
+    def __init__(self, torch, instruments, run_dir: Path, rank: int, emit) -> None:
+        self.torch, self.instruments, self.run_dir, self.rank, self._emit = torch, instruments, run_dir, rank, emit
         self.ooms = 0
-        self.active = False
+        self.history = None
 
     def start(self) -> bool:
-        if not self.torch.cuda.is_available():
-            return False
-        self.torch.cuda.memory._record_memory_history(max_entries=MAX_ENTRIES, stacks="python")
-        self.torch._C._cuda_attach_out_of_memory_observer(self._on_oom)
-        self.active = True
-        return True
+        self.history = self.instruments.record_allocator_history(WHAT, self.torch, MAX_ENTRIES, self._on_oom)
+        return self.history is not None
 
     def _on_oom(self, device, requested, device_allocated, device_free) -> None:
         """Called by the allocator before it raises; the first OOM's state is the one to keep."""
@@ -46,8 +43,8 @@ class CudaHistory:
             self.dump("oom")
 
     def dump(self, reason: str) -> None:
-        if not (self.active and self.torch.cuda.is_initialized()):
+        if self.history is None:
             return
         path = snapshot_path(self.run_dir, self.rank, reason)
-        self.torch.cuda.memory._dump_snapshot(str(path))
-        self._emit("mem_snapshot", reason=reason, path=str(path.relative_to(self.run_dir)))
+        if self.history.dump(str(path)):
+            self._emit("mem_snapshot", reason=reason, path=str(path.relative_to(self.run_dir)))

@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from ptdiag.probe import quiet_warnings
-from ptdiag.probe.plugins.memory.step_tracker import peak_by_kind
+from ptdiag.probe.instruments.memory_tracker import fake_execution_tracker, peak_by_kind
 
 MAX_BATCH_MULTIPLE = 1024  # never search beyond 1024x the user's batch
 SECANT_CHECKS = 3  # fake steps spent checking and correcting the predicted batch size
@@ -91,7 +91,6 @@ class FakeStep:
 
     def peak(self, batch: int) -> tuple[int, dict]:
         from torch._subclasses.fake_tensor import FakeCopyMode
-        from torch.distributed._tools.mem_tracker import MemTracker
 
         torch = self.torch
         args = _with_batch(self.args, self.batch, batch, self.mode, torch)
@@ -102,7 +101,7 @@ class FakeStep:
             groups = [{**{k: v for k, v in g.items() if k != "params"},
                        "params": [params[id(p)] for p in g["params"] if id(p) in params]} for g in self.groups]
             optimizer = self.optimizer_cls(groups)
-            tracker = MemTracker()
+            tracker = fake_execution_tracker()
             tracker.track_external(model, optimizer)
             with tracker:
                 for i in range(2):

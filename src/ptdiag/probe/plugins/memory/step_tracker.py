@@ -1,39 +1,31 @@
 """The full peak breakdown of one real training step, by torch's own MemTracker.
 
-MemTracker is a TorchDispatchMode that attributes every storage to parameters, buffers,
-gradients, activations, temporaries or optimizer state and keeps the peak of each; it
-costs about 1.3x on the step it watches (shared/facts.md), so it watches one step only:
-entered at a step boundary, left at the next one.
+MemTracker attributes every storage to parameters, buffers, gradients, activations,
+temporaries or optimizer state and keeps the peak of each; it costs about 1.3x on the
+step it watches (shared/facts.md), so it watches one step only: entered at a step
+boundary, left at the next one. The probe's instruments run it (guarded: a tracker that
+faults inside the program's forward is switched off and the forward goes on).
 """
 
 from __future__ import annotations
 
+WHAT = "memory breakdown (MemTracker)"
+
 
 class StepTracker:
-    def __init__(self, torch) -> None:
-        self.torch = torch
-        self._tracker = None
+    def __init__(self, instruments) -> None:
+        self.instruments = instruments
+        self._window = None
 
     @property
     def active(self) -> bool:
-        return self._tracker is not None
+        return self._window is not None
 
     def start(self, model, optimizer) -> None:
-        from torch.distributed._tools.mem_tracker import MemTracker
+        self._window = self.instruments.track_memory(WHAT, model, optimizer)
 
-        tracker = MemTracker()
-        tracker.track_external(model, optimizer)
-        tracker.__enter__()
-        self._tracker = tracker
-
-    def stop(self) -> dict:
-        """Peak bytes per device and kind ('Parameter', 'Gradient', 'Activation', ..., 'Total')."""
-        tracker, self._tracker = self._tracker, None
-        tracker.__exit__(None, None, None)
-        return peak_by_kind(tracker)
-
-
-def peak_by_kind(tracker) -> dict:
-    """A MemTracker's peak as plain data: {device: {kind: bytes, ..., "Total": bytes}}."""
-    return {str(device): {getattr(k, "value", str(k)): int(v) for k, v in kinds.items()}
-            for device, kinds in tracker.get_tracker_snapshot("peak").items()}
+    def stop(self) -> dict | None:
+        """Peak bytes per device and kind ('Parameter', 'Gradient', 'Activation', ...,
+        'Total'); None when the tracker faulted (switched off). Between steps only."""
+        window, self._window = self._window, None
+        return window.close()

@@ -100,7 +100,7 @@ class Plugin(ProbePlugin):
     def on_torch_import(self, torch) -> None:
         _import_torch_parts()
         self.ledger = BatchLedger()
-        self._region = LossRegion()
+        self._region = LossRegion(self.probe.instruments)
 
     # -- data ------------------------------------------------------------------------------
     def on_loader_iter(self, loader, epoch) -> None:

@@ -20,9 +20,9 @@ import contextlib
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from ptdiag.probe.instruments import OpObserver, ops_in_block
 from ptdiag.probe.plugins.numerics.locations import frames_until, traceback_frames, user_and_library
 
 FP16_MAX = 65504.0
@@ -103,24 +103,20 @@ def born_here(func, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> 
     return op_name(func) not in INTENTIONAL_INF and all_finite(inputs)
 
 
-class FirstNonFinite(TorchDispatchMode):
+class FirstNonFinite(OpObserver):
     """Records the first op where a non-finite value was born (see `born_here`)."""
 
     def __init__(self, tracker: ModuleTracker, stop_code, phase: str) -> None:
-        super().__init__()
         self.tracker, self.stop_code, self.phase = tracker, stop_code, phase
         self.found: dict | None = None
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+    def after(self, func, args, kwargs, out, before) -> None:
         if self.found is None:
             outputs = float_tensors(out)
             if outputs and not all_finite(outputs):
                 inputs = float_tensors((args, kwargs))
                 if born_here(func, inputs, outputs):
                     self.found = self._describe(func, args, kwargs, inputs, outputs)
-        return out
 
     def _describe(self, func, args, kwargs, inputs, outputs) -> dict:
         frames = frames_until(self.stop_code)
@@ -184,7 +180,7 @@ def replay(model, args, kwargs, autocast: dict | None, grad_outputs: list | None
         if autocast:
             stack.enter_context(torch.autocast(autocast["device"], dtype=getattr(torch, autocast["dtype"])))
         forward = FirstNonFinite(tracker, stop_code, "forward")
-        with forward:
+        with ops_in_block(forward):
             output = model(*args, **kwargs)
         if forward.found:
             return forward.found
@@ -195,7 +191,7 @@ def replay(model, args, kwargs, autocast: dict | None, grad_outputs: list | None
             return {"phase": "gradient_in"}
         wanted = [p for p in params if p.requires_grad]
         backward = FirstNonFinite(tracker, stop_code, "backward")
-        with backward:
+        with ops_in_block(backward):
             grads = torch.autograd.grad(outputs, wanted, grad_outputs, allow_unused=True)
         if backward.found:
             backward.found["params"] = nonfinite_grads(tracker, model, wanted, grads)

@@ -7,9 +7,9 @@ a TorchDispatchMode keeps, per op, one float32 sum of its output on the device a
 program's line; the sums join the step's single read. The first op whose sum is NaN
 (or Inf, from an op that does not write Inf on purpose) is where the value was born.
 
-It is a few ops per step (bounded by MAX_OPS), entered only while gradients are on
-and the mode can be left cleanly: when another dispatch mode was pushed on top of it,
-it is not popped from under that one and watching the loss stops for the run.
+It is a few ops per step (bounded by MAX_OPS), entered only while gradients are on.
+The probe's instruments push and leave the mode: never over or from under a mode of
+the program's (watching the loss then stops for the run, and the report says so).
 """
 
 from __future__ import annotations
@@ -18,17 +18,18 @@ import sys
 from functools import lru_cache
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode
 
 from ptdiag.location import format_location, is_user_file
+from ptdiag.probe.instruments import OpObserver
 from ptdiag.probe.plugins.numerics.localise import INTENTIONAL_INF, float_tensors, op_name
 
+WHAT = "numerics loss watch"
 MAX_OPS = 64  # ops kept per step: a loss is a handful; more is other work, not worth the cost
 _is_user_file = lru_cache(maxsize=4096)(is_user_file)
 
 
 def _program_line() -> tuple[str, int] | None:
-    frame = sys._getframe(2)
+    frame = sys._getframe(1)  # ptdiag's own frames are not the program's: the walk passes them
     while frame is not None:
         if _is_user_file(frame.f_code.co_filename):
             return frame.f_code.co_filename, frame.f_lineno
@@ -36,13 +37,13 @@ def _program_line() -> tuple[str, int] | None:
     return None
 
 
-class _Watch(TorchDispatchMode):
+class _LossOps(OpObserver):
+    """One float32 sum per op output, and the program's line, up to MAX_OPS per step."""
+
     def __init__(self, region: "LossRegion") -> None:
-        super().__init__()
         self.region = region
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+    def after(self, func, args, kwargs, out, before) -> None:
         region = self.region
         if len(region.sums) < MAX_OPS:
             plain = [t for t in float_tensors(out) if type(t) is torch.Tensor]  # no subclass (DTensor) sums
@@ -52,34 +53,28 @@ class _Watch(TorchDispatchMode):
                     total = total + t.detach().sum(dtype=torch.float32)
                 region.sums.append(total)
                 region.ops.append((op_name(func), _program_line()))
-        return out
 
 
 class LossRegion:
     """Enter after the model's forward, leave at backward (or the next forward)."""
 
-    def __init__(self) -> None:
+    def __init__(self, instruments) -> None:
+        self.instruments = instruments
         self.sums: list[torch.Tensor] = []
         self.ops: list[tuple[str, tuple[str, int] | None]] = []
-        self._mode: _Watch | None = None
-        self.broken = False
+        self._window = None
 
     def enter(self) -> None:
         self.leave()
-        if self.broken or not torch.is_grad_enabled():
+        if not torch.is_grad_enabled():
             return
         self.sums, self.ops = [], []
-        self._mode = _Watch(self)
-        self._mode.__enter__()
+        self._window = self.instruments.watch_ops(WHAT, _LossOps(self))
 
     def leave(self) -> None:
-        if self._mode is None:
-            return
-        if _get_current_dispatch_mode() is self._mode:
-            self._mode.__exit__(None, None, None)
-            self._mode = None
-        else:  # the program pushed a mode of its own on top: not popped from under it, tried again later
-            self.broken = True
+        window, self._window = self._window, None
+        if window is not None:
+            window.close()
 
     def take(self) -> tuple[list[torch.Tensor], list[tuple[str, tuple[str, int] | None]]]:
         taken = (self.sums, self.ops)

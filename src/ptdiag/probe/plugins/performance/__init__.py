@@ -15,7 +15,6 @@ stop (auto | yes | no), profile (yes | no), telemetry (yes | no).
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import os
 import shutil
@@ -30,6 +29,8 @@ from ptdiag.probe.plugins.performance.telemetry import Telemetry, usable_cores
 
 NEW_OPTIMIZER_EVENTS = 5  # new optimizer objects described one by one; the rest are counted
 TRACE_NAME = "trace.json.gz"
+PROFILER = "performance profiler window"
+SCAN = "performance call scan"
 
 
 def _gzip(source, target) -> None:
@@ -85,6 +86,7 @@ class Plugin(ProbePlugin):
         self._cuda = False
         self._profiler = None
         self._scan = None
+        self._scan_window = None
         self._optimizers: weakref.WeakSet = weakref.WeakSet()
         self._optimizer_objects = 0
         self._optimizer_steps = 0
@@ -139,9 +141,8 @@ class Plugin(ProbePlugin):
         if step == self.skip and self.profile_steps:
             self._start_profiler()
         elif self._profiler is not None:
-            with self._kineto_log():
-                self._profiler.step()
-            if step >= self.profile_end:
+            self._profiler.step()
+            if step >= self.profile_end or not self._profiler.open:  # not open: it faulted (switched off)
                 self._stop_profiler()
         if step == self.profile_end and self.scan_steps:
             self._start_scan()
@@ -179,8 +180,7 @@ class Plugin(ProbePlugin):
                         cuda=self._cuda, cpu_capability=capability)
 
     def _start_profiler(self) -> None:
-        torch = self._torch
-        from torch.profiler import ProfilerActivity, profile, schedule
+        from torch.profiler import ProfilerActivity, schedule
 
         activities = [ProfilerActivity.CPU]
         if self._cuda:
@@ -200,42 +200,15 @@ class Plugin(ProbePlugin):
                             first_step=first, warmup_steps=1, steps=self.profile_steps,
                             export_s=round(time.perf_counter() - start, 3), cuda=self._cuda)
 
-        self._profiler = profile(activities=activities, record_shapes=True, with_stack=True,
-                                 schedule=schedule(wait=0, warmup=1, active=self.profile_steps, repeat=1),
-                                 on_trace_ready=save)
-        with self._kineto_log():
-            self._profiler.start()
+        self._profiler = self.probe.instruments.profile(
+            PROFILER, self.probe.run_dir / "kineto.log", activities=activities, record_shapes=True, with_stack=True,
+            schedule=schedule(wait=0, warmup=1, active=self.profile_steps, repeat=1), on_trace_ready=save)
 
     def _stop_profiler(self) -> None:
         profiler, self._profiler = self._profiler, None
-        try:
-            with self._kineto_log():
-                profiler.stop()
-        except Exception as exc:
-            self.probe.log_error(f"profiler stop failed: {exc!r}")
+        profiler.close()
         del profiler
         _return_freed_memory()
-
-    @contextlib.contextmanager
-    def _kineto_log(self):
-        """Kineto prints start/stop lines (and, without a GPU, an error) on file
-        descriptor 2: the program's stderr must stay its own, so they go to the run dir
-        for the moment of the profiler call."""
-        try:
-            log = os.open(self.probe.run_dir / "kineto.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-            saved = os.dup(2)
-        except OSError:
-            yield
-            return
-        with contextlib.suppress(Exception):
-            sys.stderr.flush()
-        os.dup2(log, 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            os.close(log)
 
     def _start_scan(self) -> None:
         from ptdiag.probe.plugins.performance import scan
@@ -244,14 +217,17 @@ class Plugin(ProbePlugin):
         overhead = scan.per_call_overhead_us(torch)
         slowdown = scan.float64_slowdown(torch, torch.device("cuda" if self._cuda else "cpu"))
         self._scan_facts = {"per_call_us": overhead, "float64_slowdown": slowdown}
-        self._scan = scan.make_scan(torch, self._cuda)()
-        self._scan.__enter__()
+        self._scan = scan.CallScan(torch, self._cuda)
+        self._scan_window = self.probe.instruments.watch_ops(SCAN, self._scan, functions=True)
+        if self._scan_window is None:
+            self._scan = None
 
     def _stop_scan(self, steps: int) -> None:
-        scan_mode, self._scan = self._scan, None
-        scan_mode.__exit__(None, None, None)
-        self.probe.emit("perf_scan", first_step=self.profile_end + 1, **scan_mode.summary(steps),
-                        **self._scan_facts)
+        observer, self._scan = self._scan, None
+        self._scan_window.close()
+        if self.probe.instruments.available(SCAN):  # else it faulted: its counts are partial
+            self.probe.emit("perf_scan", first_step=self.profile_end + 1, **observer.summary(steps),
+                            **self._scan_facts)
 
     def _finish(self) -> None:
         """Close whatever window is open and write everything buffered (once: at the

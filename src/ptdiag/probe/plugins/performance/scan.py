@@ -1,7 +1,7 @@
 """A few steps watched call by call: host synchronisations, torch calls per source line,
 float64 results.
 
-A TorchFunctionMode sees every torch function and Tensor method the program calls from
+A function mode (pushed by the probe's instruments) sees every torch function and Tensor method the program calls from
 Python (`.item()`, `print(loss)` through `Tensor.__format__`, `F.conv2d`, ...), with the
 Python stack at hand, so each call can be attributed to the line that made it. It costs
 a Python round-trip per call, so it is entered only for a short window of steps (after
@@ -21,12 +21,13 @@ an optimizer's CPU step counter) are host-side work, not device waits.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections import Counter, defaultdict
 from functools import lru_cache
 
 from ptdiag.location import format_location, is_user_file
+from ptdiag.probe.instruments import OpObserver
+from ptdiag.probe.instruments.ops import op_caller
 
 # Tensor method / torch function name -> what it does to the host.
 SYNC_CALLS = {
@@ -79,61 +80,53 @@ def _where(frame) -> str | None:
     return format_location(frame.f_code.co_filename, frame.f_lineno) if frame is not None else None
 
 
-def make_scan(torch, device_is_cuda: bool):
-    """The CallScan class (defined here so that torch is imported only when needed)."""
-    global TORCH_DIR
-    TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
-    from torch.overrides import TorchFunctionMode
+class CallScan(OpObserver):
+    """Counts the program's torch calls per line, its synchronising calls and float64
+    results; the probe's instruments hand it every call (a function mode)."""
 
-    class CallScan(TorchFunctionMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.calls: Counter = Counter()  # (direct caller line, is user code) -> torch calls
-            self.syncs: dict[tuple, list] = defaultdict(lambda: [0, 0.0])  # (call, line) -> [n, s]
-            self.float64: Counter = Counter()  # line -> calls returning float64 tensors
-            self.total_calls = 0
+    def __init__(self, torch, device_is_cuda: bool) -> None:
+        global TORCH_DIR
+        TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+        self.torch, self.device_is_cuda = torch, device_is_cuda
+        self.calls: Counter = Counter()  # (direct caller line, is user code) -> torch calls
+        self.syncs: dict[tuple, list] = defaultdict(lambda: [0, 0.0])  # (call, line) -> [n, s]
+        self.float64: Counter = Counter()  # line -> calls returning float64 tensors
+        self.total_calls = 0
 
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            name = getattr(func, "__name__", "")
-            sync = name in SYNC_CALLS and _on_device(args, device_is_cuda, torch)
-            start = time.perf_counter() if sync else 0.0
-            result = func(*args, **(kwargs or {}))
-            try:
-                self._count(name, sync, start, result)
-            except Exception:  # never let the scan break the program's call
-                pass
-            return result
+    def before(self, func, args, kwargs):
+        name = getattr(func, "__name__", "")
+        sync = name in SYNC_CALLS and _on_device(args, self.device_is_cuda, self.torch)
+        return name, sync, time.perf_counter() if sync else 0.0
 
-        def _count(self, name, sync, start, result) -> None:
-            direct, outside, user = _callers(sys._getframe(2))
-            if outside is None or outside.f_code.co_filename.startswith(PTDIAG_DIR):
-                return
-            self.total_calls += 1
-            line = _where(direct)
-            self.calls[(line, _is_user_file(direct.f_code.co_filename))] += 1
-            if sync and user is direct:  # the program's own line, not a library's (data pipeline)
-                entry = self.syncs[(name, line)]
-                entry[0] += 1
-                entry[1] += time.perf_counter() - start
-            if isinstance(result, torch.Tensor) and result.dtype == torch.float64:
-                self.float64[_where(user) or line] += 1
+    def after(self, func, args, kwargs, result, before) -> None:
+        name, sync, start = before
+        direct, outside, user = _callers(op_caller())
+        if outside is None or outside.f_code.co_filename.startswith(PTDIAG_DIR):
+            return
+        self.total_calls += 1
+        line = _where(direct)
+        self.calls[(line, _is_user_file(direct.f_code.co_filename))] += 1
+        if sync and user is direct:  # the program's own line, not a library's (data pipeline)
+            entry = self.syncs[(name, line)]
+            entry[0] += 1
+            entry[1] += time.perf_counter() - start
+        if isinstance(result, self.torch.Tensor) and result.dtype == self.torch.float64:
+            self.float64[_where(user) or line] += 1
 
-        def summary(self, steps: int) -> dict:
-            per = max(steps, 1)
-            return {
-                "steps": steps,
-                "torch_calls_per_step": round(self.total_calls / per, 1),
-                "top_lines": [{"location": loc, "user": user, "calls_per_step": round(n / per, 1)}
-                              for (loc, user), n in self.calls.most_common(TOP_LINES)],
-                "syncs": sorted(({"call": call, "location": loc, "per_step": round(n / per, 2),
-                                  "ms_per_step": round(1000 * s / per, 4), "what": SYNC_CALLS[call]}
-                                 for (call, loc), (n, s) in self.syncs.items()),
-                                key=lambda row: -row["per_step"]),
-                "float64_calls_per_step": round(sum(self.float64.values()) / per, 1),
-                "float64_lines": [loc for loc, _ in self.float64.most_common(3)],
-            }
-
-    return CallScan
+    def summary(self, steps: int) -> dict:
+        per = max(steps, 1)
+        return {
+            "steps": steps,
+            "torch_calls_per_step": round(self.total_calls / per, 1),
+            "top_lines": [{"location": loc, "user": user, "calls_per_step": round(n / per, 1)}
+                          for (loc, user), n in self.calls.most_common(TOP_LINES)],
+            "syncs": sorted(({"call": call, "location": loc, "per_step": round(n / per, 2),
+                              "ms_per_step": round(1000 * s / per, 4), "what": SYNC_CALLS[call]}
+                             for (call, loc), (n, s) in self.syncs.items()),
+                            key=lambda row: -row["per_step"]),
+            "float64_calls_per_step": round(sum(self.float64.values()) / per, 1),
+            "float64_lines": [loc for loc, _ in self.float64.most_common(3)],
+        }
 
 
 def _on_device(args, device_is_cuda: bool, torch) -> bool:
