@@ -1,4 +1,5 @@
-"""The HTML report: plots from plain series, pages from real recorded runs, escaping."""
+"""The HTML report: plots from plain series, pages from the Report alone (its series built
+from real recorded runs), escaping."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ptdiag.diagnose import analyse_run
 from ptdiag.findings import Finding
 from ptdiag.recorded import RecordedRun
 from ptdiag.report import html_series, svg
+from ptdiag.series import plot_series
 from ptdiag.report.html import render_html, write_html
 from ptdiag.report.html_series import memory_breakdown
 from ptdiag.report.model import Report
@@ -85,7 +87,7 @@ def test_memory_peak_breakdown_is_read_from_the_finding():
                                            ("activations", 2e7)]
     report = Report(run_id="r1", symptom=None, command=None, route={}, status="completed", exit_code=0,
                     steps_observed=0, findings=[finding])
-    page = Elements(render_html(report, None))
+    page = Elements(render_html(report))
     assert [a["data-plot"] for a in page.of("svg")] == ["memory_peak"]
 
 
@@ -95,7 +97,7 @@ def test_memory_peak_breakdown_is_read_from_the_finding():
 def test_nan_run_page_has_verdict_first_then_findings_then_the_marked_loss_curve(tmp_path_factory):
     run_dir = sample_run("resnet_nan", tmp_path_factory.getbasetemp())
     report, run = analyse_run(run_dir), RecordedRun.load(run_dir)
-    page = render_html(report, run)
+    page = render_html(report)
     order = [page.index(marker) for marker in ('id="verdict"', 'id="findings"', 'id="plots"', 'id="route"',
                                                 'id="metadata"', 'id="artifacts"')]
     assert order == sorted(order)
@@ -104,8 +106,8 @@ def test_nan_run_page_has_verdict_first_then_findings_then_the_marked_loss_curve
     plots = [a["data-plot"] for a in parsed.of("svg")]
     assert plots[:1] == ["loss"] and "step_time" in plots and set(plots) <= PLOT_IDS
     # each plot is there exactly when its data was recorded; otherwise a line says so
-    assert ("grad_norm" in plots) == bool(html_series.grad_norms(run)) != ("Gradient norm: not recorded" in page)
-    assert ("memory" in plots) == bool(html_series.memory(run)) != ("Memory at step boundaries: not" in page)
+    assert ("grad_norm" in plots) == bool(html_series.grad_norms(report.series)) != ("Gradient norm: not recorded" in page)
+    assert ("memory" in plots) == bool(html_series.memory(report.series)) != ("Memory at step boundaries: not" in page)
     first = run.first_nonfinite_loss()
     assert page.count('class="marker-label"') == (first is not None)
     if first is not None:
@@ -122,7 +124,7 @@ def test_written_page_links_artifacts_relative_to_itself(tmp_path_factory):
     run_dir = sample_run("resnet_healthy", tmp_path_factory.getbasetemp())
     report = analyse_run(run_dir)
     for page_path in (run_dir / "report.html", tmp_path_factory.mktemp("elsewhere") / "deep" / "r.html"):
-        write_html(report, RecordedRun.load(run_dir), page_path)
+        write_html(report, page_path)
         links = [a["href"] for a in Elements(page_path.read_text()).of("a") if not a["href"].startswith("https://")]
         assert links and all(not href.startswith("/") for href in links)
         assert all((page_path.parent / unquote(href)).exists() for href in links)
@@ -133,7 +135,7 @@ def test_user_controlled_text_is_escaped_everywhere(tmp_path_factory):
     run_dir = hostile_run(tmp_path_factory.getbasetemp())
     report = analyse_run(run_dir)
     assert report.status == "crashed"
-    page = render_html(report, RecordedRun.load(run_dir))
+    page = render_html(report)
     parsed = Elements(page)
     assert not parsed.of("script") and not parsed.of("img")
     assert parsed.event_handlers() == []
@@ -152,7 +154,7 @@ def _write_events(run_dir: Path, rank: int, events: list[dict]) -> None:
 
 
 def test_specialists_events_feed_their_plots(tmp_path):
-    """A recorded run dir in the shapes the specialists write (html_series names them)."""
+    """A recorded run dir in the shapes the specialists write (ptdiag.series names them)."""
     steps = range(1, 6)
     for rank in (0, 1):
         _write_events(tmp_path, rank, [
@@ -167,14 +169,47 @@ def test_specialists_events_feed_their_plots(tmp_path):
         ])
     run = RecordedRun.load(tmp_path)
     report = Report(run_id="r", symptom=None, command=None, route={}, status="completed", exit_code=0,
-                    steps_observed=5)
-    parsed = Elements(render_html(report, run))
+                    steps_observed=5, series=plot_series(run))
+    parsed = Elements(render_html(report))
     assert [a["data-plot"] for a in parsed.of("svg")] == ["loss", "grad_norm", "step_time", "memory",
                                                           "rank_step_time"]
-    page = render_html(report, run)
+    page = render_html(report)
     plot = lambda name: page[page.index(f'data-plot="{name}"'):page.index("</svg>", page.index(f'data-plot="{name}"'))]  # noqa: E731
     assert "gradient norm (log scale)" in plot("grad_norm") and plot("grad_norm").count("<polyline") == 3
     assert plot("step_time").count('class="bar"') == 4 * 5  # host rows only, five phases each
     assert "9 s" not in plot("step_time")  # the device-time row is not mixed in
     assert plot("rank_step_time").count("<polyline") == 2
     assert "performance specialist's phase clocks" in "".join(parsed.text)
+
+
+def test_a_page_drawn_again_from_report_json_is_the_page_drawn_first(tmp_path):
+    """`runs show` draws from the stored report.json: the series read back (non-finite
+    values as "nan" strings) draw the same page as the Report built from the run dir."""
+    from ptdiag.report.json_report import write_report
+
+    _write_events(tmp_path, 0, [{"ev": "start", "world_size": 1},
+                                *[{"ev": "step", "step": s, "dt": 0.1, "data_s": 0.01} for s in range(1, 5)],
+                                *[{"ev": "loss", "step": s, "value": v, "finite": isinstance(v, float)}
+                                  for s, v in ((1, 2.0), (2, 1.0), (3, "nan"), (4, "inf"))]])
+    built = Report(run_id="r", symptom=None, command=None, route={}, status="diverged", exit_code=0,
+                   steps_observed=4, series=plot_series(RecordedRun.load(tmp_path)))
+    write_report(built, tmp_path / "report.json")
+    stored = json.loads((tmp_path / "report.json").read_text())
+    assert stored["series"]["loss"]["points"][2] == [3, "nan"]
+    fields = {k: stored[k] for k in Report.__dataclass_fields__ if k in stored}
+    again = Report(**{**fields, "findings": []})
+    assert render_html(again) == render_html(built)
+    assert 'data-plot="loss"' in render_html(again) and "first non-finite loss: step 3" in render_html(again)
+
+
+def test_a_long_run_carries_bounded_series(tmp_path):
+    steps = 20_000
+    _write_events(tmp_path, 0, [{"ev": "start", "world_size": 1},
+                                *[{"ev": "step", "step": s, "dt": 0.1, "data_s": 0.01} for s in range(1, steps + 1)],
+                                *[{"ev": "loss", "step": s, "value": 1.0 + (s == 12_345) * 99, "finite": True}
+                                  for s in range(1, steps + 1)]])
+    series = plot_series(RecordedRun.load(tmp_path))
+    assert len(series["loss"]["points"]) <= svg.MAX_POINTS + 2
+    assert [12_345, 100.0] in series["loss"]["points"]  # the spike is kept
+    assert len(series["step_time"]["steps"]) <= svg.MAX_BARS
+    assert len(json.dumps(series)) < 200_000

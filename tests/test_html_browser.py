@@ -13,7 +13,6 @@ from browser import chromium
 from browser.dom import PLOT_IDS, Elements
 from browser.runs import SAMPLE_RUNS, hostile_run, sample_run
 from ptdiag.diagnose import analyse_run
-from ptdiag.recorded import RecordedRun
 from ptdiag.report.html import CSP, write_html
 
 pytestmark = pytest.mark.slow
@@ -24,7 +23,7 @@ MIN_SCREENSHOT_BYTES = 20_000  # a blank page of this size is ~6 KB; a rendered 
 
 
 def _page(run_dir: Path) -> Path:
-    return write_html(analyse_run(run_dir), RecordedRun.load(run_dir), run_dir / "report.html")
+    return write_html(analyse_run(run_dir), run_dir / "report.html")
 
 
 @needs_chromium

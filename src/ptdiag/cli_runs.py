@@ -148,10 +148,9 @@ def _open_html(run_dir: Path) -> int:
     page = run_dir / "report.html"
     if not page.exists():
         from ptdiag.diagnose import analyse_run
-        from ptdiag.recorded import RecordedRun
         from ptdiag.report.html import write_html
 
-        write_html(analyse_run(run_dir), RecordedRun.load(run_dir), page)
+        write_html(analyse_run(run_dir), page)
     if not webbrowser.open(page.resolve().as_uri()):
         print(page)
     return 0

@@ -21,6 +21,7 @@ from ptdiag.report.json_report import write_json, write_report
 from ptdiag.report.model import Report, announcements
 from ptdiag.router import Route, with_evidence
 from ptdiag.runs.store import RunStore
+from ptdiag.series import plot_series
 from ptdiag.specialists import analyse as specialist_analysis
 from ptdiag.specialists import child_env, parent_part
 from ptdiag.specialists.tracking import naming, record
@@ -147,7 +148,8 @@ def analyse_run(run_dir: Path) -> Report:
                      "git": meta.get("git"), "host": meta.get("host"), "torch_details": torch_env},
         started=meta.get("started"), ended=run.outcome.get("ended"),
         params=record.params(run), seeds=record.seeds(run), tags=meta.get("tags", {}),
-        notes=[*announcements(stop, removed), *notes], stopped_by=stop, switched_off=removed)
+        notes=[*announcements(stop, removed), *notes], stopped_by=stop, switched_off=removed,
+        series=plot_series(run))
 
 
 def stack_findings(run: RecordedRun, status: str) -> list[Finding]:
@@ -183,8 +185,7 @@ def finish(store: RunStore, run_dir: Path, json_path: Path | None, html_path: Pa
     store.record(report.summary())
     if json_path is not None:
         write_report(report, json_path)
-    run = RecordedRun.load(run_dir)
-    write_html(report, run, run_dir / "report.html")
+    write_html(report, run_dir / "report.html")
     if html_path is not None:
-        write_html(report, run, html_path)
+        write_html(report, html_path)
     return report

@@ -156,6 +156,17 @@ def jsonable(value: Any) -> Any:
     return repr(value)
 
 
+def as_number(value: Any) -> float | None:
+    """A value jsonable() wrote, read back as a float ("nan"/"inf" included); None when it
+    is not a number (None, a bool, a repr)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def read_events(path: Path) -> list[dict]:
     """All complete events of one file; a line cut short by a crash is skipped."""
     events = []

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ptdiag.recorded import RecordedRun
 from ptdiag.report.html_plots import plots_section
 from ptdiag.report.html_sections import (artifacts_section, findings_section, metadata_section, notes_section,
                                          route_section, text, verdict_section)
@@ -69,12 +68,10 @@ footer { color: var(--muted); font-size: .85em; margin-top: 2em; }
 }
 """
 
-def render_html(report: Report, run: RecordedRun | None, base: Path | None = None) -> str:
-    """The whole page. `base` is the folder the page will live in (links are relative to
-    it); by default the run dir, where `report.html` is written."""
-    if base is None and run is not None:
-        base = run.run_dir
-    body = "".join((verdict_section(report), findings_section(report), plots_section(report, run),
+def render_html(report: Report, base: Path | None = None) -> str:
+    """The whole page, from the Report alone. `base` is the folder the page will live in
+    (the artifacts' links are relative to it)."""
+    body = "".join((verdict_section(report), findings_section(report), plots_section(report),
                     route_section(report), metadata_section(report), artifacts_section(report, base),
                     notes_section(report)))
     title = f"ptdiag {report.status}: {report.run_id}"
@@ -88,11 +85,11 @@ def render_html(report: Report, run: RecordedRun | None, base: Path | None = Non
             "to see it again in the terminal.</footer></main></body></html>\n")
 
 
-def write_html(report: Report, run: RecordedRun | None, path: Path) -> Path:
+def write_html(report: Report, path: Path) -> Path:
     """Write the page atomically (a half-written report is never opened) and return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    page = render_html(report, run, base=path.parent.resolve())
+    page = render_html(report, base=path.parent.resolve())
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_text(page, encoding="utf-8")

@@ -1,11 +1,10 @@
-"""The plots section of the HTML report: every plot the recorded data can feed, and for
-each one it cannot, a line saying what was not measured (never an empty axis)."""
+"""The plots section of the HTML report: every plot the Report's series can feed, and for
+each one they cannot, a line saying what was not measured (never an empty axis)."""
 
 from __future__ import annotations
 
 from html import escape
 
-from ptdiag.recorded import RecordedRun
 from ptdiag.report import html_series as series
 from ptdiag.report.model import Report
 from ptdiag.report.svg import Marker, horizontal_bars, line_chart, number, stacked_bars
@@ -28,11 +27,11 @@ def _figure(title: str, svg: str, caption: str) -> str:
             f"<figcaption>{escape(caption)}</figcaption></figure>")
 
 
-def _loss(run: RecordedRun) -> tuple[str, str]:
-    loss = series.loss(run)
+def _loss(report: Report) -> tuple[str, str]:
+    loss = series.loss(report.series)
     if loss is None:
         return "", "Loss: no loss was seen (the recorder reads the tensor passed to backward())."
-    first = run.first_nonfinite_loss()
+    first = series.first_nonfinite_loss(report.series)
     markers = [Marker(first["step"], f"first non-finite loss: step {first['step']}")] if first else []
     caption = (f"Loss per optimizer step (rank 0); it became {first['value']} at step {first['step']}"
                + (f" (epoch {first['epoch']})" if first.get("epoch") is not None else "") + "."
@@ -41,16 +40,16 @@ def _loss(run: RecordedRun) -> tuple[str, str]:
     return _figure("Loss", svg, caption), ""
 
 
-def _grad_norms(run: RecordedRun) -> tuple[str, str]:
-    norms = series.grad_norms(run)
+def _grad_norms(report: Report) -> tuple[str, str]:
+    norms = series.grad_norms(report.series)
     if not norms:
         return "", "Gradient norm: not recorded in this run (the numerics specialist records it)."
     svg = line_chart("grad_norm", "Gradient norm", norms, x_label="optimizer step", y_label="gradient norm")
     return _figure("Gradient norm", svg, "Gradient norm per optimizer step: total and per parameter group."), ""
 
 
-def _step_breakdown(run: RecordedRun) -> tuple[str, str]:
-    breakdown = series.step_breakdown(run)
+def _step_breakdown(report: Report) -> tuple[str, str]:
+    breakdown = series.step_breakdown(report.series)
     if breakdown is None:
         return "", "Step time: fewer than two optimizer steps, so no step could be timed."
     svg = stacked_bars("step_time", "Step time breakdown", breakdown.steps, breakdown.parts,
@@ -62,8 +61,8 @@ def _step_breakdown(run: RecordedRun) -> tuple[str, str]:
     return _figure("Step time breakdown", svg, caption), ""
 
 
-def _memory(run: RecordedRun) -> tuple[str, str]:
-    lines = series.memory(run)
+def _memory(report: Report) -> tuple[str, str]:
+    lines = series.memory(report.series)
     if not lines:
         return "", "Memory at step boundaries: not recorded in this run (the memory specialist records it)."
     svg = line_chart("memory", "Memory at step boundaries", lines, x_label="optimizer step", y_label="memory",
@@ -79,8 +78,8 @@ def _memory_peak(report: Report) -> tuple[str, str]:
     return _figure("Memory peak breakdown", svg, "What the memory peak was made of (from the memory specialist's breakdown)."), ""
 
 
-def _ranks(run: RecordedRun) -> tuple[str, str]:
-    lines = series.rank_step_times(run)
+def _ranks(report: Report) -> tuple[str, str]:
+    lines = series.rank_step_times(report.series)
     if not lines:
         return "", ""
     svg = line_chart("rank_step_time", "Step time per rank", lines, x_label="optimizer step",
@@ -88,16 +87,10 @@ def _ranks(run: RecordedRun) -> tuple[str, str]:
     return _figure("Step time per rank", svg, "Step time of each rank: a rank slower than the others holds every rank back."), ""
 
 
-def plots_section(report: Report, run: RecordedRun | None) -> str:
-    if run is None:
-        results = [_memory_peak(report)]
-        absent = ["The run's recorded events were not available, so only the report's own numbers are shown."]
-    else:
-        results = [_loss(run), _grad_norms(run), _step_breakdown(run), _memory(run), _memory_peak(report),
-                   _ranks(run)]
-        absent = []
+def plots_section(report: Report) -> str:
+    results = [_loss(report), _grad_norms(report), _step_breakdown(report), _memory(report), _memory_peak(report),
+               _ranks(report)]
     figures = [figure for figure, _ in results if figure]
-    absent += [reason for _, reason in results if reason]
-    notes = "".join(f"<li>{escape(reason)}</li>" for reason in absent)
+    notes = "".join(f"<li>{escape(reason)}</li>" for _, reason in results if reason)
     return ('<section id="plots"><h2>Plots</h2>' + "".join(figures)
             + (f'<ul class="not-plotted">{notes}</ul>' if notes else "") + "</section>")

@@ -37,9 +37,12 @@ class Report:
     # what ptdiag changed about the run (contract.md): absent from the JSON when nothing
     stopped_by: dict[str, Any] | None = None
     switched_off: list[dict[str, Any]] = field(default_factory=list)
+    # what the plots draw (ptdiag.series: loss, gradient norms, step times, memory, per
+    # rank), so renderers need nothing but the Report; absent from the JSON when empty
+    series: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        changed = {"stopped_by": self.stopped_by, "switched_off": self.switched_off}
+        changed = {"stopped_by": self.stopped_by, "switched_off": self.switched_off, "series": self.series}
         return {
             "schema": SCHEMA, "run_id": self.run_id, "name": self.name,
             "symptom": self.symptom, "command": self.command, "route": self.route,

@@ -83,7 +83,7 @@ def number(value: float) -> str:
     return f"{value:.4g}"
 
 
-def _thin(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+def thin(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """At most about MAX_POINTS: min and max of each bucket, non-finite points all kept."""
     if len(points) <= MAX_POINTS:
         return points
@@ -136,7 +136,7 @@ def line_chart(plot_id: str, title: str, series: Sequence[Series], *, x_label: s
                markers: Sequence[Marker] = (), log_y: bool | None = None,
                y_format: Callable[[float], str] = number) -> str:
     """One line per series; non-finite values drawn as red crosses on the top edge."""
-    thinned = [(s, _thin(sorted(s.points))) for s in series]
+    thinned = [(s, thin(sorted(s.points))) for s in series]
     xs = [x for _, pts in thinned for x, _ in pts] + [m.x for m in markers]
     ys = [y for _, pts in thinned for _, y in pts if math.isfinite(y)]
     if not xs:
@@ -183,7 +183,8 @@ def line_chart(plot_id: str, title: str, series: Sequence[Series], *, x_label: s
                   legend, number, y_format)
 
 
-def _average_buckets(x: list[float], parts: dict[str, list[float]]) -> tuple[list[float], dict[str, list[float]]]:
+def average_buckets(x: list[float], parts: dict[str, list[float]]) -> tuple[list[float], dict[str, list[float]]]:
+    """At most about MAX_BARS bars: neighbouring x averaged into one, each part alike."""
     if len(x) <= MAX_BARS:
         return x, parts
     size = math.ceil(len(x) / MAX_BARS)
@@ -195,7 +196,7 @@ def _average_buckets(x: list[float], parts: dict[str, list[float]]) -> tuple[lis
 def stacked_bars(plot_id: str, title: str, x: Sequence[float], parts: dict[str, Sequence[float]], *,
                  x_label: str, y_label: str, y_format: Callable[[float], str] = number) -> str:
     """One bar per x, split into the named parts (in the order given), e.g. a step's phases."""
-    x, parts = _average_buckets(list(x), {k: [max(0.0, v) for v in vs] for k, vs in parts.items()})
+    x, parts = average_buckets(list(x), {k: [max(0.0, v) for v in vs] for k, vs in parts.items()})
     if not x:
         return ""
     totals = [sum(vs[i] for vs in parts.values()) for i in range(len(x))]
