@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +35,31 @@ def run_ptdiag(*args: str, cwd: Path, timeout: float = 240, env: dict | None = N
 
 def load_report(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def free_port() -> int:
+    """A TCP port free right now, for a torchrun rendezvous (tests may run side by side)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+PTDIAG_LINE = "ptdiag ▸ ".encode()
+REPORT_HEADER = re.compile("ptdiag ▸ [a-z]+ ▸ ".encode())
+
+
+def split_stderr(stderr: bytes) -> tuple[bytes, list[str]]:
+    """The program's own stderr, and ptdiag's lines, out of a `ptdiag ... -- COMMAND` run's
+    stderr. ptdiag writes one line before the program starts (none with --quiet), and after
+    it ended its companion-run lines and the report (a blank line, then `ptdiag ▸ STATUS ▸`).
+    The programs compared end their lines: ptdiag's blank line would end one that does not."""
+    lines = stderr.splitlines(keepends=True)
+    head = lines[:1] if lines and lines[0].startswith(PTDIAG_LINE) else []
+    body = lines[len(head):]
+    end = next((i for i, line in enumerate(body) if line.startswith(PTDIAG_LINE)), len(body))
+    if 0 < end < len(body) and body[end - 1] == b"\n" and REPORT_HEADER.match(body[end]):
+        end -= 1
+    return b"".join(body[:end]), [line.decode().rstrip("\n") for line in head + body[end:]]
 
 
 def assert_stop_announced(report: dict, stderr: bytes, by: str) -> dict:

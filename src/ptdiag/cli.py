@@ -168,7 +168,8 @@ def _run_and_report(symptom, route, *, json_path, html_path, store, max_steps, t
     outcome = diag.run_child(user_command, run_dir, meta, options, watcher.tick if watcher else None)
     try:
         if not outcome.interrupted_by:
-            diag.run_parent_parts(user_command, run_dir, meta, options)
+            diag.run_parent_parts(user_command, run_dir, meta, options,
+                                  (lambda line: None) if quiet else (lambda line: console.print(line, markup=False)))
         report = diag.finish(run_store, run_dir, json_path, html_path)
     except Exception:  # ptdiag's own bug: the program's result still stands
         log = run_dir / "ptdiag-error.log"

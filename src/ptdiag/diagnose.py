@@ -10,12 +10,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ptdiag import __version__, environment
 from ptdiag import options as option_tables
 from ptdiag.findings import Finding, sort_findings
 from ptdiag.launch.command import resolve
-from ptdiag.launch.runner import Supervisor
+from ptdiag.launch.runner import OUTPUT_LOGS, Supervisor
 from ptdiag.recorded import RecordedRun
 from ptdiag.report.json_report import write_json, write_report
 from ptdiag.report.model import Report, announcements
@@ -24,7 +25,7 @@ from ptdiag.runs.store import RunStore
 from ptdiag.series import plot_series
 from ptdiag.specialists import analyse as specialist_analysis
 from ptdiag.specialists import child_env, parent_part
-from ptdiag.specialists.tracking import naming, record
+from ptdiag.specialists.tracking import naming, record, store_facts
 from ptdiag.stackdump import user_frame
 from ptdiag.verdict import run_findings, run_metrics, run_status, stopped_by, switched_off
 
@@ -42,12 +43,14 @@ class Options:
 
 @dataclass
 class ParentContext:
-    """What a specialist's parent-side part gets: the run, and a way to run the command again."""
+    """What a specialist's parent-side part gets: the run, and a way to run the command again.
+    `announce` prints one line of ptdiag's own on the terminal (nothing with --quiet)."""
 
     command: list[str]
     run_dir: Path
     meta: dict
     options: Options
+    announce: Callable[[str], None] = lambda line: None
 
     def specialist_options(self, name: str) -> dict:
         """All of the specialist's options, typed, with their defaults (ptdiag.options)."""
@@ -55,13 +58,19 @@ class ParentContext:
 
     def run_again(self, command: list[str], companion_dir: Path, max_steps: int | None = None,
                   env: dict[str, str] | None = None):
-        """Run a command with the probe into `companion_dir` (a RecordedRun can read it)."""
+        """Run a command with the probe into `companion_dir` (a RecordedRun can read it). Its
+        output goes to stdout.log and stderr.log there, never into the user's streams, and
+        the terminal gets one line saying where."""
         companion_dir.mkdir(parents=True, exist_ok=True)
         plan = dict(self.meta["plan"], max_steps=max_steps)
         meta = dict(self.meta, command=environment.redact_argv(command), plan=plan, companion_of=self.meta["run_id"])
         write_json(meta, companion_dir / "meta.json")
         program = resolve(command, Path.cwd())
-        outcome = Supervisor(command, program, companion_dir, plan, self.options.timeout_s, env=env).run()
+        logs = ", ".join(str(companion_dir / name) for name in OUTPUT_LOGS)
+        steps = f" for {max_steps} steps" if max_steps else ""
+        self.announce(f"ptdiag ▸ {companion_dir.name} run: the command again{steps} ▸ its output: {logs}")
+        outcome = Supervisor(command, program, companion_dir, plan, self.options.timeout_s, env=env,
+                             output_dir=companion_dir).run()
         write_json(outcome.to_dict(), companion_dir / "outcome.json")
         return outcome
 
@@ -99,9 +108,10 @@ def run_child(command: list[str], run_dir: Path, meta: dict, options: Options, o
     return outcome
 
 
-def run_parent_parts(command: list[str], run_dir: Path, meta: dict, options: Options) -> None:
+def run_parent_parts(command: list[str], run_dir: Path, meta: dict, options: Options,
+                     announce: Callable[[str], None] = lambda line: None) -> None:
     """Each planned specialist's parent-side part, after the command ended (see specialists)."""
-    context = ParentContext(command, run_dir, meta, options)
+    context = ParentContext(command, run_dir, meta, options, announce)
     for name in meta["plan"]["specialists"]:
         part = parent_part(name)
         if part is not None:
@@ -176,9 +186,11 @@ def stack_findings(run: RecordedRun, status: str) -> list[Finding]:
 
 
 def finish(store: RunStore, run_dir: Path, json_path: Path | None, html_path: Path | None = None) -> Report:
-    """Analyse, then write report.json and report.html in the run dir (and where asked)."""
+    """Record what the run takes from the store (once), analyse, then write report.json and
+    report.html in the run dir (and where asked)."""
     from ptdiag.report.html import write_html
 
+    store_facts.record_once(store, run_dir)  # the run's name and store answers, decided once
     report = analyse_run(run_dir)
     report.artifacts["html"] = str(run_dir / "report.html")
     write_report(report, run_dir / "report.json")

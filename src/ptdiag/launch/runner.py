@@ -1,8 +1,10 @@
 """Run the command as a child process with the probe injected, and supervise it.
 
 The child inherits ptdiag's stdin, stdout and stderr, so its output streams live and
-byte for byte as without ptdiag. It stays in ptdiag's process group: a Ctrl-C typed in
-the terminal reaches it directly. Signals are taken with sigwaitinfo so that the sender
+byte for byte as without ptdiag. A companion run (the command again, for a specialist:
+`output_dir`) writes its streams to stdout.log and stderr.log there instead: the user's
+terminal shows the program's output once, as without ptdiag. The child stays in
+ptdiag's process group: a Ctrl-C typed in the terminal reaches it directly. Signals are taken with sigwaitinfo so that the sender
 is known: a terminal's SIGINT (from the kernel) already reached the child, one sent to
 ptdiag alone with kill(1) is forwarded. A second interrupt kills the child's process
 tree at once. `--timeout` dumps every probed process's Python stacks, then ends the tree.
@@ -26,6 +28,7 @@ import psutil
 from ptdiag.probe.core import STACK_DUMP_SIGNAL
 
 INJECT_DIR = Path(__file__).parent / "inject"
+OUTPUT_LOGS = ("stdout.log", "stderr.log")  # a companion run's streams, in its output_dir
 PTDIAG_SRC = Path(__file__).resolve().parents[2]
 SI_KERNEL = 0x80  # si_code of signals the kernel sends (the terminal's Ctrl-C)
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -71,7 +74,7 @@ class Supervisor:
     def __init__(self, command: list[str], program: str, run_dir: Path, plan: dict,
                  timeout_s: float | None = None,
                  on_tick: Callable[[float], None] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, output_dir: Path | None = None) -> None:
         self.command = command
         self.program = program
         self.run_dir = run_dir
@@ -79,6 +82,7 @@ class Supervisor:
         self.timeout_s = timeout_s
         self.on_tick = on_tick
         self.extra_env = env or {}
+        self.output_dir = output_dir
         self._interrupts = 0
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
@@ -90,20 +94,33 @@ class Supervisor:
     def run(self) -> ChildOutcome:
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         started = time.time()
+        streams = self._output_streams()
         try:
             self._proc = subprocess.Popen(
                 self.command, executable=self.program,  # argv[0] as typed, like a shell
                 env={**child_environment(self.run_dir, self.plan), **self.extra_env},
+                stdout=streams[0], stderr=streams[1],
                 preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_SETMASK, old_mask))
             self._signal_thread = threading.Thread(target=self._signal_loop, daemon=True)
             self._signal_thread.start()
             timed_out_at = self._wait(started)
         finally:
+            for stream in streams:
+                if stream is not None:
+                    stream.close()
             self._stop_signal_loop()
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         return ChildOutcome(returncode=self._proc.returncode, started=started, ended=time.time(),
                             interrupted_by=self._interrupted_by, timed_out_at=timed_out_at,
                             signals_forwarded=self._outcome_signals)
+
+    def _output_streams(self) -> tuple:
+        """The child's stdout and stderr: ptdiag's own (None: inherited), or a companion
+        run's log files."""
+        if self.output_dir is None:
+            return None, None
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        return tuple(open(self.output_dir / name, "wb") for name in OUTPUT_LOGS)
 
     # -- waiting -----------------------------------------------------------------------------
     def _wait(self, started: float) -> float | None:

@@ -13,13 +13,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ptdiag.findings import Analysis
 from ptdiag.recorded import RecordedRun
 from ptdiag.specialists.reproducibility.checkpoints import checkpoint_findings
 from ptdiag.specialists.reproducibility.compare import compare
 from ptdiag.specialists.reproducibility.determinism import determinism_findings, unseeded_findings
 from ptdiag.specialists.reproducibility.resume import resume_findings
-from ptdiag.specialists.reproducibility.trace import AUDIT, REPEAT, RESUME, Trace, companion
+from ptdiag.specialists.reproducibility.trace import AUDIT, COMPANIONS, REPEAT, RESUME, Trace, companion
 
 
 def analyse(run: RecordedRun) -> Analysis:
@@ -31,4 +33,11 @@ def analyse(run: RecordedRun) -> Analysis:
     repeat_difference = compare(main, repeat).difference if repeat else None
     findings += resume_findings(main, companion(run, RESUME),
                                 repeat_difference.step if repeat_difference else None)
-    return Analysis(findings=findings)
+    return Analysis(findings=findings, artifacts=companion_runs(run))
+
+
+def companion_runs(run: RecordedRun) -> dict[str, str]:
+    """Each companion run's folder (its events, stdout.log and stderr.log): the program's
+    output of those runs is there, not in the user's streams."""
+    folders = {name: Path(run.run_dir) / COMPANIONS / name for name in (REPEAT, AUDIT, RESUME)}
+    return {f"{name}_run": str(folder) for name, folder in folders.items() if folder.is_dir()}
