@@ -59,6 +59,10 @@ EVENTS: dict[str, EventKind] = {
     "exit": _kind("steps", "the process is exiting (normally or through SystemExit)"),
     "stopped": _kind("by reason step keep_running wall", "ptdiag ended the training early (Probe.stop)"),
     "switched_off": _kind("what why step", "ptdiag removed one of its instruments (Probe.switch_off)"),
+    "probe_cost": _kind("steps share program_step_s by_owner_us shed",
+                        "ptdiag's own time per step against the program's, at exit (probe/budget.py)"),
+    "window": _kind("what steps seconds grew peak_grew allowance abandoned",
+                    "a one-off measurement window closed: what it cost the process (probe/budget.py)"),
     # tracking: the always-on recorder
     "env": _kind("torch", "torch was imported: its build and settings"),
     "args": _kind("values", "the command line argparse parsed (or the API session's config)"),
@@ -109,7 +113,9 @@ EVENTS: dict[str, EventKind] = {
     "perf_env": _kind("cores torch_threads cuda cpu_capability", "cores and threads the training had"),
     "perf_steps": _kind("rows", "per-step phase times (data, forward, backward, optimizer, other)"),
     "perf_trace": _kind("path first_step warmup_steps steps export_s cuda", "the profiler window's trace"),
-    "perf_trace_cut": _kind("step", "the program ended inside the profiler window"),
+    "perf_trace_cut": _kind("step", "the profiler window ended early: the program ended, or the budget stopped it"),
+    "perf_python_calls": _kind("step calls capped location in_loader",
+                               "the Python calls of the step before the profiler, counted up to what stacks afford"),
     "perf_scan": _kind("first_step steps torch_calls_per_step top_lines syncs float64_calls_per_step "
                        "float64_lines per_call_us float64_slowdown", "the call scan: syncs and hot lines"),
     "perf_telemetry": _kind("samples interval_s cores gpu main_cpu_pct gpu_util_pct gpu_mem_used_mb sm_clock_mhz "

@@ -90,7 +90,29 @@ def run_metrics(run: RecordedRun) -> dict:
                            "nonfinite_steps": len(losses) - len(finite)}
     if len(run.ranks) > 1:
         metrics["steps_per_rank"] = run.per_rank_counts()
+    cost = ptdiag_cost(run)
+    if cost:
+        metrics["ptdiag_cost"] = cost
     return metrics
+
+
+def ptdiag_cost(run: RecordedRun) -> dict | None:
+    """What ptdiag itself cost the main process (probe/budget.py): its time per step against
+    the program's, what it shed to stay within budget, and each one-off window's time and
+    memory."""
+    main = run.main
+    if main is None:
+        return None
+    per_step = main.first("probe_cost")
+    windows = [{k: w.get(k) for k in ("what", "steps", "seconds", "grew", "peak_grew", "abandoned")}
+               for w in main.of("window")]
+    if per_step is None and not windows:
+        return None
+    cost: dict = {"windows": windows}
+    if per_step is not None:
+        cost.update(step_share=per_step.get("share"), steps=per_step.get("steps"),
+                    by_owner_us=per_step.get("by_owner_us"), shed=per_step.get("shed", []))
+    return cost
 
 
 def _train_batch_size(run: RecordedRun) -> int | None:

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 from ptdiag import options as option_tables
 from ptdiag.probe import patches
+from ptdiag.probe.budget import Budget
 from ptdiag.probe.event_log import EventWriter
 from ptdiag.probe.instruments import Instruments
 from ptdiag.probe.plugin import Dispatcher, Plugin
@@ -54,7 +55,9 @@ class Probe:
         self.stopped: dict | None = None  # set by stop(): the program's SystemExit is ptdiag's
         self.events = EventWriter(run_dir / "events" / f"rank{rank}.p{os.getpid()}.jsonl")
         self.instruments = Instruments(self.switch_off, self.log_error)  # modes and trackers, for the plugins
-        self.dispatcher = Dispatcher(load_plugins(self, plan.get("specialists", [])), self.log_error)
+        self.budget = Budget(self.emit, self.switch_off)  # what ptdiag costs the program, kept bounded
+        self.dispatcher = Dispatcher(load_plugins(self, plan.get("specialists", [])), self.log_error,
+                                     self.budget.charge)
 
     # -- plumbing shared by patches and plugins -------------------------------------------
     def emit(self, event: str, /, **fields: Any) -> None:
@@ -122,6 +125,7 @@ class Probe:
     def _at_exit(self) -> None:
         self.call("on_exit")
         self.instruments.close_all()
+        self.budget.close()
         self.emit("exit", steps=self.step)
         self.events.close()
 
@@ -196,7 +200,10 @@ class Probe:
         self.step += 1
         self.call("on_step", self.step, optimizer)
         self.events.flush_each = False
+        flushing = time.perf_counter()
         self.events.flush()
+        self.budget.charge("probe", time.perf_counter() - flushing)
+        self.budget.step_ended()
         if self.max_steps is not None and self.step >= self.max_steps:
             self.stop("max_steps", f"--max-steps {self.max_steps} was reached")
 

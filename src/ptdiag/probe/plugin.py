@@ -13,6 +13,7 @@ import inspect
 import signal
 import traceback
 from dataclasses import dataclass
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
@@ -106,16 +107,18 @@ class Dispatcher:
     its hook is logged (probe-errors.log, which the report points to) and left out, never
     called with arguments it cannot take."""
 
-    def __init__(self, plugins: list[Plugin], error_log: Callable[[str], None]) -> None:
+    def __init__(self, plugins: list[Plugin], error_log: Callable[[str], None],
+                 charge: Callable[[str, float], None] = lambda owner, seconds: None) -> None:
         self._error_log = error_log
-        self._subscribers: dict[str, list[Callable]] = {}
+        self._charge = charge  # the probe's budget: each call's time, by plugin
+        self._subscribers: dict[str, list[tuple[Callable, str]]] = {}
         for plugin in plugins:
             problems = subscription_problems(plugin)
             for problem in problems.values():
                 error_log(f"hook not subscribed: {problem}")
             for hook in HOOKS:
                 if hasattr(type(plugin), hook) and hook not in problems:
-                    self._subscribers.setdefault(hook, []).append(getattr(plugin, hook))
+                    self._subscribers.setdefault(hook, []).append((getattr(plugin, hook), plugin.name))
 
     def wants(self, hook: str) -> bool:
         return bool(self._subscribers.get(hook))
@@ -124,13 +127,17 @@ class Dispatcher:
         subscribers = self._subscribers.get(hook)
         if not subscribers:
             return
-        for fn in list(subscribers):
+        for subscriber in list(subscribers):
+            fn, owner = subscriber
+            start = perf_counter()
             try:
                 fn(*args)
             except Exception as exc:
                 if raised_by_signal_handler(exc):
                     raise  # the program's own (e.g. torch's "DataLoader worker killed"), not ours
-                subscribers.remove(fn)
+                subscribers.remove(subscriber)
                 self._error_log(
                     f"{fn.__qualname__} raised and was disabled:\n{traceback.format_exc()}"
                 )
+            finally:
+                self._charge(owner, perf_counter() - start)
