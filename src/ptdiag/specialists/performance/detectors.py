@@ -58,18 +58,35 @@ def dataloader_bound(m: Measured):
         evidence["workers_cpu_pct_mean"] = telemetry["workers_cpu_pct"]["mean"]
     if m.trace and m.trace.get("steps"):
         evidence["profiled_data_wait_share"] = m.trace["steps"]["data_wait_share"]
+    python = _python_loading(m.python_calls)
+    if python:
+        evidence.update(python_calls_per_step=m.python_calls["calls"], python_calls_capped=m.python_calls["capped"],
+                        python_calls_at=m.python_calls.get("location"))
     return _finding(
         "dataloader_bound", "warning",
         f"Steps wait on the DataLoader for {share:.0%} of their time ({wait_ms:.1f} of {step_ms:.1f} ms per step)",
         f"Measured over {m.breakdown['steps']} steps: the training loop was blocked in the DataLoader's "
         f"__next__ for {share:.1%} of the step time (num_workers={workers}, {cores} usable cores). "
         f"If loading overlapped with compute, steps would take about {step_ms - wait_ms:.1f} ms "
-        f"({step_ms / max(step_ms - wait_ms, 1e-9):.2f}x faster).",
-        evidence, _loader_fix(loader, workers, cores, m.env.get("cuda"))), share
+        f"({step_ms / max(step_ms - wait_ms, 1e-9):.2f}x faster).{python}",
+        evidence, _loader_fix(loader, workers, cores, m.env.get("cuda"), bool(python))), share
 
 
-def _loader_fix(loader: dict, workers, cores, cuda) -> str:
+def _python_loading(calls: dict | None) -> str:
+    """The sentence saying the loading is Python work, when the counted step's Python calls
+    came from the DataLoader: empty otherwise."""
+    if not calls or not calls.get("in_loader") or not calls.get("capped"):
+        return ""
+    where = f" at {calls['location']}" if calls.get("location") else ""
+    return (f" The loading is Python work: step {calls['step']} made over {calls['calls']:,} Python calls "
+            f"(where counting stopped), the last inside the DataLoader{where}.")
+
+
+def _loader_fix(loader: dict, workers, cores, cuda, python_loading: bool) -> str:
     fixes = []
+    if python_loading:
+        fixes.append("Do the per-sample work with tensor operations instead of Python loops over elements "
+                     "(or precompute it once)")
     if not workers:
         fixes.append(f"Load in worker processes: DataLoader(..., num_workers={max(1, (cores or 2) - 1)}) "
                      f"(about the usable cores minus one for the training process)")

@@ -33,6 +33,7 @@ class Measured:
     imbalance: dict[str, Any] | None = None  # trace_ranks.imbalance: the rank the others wait for
     straggler_judged: bool = False  # the distributed specialist's straggler check ran on this run
     scan: dict[str, Any] | None = None
+    python_calls: dict[str, Any] | None = None  # one step's Python calls, counted before the profiler
     telemetry: dict[str, Any] | None = None
     optimizers: dict[str, Any] = field(default_factory=dict)
     new_optimizers: list[dict] = field(default_factory=list)
@@ -56,6 +57,7 @@ def measure(run: RecordedRun) -> Measured:
     found.breakdown = breakdown([r for r in rows if not r.get("gpu")], batch)
     found.gpu_breakdown = breakdown([r for r in rows if r.get("gpu")], batch)
     found.scan = _last(proc, "perf_scan")
+    found.python_calls = _last(proc, "perf_python_calls")
     found.telemetry = _last(proc, "perf_telemetry")
     found.optimizers = _last(proc, "perf_optimizers") or {}
     found.new_optimizers = proc.of("perf_optimizer")

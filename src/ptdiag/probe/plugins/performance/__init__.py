@@ -1,14 +1,19 @@
 """The performance specialist inside the user's process.
 
-Every step: the cheap phase breakdown (breakdown.py). Once, after warm-up: a short
-torch.profiler window whose trace is saved gzipped in the run dir, then a short call
-scan (scan.py) for host synchronisations, per-line torch calls and float64. Throughout:
+Every step: the cheap phase breakdown (breakdown.py). Once, after warm-up: a count of
+the Python calls of one step (python_calls.py), a short torch.profiler window whose trace
+is saved gzipped in the run dir, then a short call scan (scan.py) for host
+synchronisations, per-line torch calls and float64. These windows are one one-off window
+of the probe's budget, bounded in memory: the profiler records Python stacks only when
+the counted step's calls fit, and is stopped early, its trace kept, when what it recorded
+would grow the process beyond the budget once processed. Throughout:
 background telemetry (telemetry.py) and a count of optimizer objects (a new one every
 step is a bug: each starts with empty state).
 When performance is the only question asked, the run is stopped once both windows are
 recorded; the analysis then reads everything back from the run dir.
 
-Options (`-o performance.KEY=VALUE`): skip (steps before the profiler's warm-up step),
+Options (`-o performance.KEY=VALUE`): skip (steps before the profiler's warm-up step, at
+least 2: the last of them is the counted one),
 profile_steps, scan_steps, tail_steps (bare steps after the windows before the stop),
 stop (auto | yes | no), profile (yes | no), telemetry (yes | no).
 """
@@ -25,12 +30,18 @@ import weakref
 from ptdiag.location import user_location
 from ptdiag.probe.plugin import Plugin as ProbePlugin
 from ptdiag.probe.plugins.performance.breakdown import StepBreakdown
+from ptdiag.probe.plugins.performance.python_calls import BYTES_PER_EVENT, PythonCalls
 from ptdiag.probe.plugins.performance.telemetry import Telemetry, usable_cores
 
 NEW_OPTIMIZER_EVENTS = 5  # new optimizer objects described one by one; the rest are counted
 TRACE_NAME = "trace.json.gz"
 PROFILER = "performance profiler window"
 SCAN = "performance call scan"
+STACKS = "performance profiler's Python stacks"
+WINDOWS = "performance windows"  # the budget's one-off window: the call count, the profiler, the scan
+# What the profiler adds when it stops, per byte the process grew while it recorded: an op
+# event takes ~2.6 KB while recorded and ~25 KB once processed (measured: torch 2.14, CPU)
+RECORDING_EXPANSION = 10
 
 
 def _gzip(source, target) -> None:
@@ -69,7 +80,7 @@ class Plugin(ProbePlugin):
     def __init__(self, probe) -> None:
         super().__init__(probe)
         options = probe.settings("performance")
-        self.skip = options["skip"]
+        self.skip = max(2, options["skip"])  # step `skip` is counted (python_calls.py): one step before it
         self.profile_steps = options["profile_steps"] if options["profile"] else 0
         self.scan_steps = options["scan_steps"]
         others = [s for s in probe.plan.get("specialists", []) if s not in ("performance", "tracking")]
@@ -80,13 +91,16 @@ class Plugin(ProbePlugin):
         self.scan_end = self.profile_end + self.scan_steps
         self.stop_at = self.scan_end + options["tail_steps"]  # bare steps after the windows
         self.breakdown = StepBreakdown(probe.emit)
-        self.breakdown.instrumented.update(range(self.skip + 1, self.scan_end + 1))
+        self.breakdown.instrumented.update(range(self.skip, self.scan_end + 1))
         self.telemetry = Telemetry() if options["telemetry"] else None
         self._torch = None
         self._cuda = False
         self._profiler = None
         self._scan = None
         self._scan_window = None
+        self._window = None  # the probe budget's one-off window around all of these
+        self._calls: PythonCalls | None = None
+        self._program_growth = 0  # the process's growth over the counted step: the program's own
         self._optimizers: weakref.WeakSet = weakref.WeakSet()
         self._optimizer_objects = 0
         self._optimizer_steps = 0
@@ -121,6 +135,8 @@ class Plugin(ProbePlugin):
     # -- the step ----------------------------------------------------------------------------
     def on_batch(self, loader, wait_s) -> None:
         self.breakdown.data_wait(wait_s)
+        if self._profiler is not None:
+            self._keep_profile_in_budget()
 
     def on_backward(self, tensor) -> None:
         self.breakdown.begin("backward")
@@ -138,12 +154,16 @@ class Plugin(ProbePlugin):
             self._start_telemetry()
         if step > self.stop_at:
             return
-        if step == self.skip and self.profile_steps:
+        if step == self.skip - 1 and self.profile_steps:
+            self._count_python_calls()
+        elif step == self.skip and self.profile_steps:
             self._start_profiler()
         elif self._profiler is not None:
             self._profiler.step()
             if step >= self.profile_end or not self._profiler.open:  # not open: it faulted (switched off)
                 self._stop_profiler()
+            else:
+                self._keep_profile_in_budget()
         if step == self.profile_end and self.scan_steps:
             self._start_scan()
         elif self._scan is not None and step >= self.scan_end:
@@ -200,19 +220,80 @@ class Plugin(ProbePlugin):
                             first_step=first, warmup_steps=1, steps=self.profile_steps,
                             export_s=round(time.perf_counter() - start, 3), cuda=self._cuda)
 
+        if self._open_window() is None:
+            return
         self._profiler = self.probe.instruments.profile(
-            PROFILER, self.probe.run_dir / "kineto.log", activities=activities, record_shapes=True, with_stack=True,
-            schedule=schedule(wait=0, warmup=1, active=self.profile_steps, repeat=1), on_trace_ready=save)
+            PROFILER, self.probe.run_dir / "kineto.log", activities=activities, record_shapes=True,
+            with_stack=self._stacks_fit(), on_trace_ready=save,
+            schedule=schedule(wait=0, warmup=1, active=self.profile_steps, repeat=1))
+        if self._profiler is None and not self.scan_steps:
+            self._close_window()
 
     def _stop_profiler(self) -> None:
         profiler, self._profiler = self._profiler, None
         profiler.close()
         del profiler
         _return_freed_memory()
+        if not self.scan_steps:
+            self._close_window()
+
+    # -- the budget: the windows' memory -------------------------------------------------------
+    def _open_window(self):
+        if self._window is None:
+            self._window = self.probe.budget.window(WINDOWS)
+        return self._window if self._window is not None and not self._window.closed else None
+
+    def _close_window(self, abandoned: str | None = None) -> None:
+        if self._window is not None:
+            self._window.close(abandoned)
+
+    def _count_python_calls(self) -> None:
+        """Count the next step's Python calls, up to what the profile's stacks can afford."""
+        window = self._open_window()
+        if window is None:
+            return
+        self._calls = PythonCalls(window.allowance // (BYTES_PER_EVENT * self.profile_steps))
+        if not self._calls.start():
+            self._calls = None
+            self.probe.switch_off(STACKS, "the program profiles itself (sys.setprofile): the profiler's Python "
+                                          "tracer would replace its profile function")
+
+    def _stacks_fit(self) -> bool:
+        """Whether the counted step's Python calls, recorded with stacks over the profiled
+        steps, stay within the window's memory; said (and emitted) either way."""
+        calls, self._calls = self._calls, None
+        if calls is None:
+            return False
+        calls.stop()
+        self._program_growth = max(0, self._window.grown())
+        self.probe.emit("perf_python_calls", step=self.skip, calls=calls.calls, capped=calls.capped,
+                        location=calls.where, in_loader=calls.in_loader)
+        if calls.capped:
+            where = f", {'in the DataLoader, ' if calls.in_loader else ''}at {calls.where}" if calls.where else ""
+            self.probe.switch_off(STACKS, f"step {self.skip} made over {calls.limit} Python calls{where}; recorded "
+                                          f"with stacks over {self.profile_steps} steps they would grow the process "
+                                          f"beyond ptdiag's budget ({self._window.allowance >> 20} MiB): the profile "
+                                          "is taken without them")
+        return not calls.capped
+
+    def _keep_profile_in_budget(self) -> None:
+        """Stop the profiler early, its trace kept, when what it recorded so far (the growth
+        beyond the program's own pace) would exceed the window's memory once processed."""
+        window = self._window
+        recording = self.probe.step - self.skip + 1
+        if window is None or not window.over(RECORDING_EXPANSION, excluding=self._program_growth * recording):
+            return
+        self.probe.emit("perf_trace_cut", step=self.probe.step)
+        self._stop_profiler()
+        self.probe.switch_off(PROFILER, f"stopped at step {self.probe.step + 1}: its events would grow the process "
+                                        f"beyond ptdiag's budget ({window.allowance >> 20} MiB) once processed; "
+                                        "the trace holds the steps before")
 
     def _start_scan(self) -> None:
         from ptdiag.probe.plugins.performance import scan
 
+        if self._open_window() is None:
+            return
         torch = self._torch
         overhead = scan.per_call_overhead_us(torch)
         slowdown = scan.float64_slowdown(torch, torch.device("cuda" if self._cuda else "cpu"))
@@ -221,6 +302,7 @@ class Plugin(ProbePlugin):
         self._scan_window = self.probe.instruments.watch_ops(SCAN, self._scan, functions=True)
         if self._scan_window is None:
             self._scan = None
+            self._close_window()
 
     def _stop_scan(self, steps: int) -> None:
         observer, self._scan = self._scan, None
@@ -228,6 +310,7 @@ class Plugin(ProbePlugin):
         if self.probe.instruments.available(SCAN):  # else it faulted: its counts are partial
             self.probe.emit("perf_scan", first_step=self.profile_end + 1, **observer.summary(steps),
                             **self._scan_facts)
+        self._close_window()
 
     def _finish(self) -> None:
         """Close whatever window is open and write everything buffered (once: at the
@@ -235,11 +318,14 @@ class Plugin(ProbePlugin):
         if self._finished:
             return
         self._finished = True
+        if self._calls is not None:  # the program ended in the counted step
+            self._calls.stop()
         if self._scan is not None:
             self._stop_scan(max(1, self.probe.step - self.profile_end))
         if self._profiler is not None:  # the program ended inside the window
             self.probe.emit("perf_trace_cut", step=self.probe.step)
             self._stop_profiler()
+        self._close_window()
         self.breakdown.flush(wait_gpu=self._cuda)
         self.probe.emit("perf_optimizers", objects=self._optimizer_objects, steps=self._optimizer_steps,
                         alive=len(self._optimizers))
