@@ -131,3 +131,38 @@ def test_event_file_reads_back_with_tensorboard(tmp_path):
     assert [(e.step, e.value) for e in accumulator.Scalars("ptdiag/loss")] == [(1, 2.5), (2, 1.25)]
     assert [(e.step, round(e.value, 6)) for e in accumulator.Scalars("val/acc")] == [(3, 0.75)]
     assert [e.step for e in accumulator.Scalars("ptdiag/step_time_s")] == [1, 2, 3]
+
+
+def _recorded_run(store: RunStore, symptom: str, params: dict, monkeypatch, tmp_path):
+    """A run as the CLI records one: meta.json from start_run, then the probe's events of
+    a script that parsed `params` and took one step, and its outcome."""
+    import json
+
+    from ptdiag import diagnose
+    from ptdiag.router import fixed_route
+
+    monkeypatch.chdir(tmp_path)
+    run_id, run_dir, _ = diagnose.start_run(store, symptom, ["python", "train.py"], fixed_route(["tracking"], "test"),
+                                            diagnose.Options())
+    events = [{"ev": "start", "t": 1.0, "rank": 0, "world_size": 1}, {"ev": "args", "t": 1.0, "values": params},
+              {"ev": "step", "t": 2.0, "step": 1, "dt": None}, {"ev": "exit", "t": 3.0, "steps": 1}]
+    (run_dir / "events").mkdir()
+    (run_dir / "events" / "rank0.p1.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    (run_dir / "outcome.json").write_text(json.dumps({"exit_code": 0, "started": 1.0, "ended": 3.0}))
+    return run_id, run_dir
+
+
+def test_reanalysing_a_run_keeps_its_name_and_its_answer_though_newer_runs_were_recorded(tmp_path, monkeypatch):
+    from ptdiag.diagnose import finish
+
+    store = RunStore(tmp_path / "runs")
+    first_id, first_dir = _recorded_run(store, "which run had lr 0.01", {"lr": 0.01, "depth": 3}, monkeypatch, tmp_path)
+    first = finish(store, first_dir, None)
+    assert first.name.startswith("train lr=0.01 ·")  # no earlier run: the key hyperparameters
+    assert next(f for f in first.findings if f.code == "tracking.runs_matching").evidence["runs"] == []
+    _, newer_dir = _recorded_run(store, None, {"lr": 0.01, "depth": 5}, monkeypatch, tmp_path)
+    assert finish(store, newer_dir, None).name.startswith("train depth=5 ·")  # what changed since the first
+    again = finish(store, first_dir, None)  # ptdiag runs show FIRST --reanalyse
+    assert again.name == first.name  # not "train depth=3": the newer run is not its previous one
+    assert next(f for f in again.findings if f.code == "tracking.runs_matching").evidence["runs"] == []
+    assert store.load(first_id)["name"] == first.name

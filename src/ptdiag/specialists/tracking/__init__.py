@@ -1,12 +1,13 @@
 """The tracking specialist: every run is recorded; say what was kept, what is at risk
 (uncommitted code, metrics logged without their config, checkpoints that cannot say
-what produced them), and answer "which run had lr 0.01" from the store."""
+what produced them), and answer "which run had lr 0.01" from what the store held when
+the run was recorded."""
 
 from __future__ import annotations
 
 from ptdiag.findings import Analysis, Finding
 from ptdiag.recorded import RecordedRun
-from ptdiag.specialists.tracking import lookup, record
+from ptdiag.specialists.tracking import record
 from ptdiag.specialists.tracking.metrics import tracked_metrics
 
 # A checkpoint holding any of these keys says what produced it (config, progress).
@@ -106,19 +107,18 @@ def _checkpoints_without_metadata(run: RecordedRun) -> list[Finding]:
 
 
 def _runs_matching(run: RecordedRun) -> list[Finding]:
-    words = run.meta.get("symptom") or ""
-    params = record.params(run)
-    known = {k for k in params if "." not in k} | set(lookup.ALIASES.values())
-    conditions, rows = lookup.matching_runs(run.run_dir.parent, words, known,
-                                            run.meta.get("run_id", run.run_dir.name))
-    if not conditions:
+    """The stored runs matching the hyperparameters the symptom named, as listed when the
+    run was recorded (store_facts): re-analysing it later gives the same answer."""
+    matching = record.store_facts(run).get("runs_matching")
+    if not matching:
         return []
-    asked = " ".join(f"--where {c.key}={c.value}" for c in conditions)
+    rows = matching["runs"]
+    asked = " ".join(f"--where {key}={value}" for key, value in matching["query"].items())
     listed = "; ".join(f"{r['run_id']} ({r.get('name')}, {r['status']})" for r in rows[:5])
     return [Finding(
         code="tracking.runs_matching", specialist="tracking", severity="info",
         title=f"{len(rows)} stored run(s) match {asked.replace('--where ', '')}",
         detail=(f"Matching: {listed}." if rows else "No stored run matches.")
                + f" The same question later: ptdiag runs list {asked}.",
-        evidence={"query": {c.key: c.value for c in conditions}, "runs": [r["run_id"] for r in rows]},
+        evidence={"query": matching["query"], "runs": [r["run_id"] for r in rows]},
         fix=f"ptdiag runs compare {' '.join(r['run_id'] for r in rows[:3])}" if len(rows) > 1 else "")]

@@ -1,13 +1,12 @@
 """Answer "which run had lr 0.01?" from the symptom words: find `name value` pairs that
-name a hyperparameter and list the stored runs that match them."""
+name a hyperparameter (the stored runs that match them are listed once, when the run is
+recorded: store_facts)."""
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
-from ptdiag.runs.query import Condition, RunQuery
-from ptdiag.runs.store import INDEX_NAME, RunStore
+from ptdiag.runs.query import Condition
 
 # Words people use for a hyperparameter, as the argparse name scripts give it.
 ALIASES = {"learning rate": "lr", "learning_rate": "lr", "batch size": "batch_size",
@@ -16,7 +15,6 @@ ALIASES = {"learning rate": "lr", "learning_rate": "lr", "batch size": "batch_si
 _NUMBER = r"-?(?:\d+\.?\d*|\.\d+)(?:e-?\d+)?"
 # the key is bounded: an unbounded lazy run is quadratic on long symptoms (pasted logs)
 _PAIR = re.compile(rf"(?P<key>[A-Za-z][A-Za-z0-9_.\- ]{{0,40}}?)\s*(?:=|:|of|is|at)?\s*(?P<value>{_NUMBER})(?![\w.])")
-MAX_LISTED = 20
 
 
 def conditions_in(words: str, known_keys: set[str]) -> list[Condition]:
@@ -32,11 +30,3 @@ def conditions_in(words: str, known_keys: set[str]) -> list[Condition]:
             found.append(Condition("params", key, "=", int(value) if value.is_integer() else value))
     return found
 
-
-def matching_runs(store_root: Path, words: str, known_keys: set[str], exclude: str
-                  ) -> tuple[list[Condition], list[dict]]:
-    conditions = conditions_in(words, known_keys)
-    if not conditions or not (store_root / INDEX_NAME).exists():
-        return conditions, []  # a companion run's dir is not in a store: never make one
-    rows = RunStore(store_root).list(RunQuery(conditions=conditions, limit=MAX_LISTED + 1))
-    return conditions, [row for row in rows if row["run_id"] != exclude][:MAX_LISTED]

@@ -3,7 +3,8 @@ changed since the previous run of the same script, and when.
 
     ResNet·FakeData lr=0.01 batch_size=64 · 01:16
 
-A sweep's runs then read apart at a glance in `ptdiag runs list`, without --name.
+A sweep's runs then read apart at a glance in `ptdiag runs list`, without --name. Pure:
+the store is read once, when the run is recorded (store_facts), never by the analysis.
 """
 
 from __future__ import annotations
@@ -11,36 +12,27 @@ from __future__ import annotations
 import time
 
 from ptdiag.recorded import RecordedRun
-from ptdiag.runs.store import INDEX_NAME, RunStore
 from ptdiag.specialists.tracking import record
 
 # Shown first when they differ, and shown when there is no previous run to differ from.
 KEY_PARAMS = ("lr", "learning_rate", "batch_size", "optimizer.name", "epochs", "weight_decay",
               "momentum", "seed")
 MAX_SHOWN = 3
-PREVIOUS_LOOKED_AT = 50
 
 
 def run_name(run: RecordedRun) -> str:
-    params = record.params(run)
-    command = run.meta.get("command") or []
-    previous = previous_params(RunStore(run.run_dir.parent), command, run.run_dir.name)
-    return informative_name(params, previous, run.meta.get("started") or time.time(), command)
-
-
-def previous_params(store: RunStore, command: list[str], exclude: str) -> dict | None:
-    """The params of the newest other run of the same program (interpreter + script)."""
-    if not (store.root / INDEX_NAME).exists():
-        return None
-    for row in store.list(limit=PREVIOUS_LOOKED_AT):
-        if row["run_id"] != exclude and (row.get("command") or [])[:2] == command[:2] \
-                and row.get("params"):
-            return row["params"]
-    return None
+    """The name the user gave, else the one decided when the run was recorded (store
+    facts), else one from this run alone (a companion run, a fixture: nothing to differ from)."""
+    return (run.meta.get("name") or record.store_facts(run).get("name")
+            or informative_name(record.params(run), None, run.meta.get("started") or time.time(),
+                                run.meta.get("command") or []))
 
 
 def informative_name(params: dict, previous: dict | None, started: float,
                      command: list[str]) -> str:
+    """`previous`: the params of the newest earlier run of the same program (interpreter
+    and script), None when there is none; store_facts looks it up once, when the run is
+    recorded."""
     what = "·".join(str(v) for v in (params.get("model.class"), params.get("dataloader.dataset"))
                     if v) or _script(command)
     changed = [k for k in _by_importance(params) if previous is None or previous.get(k) != params[k]]

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 from ptdiag.recorded import RecordedRun
+
+# what the run's record took from the other runs of the store when it was recorded
+# (store_facts.record_once, in ptdiag's own process): its name, the runs its symptom asked for
+STORE_FACTS = "store_facts.json"
 
 
 def params(run: RecordedRun) -> dict:
@@ -110,3 +116,12 @@ def peak_memory(run: RecordedRun) -> dict:
     if event and event.get("cuda"):
         found["cuda_max_allocated_bytes"] = max(d["max_allocated_bytes"] for d in event["cuda"].values())
     return found
+
+
+def store_facts(run: RecordedRun) -> dict:
+    """{"name", "runs_matching"} as decided when the run was recorded; {} when nothing
+    was (a companion run, a recorded fixture)."""
+    try:
+        return json.loads((run.run_dir / STORE_FACTS).read_text())
+    except (OSError, ValueError):
+        return {}
