@@ -124,8 +124,11 @@ class Probe:
 
     def _at_exit(self) -> None:
         self.call("on_exit")
-        self.instruments.close_all()
-        self.budget.close()
+        try:
+            self.instruments.close_all()
+            self.budget.close()
+        except Exception:
+            self.log_error(f"closing the instruments at exit failed:\n{traceback.format_exc()}")
         self.emit("exit", steps=self.step)
         self.events.close()
 

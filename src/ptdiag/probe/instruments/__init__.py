@@ -106,6 +106,8 @@ class Instruments:
         that hooks torch (MemTracker: global module and optimizer hooks) leaves only
         `between_steps`, never from inside an optimizer step, whose loop over the global
         optimizer hooks must not see them change."""
+        if not self.pushed:  # nothing to leave; and a program that never imported torch exits without it
+            return
         from ptdiag.probe.instruments import ops
 
         progress = True
