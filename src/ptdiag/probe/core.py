@@ -123,6 +123,8 @@ class Probe:
         (self.run_dir / "procs" / str(os.getpid())).write_text(str(self.rank))
 
     def _at_exit(self) -> None:
+        """ptdiag's last work in the process; a failure of it is logged, never printed as
+        'Exception ignored in atexit callback' on the program's stderr."""
         self.call("on_exit")
         try:
             self.instruments.close_all()
