@@ -1,7 +1,8 @@
 """What ptdiag itself costs inside the program, measured, and kept within a budget.
 
 Per step. The probe times its own work: two clock reads around each plugin hook the
-Dispatcher calls and each model-hook callback (`charge`, by owner). At each primary
+Dispatcher calls and each model-hook callback (`charge`, by owner: a plugin's name, or an
+instrument's, which begins with its plugin's: "numerics module watch"). At each primary
 optimizer step it sets that against the program's own time for the step (the step's
 wall time less ptdiag's). Every CHECK_STEPS steps outside one-off windows it takes the
 median of those shares; above STEP_SHARE, the costliest owner that can shed work sheds
@@ -45,11 +46,19 @@ def peak_rss() -> int:
 
 
 class Sheddable:
-    """An owner's way to cost less: `shed()` drops its next piece of per-step work and
-    names it (the report's "switched off" line), or answers None when nothing is left."""
+    """An owner's ways to cost less, in order: (what it gives up, as the report's "switched
+    off" line names it; the action that gives it up)."""
 
-    def __init__(self, owners: tuple[str, ...], shed: Callable[[], str | None]) -> None:
-        self.owners, self.shed = owners, shed
+    def __init__(self, owners: tuple[str, ...], steps: list[tuple[str, Callable[[], None]]]) -> None:
+        self.owners, self._steps = owners, list(steps)
+
+    def shed(self) -> str | None:
+        """Give up the next piece of per-step work and name it; None when nothing is left."""
+        if not self._steps:
+            return None
+        what, action = self._steps.pop(0)
+        action()
+        return what
 
 
 class Window:
@@ -109,9 +118,10 @@ class Budget:
         step = self._step
         step[owner] = step.get(owner, 0.0) + seconds
 
-    def sheddable(self, owners: tuple[str, ...], shed: Callable[[], str | None]) -> None:
-        """`shed` lowers the cost charged to `owners` (a plugin's name, its instruments')."""
-        self._sheddable.append(Sheddable(owners, shed))
+    def sheddable(self, owners: tuple[str, ...], steps: list[tuple[str, Callable[[], None]]]) -> None:
+        """`steps` lower the cost charged to `owners` (a plugin's name, its instruments'),
+        one at a time, first first, while ptdiag is over its budget."""
+        self._sheddable.append(Sheddable(owners, steps))
 
     def step_ended(self) -> None:
         now = self._clock()
@@ -138,10 +148,11 @@ class Budget:
         share = statistics.median(sum(spent.values()) / program for program, spent in period)
         if share <= STEP_SHARE:
             return
-        cost = {}
+        cost: dict[str, float] = {}  # plugin -> seconds per step
         for _, spent in period:
             for owner, seconds in spent.items():
-                cost[owner] = cost.get(owner, 0.0) + seconds / len(period)
+                plugin = owner.split(" ", 1)[0]
+                cost[plugin] = cost.get(plugin, 0.0) + seconds / len(period)
         candidates = sorted(self._sheddable, key=lambda s: -sum(cost.get(o, 0.0) for o in s.owners))
         step_ms = statistics.median(program for program, _ in period) * 1000
         for candidate in candidates:
@@ -151,7 +162,7 @@ class Budget:
                 continue
             owned = sum(cost.get(o, 0.0) for o in candidate.owners)
             self.shed.append(what)
-            self.switch_off(what, f"ptdiag's per-step work took {share:.0%} of the program's {step_ms:.2f} ms step "
+            self.switch_off(what, f"ptdiag's per-step work took {share:.1%} of the program's {step_ms:.2f} ms step "
                                   f"(budget {STEP_SHARE:.0%}); {candidate.owners[0]} {owned * 1e6:.0f} µs of it")
             return
 

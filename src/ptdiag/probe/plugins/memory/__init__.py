@@ -3,7 +3,9 @@
 Always (cheap, the "leak watch"): process memory at every step boundary (host RSS, and
 the CUDA allocator's counters when CUDA is in use: no device sync), the variables of the
 training loop that keep autograd graphs across steps, forwards whose graph no backward
-used, the bytes of parameters, gradients and optimizer state.
+used, the bytes of parameters, gradients and optimizer state. When that is over the
+probe's per-step budget (a very short step), the boundaries are sampled in bursts of
+HOLDER_BURST steps and the forward watch goes, in that order (SHEDDING).
 Sampled: the activations a forward saves (a few forwards), MemTracker's full breakdown
 of one step (`-o memory.breakdown_step=N`, 0 turns it off; it needs a DataLoader, whose
 batches mark the step's edges).
@@ -19,7 +21,17 @@ import sys
 from ptdiag.probe.plugin import Plugin as ProbePlugin
 from ptdiag.probe.plugins.memory import holders, tensor_bytes
 from ptdiag.probe.plugins.memory.process_memory import cuda_sample, host_sample
+from ptdiag.probe.plugins.memory.step_tracker import WHAT as BREAKDOWN
 from ptdiag.sizes import target_from_options
+
+# Boundaries are looked at in bursts of this many steps: a holder counts once it grew at
+# two boundaries in a row (specialists/memory/leak.py)
+HOLDER_BURST = 3
+# what the leak watch gives up, in order, while ptdiag is over its per-step budget:
+# (what, as the report says it; a burst every this many steps, or None: the forward watch)
+SHEDDING = ((f"memory leak watch on every step (now {HOLDER_BURST} steps in 16)", 16),
+            ("memory watch of forwards (graphs no backward used, activations saved)", None),
+            (f"memory leak watch on {HOLDER_BURST} steps in 16 (now {HOLDER_BURST} in 128)", 128))
 
 
 class Plugin(ProbePlugin):
@@ -34,9 +46,23 @@ class Plugin(ProbePlugin):
         self.forwards = None
         self.tracker = None
         self._optimizer = None
-        self._breakdown_taken = False
+        self._breakdown = None  # the probe budget's one-off window around MemTracker's step
+        self._burst_every = 1  # steps between the leak watch's bursts of boundaries
         self.breakdown_step = options["breakdown_step"]
         self.target = target_from_options(options)
+        probe.budget.sheddable(("memory",), [(what, self._shedding(every)) for what, every in SHEDDING])
+
+    def _shedding(self, every: int | None):
+        def shed() -> None:
+            if every is not None:
+                self._burst_every = every
+            elif self.forwards is not None:
+                self.forwards.paused = True
+
+        return shed
+
+    def _watched(self, step: int) -> bool:
+        return (step - 1) % self._burst_every < HOLDER_BURST
 
     def on_torch_import(self, torch) -> None:
         from ptdiag.probe.plugins.memory.cuda_history import CudaHistory
@@ -71,9 +97,10 @@ class Plugin(ProbePlugin):
                             bytes=tensor_bytes.gradient_bytes(tensor_bytes.optimizer_params(optimizer)))
 
     def on_step(self, step, optimizer) -> None:
-        sample = {**host_sample(), **cuda_sample(self.torch)}
-        held = [h.to_dict() for h in holders.scan(sys._getframe(1), step, self.torch)]
-        self.probe.emit("mem_step", step=step, holders=held, **sample)
+        if self._watched(step):
+            sample = {**host_sample(), **cuda_sample(self.torch)}
+            held = [h.to_dict() for h in holders.scan(sys._getframe(1), step, self.torch)]
+            self.probe.emit("mem_step", step=step, holders=held, **sample)
         if step == 1:
             self.probe.emit("mem_optimizer", cls=type(optimizer).__name__,
                             bytes=tensor_bytes.optimizer_state_bytes(optimizer),
@@ -90,15 +117,19 @@ class Plugin(ProbePlugin):
             return
         if self.tracker.active:
             self._end_breakdown()
-        elif (not self._breakdown_taken and self.model is not None and self._optimizer is not None
-              and self.probe.step == self.breakdown_step - 1):
-            self._breakdown_taken = True  # one step per run, however many batches a step takes
-            self.tracker.start(self.model, self._optimizer)
+        elif self.model is not None and self._optimizer is not None and self.probe.step == self.breakdown_step - 1:
+            self._breakdown = self.probe.budget.window(BREAKDOWN)  # None: it ran (once per run, whatever the loop)
+            if self._breakdown is not None:
+                self.tracker.start(self.model, self._optimizer)
+                if not self.tracker.active:
+                    self._breakdown.close()
 
     def _end_breakdown(self) -> None:
         peak = self.tracker.stop()
         if peak is not None:  # None: the tracker faulted and was switched off (the probe said so)
             self.probe.emit("mem_breakdown", step=self.probe.step, peak=peak)
+        if not self.tracker.active:
+            self._breakdown.close()
 
     def _estimate_fit(self, optimizer) -> None:
         from ptdiag.probe.plugins.memory.fit import FakeStep, estimate
