@@ -19,6 +19,7 @@ from ptdiag.specialists.performance.trace_cpu import host_metrics
 from ptdiag.specialists.performance.trace_events import read_trace
 from ptdiag.specialists.performance.trace_intervals import CoverageIndex, length, subtract, union
 from ptdiag.specialists.performance.trace_ranks import imbalance, rank_row
+from trace_builders import kineto_event
 
 TRACES = Path("/work/shared/fixtures/gpu_traces")
 NUM_WORKERS_0 = TRACES / "kineto__resnet50_v100_num_workers_0.pt.trace.json.gz"
@@ -123,7 +124,7 @@ def test_busy_gpu_gets_compute_bound_with_measured_advice(analysed):
     qwen = next(p for p in TRACELENS if "Qwen" in p.name)
     verdict = finding(analysed(qwen)[0], "performance.compute_bound")
     assert verdict.evidence["computation_share"] >= 0.75
-    assert verdict.evidence["top_kernels"][0]["category"] == "gemm"
+    assert verdict.evidence["top_kernels"][0]["category"] == "GEMM"
     gains = {g["change"]: g for g in verdict.evidence["expected_gains"]}
     # bf16 GEMMs already: no AMP advice; elementwise-heavy: fusion advice with a number.
     assert "amp" not in gains
@@ -221,13 +222,6 @@ def test_sniff_rejects_other_files(tmp_path):
 
 
 # -- the arithmetic on a trace built by hand ----------------------------------------------
-
-def kineto_event(cat: str, name: str, ts: float, dur: float, correlation: int | None = None,
-                 pid: int = 0) -> dict:
-    args = {"correlation": correlation} if correlation is not None else {}
-    return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur, "pid": pid, "tid": 7,
-            "args": args}
-
 
 def test_hand_built_trace_timeline_and_data_wait():
     launches = [kineto_event("cuda_runtime", "cudaLaunchKernel", 0, 1, c, pid=100) for c in (1, 2, 3)]

@@ -21,6 +21,7 @@ from ptdiag.specialists.performance.trace_cpu_ops import top_cpu_ops
 from ptdiag.specialists.performance.trace_events import TraceError, collect_events, read_trace
 from ptdiag.specialists.performance.trace_findings import trace_findings
 from ptdiag.specialists.performance.trace_kernels import kernel_breakdown
+from ptdiag.specialists.performance.trace_launchers import launching_ops
 from ptdiag.specialists.performance.trace_steps import (dataloader_iterators, measure_steps,
                                                         steps_metrics)
 from ptdiag.specialists.performance.trace_timeline import gpu_timeline, gpu_unions
@@ -87,7 +88,7 @@ def analyse_trace(trace: dict[str, Any]) -> Analysis:
                       "GPU timeline and kernel breakdown not available")
     else:
         metrics["gpu_timeline"] = timeline
-        metrics["kernel_breakdown"] = kernel_breakdown(events.gpu)
+        metrics["kernel_breakdown"] = kernel_breakdown(events.gpu, launching_ops(events.launches, events.cpu_ops))
     if events.steps:
         all_gpu = events.gpu.plus(unlinked)
         step_unions = gpu_unions(all_gpu)

@@ -65,6 +65,7 @@ class Span(NamedTuple):
     pid: Any
     tid: Any
     correlation: Any = None  # links a GPU span to the CPU call that launched it
+    input_types: tuple[str, ...] = ()  # a CPU op's "Input type" (record_shapes): dtypes, "Scalar", ...
 
     @property
     def dur(self) -> float:
@@ -101,6 +102,7 @@ class TraceEvents:
     gpu: GpuSpans = field(default_factory=GpuSpans)  # launched within the trace
     gpu_unlinked: GpuSpans = field(default_factory=GpuSpans)  # launched before it began
     cpu_ops: list[Span] = field(default_factory=list)  # ops, not record_function annotations
+    launches: list[Span] = field(default_factory=list)  # CUDA runtime/driver calls (launches, copies)
     steps: list[Span] = field(default_factory=list)
     data_waits: list[Span] = field(default_factory=list)
     collectives: list[Span] = field(default_factory=list)  # CPU-side collective ops and ranges
@@ -138,11 +140,12 @@ def collect_events(trace: Any) -> TraceEvents:
         kind = CATEGORY_KINDS.get(str(event.get("cat", "")).lower())
         if kind is None:
             continue
-        span = _span(event)
+        span = _span(event, with_types=kind == "cpu_op")
         if span is None:
             events.malformed_events += 1
         elif kind == "launch":
             launched.add(span.correlation)
+            events.launches.append(span)
         elif kind in gpu:
             gpu[kind].append(span)
         elif span.name.startswith(STEP_PREFIX):
@@ -164,15 +167,18 @@ def collect_events(trace: Any) -> TraceEvents:
     return events
 
 
-def _span(event: dict[str, Any]) -> Span | None:
+def _span(event: dict[str, Any], with_types: bool = False) -> Span | None:
     """The event as a Span; None when its time fields are missing or not numbers."""
     start, dur = event.get("ts"), event.get("dur")
     if not isinstance(start, (int, float)) or not isinstance(dur, (int, float)) or dur < 0:
         return None
     args = event.get("args")
-    correlation = args.get("correlation") if isinstance(args, dict) else None
+    if not isinstance(args, dict):
+        args = {}
+    types = args.get("Input type") if with_types else None
     return Span(str(event.get("name", "")), float(start), float(start) + float(dur),
-                event.get("pid"), event.get("tid"), correlation)
+                event.get("pid"), event.get("tid"), args.get("correlation"),
+                tuple(str(t) for t in types) if isinstance(types, list) else ())
 
 
 def _devices(trace: dict[str, Any], used: set[Any]) -> list[dict[str, Any]]:

@@ -2,7 +2,9 @@
 compute that dominates (the only case where AMP/TF32/channels_last/compile advice pays).
 
 Every finding reads its numbers from the metrics dict the analysis reports, so the
-evidence a user sees is exactly what was measured. Thresholds and assumed speed-ups are
+evidence a user sees is exactly what was measured. Matmul precision is that of the
+launching op's input dtypes (trace_categories), so the AMP/TF32 advice holds on GPUs whose
+GEMM kernel names carry no dtype (cuBLAS' nvjet on Hopper/Blackwell). Thresholds and assumed speed-ups are
 module-level data, named, so a reviewer can see and tune them.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from ptdiag.findings import Finding
+from ptdiag.specialists.performance.trace_categories import FUSIBLE_CATEGORIES, MEMCPY, MEMSET
 from ptdiag.specialists.performance.trace_steps import ITERATOR_WORKERS
 
 SPECIALIST = "performance"
@@ -29,7 +32,6 @@ AMP_MATMUL_SPEEDUP = 2.0
 TF32_MATMUL_SPEEDUP = 2.0
 # Share of elementwise/normalisation/reduction kernel time that fusion removes (assumed).
 FUSION_SAVING = 0.5
-FUSIBLE_CATEGORIES = ("elementwise", "normalization", "reduction")
 TF32_MIN_COMPUTE_CAPABILITY = 8.0
 # Advice is given only for kernel groups taking at least this share of GPU time.
 ADVICE_MIN_SHARE = 0.05
@@ -104,7 +106,7 @@ def gpu_idle(metrics: dict[str, Any]) -> Finding | None:
         return None
     idle_share = round(1.0 - window["busy_share"], 4)
     breakdown = metrics["kernel_breakdown"]
-    kernel_rows = [c for c in breakdown["categories"] if c["category"] not in ("memcpy", "memset")]
+    kernel_rows = [c for c in breakdown["categories"] if c["category"] not in (MEMCPY, MEMSET)]
     kernels = sum(c["count"] for c in kernel_rows)
     mean_kernel_us = round(1000.0 * sum(c["ms"] for c in kernel_rows) / kernels, 2) if kernels else 0.0
     data_share = metrics.get("steps", {}).get("data_wait_share", 0.0)
@@ -216,17 +218,18 @@ def _compute_gains(breakdown: dict[str, Any], devices: list[dict[str, Any]]) -> 
     if fp32 + tf32 >= ADVICE_MIN_SHARE:
         saved = (fp32 + tf32) * (1 - 1 / AMP_MATMUL_SPEEDUP)
         gains.append(_gain("amp", fp32 + tf32, saved,
-                           f"GEMM/conv kernels in fp32/TF32 take {fp32 + tf32:.0%} of GPU time: "
-                           f"autocast to bf16/fp16 (torch.autocast('cuda', dtype=torch.bfloat16)) "
-                           f"should save about {saved:.0%} of it, assuming ≥{AMP_MATMUL_SPEEDUP:g}× "
-                           f"faster tensor-core matmuls."))
+                           f"GEMM/convolution/attention work launched by ops with float32 inputs "
+                           f"takes {fp32 + tf32:.0%} of GPU time: autocast to bf16/fp16 "
+                           f"(torch.autocast('cuda', dtype=torch.bfloat16)) should save about "
+                           f"{saved:.0%} of it, assuming ≥{AMP_MATMUL_SPEEDUP:g}× faster tensor-core "
+                           f"matmuls."))
     if fp32 >= ADVICE_MIN_SHARE and ampere:
         saved = fp32 * (1 - 1 / TF32_MATMUL_SPEEDUP)
         gains.append(_gain("tf32", fp32, saved,
-                           f"Plain fp32 matmuls take {fp32:.0%} on a TF32-capable GPU: "
-                           f"torch.set_float32_matmul_precision('high') and "
-                           f"torch.backends.cudnn.allow_tf32=True should save about {saved:.0%}."))
-    layout = shares.get("layout_transform", 0.0)
+                           f"Of that, {fp32:.0%} of GPU time is float32 work whose kernel names show no "
+                           f"TF32 math, on a TF32-capable GPU: torch.set_float32_matmul_precision('high') "
+                           f"and torch.backends.cudnn.allow_tf32=True should save about {saved:.0%}."))
+    layout = breakdown["layout_transform_ms"] / total
     if layout >= ADVICE_MIN_SHARE:
         gains.append(_gain("channels_last", layout, layout,
                            f"NCHW<->NHWC conversion kernels take {layout:.0%} of GPU time: "
