@@ -125,17 +125,31 @@ def _shared_gpus(envs, models) -> list[Finding]:
                 fix="Call torch.cuda.set_device(int(os.environ['LOCAL_RANK'])) before building the model, "
                     "move it with .to(f'cuda:{local_rank}') (not .cuda() / 'cuda' alone, which mean cuda:0), "
                     "and pass DDP(model, device_ids=[local_rank])."))
+    sharing = {rank for f in findings for rank in f.evidence["ranks"]}  # said already
     for rank, model in models.items():
         cuda, env = model.get("cuda"), (envs.get(rank) or {}).get("env") or {}
-        local = _int(env.get("LOCAL_RANK"))
-        if cuda and local is not None and cuda.get("index") != local and not any(rank in f.evidence["ranks"] for f in findings):
+        local, expected = _int(env.get("LOCAL_RANK")), _expected_index(env)
+        if cuda and expected is not None and cuda.get("index") != expected and rank not in sharing:
             findings.append(Finding(
                 code="distributed.device_mismatch", specialist=SPECIALIST, severity="warning",
-                title=f"Rank {rank} (LOCAL_RANK {local}) trains on cuda:{cuda.get('index')}",
-                detail=f"Its device index differs from its LOCAL_RANK (CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')}).",
-                evidence={"rank": rank, "device": f"cuda:{cuda.get('index')}", "local_rank": local},
-                fix="Use cuda:LOCAL_RANK unless CUDA_VISIBLE_DEVICES gives each rank its own single GPU."))
+                title=f"Rank {rank} (LOCAL_RANK {local}) trains on cuda:{cuda.get('index')}, not cuda:{expected}",
+                detail=f"Its device index differs from the one its LOCAL_RANK selects "
+                       f"(CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES')}).",
+                evidence={"rank": rank, "device": f"cuda:{cuda.get('index')}", "local_rank": local,
+                          "expected_device": f"cuda:{expected}"},
+                fix="Use cuda:LOCAL_RANK (torch.cuda.set_device(local_rank)), or give each rank its own single "
+                    "GPU with CUDA_VISIBLE_DEVICES and use cuda:0."))
     return findings
+
+
+def _expected_index(env: dict) -> int | None:
+    """The device index a rank should train on: cuda:0 when CUDA_VISIBLE_DEVICES shows the
+    process exactly one GPU (it is then that rank's own, whatever its LOCAL_RANK), else
+    cuda:LOCAL_RANK; None without a LOCAL_RANK."""
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and len([d for d in str(visible).split(",") if d.strip()]) == 1:
+        return 0
+    return _int(env.get("LOCAL_RANK"))
 
 
 def ddp_findings(job: Job) -> list[Finding]:
