@@ -71,6 +71,11 @@ def assert_stop_announced(report: dict, stderr: bytes, by: str) -> dict:
     assert stop["by"] == by and stop["step"] == report["steps_observed"], stop
     sentence = stop_sentence(stop)
     assert report["notes"][0] == sentence
+    if stop["keep_running"]:  # the advice is an option `-o` accepts
+        from ptdiag.options import parse
+
+        specialist, _, setting = stop["keep_running"].removeprefix("-o ").partition(".")
+        parse(specialist, *setting.split("=", 1))
     assert stderr.decode().count(sentence) == 1
     report_start = stderr.rindex("\nptdiag ▸ ".encode())
     assert stderr.index(sentence.encode()) > report_start

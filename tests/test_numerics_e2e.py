@@ -117,7 +117,7 @@ def test_the_stop_at_the_first_nonfinite_value_is_announced(workdir):
     report = load_report(workdir / "r.json")
     assert report["status"] == "diverged"
     stop = assert_stop_announced(report, proc.stderr, "numerics")
-    assert stop["step"] < 30 and stop["max_steps"] == 30 and stop["keep_running"] == "-o numerics.stop=0"
+    assert stop["step"] < 30 and stop["max_steps"] == 30 and stop["keep_running"] == "-o numerics.stop=no"
 
 
 def test_a_step_the_replay_cannot_repeat_is_placed_by_the_watch_flags(workdir):

@@ -76,8 +76,13 @@ def test_a_stop_before_the_users_max_steps_is_announced(workdir):
     report = load_report(workdir / "r.json")
     stop = assert_stop_announced(report, proc.stderr, "performance")
     assert stop["step"] == STOP_STEP and stop["max_steps"] == 30
-    assert stop["keep_running"] == "-o performance.stop=0"
-    assert "before the --max-steps 30" in report["notes"][0] and "-o performance.stop=0" in report["notes"][0]
+    assert stop["keep_running"] == "-o performance.stop=no"
+    assert "before the --max-steps 30" in report["notes"][0] and "-o performance.stop=no" in report["notes"][0]
+    # the advice works: with it, the training runs to the user's --max-steps
+    proc = run_ptdiag("training is slow", *WINDOWS, *stop["keep_running"].split(), "--max-steps", "30", "--json",
+                      "kept.json", "--", PYTHON, str(PROGRAMS / "train_forever.py"), cwd=workdir, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert assert_stop_announced(load_report(workdir / "kept.json"), proc.stderr, "max_steps")["step"] == 30
 
 
 def test_two_optimizers_built_once_are_not_rebuilt(workdir):

@@ -41,7 +41,7 @@ def rendered(report: Report) -> str:
 
 
 PERFORMANCE_STOP = {"by": "performance", "reason": "both profiling windows are recorded",
-                    "keep_running": "-o performance.stop=0", "wall": 1.0}
+                    "keep_running": "-o performance.stop=no", "wall": 1.0}
 
 
 def test_a_stop_before_the_given_max_steps_says_so_and_how_to_keep_running(tmp_path):
@@ -50,10 +50,10 @@ def test_a_stop_before_the_given_max_steps_says_so_and_how_to_keep_running(tmp_p
                               1: [*steps, ("stopped", dict(PERFORMANCE_STOP, step=13, wall=2.0))]}, max_steps=30)
     report = report_of(run)
     assert report.to_dict()["stopped_by"] == {"by": "performance", "step": 13, "reason": PERFORMANCE_STOP["reason"],
-                                              "keep_running": "-o performance.stop=0", "max_steps": 30}
+                                              "keep_running": "-o performance.stop=no", "max_steps": 30}
     sentence = report.notes[0]
     assert sentence == ("ptdiag's performance specialist stopped the training after step 13, before the --max-steps 30 "
-                        "it was given: both profiling windows are recorded. -o performance.stop=0 keeps it running.")
+                        "it was given: both profiling windows are recorded. -o performance.stop=no keeps it running.")
     text = rendered(report)
     assert text.count(sentence) == 1 and "note: other" in text  # said once, under the run line
     assert text.index(sentence) < text.index("Findings")

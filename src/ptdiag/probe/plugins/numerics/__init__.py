@@ -7,7 +7,7 @@ non-finite output. After each backward the step's numbers are read once. The fir
 the optimizer has touched the parameters, the step is replayed op by op (see
 `localise`) or, when the batch itself was bad, its samples are traced back to the
 dataset (see `batches`). Then the training is stopped once the step is recorded:
-there is nothing to learn from training on NaN (`-o numerics.stop=0` keeps it going).
+there is nothing to learn from training on NaN (`-o numerics.stop=no` keeps it going).
 """
 
 from __future__ import annotations
@@ -232,5 +232,5 @@ class Plugin(ProbePlugin):
     def _halt(self) -> None:
         self._stop_due = False
         self.probe.stop("numerics", "the first non-finite value was localised; training on NaN teaches nothing",
-                        keep_running="-o numerics.stop=0")
+                        keep_running="-o numerics.stop=no")
 

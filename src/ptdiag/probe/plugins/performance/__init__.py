@@ -177,7 +177,7 @@ class Plugin(ProbePlugin):
     def _stop(self, reason: str) -> None:
         """End the training cleanly once the diagnosis has what it needs (--max-steps' way)."""
         self._finish()
-        self.probe.stop("performance", reason, keep_running="-o performance.stop=0")
+        self.probe.stop("performance", reason, keep_running="-o performance.stop=no")
 
     def _any_optimizer_stepped(self, optimizer, args, kwargs) -> None:
         """Global post-hook on every optimizer (torch's public API): new objects counted."""
