@@ -31,7 +31,6 @@ class Allocation:
     addr: int
     size: int
     frames: tuple[Frame, ...]
-    alloc_index: int | None  # None: allocated before the trace's first event
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ class TraceReplay:
                 # An address handed out again means its free fell out of the trace.
                 replaced = live.pop(event.addr, None)
                 allocated -= replaced.size if replaced else 0
-                live[event.addr] = Allocation(event.addr, event.size, event.frames, event.index)
+                live[event.addr] = Allocation(event.addr, event.size, event.frames)
                 allocated += event.size
             elif event.action == FREE_ACTION and event.addr in live:
                 allocated -= live.pop(event.addr).size
@@ -111,10 +110,10 @@ def _preexisting(events: list[TraceEvent], blocks: list[Block]) -> list[Allocati
             else:
                 # Free events carry the allocation's own stack (torch records
                 # block->context_when_allocated), so the site is still known.
-                before.append(Allocation(event.addr, event.size, event.frames, None))
+                before.append(Allocation(event.addr, event.size, event.frames))
     freed_before = {a.addr for a in before}
     before += [
-        Allocation(b.address, b.requested_size, b.frames, None)
+        Allocation(b.address, b.requested_size, b.frames)
         for b in blocks
         if b.state in LIVE_STATES and b.address not in made_in_trace and b.address not in freed_before
     ]
