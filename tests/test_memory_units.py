@@ -23,8 +23,13 @@ import mem_model  # noqa: E402
 def test_sizes_and_presets():
     assert parse_size("16GiB") == 16 * 2**30
     assert parse_size("1.5 GB") == 1_500_000_000
-    assert preset("v100-16gb") == 16 * 2**30
+    assert preset("v100-16gb") == 16160 * 2**20  # nvidia-smi's Total, not the 16 GiB on the box
     assert target_from_options({"target": "A100-80GB"}) == ("A100-80GB", 80 * 2**30)
+    # what a program can use, below the size sold: T4 15 GiB, A10/L4 ~22.5, L40S ~45, H200 ~140
+    usable_gib = {name: preset(name) / 2**30 for name in ("T4-16GB", "A10-24GB", "L4-24GB", "L40S-48GB",
+                                                          "H200-141GB")}
+    assert usable_gib == pytest.approx({"T4-16GB": 15.0, "A10-24GB": 22.49, "L4-24GB": 22.49,
+                                        "L40S-48GB": 44.99, "H200-141GB": 140.4}, abs=0.01)
     with pytest.raises(SizeError, match="not a memory size"):
         parse_size("lots")
     with pytest.raises(SizeError, match="unknown device preset"):

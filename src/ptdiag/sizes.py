@@ -1,7 +1,8 @@
 """Memory sizes as users write them ("16GiB", "512MB") and named device presets.
 
-Presets are the device's total memory as sold. The fit estimate compares a step's peak
-with that whole figure: the few hundred MiB the CUDA context takes are not subtracted.
+Presets are the memory a program can address on the card, not the size on the box (a
+"16GB" T4 gives 15 GiB). The fit estimate compares a step's peak with that figure; the
+few hundred MiB the CUDA context takes are not subtracted.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ import re
 
 UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
          "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}
-# GPU memory as vendors state it: GB on the box means GiB of device memory.
+# Usable device memory: the "Total" nvidia-smi prints for each card, in MiB, read off
+# nvidia-smi tables posted for each model (CUDA's own total is a little lower still, e.g.
+# 15110 MiB on a T4: the driver keeps some). The name says the size as sold, which users
+# know the card by.
+MIB = 2**20
 DEVICE_PRESETS = {
-    "T4-16GB": 16 * 2**30, "V100-16GB": 16 * 2**30, "V100-32GB": 32 * 2**30,
-    "A10-24GB": 24 * 2**30, "A100-40GB": 40 * 2**30, "A100-80GB": 80 * 2**30,
-    "L4-24GB": 24 * 2**30, "L40S-48GB": 48 * 2**30, "H100-80GB": 80 * 2**30,
-    "H200-141GB": 141 * 2**30, "RTX3090-24GB": 24 * 2**30, "RTX4090-24GB": 24 * 2**30,
+    "T4-16GB": 15360 * MIB, "V100-16GB": 16160 * MIB, "V100-32GB": 32510 * MIB,
+    "A10-24GB": 23028 * MIB, "A100-40GB": 40960 * MIB, "A100-80GB": 81920 * MIB,
+    "L4-24GB": 23034 * MIB, "L40S-48GB": 46068 * MIB, "H100-80GB": 81559 * MIB,
+    "H200-141GB": 143771 * MIB, "RTX3090-24GB": 24576 * MIB, "RTX4090-24GB": 24564 * MIB,
 }
 
 _SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*$")
