@@ -81,6 +81,15 @@ def test_a_plan_holding_a_bad_value_costs_the_specialist_its_options_never_the_r
     probe.events.close()
 
 
+def test_the_python_api_checks_options_as_the_cli_does():
+    from ptdiag.api import session
+
+    with pytest.raises(ValueError, match="breakdown_step=two: 'two' is not a whole number"):
+        session("memory grows", options={"memory": {"breakdown_step": "two"}})
+    assert session("memory grows", options={"memory": {"breakdown_step": 3}}).options.specialist_options == \
+        {"memory": {"breakdown_step": 3}}
+
+
 @pytest.mark.parametrize("args, says", [
     (["-o", "memory.breakdown_step=two"], "-o memory.breakdown_step=two: 'two' is not a whole number"),
     (["--target-memory", "16Gx"], "not a memory size: '16Gx'"),
