@@ -36,7 +36,7 @@ Examples:
 
   ptdiag inspect trace.json.gz      ptdiag env
 
-  ptdiag options              (every -o specialist.key=value, its type and default)
+  ptdiag options              (what each -o specialist.key=value takes)
 """
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -69,7 +69,7 @@ def diagnose(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop the training cleanly after N optimizer steps."),
     timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help="End the run after S seconds, dumping every rank's stacks."),
     fail_on: str = typer.Option("never", "--fail-on", help="Exit 3 when a finding of this severity or worse is found: never, error, warning."),
-    option: list[str] = typer.Option([], "--option", "-o", help="specialist.key=value for one specialist (repeatable), e.g. -o reproducibility.steps=20."),
+    option: list[str] = typer.Option([], "--option", "-o", help="specialist.key=value for one specialist (repeatable), e.g. -o reproducibility.steps=20; `ptdiag options` lists them."),
     resume_cmd: Optional[str] = typer.Option(None, "--resume-cmd", help="Check that this command resumes the run exactly from its checkpoint (reproducibility), e.g. \"python train.py --resume ckpt.pt\"."),
     resume_step: Optional[int] = typer.Option(None, "--resume-step", min=1, help="The step whose checkpoint --resume-cmd resumes from [default: the first save]."),
     repeat: Optional[bool] = typer.Option(None, "--repeat/--no-repeat", help="Run the command a second time to prove it repeats (reproducibility) [default: when reproducibility is planned]."),
