@@ -64,12 +64,10 @@ class StepBreakdown:
             dt = now - self._last_end
             row = {"step": step, "dt": dt, "data": self._data, **self._phase}
             row["other"] = max(0.0, dt - self._data - sum(self._phase.values()))
-            if step in self.instrumented:
-                row["instrumented"] = True
-            self._rows.append({k: round(v, 7) if isinstance(v, float) else v for k, v in row.items()})
+            self._rows.append(self._flagged({k: round(v, 7) if isinstance(v, float) else v for k, v in row.items()}))
         if self._gpu is not None:
             self._gpu.step_end(step)
-            self._rows.extend(self._gpu.ready())
+            self._rows.extend(map(self._flagged, self._gpu.ready()))
         self._last_end = now
         self._started.clear()  # a phase still open at the step's end was cut short
         self._data = 0.0
@@ -77,9 +75,16 @@ class StepBreakdown:
         if len(self._rows) >= FLUSH_EVERY:
             self.flush()
 
+    def _flagged(self, row: dict) -> dict:
+        """A host or GPU row of a step inside a profiler/scan window says so: the analysis
+        leaves those steps out of the typical step."""
+        if row["step"] in self.instrumented:
+            row["instrumented"] = True
+        return row
+
     def flush(self, wait_gpu: bool = False) -> None:
         if self._gpu is not None and wait_gpu:
-            self._rows.extend(self._gpu.ready(wait=True))
+            self._rows.extend(map(self._flagged, self._gpu.ready(wait=True)))
         if self._rows:
             self._emit("perf_steps", rows=self._rows)
             self._rows = []
