@@ -130,12 +130,14 @@ writer.close()
 """
 
 
-def test_program_warnings_are_shown_as_often_as_without_the_probe(tmp_path):
-    """The probe silenced torch.compile's hook warning with filterwarnings, whose version
-    bump cleared every warning registry: the pin_memory warning came back at the next
-    epoch. And float() of the logged loss raised torch's requires_grad warning."""
+@pytest.mark.parametrize("specialists", [[], ["memory", "performance", "numerics", "reproducibility", "distributed"]])
+def test_program_warnings_are_shown_as_often_as_without_the_probe(tmp_path, specialists):
+    """The probe silenced torch.compile's hook warning with filterwarnings, and MemTracker's
+    warnings with catch_warnings: each bumps the filters' version, which clears every
+    warning registry, so the pin_memory warning came back at the next epoch. And float()
+    of the logged loss raised torch's requires_grad warning."""
     bare = subprocess.run([sys.executable, "-c", WARNS_EACH_EPOCH], capture_output=True, text=True, timeout=120)
-    proc, events, _ = run_probed(WARNS_EACH_EPOCH, tmp_path)
+    proc, events, _ = run_probed(WARNS_EACH_EPOCH, tmp_path, {"specialists": specialists})
     assert bare.returncode == proc.returncode == 0
     assert bare.stderr.count("pin_memory") == 1
     assert proc.stderr == bare.stderr

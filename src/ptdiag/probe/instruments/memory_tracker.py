@@ -21,6 +21,7 @@ from typing import Callable
 from torch.distributed._tools.mem_tracker import MemTracker
 from torch.distributed._tools.mod_tracker import ModTracker
 
+from ptdiag.probe import quiet_warnings
 from ptdiag.probe.instruments.ops import PtdiagMode, release
 
 
@@ -68,8 +69,7 @@ class _Guard:
                 return None
             formatwarning = warnings.formatwarning
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
+                with quiet_warnings.ignored():  # catch_warnings would clear the program's warning registries
                     return self.call(fn, *args)
             finally:
                 warnings.formatwarning = formatwarning
@@ -176,6 +176,5 @@ class MemoryWindow:
         return peak
 
     def release(self) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_warnings.ignored():
             release(self.mode, functions=False)
