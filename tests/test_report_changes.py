@@ -69,7 +69,7 @@ def test_max_steps_reached_is_said_without_a_limit_not_reached(tmp_path):
 
 
 def test_an_instrument_switched_off_on_two_ranks_is_listed_once(tmp_path):
-    off = {"what": "memory breakdown", "why": "MemTracker raised NotImplementedError inside forward"}
+    off = {"what": "memory breakdown", "why": "MemTracker raised NotImplementedError inside forward."}
     run = recorded(tmp_path, {0: [("step", {"step": 1}), ("switched_off", dict(off, step=3))],
                               1: [("switched_off", dict(off, step=2))]})
     report = report_of(run)

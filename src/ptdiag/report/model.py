@@ -89,12 +89,17 @@ def stop_sentence(stopped_by: dict[str, Any]) -> str:
     sentence = f"{who} stopped the training after step {stopped_by['step']}"
     if stopped_by.get("max_steps"):
         sentence += f", before the --max-steps {stopped_by['max_steps']} it was given"
-    sentence += f": {stopped_by['reason']}."
+    sentence += f": {_clause(stopped_by['reason'])}."
     if stopped_by.get("keep_running"):
         sentence += f" {stopped_by['keep_running']} keeps it running."
     return sentence
 
 
 def switched_off_sentence(entry: dict[str, Any]) -> str:
-    return (f"ptdiag switched off its {entry['what']} at step {entry['step']}: {entry['why']}. "
+    return (f"ptdiag switched off its {entry['what']} at step {entry['step']}: {_clause(entry['why'])}. "
             "The training went on without it.")
+
+
+def _clause(text: str) -> str:
+    """A reason set inside a sentence: an error message's own full stop would double it."""
+    return str(text).rstrip().rstrip(".")
