@@ -91,6 +91,7 @@ def test_max_steps_ends_the_block_not_the_program_and_the_probe_is_off_after_it(
         with session(None, ["tracking"], max_steps=3, config={"lr": 0.01, "note": "api"}, quiet=True) as s:
             train(0.01)
         print("after the block", s.report.status, s.report.steps_observed, s.report.params["lr"])
+        print("stopped by", s.report.stopped_by["by"], s.report.stopped_by["step"])
         print("trained after the session:", train(0.01, steps=20))
         print("excepthook restored:", sys.excepthook is sys.__excepthook__)
         with session(None, ["tracking"], quiet=True) as again:
@@ -100,6 +101,7 @@ def test_max_steps_ends_the_block_not_the_program_and_the_probe_is_off_after_it(
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert "after the block completed 3 0.01" in lines
+    assert "stopped by max_steps 3" in lines  # the probe knows it stopped the block, and the report says so
     assert "trained after the session: 20" in lines  # max_steps=3 no longer applies
     assert "excepthook restored: True" in lines
     assert "second session diverged 6" in lines
