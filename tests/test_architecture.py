@@ -105,6 +105,19 @@ def test_only_the_instruments_push_modes_or_run_trackers_and_the_profiler():
     assert offenders == []
 
 
+def test_ptdiag_runs_no_collective_and_no_process_group_of_its_own():
+    """A collective of ptdiag's waits for the other ranks: in a run that hangs or whose
+    ranks disagree it would hang or raise inside the program's calls, and be taken for
+    the program's own. Cross-rank questions are answered by the analysis, from each
+    rank's events (and only the probe imports torch.distributed)."""
+    from ptdiag.events import COLLECTIVES
+
+    offenders = [f"{_rel(path)}:{node.lineno} {node.func.attr}" for path, tree in _modules(PROBE) for node in ast.walk(tree)
+                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                 and node.func.attr in (*COLLECTIVES, "new_group", "new_subgroups")]
+    assert offenders == []
+
+
 WARNING_FILTER_CALLS = ("catch_warnings", "filterwarnings", "simplefilter", "resetwarnings", "_filters_mutated")
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import ptdiag
 from ptdiag.recorded import RecordedRun
 from ptdiag.specialists.distributed import analyse
 from ptdiag.probe.plugins.distributed.consistency import is_check_step
@@ -79,6 +80,62 @@ def test_ddp_error_indices_map_to_names():
 
 def test_check_schedule_is_logarithmic():
     assert [s for s in range(1, 70) if is_check_step(s)] == [1, 2, 4, 8, 16, 32, 64]
+
+
+PTDIAG = Path(ptdiag.__file__).parent  # ptdiag's own frames, as this installation names them
+# a rank stuck in a collective that ptdiag's own hook ran inside the program's forward
+STUCK_IN_PTDIAG = f"""\
+Current thread 0x00007f3a2f1b5b80 (most recent call first):
+  File "/venv/lib/python3.11/site-packages/torch/distributed/distributed_c10d.py", line 4210 in all_gather
+  File "{PTDIAG}/probe/plugins/distributed/consistency.py", line 45 in run
+  File "{PTDIAG}/probe/plugins/distributed/__init__.py", line 172 in _model_forward
+  File "/venv/lib/python3.11/site-packages/torch/nn/modules/module.py", line 1826 in inner
+  File "/venv/lib/python3.11/site-packages/torch/nn/parallel/distributed.py", line 1887 in forward
+  File "/venv/lib/python3.11/site-packages/torch/nn/modules/module.py", line 1794 in _call_impl
+  File "/home/u/train.py", line 14 in <module>
+"""
+# a rank in DDP's gradient all-reduce, its backward call passing through ptdiag's wrapper
+BACKWARD_THROUGH_PTDIAG = f"""\
+Current thread 0x00007f3a2f1b5b80 (most recent call first):
+  File "/venv/lib/python3.11/site-packages/torch/autograd/graph.py", line 829 in _engine_run_backward
+  File "/venv/lib/python3.11/site-packages/torch/autograd/__init__.py", line 364 in backward
+  File "{PTDIAG}/probe/patches.py", line 56 in backward
+  File "/venv/lib/python3.11/site-packages/torch/_tensor.py", line 625 in backward
+  File "/home/u/train.py", line 16 in <module>
+"""
+
+
+def test_ptdiags_own_collective_is_never_presented_as_the_programs():
+    found = where(STUCK_IN_PTDIAG, cwd="/home/u")
+    assert (found.location, found.collective, found.phase, found.in_ptdiag) == ("train.py:14", None, None, True)
+    assert found.describe() == "inside ptdiag's own instrumentation, called at train.py:14"
+
+
+def test_a_program_call_passing_through_ptdiags_wrapper_is_still_the_programs():
+    found = where(BACKWARD_THROUGH_PTDIAG, cwd="/home/u")
+    assert (found.location, found.in_ptdiag) == ("train.py:16", False)
+    assert found.phase == "backward, where DDP all-reduces the gradients"
+
+
+def _checksums(step: int, sums: list[float], first: bool = False) -> dict:
+    names = [["param", "0.weight"], ["param", "0.bias"], ["buffer", "1.running_mean"]]
+    return {"ev": "dist_checksums", "step": step, "sums": sums, "norms": [abs(v) for v in sums],
+            "tensors": names if first else None}
+
+
+def test_replicas_are_compared_from_each_ranks_own_checksums(tmp_path):
+    ranks = {0: [_gpu_rank(0, "gloo", 0, "GPU-0")[1], _checksums(1, [1.0, 2.0, 3.0], True),
+                 _checksums(2, [1.5, 2.0, 3.0]), _checksums(4, [1.7, 2.0, 3.0])],
+             1: [_gpu_rank(1, "gloo", 1, "GPU-1")[1], _checksums(1, [1.0, 2.0, 3.0], True),
+                 _checksums(2, [1.5 + 1e-12, 2.0, 3.0])]}  # rank 1 never reached step 4 (it hung)
+    run = _write_run(tmp_path / "run", ranks)
+    assert not [f for f in analyse(run).findings if f.code == "distributed.rank_divergence"]
+    assert analyse(run).metrics["distributed"]["consistency_checked_steps"] == [1, 2]
+    ranks[1].append(_checksums(4, [1.6, 2.0, 3.5]))
+    found = [f for f in analyse(_write_run(tmp_path / "run2", ranks)).findings if f.code == "distributed.rank_divergence"]
+    assert len(found) == 1 and found[0].severity == "error"
+    assert {k: found[0].evidence[k] for k in ("step", "tensor", "n_differing", "ranks", "identical_at_steps")} == {
+        "step": 4, "tensor": "0.weight", "n_differing": 2, "ranks": [1], "identical_at_steps": [1, 2]}
 
 
 def _write_run(run_dir: Path, ranks: dict[int, list[dict]], meta: dict | None = None) -> RecordedRun:

@@ -60,6 +60,9 @@ def program_runs(tmp_path_factory) -> dict[str, dict]:
         "hang": _start(root / "hang", ["training hangs with 2 GPUs", "--timeout", "60"],
                        _torchrun(29711, PROGRAMS / "ddp_skip_allreduce.py")),
         "uneven": _start(root / "uneven", ["ranks disagree"], _torchrun(29712, PROGRAMS / "ddp_uneven_ranks.py")),
+        # longer than ptdiag's old replica check waited (60 s) before it raised into rank 1's forward
+        "barrier": _start(root / "barrier", ["training hangs with DDP", "--timeout", "90"],
+                          _torchrun(29714, PROGRAMS / "ddp_barrier_one_rank.py")),
     }
     for node in (0, 1):  # two nodes of one job, simulated: two torchrun invocations, one store
         procs[f"node{node}"] = _start(
@@ -69,7 +72,7 @@ def program_runs(tmp_path_factory) -> dict[str, dict]:
              str(PROGRAMS / "ddp_two_node.py")])
     errors = _finish(procs)
     reports = {name: {"stderr": err} for name, err in errors.items()}
-    for name in ("hang", "uneven"):
+    for name in ("hang", "uneven", "barrier"):
         reports[name]["report"] = load_report(root / name / "r.json")
     reports["two_node"] = {"dir": root / "two_node"}
     return reports
@@ -144,6 +147,21 @@ def test_hang_with_timeout_uses_each_ranks_stack(program_runs):
     assert ev["per_rank"]["0"]["location"].endswith(_line_of(program, "dist.all_reduce("))
     assert ev["per_rank"]["1"]["location"].endswith(_line_of(program, "loss = model("))
     assert ev["per_rank"]["1"]["error"] is None  # nothing raised: the position came from the stack dump
+
+
+def test_a_barrier_on_one_rank_stays_a_hang_named_at_the_programs_line(program_runs):
+    """ptdiag compares the replicas without any collective of its own: nothing of ptdiag's
+    waits for the stuck rank, so nothing raises into rank 1's forward and turns the hang
+    into a crash, and no collective of ptdiag's is listed as the program's."""
+    report = program_runs["barrier"]["report"]
+    assert report["status"] == "hung"
+    program = PROGRAMS / "ddp_barrier_one_rank.py"
+    ev = _finding(report, "distributed.collective_mismatch")["evidence"]
+    assert (ev["collective"], ev["ranks"], ev["waiting_ranks"]) == ("barrier", [1], [0])
+    assert ev["location"].endswith(_line_of(program, "dist.barrier()"))
+    assert ev["per_rank"]["1"]["location"].endswith(_line_of(program, "loss.backward()"))
+    assert ev["per_rank"]["1"]["phase"] == "backward, where DDP all-reduces the gradients"
+    assert [(p["collective"], p["error"]) for p in ev["per_rank"].values()] == [("barrier", None), (None, None)]
 
 
 def test_rank_divergence_and_straggler(program_runs):

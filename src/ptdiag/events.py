@@ -129,7 +129,8 @@ EVENTS: dict[str, EventKind] = {
                          "a DataLoader's sampler and how it shards"),
     "dist_epoch": _kind("loader epoch sampler_epoch location", "a pass over a DataLoader began"),
     "dist_batch": _kind("n step fp shape", "a fingerprint of an early training batch"),
-    "dist_check": _kind("step checked n_differing differing", "parameters compared across ranks"),
+    "dist_checksums": _kind("step sums norms tensors", "this rank's float64 sum and norm of every parameter "
+                                                       "and buffer (their kinds and names on its first check)"),
     "dist_no_grad": _kind("step names count", "DDP parameters that got no gradient"),
     "dist_step": _kind("step backward_s outside_s", "a step's time in and outside backward"),
     # reproducibility

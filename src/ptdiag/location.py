@@ -17,6 +17,19 @@ _NOT_USER = tuple(
 )
 
 
+PTDIAG_DIR = os.path.normcase(os.path.dirname(os.path.abspath(__file__))) + os.sep
+# ptdiag's frames that only pass a call of the program's on (the probe's wrappers of torch
+# functions): below them the work is still the program's
+PTDIAG_PASS_THROUGH = (os.path.join("probe", "patches.py"),)
+
+
+def is_ptdiag_work(filename: str) -> bool:
+    """A frame of ptdiag's own work (its plugins, instruments, hooks), not of a program's
+    call that one of its wrappers passes on."""
+    path = os.path.normcase(os.path.abspath(filename))
+    return path.startswith(PTDIAG_DIR) and path[len(PTDIAG_DIR):] not in PTDIAG_PASS_THROUGH
+
+
 # Frames of decorators that only pass a call through (torch._dynamo wraps
 # torch.manual_seed after the probe patched it): the real caller is beyond them.
 PASS_THROUGH = (

@@ -64,7 +64,7 @@ def analyse(run: RecordedRun) -> Analysis:
     analysis.findings = findings + _job_findings(job) + _flight_recorder(run).findings
     analysis.metrics["distributed"] = {
         "job": job.identity, "world_size": job.world_size, "ranks_seen": sorted(job.ranks), "runs": job.runs,
-        "consistency_checked_steps": sorted({e["step"] for es in job.events("dist_check").values() for e in es}),
+        "consistency_checked_steps": [c["step"] for c in checks_replicas.compare_checksums(job)],
         "per_rank": {str(r): m for r, m in checks_straggler.straggler_metrics(job).items()},
     }
     return analysis

@@ -5,7 +5,8 @@ Events (all `dist_*`): `dist_env` (launch environment, backend, device, job iden
 `dist_model` (DDP arguments, BatchNorm layers, parameter names in DDP's index order),
 `dist_loader` / `dist_epoch` (sampler and its epoch at each pass), `dist_batch` (a
 fingerprint of the first training batches), `dist_no_grad` (parameters without a
-gradient at the first optimizer steps), `dist_check` (cross-rank checksum comparison),
+gradient at the first optimizer steps), `dist_checksums` (this rank's parameter and buffer
+checksums at a few steps, compared across ranks by the analysis),
 `dist_step` (time in backward vs outside it). Collectives go to the live state file
 (`live.py`), written by a watchdog thread, so a hung rank's position survives.
 Per step the cost is a few clock reads and one event line.
@@ -20,7 +21,7 @@ import time
 from ptdiag.location import user_location
 from ptdiag.events import FLIGHT_RECORDER_DIR
 from ptdiag.probe.plugin import Plugin as ProbePlugin
-from ptdiag.probe.plugins.distributed.consistency import ConsistencyCheck, is_check_step
+from ptdiag.probe.plugins.distributed.consistency import Checksums, is_check_step
 from ptdiag.probe.plugins.distributed.fingerprint import fingerprint
 from ptdiag.probe.plugins.distributed.live import LiveState
 
@@ -30,7 +31,7 @@ ENV_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK"
             "TORCH_NCCL_TRACE_BUFFER_SIZE", "OMP_NUM_THREADS")
 FINGERPRINT_FORWARDS = 3  # training forwards whose input is fingerprinted
 NO_GRAD_CHECK_STEPS = 3  # optimizer steps at which parameters without a gradient are listed
-# the check's own gloo group connects every pair of ranks: beyond this many ranks it is
+# every rank's checksums are read back by the analysis: beyond this many ranks that is
 # opt-in (-o distributed.consistency=on); -o distributed.consistency=off disables it
 CONSISTENCY_MAX_WORLD = 64
 WRAPPERS = ("DistributedDataParallel", "FullyShardedDataParallel", "FSDPModule")
@@ -70,14 +71,14 @@ class Plugin(ProbePlugin):
         self.live = LiveState(probe.run_dir, probe.rank)
         self.world = 1
         self.dist = None
-        self.check: ConsistencyCheck | None = None
+        self.check = False  # whether checksums are taken (decided when the process group starts)
+        self.checksums: Checksums | None = None
         self.model = None  # the module whose parameters DDP replicates
         self.loaders: dict[int, int] = {}  # id(loader) -> index, counted as tracking counts
         self.samplers: dict[int, object] = {}  # loader index -> its sharding sampler
         self.fingerprinted = 0
         self.check_pending: int | None = None
         self.via_ddp = False
-        self.own_collective = False
         self.t_step = self.t_backward = None
         self.backward_s = 0.0
         self.consistency = probe.settings("distributed")["consistency"]
@@ -99,7 +100,7 @@ class Plugin(ProbePlugin):
         self.live.start_watchdog()
         wanted = self.consistency
         if self.world > 1 and (wanted == "on" or (wanted == "auto" and self.world <= CONSISTENCY_MAX_WORLD)):
-            self.check = ConsistencyCheck(dist)
+            self.check = True
 
     def on_model(self, module) -> None:
         import torch
@@ -164,15 +165,12 @@ class Plugin(ProbePlugin):
             found = fingerprint(args)
             if found:
                 self.probe.emit("dist_batch", n=self.fingerprinted, step=self.probe.step + 1, **found)
-        if self.check_pending is not None and via_ddp and self.check is not None:
+        if self.check_pending is not None and via_ddp:
             step, self.check_pending = self.check_pending, None
-            self.own_collective = True
-            try:
-                result = self.check.run(module, step)
-            finally:
-                self.own_collective = False
-            if result is not None:
-                self.probe.emit("dist_check", **result)
+            first = self.checksums is None or self.checksums.module is not module
+            if first:
+                self.checksums = Checksums(module)
+            self.probe.emit("dist_checksums", **self.checksums.take(step, first))
 
     # -- backward and step ------------------------------------------------------------------
     def on_backward(self, tensor) -> None:
@@ -194,17 +192,15 @@ class Plugin(ProbePlugin):
                             outside_s=now - self.t_step - self.backward_s)
         self.t_step, self.backward_s = now, 0.0
         self.live.step = step
-        if self.check is not None and is_check_step(step):
+        if self.check and is_check_step(step):
             self.check_pending = step
 
     # -- collectives, the end ---------------------------------------------------------------
     def on_collective(self, name, location) -> None:
-        if not self.own_collective:
-            self.live.enter(name, location)
+        self.live.enter(name, location)
 
     def on_collective_end(self, name) -> None:
-        if not self.own_collective:
-            self.live.leave()
+        self.live.leave()
 
     def on_exception(self, exc_type, exc, tb) -> None:
         if self.dist is not None:
