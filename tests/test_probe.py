@@ -130,7 +130,8 @@ writer.close()
 """
 
 
-@pytest.mark.parametrize("specialists", [[], ["memory", "performance", "numerics", "reproducibility", "distributed"]])
+@pytest.mark.parametrize("specialists", [[], pytest.param(["memory", "performance", "numerics", "reproducibility",
+                                                            "distributed"], marks=pytest.mark.slow)])
 def test_program_warnings_are_shown_as_often_as_without_the_probe(tmp_path, specialists):
     """The probe silenced torch.compile's hook warning with filterwarnings, and MemTracker's
     warnings with catch_warnings: each bumps the filters' version, which clears every
