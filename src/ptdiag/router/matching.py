@@ -30,6 +30,7 @@ class Reading:
     matches: list[Match]
     original_chars: int = 0  # > 0 when the text was too long and only its ends were read
     junk_share: float = 0.0  # share of binary-only characters; above the table's limit, nothing was read
+    cleaned: str = ""  # the text as read: normalised, traceback frames blanked, each line once
 
 
 def read(text: str, table: SymptomTable) -> Reading:
@@ -46,7 +47,7 @@ def read(text: str, table: SymptomTable) -> Reading:
     cjk_lines = [line for line in lines.split("\n") if has_cjk(line)]
     if cjk_lines:
         matches += _cjk_matches(cjk_lines, table)
-    return Reading(matches, original_chars, junk)
+    return Reading(matches, original_chars, junk, lines)
 
 
 def _blank_ignored(text: str, table: SymptomTable) -> str:

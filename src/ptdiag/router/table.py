@@ -26,7 +26,7 @@ TABLE_PATH = Path(__file__).with_name("symptoms.toml")
 SIGNAL_KINDS = ("error", "symptom", "context", "fix")
 PREFIX_MARK = "*"
 NOTE_KEYS = ("triage", "too_weak", "context_only", "weaker", "plan_full", "fix", "pressure", "junk",
-             "truncated")
+             "truncated", "unsure")
 PHRASE_END = ""  # never a word: words have at least one letter or digit
 
 
