@@ -9,10 +9,25 @@ and compare peak memory, never timings of a loaded box.
 
 from __future__ import annotations
 
+import gzip
+import json
+import statistics
+import subprocess
+
 import pytest
 
+from conftest import PROGRAMS, PYTHON, load_report, run_ptdiag
+from ptdiag.events import read_events
 from ptdiag.probe import budget as budget_module
 from ptdiag.probe.budget import CHECK_STEPS, STEP_SHARE, WARMUP_STEPS, Budget
+from ptdiag.router.table import default_table
+
+MAX_PEAK_RATIO = 1.2  # ptdiag's target: the process's peak at most 1.2x the bare program's
+GENEROUS_STEP_RATIO = 1.5  # the target is 1.1x; a loaded 2-core box swings more than that
+# what words that name no symptom ("something is wrong with my training") run: the triage
+# plan, for its step limit (taken from the symptom table, whichever words route there)
+TRIAGE = ["something is wrong with my training", "--only", ",".join(default_table().triage_plan),
+          "--max-steps", str(default_table().triage_steps)]
 
 
 class Clock:
@@ -112,3 +127,85 @@ def test_window_growth_beyond_the_programs_own():
     window.rss_before -= 1000  # the process grew 1000 bytes since the window opened
     assert window.over(excluding=950) is False  # 950 of them the program's own pace
     assert window.over(excluding=950, expansion=3) is True
+
+
+# -- the three programs, bare and under ptdiag ---------------------------------------------------
+def _run_program(workdir, script: str, *args: str, ptdiag: list[str] | None = None) -> dict:
+    """Run a budget program bare (ptdiag None) or under ptdiag with these arguments; its
+    own record of each step's time and its peak memory, plus, under ptdiag, the report and
+    the main process's events."""
+    times = workdir / f"times-{'bare' if ptdiag is None else 'ptdiag'}-{len(list(workdir.glob('times-*')))}.json"
+    program = [PYTHON, str(PROGRAMS / script), *args, "--times", str(times)]
+    if ptdiag is None:
+        proc = subprocess.run(program, cwd=workdir, capture_output=True, timeout=240)
+        assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+        return json.loads(times.read_text())
+    proc = run_ptdiag(*ptdiag, "--json", "r.json", "--", *program, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    report = load_report(workdir / "r.json")
+    run_dir = workdir / "ptdiag-runs" / report["run_id"]
+    events = [e for p in sorted((run_dir / "events").glob("rank0.*.jsonl")) for e in read_events(p)]
+    return {**json.loads(times.read_text()), "report": report, "events": events, "run_dir": run_dir}
+
+
+def _windows(events: list[dict]) -> list[str]:
+    return [e["what"] for e in events if e["ev"] == "window"]
+
+
+@pytest.mark.slow
+def test_python_loop_in_the_loader_is_profiled_without_stacks_within_memory(workdir):
+    """A DataLoader transform that loops over pixels in Python, under "training is slow":
+    the profiler's Python stacks would hold every call of it (the process grew 1.85x here,
+    to 22.9 GB on ImageNet-sized images); they are left out, said, and the finding still
+    comes from what was measured."""
+    bare = _run_program(workdir, "budget_pixel_loader.py", "--steps", "14")
+    run = _run_program(workdir, "budget_pixel_loader.py", "--steps", "14", ptdiag=["training is slow"])
+    report = run["report"]
+    assert report["status"] == "completed"
+    assert run["peak_rss"] <= MAX_PEAK_RATIO * bare["peak_rss"], (run["peak_rss"], bare["peak_rss"])
+    assert any(s["what"] == "performance profiler's Python stacks" for s in report["switched_off"])
+    trace = json.loads(gzip.open(run["run_dir"] / "artifacts" / "trace.json.gz").read())
+    assert not any(e.get("cat") == "python_function" for e in trace["traceEvents"])
+    assert any(e.get("name", "").startswith("ProfilerStep#") for e in trace["traceEvents"])
+    loader = next(f for f in report["findings"] if f["code"] == "performance.dataloader_bound")
+    assert "Python work" in loader["detail"] and "tensor operations" in loader["fix"]
+    assert loader["evidence"]["python_calls_at"].endswith("budget_pixel_loader.py:31")
+    assert _windows(run["events"]) == ["performance windows"]
+
+
+@pytest.mark.slow
+def test_optimizer_rebuilt_every_step_takes_every_step_and_one_breakdown(workdir):
+    """A new optimizer each step, under the triage: every step counts (the step counter
+    stayed at 1, so the triage's step limit never came) and MemTracker watches one step
+    (it ran on every other batch: 143 s against 11 s bare on 512 steps)."""
+    bare = _run_program(workdir, "budget_optimizer_rebuilt.py", "--steps", "48")
+    run = _run_program(workdir, "budget_optimizer_rebuilt.py", "--steps", "48", ptdiag=TRIAGE)
+    report, events = run["report"], run["events"]
+    assert report["steps_observed"] == 48
+    assert [e["step"] for e in events if e["ev"] == "step"] == list(range(1, 49))
+    assert len([e for e in events if e["ev"] == "mem_breakdown"]) == 1
+    assert sorted(_windows(events)) == ["memory breakdown (MemTracker)", "performance windows"]
+    assert any(f["code"] == "performance.optimizer_recreated" for f in report["findings"])
+    assert run["peak_rss"] <= MAX_PEAK_RATIO * bare["peak_rss"], (run["peak_rss"], bare["peak_rss"])
+
+
+@pytest.mark.slow
+def test_plain_model_under_triage_stays_within_budget(workdir):
+    """A small model whose steps take a few milliseconds, under the triage (every
+    in-process specialist): ptdiag's per-step work is measured and shed to its budget, said in the
+    report. Bare runs before and after the one under ptdiag; steps are compared by their
+    CPU time (a loaded box's waits for a core are not the program's) with a generous
+    bound, memory with the target."""
+    args = ("--steps", "240")
+    bare = [_run_program(workdir, "budget_plain.py", *args)]
+    run = _run_program(workdir, "budget_plain.py", *args, ptdiag=TRIAGE)
+    bare.append(_run_program(workdir, "budget_plain.py", *args))
+    after_windows = slice(40, None)  # the one-off windows and the first budget looks are over by step 40
+    ptdiag_step = statistics.median(run["cpu"][after_windows])
+    bare_step = max(statistics.median(b["cpu"][after_windows]) for b in bare)
+    cost = run["report"]["metrics"]["ptdiag_cost"]
+    assert ptdiag_step <= GENEROUS_STEP_RATIO * bare_step, (ptdiag_step, bare_step, cost)
+    assert run["peak_rss"] <= MAX_PEAK_RATIO * max(b["peak_rss"] for b in bare)
+    assert cost["steps"] > 100 and set(cost["by_owner_us"]) >= {"numerics", "memory", "performance", "tracking"}
+    shed = [s for s in run["report"]["switched_off"] if "per-step work" in s["why"]]
+    assert [s["what"] for s in shed] == cost["shed"]
