@@ -35,9 +35,10 @@ HOOK_CALLS = ("register_forward_hook", "register_forward_pre_hook", "register_fu
 MODE_BASES = ("TorchDispatchMode", "TorchFunctionMode")
 # the probe's instruments own every mode and tracker it runs inside the program's calls
 INSTRUMENTS = PROBE / "instruments"
-# names only the instruments may touch: torch's trackers, the allocator's history, the profiler
-INSTRUMENT_NAMES = ("MemTracker", "ModTracker", "_record_memory_history", "_cuda_attach_out_of_memory_observer",
-                    "_dump_snapshot")
+# names only the instruments may touch: torch's trackers, saved-tensor hooks, the allocator's
+# history, the profiler
+INSTRUMENT_NAMES = ("MemTracker", "ModTracker", "saved_tensors_hooks", "_push_saved_tensors_default_hooks",
+                    "_record_memory_history", "_cuda_attach_out_of_memory_observer", "_dump_snapshot")
 PROFILER_MODULES = ("torch.profiler", "torch.autograd.profiler")
 
 

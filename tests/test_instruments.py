@@ -30,6 +30,7 @@ def rec():
     yield recorder
     recorder.instruments.close_all()
     assert _get_current_dispatch_mode_stack() == []
+    assert torch._C._autograd._top_saved_tensors_default_hooks(False) is None
 
 
 class Breaks(OpObserver):
@@ -96,6 +97,40 @@ def test_a_mode_the_program_pushed_over_ours_is_never_popped(rec):
     mine.__exit__(None, None, None)  # the program leaves its own: ours is on top again
     rec.instruments.tidy()
     assert _get_current_dispatch_mode_stack() == []
+
+
+def test_saved_tensor_hooks_of_the_program_inside_ours_are_never_popped(rec):
+    seen = []
+    x = torch.ones(3, requires_grad=True)
+    window = rec.instruments.saved_tensors("saved", seen.append)
+    program = torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t)
+    program.__enter__()  # the program's, inside the forward, not left when ours close
+    (x * x).sum()
+    window.close()
+    assert torch._C._autograd._top_saved_tensors_default_hooks(False)[0] is program.pack_hook
+    assert [what for what, _ in rec.switched] == ["saved"] and seen == []  # saved under the program's hooks
+    program.__exit__()
+    rec.instruments.tidy()
+    assert torch._C._autograd._top_saved_tensors_default_hooks(False) is None
+
+
+def test_saved_tensor_hooks_are_not_pushed_where_the_program_disabled_them(rec):
+    torch._C._autograd._saved_tensors_hooks_disable("the program's transform")
+    try:
+        assert rec.instruments.saved_tensors("saved", print) is None
+    finally:
+        torch._C._autograd._saved_tensors_hooks_enable()
+    assert rec.switched == []
+
+
+def test_a_pack_that_raises_is_detached_and_autograd_keeps_the_tensor(rec):
+    x = torch.ones(3, requires_grad=True)
+    window = rec.instruments.saved_tensors("saved", lambda t: 1 / 0)
+    y = (x * x).sum()
+    window.close()
+    y.backward()
+    assert torch.equal(x.grad, 2 * torch.ones(3))
+    assert [what for what, _ in rec.switched] == ["saved"]
 
 
 def global_hook_counts() -> tuple:

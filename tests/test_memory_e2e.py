@@ -90,8 +90,8 @@ def test_a_model_called_again_inside_the_tracked_step_runs_as_bare_and_the_break
     report = load_report(workdir / "r.json")
     assert "memory" in report["route"]["specialists"]
     assert report["status"] == "completed" and report["steps_observed"] == 12
-    assert [(s["what"], s["step"]) for s in report["switched_off"]] == [("memory breakdown (MemTracker)", 1)]
-    assert report["switched_off"][0]["why"].startswith("NotImplementedError: MemTracker does not support")
+    tracker = next(s for s in report["switched_off"] if s["what"] == "memory breakdown (MemTracker)")
+    assert tracker["step"] == 1 and tracker["why"].startswith("NotImplementedError: MemTracker does not support")
     assert any("switched off its memory breakdown" in note for note in report["notes"])
 
 

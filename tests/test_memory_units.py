@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import PROGRAMS, PYTHON
+from ptdiag.probe.instruments import Instruments
 from ptdiag.probe.plugins.memory import holders
 from ptdiag.probe.plugins.memory.forwards import ForwardWatch
 from ptdiag.specialists.memory.leak import leak_finding
@@ -91,7 +92,8 @@ def test_steady_growth_without_holder_is_a_leak_and_noise_is_not():
 def test_forward_watch_counts_eval_forwards_without_backward_and_their_saved_bytes():
     model, optimizer = mem_model.build()
     events = []
-    watch = ForwardWatch(torch, lambda ev, **f: events.append((ev, f)), lambda: 1)
+    instruments = Instruments(lambda what, why: None, lambda message: None)
+    watch = ForwardWatch(torch, instruments, lambda ev, **f: events.append((ev, f)), lambda: 1)
     watch.attach(model)
     x, y = mem_model.batch(4)
     F.cross_entropy(model(x), y).backward()  # used: not counted

@@ -1,5 +1,5 @@
 """The probe's instruments inside torch, owned in one place: dispatch and function modes
-that watch ops, MemTracker, the CUDA allocator's history, the profiler.
+that watch ops, saved-tensor hooks, MemTracker, the CUDA allocator's history, the profiler.
 
 Plugins never push a mode or start a tracker themselves; they ask `probe.instruments`,
 which keeps three promises:
@@ -85,7 +85,7 @@ class Instruments:
         if not self.available(what):
             return False
         if ops.program_modes(functions):
-            self.fault(what, None, f"the program has its own {ops.kind(functions)} mode active; "
+            self.fault(what, None, f"the program has its own {ops.mode_kind(functions)} active; "
                                    "ptdiag does not push one over it")
             return False
         return True
@@ -94,11 +94,9 @@ class Instruments:
     def closed(self, window, between_steps: bool = False) -> None:
         """A plugin is done with `window`: its mode leaves the stack now if on top, else as
         soon as it is. A mode of the program's above it is never popped: said once."""
-        from ptdiag.probe.instruments import ops
-
-        if any(ops.is_programs(m) for m in ops.above(window.mode, window.functions)):
-            self.fault(window.what, None, f"the program pushed its own {ops.kind(window.functions)} mode over "
-                                          "ptdiag's, which is left (inert) until the program's is gone")
+        if window.under_program():
+            self.fault(window.what, None, f"the program pushed its own {window.kind} over ptdiag's, "
+                                          "which is left there (inert) until the program's is gone")
         self.tidy(between_steps)
 
     def tidy(self, between_steps: bool = False) -> None:
@@ -106,16 +104,11 @@ class Instruments:
         that hooks torch (MemTracker: global module and optimizer hooks) leaves only
         `between_steps`, never from inside an optimizer step, whose loop over the global
         optimizer hooks must not see them change."""
-        if not self.pushed:  # nothing to leave; and a program that never imported torch exits without it
-            return
-        from ptdiag.probe.instruments import ops
-
         progress = True
         while progress:
             progress = False
             for window in reversed(self.pushed):
-                if (window.closed and (between_steps or not window.hooks_torch)
-                        and not ops.above(window.mode, window.functions)):
+                if window.closed and (between_steps or not window.hooks_torch) and window.on_top():
                     window.release()
                     self.pushed.remove(window)
                     progress = True
@@ -127,6 +120,18 @@ class Instruments:
             if not window.closed:
                 window.close()
         self.tidy(between_steps=True)
+
+    # -- saved-tensor hooks ----------------------------------------------------------------------
+    def saved_tensors(self, what: str, pack: Callable):
+        """Hand every tensor the program's autograd saves for backward to `pack` from now
+        until the window's `close()` (one forward). None when `what` is off, or the program
+        disabled saved-tensor hooks."""
+        from ptdiag.probe.instruments.saved_tensors import SavedTensorsWindow
+
+        self.tidy()
+        if not self.available(what):
+            return None
+        return SavedTensorsWindow(self, what, pack).open()
 
     # -- MemTracker ----------------------------------------------------------------------------
     def track_memory(self, what: str, model, optimizer):

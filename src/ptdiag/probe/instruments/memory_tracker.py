@@ -22,7 +22,7 @@ from torch.distributed._tools.mem_tracker import MemTracker
 from torch.distributed._tools.mod_tracker import ModTracker
 
 from ptdiag.probe import quiet_warnings
-from ptdiag.probe.instruments.ops import PtdiagMode, release
+from ptdiag.probe.instruments.ops import ModeWindow, PtdiagMode
 
 
 def peak_by_kind(tracker) -> dict:
@@ -142,23 +142,19 @@ class _GuardedMemTracker(MemTracker, PtdiagMode):
         self._guard.call(super()._update_snap, *args, **kwargs)
 
 
-class MemoryWindow:
+class MemoryWindow(ModeWindow):
     """MemTracker over the program's model and optimizer, from `open()` to `close()`."""
 
-    functions = False
     hooks_torch = True  # global module and optimizer hooks: it leaves between steps only
 
     def __init__(self, instruments, what: str, model, optimizer) -> None:
-        self.instruments, self.what = instruments, what
         self._guard = _Guard(self._faulted)
-        self.mode = _GuardedMemTracker(self._guard)
+        super().__init__(instruments, what, _GuardedMemTracker(self._guard))
         self.mode.track_external(model, optimizer)
-        self.closed = False
 
     def open(self) -> "MemoryWindow":
         self.mode.__enter__()
-        self.instruments.pushed.append(self)
-        return self
+        return self._pushed()
 
     def _faulted(self, exc: BaseException) -> None:
         self.instruments.fault(self.what, exc)
@@ -177,4 +173,4 @@ class MemoryWindow:
 
     def release(self) -> None:
         with quiet_warnings.ignored():
-            release(self.mode, functions=False)
+            super().release()

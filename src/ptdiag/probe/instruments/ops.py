@@ -18,8 +18,8 @@ from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatc
 from torch.utils._python_dispatch import _push_mode as _push_dispatch_mode
 
 
-def kind(functions: bool) -> str:
-    return "function" if functions else "dispatch"
+def mode_kind(functions: bool) -> str:
+    return "function mode" if functions else "dispatch mode"
 
 
 def stack(functions: bool) -> list:
@@ -91,20 +91,53 @@ class _FunctionWatch(TorchFunctionMode, PtdiagMode):
         return _call(self.window, func, args, kwargs or {})
 
 
-class OpWindow:
-    """One observer's mode on torch's stack, from `open()` to `close()`."""
+class ModeWindow:
+    """A mode of ptdiag's on one of torch's stacks, as the probe's instruments track it
+    (`Instruments.pushed`) until it has left."""
 
-    hooks_torch = False  # leaving it is a pure stack operation, safe anywhere
+    functions = False  # which stack: dispatch modes, or function modes
+    hooks_torch = False  # True: leaving it removes global hooks (only between steps)
+
+    def __init__(self, instruments, what: str, mode) -> None:
+        self.instruments, self.what, self.mode = instruments, what, mode
+        self.closed = False
+
+    def _pushed(self):
+        self.instruments.pushed.append(self)
+        return self
+
+    @property
+    def kind(self) -> str:
+        return mode_kind(self.functions)
+
+    def on_top(self) -> bool:
+        """Nothing above it on its stack (or it is gone from it)."""
+        modes = stack(self.functions)
+        return self.mode not in modes or modes[-1] is self.mode
+
+    def under_program(self) -> bool:
+        """A mode of the program's lies above it."""
+        modes = stack(self.functions)
+        return self.mode in modes and any(is_programs(m) for m in modes[modes.index(self.mode) + 1:])
+
+    def release(self) -> None:
+        """Leave the stack; it is on top. One that something took off the stack is put back
+        first, so that leaving pops only it."""
+        if self.mode not in stack(self.functions):
+            (_push_function_mode if self.functions else _push_dispatch_mode)(self.mode)
+        self.mode.__exit__(None, None, None)
+
+
+class OpWindow(ModeWindow):
+    """One observer's mode, from `open()` to `close()`: a pure stack operation to leave."""
 
     def __init__(self, instruments, what: str, observer, functions: bool) -> None:
-        self.instruments, self.what, self.observer, self.functions = instruments, what, observer, functions
-        self.mode = (_FunctionWatch if functions else _DispatchWatch)(self)
-        self.closed = False
+        self.observer, self.functions = observer, functions
+        super().__init__(instruments, what, (_FunctionWatch if functions else _DispatchWatch)(self))
 
     def open(self) -> "OpWindow":
         self.mode.__enter__()
-        self.instruments.pushed.append(self)
-        return self
+        return self._pushed()
 
     def faulted(self, exc: BaseException) -> None:
         self.observer = None
@@ -115,23 +148,6 @@ class OpWindow:
         self.observer = None
         self.closed = True
         self.instruments.closed(self)
-
-    def release(self) -> None:
-        release(self.mode, self.functions)
-
-
-def above(mode, functions: bool) -> list:
-    """The modes above `mode` on its stack (empty when it is on top, or gone)."""
-    modes = stack(functions)
-    return modes[modes.index(mode) + 1:] if mode in modes else []
-
-
-def release(mode, functions: bool) -> None:
-    """Leave a mode of ptdiag's that is on top of its stack. One that something took off
-    the stack is put back first, so that leaving pops only it."""
-    if mode not in stack(functions):
-        (_push_function_mode if functions else _push_dispatch_mode)(mode)
-    mode.__exit__(None, None, None)
 
 
 class _BlockWindow:

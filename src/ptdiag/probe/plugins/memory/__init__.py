@@ -81,7 +81,7 @@ class Plugin(ProbePlugin):
         self.probe.emit("mem_model", params_bytes=tensor_bytes.parameter_bytes(module),
                         buffers_bytes=tensor_bytes.buffer_bytes(module), device=str(first.device),
                         dtype=str(first.dtype))
-        self.forwards = ForwardWatch(self.torch, self.probe.emit, lambda: self.probe.step + 1)
+        self.forwards = ForwardWatch(self.torch, self.probe.instruments, self.probe.emit, lambda: self.probe.step + 1)
         self.forwards.attach(module)
 
     def on_backward(self, tensor) -> None:

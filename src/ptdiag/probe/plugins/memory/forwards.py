@@ -4,8 +4,8 @@ many bytes of activations a forward saves for backward.
 Each grad-recording forward registers a hook on its output; backward through that
 output fires the hook. A forward whose hook had not fired by the time a later backward
 returned (or the program ended) built a graph for nothing: evaluation without
-`torch.no_grad()`. The bytes a forward saves for backward are measured with
-`torch.autograd.graph.saved_tensors_hooks` on a few sampled forwards per mode; that is
+`torch.no_grad()`. The bytes a forward saves for backward are measured with torch's
+saved-tensor hooks (pushed by the probe's instruments) on a few sampled forwards per mode; that is
 the memory `no_grad` would not have kept (parameters saved by reference excluded).
 """
 
@@ -17,6 +17,7 @@ from ptdiag.location import user_location
 from ptdiag.probe.plugins.memory.holders import tag_forward
 from ptdiag.probe.plugins.memory.tensor_bytes import unique_bytes
 
+SAVED_BYTES = "memory saved-activation sampling"
 SAVED_SAMPLES_PER_MODE = 2  # sampled forwards per train/eval mode; the hooks cost per saved tensor
 
 @dataclass
@@ -35,13 +36,12 @@ class SavedMeasure:
     tensors: list = field(default_factory=list)
     param_ptrs: frozenset = frozenset()
 
-    def pack(self, t):
+    def pack(self, t) -> None:
         try:
             if t.untyped_storage().data_ptr() not in self.param_ptrs:
                 self.tensors.append(t)
-        except (RuntimeError, NotImplementedError):
+        except (RuntimeError, NotImplementedError):  # no storage (a subclass): not counted
             pass
-        return t
 
     def result(self) -> dict:
         nbytes, count = unique_bytes(self.tensors), len(self.tensors)
@@ -62,14 +62,15 @@ def first_graph_tensor(output, torch):
 class ForwardWatch:
     """Attached to the model with forward pre/post hooks; fed backward ends by the plugin."""
 
-    def __init__(self, torch, emit, current_step) -> None:
+    def __init__(self, torch, instruments, emit, current_step) -> None:
         self.torch = torch
+        self.instruments = instruments
         self._emit = emit
         self._step = current_step
         self._pending: list[ForwardRecord] = []
         self._unused: dict[tuple, dict] = {}
         self._samples = {True: 0, False: 0}
-        self._measuring: tuple | None = None  # (SavedMeasure, context manager)
+        self._measuring: tuple | None = None  # (SavedMeasure, the probe's saved-tensor hooks window)
         self._param_ptrs: frozenset = frozenset()
         self.saved_bytes = {True: None, False: None}  # largest sampled per mode
         self.grads_held_in_forward: bool | None = None
@@ -92,17 +93,17 @@ class ForwardWatch:
                 self.grads_held_in_forward = self._params[0].grad is not None
                 self._emit("mem_grads_in_forward", step=self._step(), held=self.grads_held_in_forward)
         if self._samples[training] < SAVED_SAMPLES_PER_MODE and self._measuring is None:
-            self._samples[training] += 1
             measure = SavedMeasure(training, user_location(), param_ptrs=self._param_ptrs)
-            context = self.torch.autograd.graph.saved_tensors_hooks(measure.pack, lambda t: t)
-            context.__enter__()
-            self._measuring = (measure, context)
+            window = self.instruments.saved_tensors(SAVED_BYTES, measure.pack)
+            if window is not None:
+                self._samples[training] += 1
+                self._measuring = (measure, window)
 
     def post(self, module, args, output) -> None:
         if self._measuring is not None:
-            measure, context = self._measuring
+            measure, window = self._measuring
             self._measuring = None
-            context.__exit__(None, None, None)
+            window.close()
             result = measure.result()
             self.saved_bytes[measure.training] = max(self.saved_bytes[measure.training] or 0, result["bytes"])
             self._emit("mem_saved", step=self._step(), **result)
