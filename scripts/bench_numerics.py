@@ -94,6 +94,7 @@ def parts(steps: int) -> None:
     import torchvision
 
     sys.path.insert(0, str(REPO / "src"))
+    from ptdiag.probe.instruments import Instruments
     from ptdiag.probe.plugins.numerics import watch
     from ptdiag.probe.plugins.numerics.loss_region import LossRegion
 
@@ -102,7 +103,8 @@ def parts(steps: int) -> None:
     model = torchvision.models.resnet18(num_classes=10)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x, y = torch.randn(BATCH, 3, 32, 32), torch.randint(0, 10, (BATCH,))
-    outputs, region, groups = watch.ModuleOutputs(model), LossRegion(), [list(model.parameters())]
+    instruments = Instruments(lambda what, why: None, lambda message: None)
+    outputs, region, groups = watch.ModuleOutputs(model), LossRegion(instruments), [list(model.parameters())]
     arms = ("bare", "norms", "norms+module sums", "norms+module sums+loss ops")
 
     def step(arm: str) -> float:
