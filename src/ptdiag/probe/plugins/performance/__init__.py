@@ -4,9 +4,10 @@ Every step: the cheap phase breakdown (breakdown.py). Once, after warm-up: a cou
 the Python calls of one step (python_calls.py), a short torch.profiler window whose trace
 is saved gzipped in the run dir, then a short call scan (scan.py) for host
 synchronisations, per-line torch calls and float64. These windows are one one-off window
-of the probe's budget, bounded in memory: the profiler records Python stacks only when
-the counted step's calls fit, and is stopped early, its trace kept, when what it recorded
-would grow the process beyond the budget once processed. Throughout:
+of the probe's budget, bounded in memory: the profiler records Python stacks over as many
+steps as the counted step's calls fit (none: no stacks), and is stopped early, its trace
+kept, when what it recorded would grow the process beyond the budget once processed (it
+is looked at in every hook of the step). Throughout:
 background telemetry (telemetry.py) and a count of optimizer objects (a new one every
 step is a bug: each starts with empty state).
 When performance is the only question asked, the run is stopped once both windows are
@@ -39,9 +40,9 @@ PROFILER = "performance profiler window"
 SCAN = "performance call scan"
 STACKS = "performance profiler's Python stacks"
 WINDOWS = "performance windows"  # the budget's one-off window: the call count, the profiler, the scan
-# What the profiler adds when it stops, per byte the process grew while it recorded: an op
-# event takes ~2.6 KB while recorded and ~25 KB once processed (measured: torch 2.14, CPU)
-RECORDING_EXPANSION = 10
+# What the profiler holds once it stops, per byte the process grew while it recorded: an
+# op event takes ~0.4 KB while recorded and ~4-6 KB once processed (measured: torch 2.14, CPU)
+RECORDING_EXPANSION = 12
 
 
 def _gzip(source, target) -> None:
@@ -86,12 +87,9 @@ class Plugin(ProbePlugin):
         others = [s for s in probe.plan.get("specialists", []) if s not in ("performance", "tracking")]
         stop = options["stop"]
         self.stop_when_done = stop == "yes" or (stop == "auto" and not others)
-        # step numbers: profiler warm-up at skip+1, recorded skip+2 .. profile_end, then the scan
-        self.profile_end = self.skip + 1 + self.profile_steps if self.profile_steps else self.skip
-        self.scan_end = self.profile_end + self.scan_steps
-        self.stop_at = self.scan_end + options["tail_steps"]  # bare steps after the windows
+        self.tail_steps = options["tail_steps"]  # bare steps after the windows, before the stop
         self.breakdown = StepBreakdown(probe.emit)
-        self.breakdown.instrumented.update(range(self.skip, self.scan_end + 1))
+        self._schedule(self.profile_steps)
         self.telemetry = Telemetry() if options["telemetry"] else None
         self._torch = None
         self._cuda = False
@@ -101,6 +99,7 @@ class Plugin(ProbePlugin):
         self._window = None  # the probe budget's one-off window around all of these
         self._calls: PythonCalls | None = None
         self._program_growth = 0  # the process's growth over the counted step: the program's own
+        self._grown_before_recording: int | None = None  # the window's growth when the profiler began recording
         self._optimizers: weakref.WeakSet = weakref.WeakSet()
         self._optimizer_objects = 0
         self._optimizer_steps = 0
@@ -135,17 +134,19 @@ class Plugin(ProbePlugin):
     # -- the step ----------------------------------------------------------------------------
     def on_batch(self, loader, wait_s) -> None:
         self.breakdown.data_wait(wait_s)
-        if self._profiler is not None:
-            self._keep_profile_in_budget()
+        self._keep_profile_in_budget()
 
     def on_backward(self, tensor) -> None:
         self.breakdown.begin("backward")
+        self._keep_profile_in_budget()
 
     def on_backward_end(self, tensor) -> None:
         self.breakdown.end("backward")
+        self._keep_profile_in_budget()
 
     def on_step_begin(self, step, optimizer) -> None:
         self.breakdown.begin("optimizer")
+        self._keep_profile_in_budget()
 
     def on_step(self, step, optimizer) -> None:
         self.breakdown.end("optimizer")
@@ -162,6 +163,8 @@ class Plugin(ProbePlugin):
             self._profiler.step()
             if step >= self.profile_end or not self._profiler.open:  # not open: it faulted (switched off)
                 self._stop_profiler()
+            elif step == self.skip + 1:  # the warm-up step ended: recording begins
+                self._grown_before_recording = self._window.grown()
             else:
                 self._keep_profile_in_budget()
         if step == self.profile_end and self.scan_steps:
@@ -170,6 +173,15 @@ class Plugin(ProbePlugin):
             self._stop_scan(step - self.profile_end)
         if step == self.stop_at and self.stop_when_done:
             self._stop("both profiling windows are recorded (the diagnosis needs no more steps)")
+
+    def _schedule(self, profile_steps: int) -> None:
+        """The windows' step numbers: step `skip` counted, the profiler's warm-up at skip+1,
+        recorded skip+2 .. profile_end, then the scan, then the tail steps before the stop."""
+        self.profile_steps = profile_steps
+        self.profile_end = self.skip + 1 + profile_steps if profile_steps else self.skip
+        self.scan_end = self.profile_end + self.scan_steps
+        self.stop_at = self.scan_end + self.tail_steps
+        self.breakdown.instrumented = set(range(self.skip, self.scan_end + 1))
 
     def on_exit(self) -> None:
         self._finish()
@@ -222,9 +234,10 @@ class Plugin(ProbePlugin):
 
         if self._open_window() is None:
             return
+        with_stack = self._fit_stacks()
         self._profiler = self.probe.instruments.profile(
             PROFILER, self.probe.run_dir / "kineto.log", activities=activities, record_shapes=True,
-            with_stack=self._stacks_fit(), on_trace_ready=save,
+            with_stack=with_stack, on_trace_ready=save,
             schedule=schedule(wait=0, warmup=1, active=self.profile_steps, repeat=1))
         if self._profiler is None and not self.scan_steps:
             self._close_window()
@@ -252,15 +265,15 @@ class Plugin(ProbePlugin):
         window = self._open_window()
         if window is None:
             return
-        self._calls = PythonCalls(window.allowance // (BYTES_PER_EVENT * self.profile_steps))
+        self._calls = PythonCalls(window.allowance // BYTES_PER_EVENT)  # beyond that, not one step fits
         if not self._calls.start():
             self._calls = None
             self.probe.switch_off(STACKS, "the program profiles itself (sys.setprofile): the profiler's Python "
                                           "tracer would replace its profile function")
 
-    def _stacks_fit(self) -> bool:
-        """Whether the counted step's Python calls, recorded with stacks over the profiled
-        steps, stay within the window's memory; said (and emitted) either way."""
+    def _fit_stacks(self) -> bool:
+        """Whether the profile records Python stacks: over as many of its steps as the
+        counted step's calls fit in the window's memory (fewer steps then, said), or none."""
         calls, self._calls = self._calls, None
         if calls is None:
             return False
@@ -268,20 +281,32 @@ class Plugin(ProbePlugin):
         self._program_growth = max(0, self._window.grown())
         self.probe.emit("perf_python_calls", step=self.skip, calls=calls.calls, capped=calls.capped,
                         location=calls.where, in_loader=calls.in_loader)
+        budget = f"ptdiag's budget ({self._window.allowance >> 20} MiB)"
         if calls.capped:
             where = f", {'in the DataLoader, ' if calls.in_loader else ''}at {calls.where}" if calls.where else ""
             self.probe.switch_off(STACKS, f"step {self.skip} made over {calls.limit} Python calls{where}; recorded "
-                                          f"with stacks over {self.profile_steps} steps they would grow the process "
-                                          f"beyond ptdiag's budget ({self._window.allowance >> 20} MiB): the profile "
+                                          f"with stacks they would grow the process beyond {budget}: the profile "
                                           "is taken without them")
-        return not calls.capped
+            return False
+        fit = self._window.allowance // (BYTES_PER_EVENT * max(1, calls.calls))
+        if fit < self.profile_steps:
+            dropped = f"step {fit + 1}" if fit + 1 == self.profile_steps else f"steps {fit + 1}-{self.profile_steps}"
+            self.probe.switch_off(f"performance profiler's {dropped}",
+                                  f"step {self.skip} made {calls.calls} Python calls; recorded with stacks, "
+                                  f"{fit} of the {self.profile_steps} profiled steps fit {budget}")
+            self._schedule(fit)
+        return True
 
     def _keep_profile_in_budget(self) -> None:
         """Stop the profiler early, its trace kept, when what it recorded so far (the growth
-        beyond the program's own pace) would exceed the window's memory once processed."""
-        window = self._window
-        recording = self.probe.step - self.skip + 1
-        if window is None or not window.over(RECORDING_EXPANSION, excluding=self._program_growth * recording):
+        since recording began, beyond the program's own pace) would take the window beyond
+        its memory once processed."""
+        window, before = self._window, self._grown_before_recording
+        if self._profiler is None or window is None or before is None:
+            return
+        pace = self._program_growth * (self.probe.step - self.skip)  # steps recorded, the current one included
+        recorded = window.grown() - before - pace
+        if before + recorded * RECORDING_EXPANSION <= window.allowance:
             return
         self.probe.emit("perf_trace_cut", step=self.probe.step)
         self._stop_profiler()
