@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from conftest import PROGRAMS, PYTHON
 from ptdiag.probe.instruments import Instruments
+from ptdiag.probe.model_hooks import ModelHooks
 from ptdiag.probe.plugins.memory import holders
 from ptdiag.probe.plugins.memory.forwards import ForwardWatch
 from ptdiag.specialists.memory.leak import leak_finding
@@ -94,7 +95,8 @@ def test_forward_watch_counts_eval_forwards_without_backward_and_their_saved_byt
     events = []
     instruments = Instruments(lambda what, why: None, lambda message: None)
     watch = ForwardWatch(torch, instruments, lambda ev, **f: events.append((ev, f)), lambda: 1)
-    watch.attach(model)
+    hooks = ModelHooks(lambda what, why: None, lambda message: None)
+    watch.attach(model, hooks)
     x, y = mem_model.batch(4)
     F.cross_entropy(model(x), y).backward()  # used: not counted
     watch.backward_done()
@@ -104,6 +106,7 @@ def test_forward_watch_counts_eval_forwards_without_backward_and_their_saved_byt
     with torch.no_grad():
         model(x)  # not recorded at all
     watch.finish()
+    hooks.close()
     unused = [f for ev, f in events if ev == "mem_unused_forward"]
     assert unused[-1]["count"] == 3 and unused[-1]["training"] is False
     saved = [f for ev, f in events if ev == "mem_saved" and not f["training"]]

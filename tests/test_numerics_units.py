@@ -17,6 +17,7 @@ from ptdiag.probe.plugins.numerics import loss_region
 from ptdiag.probe.plugins.numerics.loss_region import LossRegion
 from ptdiag.probe.plugins.numerics.batches import BatchLedger, poisoned_indices
 from ptdiag.probe.plugins.numerics.localise import replay
+from ptdiag.probe.model_hooks import ModelHooks
 
 
 class LogHead(nn.Module):
@@ -34,9 +35,20 @@ class MaskedSoftmax(nn.Module):
         return torch.softmax(x.masked_fill(torch.ones_like(x, dtype=torch.bool), float("-inf")), dim=1)
 
 
+@pytest.fixture
+def hooks():
+    owner = ModelHooks(lambda what, why: None, lambda message: None)
+    yield owner
+    owner.close()
+
+
 def run_replay(model, x):
     out = model(x)
-    return replay(model, (x,), {}, None, [torch.ones_like(out)], list(model.parameters()))
+    owner = ModelHooks(lambda what, why: None, lambda message: None)
+    try:
+        return replay(model, (x,), {}, None, [torch.ones_like(out)], list(model.parameters()), owner)
+    finally:
+        owner.close()
 
 
 def test_forward_culprit_is_first_op_born_non_finite_with_module():
@@ -103,30 +115,39 @@ def test_loss_spikes_and_scale_collapse():
 
 
 class MaskedNaN(nn.Module):
-    """A block whose inner output holds NaN that its own code then hides: the loss stays finite."""
+    """A block whose inner output holds NaN (once `poison` is set) that its own code then
+    hides: the loss stays finite."""
 
     def __init__(self):
         super().__init__()
-        self.inner = nn.Linear(4, 4)
+        self.inner = Poisonable(4, 4)
 
     def forward(self, x):
         h = self.inner(x)
         return torch.where(torch.isfinite(h), h, torch.zeros_like(h))
 
 
-def test_watch_flags_each_module_whose_output_was_nonfinite_with_one_read():
+class Poisonable(nn.Linear):
+    poison = False
+
+    def forward(self, x):
+        out = super().forward(x)
+        return out / 0 if self.poison else out
+
+
+def test_watch_flags_each_module_whose_output_was_nonfinite_with_one_read(hooks):
     model = nn.Sequential(nn.Linear(4, 4), MaskedNaN(), nn.Linear(4, 1))
-    outputs = watch.ModuleOutputs(model)
+    outputs = watch.ModuleOutputs(model, hooks)
     loss = model(torch.ones(2, 4)).sum()
     loss.backward()
     reading = watch.read(loss, outputs, None, [list(model.parameters())], None)
     assert reading.loss_finite and reading.flagged_modules == []  # the inner output itself was finite
-    model[1].inner.register_forward_hook(lambda m, a, out: out / 0, prepend=True)
+    model[1].inner.poison = True
     loss = model(torch.ones(2, 4)).sum()
     loss.backward()
     reading = watch.read(loss, outputs, None, [list(model.parameters())], None)
     assert reading.flagged_modules == ["1.inner"] and reading.loss_finite  # innermost first; hidden downstream
-    assert watch.read(loss, outputs, None, [], None).flagged_modules == []  # taken: the next step starts afresh
+    assert watch.read(loss, outputs, None, [], None).flagged_modules is None  # taken: nothing reported since
 
 
 def _instruments(switched: list | None = None) -> Instruments:
@@ -178,7 +199,7 @@ def test_loss_region_is_not_pushed_over_a_mode_the_program_has_active():
     assert region.take() == ([], []) and switched == [loss_region.WHAT]
 
 
-def test_a_model_with_more_modules_than_watched_is_watched_at_its_shallowest_levels(monkeypatch):
+def test_a_model_with_more_modules_than_watched_is_watched_at_its_shallowest_levels(monkeypatch, hooks):
     monkeypatch.setattr(watch, "MAX_WATCHED_MODULES", 4)
     model = nn.Sequential(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
-    assert watch.ModuleOutputs(model).names == ["", "0", "1", "0.0"]
+    assert watch.ModuleOutputs(model, hooks).names == ["", "0", "1", "0.0"]

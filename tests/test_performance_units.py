@@ -29,7 +29,7 @@ def _train(steps: int, timer: StepBreakdown | None = None, dtype=torch.float32, 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     if timer is not None:
         model.register_forward_pre_hook(timer.forward_pre_hook)
-        model.register_forward_hook(timer.forward_hook)
+        model.register_forward_hook(timer.forward_hook, with_kwargs=True)
     for step in range(1, steps + 1):
         x = torch.randn(32, width, dtype=dtype)
         if timer:

@@ -25,6 +25,7 @@ from ptdiag.probe import patches
 from ptdiag.probe.budget import Budget
 from ptdiag.probe.event_log import EventWriter
 from ptdiag.probe.instruments import Instruments
+from ptdiag.probe.model_hooks import ModelHooks
 from ptdiag.probe.plugin import Dispatcher, Plugin
 
 STACK_DUMP_SIGNAL = signal.SIGUSR2  # SIGUSR1 is often taken (SLURM pre-emption, Lightning)
@@ -56,6 +57,8 @@ class Probe:
         self.events = EventWriter(run_dir / "events" / f"rank{rank}.p{os.getpid()}.jsonl")
         self.instruments = Instruments(self.switch_off, self.log_error)  # modes and trackers, for the plugins
         self.budget = Budget(self.emit, self.switch_off)  # what ptdiag costs the program, kept bounded
+        # module and tensor hooks, for the plugins
+        self.model_hooks = ModelHooks(self.switch_off, self.log_error, self.budget.charge)
         self.dispatcher = Dispatcher(load_plugins(self, plan.get("specialists", [])), self.log_error,
                                      self.budget.charge)
 
@@ -137,11 +140,13 @@ class Probe:
     def close(self) -> None:
         """End recording in a process that goes on (the Python API's session): write the
         exit event now and undo what install() did that can be undone. The patches on
-        torch stay in place but call an empty dispatcher: one no-op call each."""
+        torch stay in place but call an empty dispatcher: one no-op call each; the hooks
+        into modules and tensors are removed."""
         self.max_steps = None
         atexit.unregister(self._at_exit)
         self._at_exit()
         self.dispatcher = Dispatcher([], self.log_error)
+        self.model_hooks.close()
         if sys.excepthook is self._excepthook:
             sys.excepthook = self._previous_excepthook
         faulthandler.unregister(STACK_DUMP_SIGNAL)
@@ -200,6 +205,7 @@ class Probe:
             self.call("on_step_begin", self.step + 1, optimizer)
 
     def optimizer_stepped(self, optimizer) -> None:
+        self.call("on_any_optimizer_step", optimizer)
         if not self.is_primary(optimizer):
             return
         self.step += 1

@@ -15,7 +15,6 @@ import weakref
 from typing import TYPE_CHECKING, Callable
 
 from ptdiag.events import COLLECTIVES
-from ptdiag.probe import quiet_warnings
 from ptdiag.probe.imports import when_imported
 from ptdiag.location import caller_file, is_user_file, user_location
 
@@ -161,25 +160,42 @@ def _grad_scaler(probe: "Probe", torch) -> None:
     _replace(GradScaler, "step", make_step)
 
 
-# torch.compile(module) warns on every call while any global module hook exists: ours must
-# not add that line to the program's stderr (it is gone after the first forward anyway)
-COMPILE_HOOK_WARNING = r"Using `torch\.compile\(module\)` when there are global hooks"
-
-
 def _first_model(probe: "Probe", torch) -> None:
-    """The outermost module runs its pre-hook first; one look, then the hook is gone."""
-    from torch.nn.modules.module import register_module_forward_pre_hook
+    """The outermost module runs its pre-hook first; one look, then the subscription is gone."""
+    subscription = None
 
-    handle = None
-    quiet = quiet_warnings.ignore(COMPILE_HOOK_WARNING, UserWarning)
-
-    def pre_hook(module, args):
-        if handle is not None and next(module.parameters(), None) is not None:
-            handle.remove()
-            quiet_warnings.unignore(quiet)
+    def first_forward(module, args):
+        if subscription is not None and next(module.parameters(), None) is not None:
+            subscription.remove()
             probe.call("on_model", module)
 
-    handle = register_module_forward_pre_hook(pre_hook)
+    subscription = probe.model_hooks.before_any_forward(first_forward, "model discovery")
+
+
+# where torch keeps its global module hooks (all counted by its `_has_any_global_hook`)
+GLOBAL_MODULE_HOOKS = ("_global_backward_pre_hooks", "_global_backward_hooks", "_global_forward_pre_hooks",
+                       "_global_forward_hooks", "_global_forward_hooks_always_called",
+                       "_global_forward_hooks_with_kwargs")
+
+
+def _global_hooks_not_counted(probe: "Probe", torch) -> None:
+    """torch.compile(module) warns on each call of the compiled module while any global
+    module hook exists (they fire an extra time for it). The probe's own global hooks
+    call plugins only for the modules they subscribed to, so they are not counted: the
+    program sees that warning exactly when its own global hooks would raise it."""
+    nn_module = torch.nn.modules.module
+
+    def make(original):
+        def _has_any_global_hook():
+            if not original():
+                return False
+            ours = probe.model_hooks.hook_ids()
+            return any(hook_id not in ours for name in GLOBAL_MODULE_HOOKS for hook_id in getattr(nn_module, name, ()))
+
+        return _has_any_global_hook
+
+    if hasattr(nn_module, "_has_any_global_hook"):
+        _replace(nn_module, "_has_any_global_hook", make)
 
 
 def _seed_wrapper(probe: "Probe", kind: str):
@@ -409,6 +425,7 @@ PATCHES = (
     ("torch", ("on_dataloader", "on_loader_iter", "on_batch", "on_batch_indices"), _dataloader),
     ("torch", ("on_backward", "on_step_skipped"), _grad_scaler),  # on_backward: probe.loss_scale
     ("torch", ("on_model",), _first_model),
+    ("torch", (), _global_hooks_not_counted),
     ("torch", ("on_seed",), _torch_seeds),
     ("torch", ("on_save", "on_load"), _serialization),
     ("torch.distributed", ("on_dist_init",), _distributed),

@@ -49,6 +49,7 @@ HOOKS: dict[str, Hook] = {
     "on_step_skipped": _hook("optimizer", "a GradScaler skipped the primary optimizer's step (inf/NaN gradients)"),
     "on_step_begin": _hook("step, optimizer", "the primary optimizer is about to take step `step` (1-based)"),
     "on_step": _hook("step, optimizer", "the primary optimizer finished optimizer step `step` (1-based)"),
+    "on_any_optimizer_step": _hook("optimizer", "any optimizer finished a step, the primary or another"),
     "on_collective": _hook("name, location", "a torch.distributed collective or barrier is about to run"),
     "on_collective_end": _hook("name", "that collective returned"),
     "on_log_scalar": _hook("source, tag, value, step", "the program logged a scalar to TensorBoard/MLflow/W&B"),

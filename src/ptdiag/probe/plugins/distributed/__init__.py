@@ -35,6 +35,7 @@ NO_GRAD_CHECK_STEPS = 3  # optimizer steps at which parameters without a gradien
 # opt-in (-o distributed.consistency=on); -o distributed.consistency=off disables it
 CONSISTENCY_MAX_WORLD = 64
 WRAPPERS = ("DistributedDataParallel", "FullyShardedDataParallel", "FSDPModule")
+FORWARD_CHECKS = "distributed forward checks"  # the model's hooks: batch fingerprints, replica checksums
 
 
 def _cuda_device(torch, device) -> dict | None:
@@ -121,8 +122,8 @@ class Plugin(ProbePlugin):
                         batchnorm=bn[:20], n_batchnorm=len(bn), n_sync_batchnorm=sync_bn,
                         reducer_params=_reducer_param_names(inner))
         if wrapper == "DistributedDataParallel":
-            module.register_forward_pre_hook(self._ddp_forward)
-        inner.register_forward_pre_hook(self._model_forward)
+            self.probe.model_hooks.before_forward(module, self._ddp_forward, FORWARD_CHECKS)
+        self.probe.model_hooks.before_forward(inner, self._model_forward, FORWARD_CHECKS)
 
     # -- data -------------------------------------------------------------------------------
     def on_dataloader(self, loader) -> None:

@@ -82,7 +82,7 @@ class Plugin(ProbePlugin):
                         buffers_bytes=tensor_bytes.buffer_bytes(module), device=str(first.device),
                         dtype=str(first.dtype))
         self.forwards = ForwardWatch(self.torch, self.probe.instruments, self.probe.emit, lambda: self.probe.step + 1)
-        self.forwards.attach(module)
+        self.forwards.attach(module, self.probe.model_hooks)
 
     def on_backward(self, tensor) -> None:
         holders.tag_backward(tensor, self.probe.step + 1)
@@ -140,7 +140,7 @@ class Plugin(ProbePlugin):
             return
         self.forwards.paused = True
         try:
-            step = FakeStep(self.torch, self.model, optimizer, self.forwards.last_input, shared=(self.forwards,))
+            step = FakeStep(self.torch, self.model, optimizer, self.forwards.last_input)
             self.probe.emit("mem_fit", target=label, **estimate(step, budget).to_dict())
         except Exception as error:  # a model fake execution cannot run (data-dependent shapes, custom ops)
             self.probe.emit("mem_fit", target=label, budget_bytes=budget, error=f"{type(error).__name__}: {error}"[:500])

@@ -74,8 +74,7 @@ def batch_of(args, torch) -> int | None:
 class FakeStep:
     """One training step of a fake copy of the user's model and optimizer."""
 
-    def __init__(self, torch, model, optimizer, args, shared: tuple = ()) -> None:
-        """`shared`: objects the copy must reference, not copy (the probe's own hooks on the model)."""
+    def __init__(self, torch, model, optimizer, args) -> None:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
         self.torch = torch
@@ -84,7 +83,6 @@ class FakeStep:
         self.optimizer_cls = type(optimizer)
         self.groups = optimizer.param_groups
         self.args = args
-        self.shared = shared
         self.batch = batch_of(args, torch)
         # the probe wraps torch.autograd.backward; a fake loss must not reach the recorder
         self.backward = getattr(torch.autograd.backward, "__wrapped__", torch.autograd.backward)
@@ -94,8 +92,10 @@ class FakeStep:
 
         torch = self.torch
         args = _with_batch(self.args, self.batch, batch, self.mode, torch)
-        with FakeCopyMode(self.mode):  # a fresh fake copy: no grads or state carried between estimates
-            model = copy.deepcopy(self.model, {id(o): o for o in self.shared})
+        # a fresh fake copy: no grads or state carried between estimates; none of the probe's
+        # hooks either (they are not on the model), so its fake steps reach no plugin
+        with FakeCopyMode(self.mode):
+            model = copy.deepcopy(self.model)
         params = dict(zip(map(id, self.model.parameters()), model.parameters()))
         with self.mode:
             groups = [{**{k: v for k, v in g.items() if k != "params"},

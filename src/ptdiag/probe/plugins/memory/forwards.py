@@ -18,6 +18,7 @@ from ptdiag.probe.plugins.memory.holders import tag_forward
 from ptdiag.probe.plugins.memory.tensor_bytes import unique_bytes
 
 SAVED_BYTES = "memory saved-activation sampling"
+FORWARD_WATCH = "memory forward watch"  # the model's hooks: forwards no backward used, activations saved
 SAVED_SAMPLES_PER_MODE = 2  # sampled forwards per train/eval mode; the hooks cost per saved tensor
 
 @dataclass
@@ -77,11 +78,14 @@ class ForwardWatch:
         self.last_input = None  # args of the last training forward, for the fit estimate
         self.paused = False
 
-    def attach(self, model) -> None:
+    def attach(self, model, hooks) -> None:
+        """`hooks`: the probe's model hooks; the post-hook runs also after a forward raised
+        (an OOM), to close a saved-tensor measurement the pre-hook opened."""
         self._param_ptrs = frozenset(p.untyped_storage().data_ptr() for p in model.parameters())
         self._params = [p for p in model.parameters() if p.requires_grad]
-        model.register_forward_pre_hook(self.pre)
-        model.register_forward_hook(self.post, always_call=True)
+        self._hooks = hooks
+        hooks.before_forward(model, self.pre, FORWARD_WATCH)
+        hooks.after_forward(model, self.post, FORWARD_WATCH, always=True)
 
     def pre(self, module, args) -> None:
         if self.paused or not self.torch.is_grad_enabled():
@@ -99,7 +103,7 @@ class ForwardWatch:
                 self._samples[training] += 1
                 self._measuring = (measure, window)
 
-    def post(self, module, args, output) -> None:
+    def post(self, module, args, kwargs, output) -> None:
         if self._measuring is not None:
             measure, window = self._measuring
             self._measuring = None
@@ -119,7 +123,7 @@ class ForwardWatch:
         def reached(grad, record=record):
             record.reached = True
 
-        tensor.register_hook(reached)
+        self._hooks.on_gradient(tensor, reached, FORWARD_WATCH)
         tag_forward(tensor, record.step)
         self._pending.append(record)
 

@@ -18,6 +18,7 @@ from ptdiag.location import user_location
 from ptdiag.probe.plugin import Plugin as ProbePlugin
 
 MODULES_KEPT = 20  # module names recorded per step with a non-finite output
+STEP_CAPTURE = "numerics step capture"  # the model's hooks: each step's inputs and output gradients, for the replay
 
 
 def _import_torch_parts() -> None:
@@ -80,6 +81,7 @@ class Plugin(ProbePlugin):
         self._model = None
         self._outputs = None  # watch.ModuleOutputs of the model
         self._region = None
+        self._region_end = None  # the model's pre-hook that ends the loss region at its next forward
         self._groups: list[list] | None = None
         self._replaying = False
         self._localised = False
@@ -113,9 +115,9 @@ class Plugin(ProbePlugin):
     def on_model(self, module) -> None:
         self._model = module
         self._device_type = next(module.parameters()).device.type
-        self._outputs = watch.ModuleOutputs(_unwrapped(module))  # first: its sums are not the loss's ops
-        module.register_forward_pre_hook(lambda *_: self._region.leave())
-        module.register_forward_hook(self._after_forward, with_kwargs=True)
+        hooks = self.probe.model_hooks
+        self._outputs = watch.ModuleOutputs(_unwrapped(module), hooks)  # first: its sums are not the loss's ops
+        hooks.after_forward(module, self._after_forward, STEP_CAPTURE)
 
     def _after_forward(self, module, args, kwargs, output):
         """One hook, after the forward: a pre-hook added while the first forward runs
@@ -136,9 +138,24 @@ class Plugin(ProbePlugin):
         self._out_nodes = {t.grad_fn for t in graded}
         self._grad_outs = [None] * len(graded)
         for i, t in enumerate(graded):
-            t.register_hook(self._grad_catcher(i))
-        self._region.enter()
+            self.probe.model_hooks.on_gradient(t, self._grad_catcher(i), STEP_CAPTURE)
+        self._enter_region(module)
         return None
+
+    def _enter_region(self, model) -> None:
+        """The loss computation is watched from the model's output to backward; the model's
+        next forward ends it too, seen by a pre-hook held only meanwhile: a pre-hook held
+        for the run would cost every module call of every forward."""
+        self._region.enter()
+        if self._region_end is None:
+            self._region_end = self.probe.model_hooks.before_forward(model, lambda *_: self._leave_region(),
+                                                                     STEP_CAPTURE)
+
+    def _leave_region(self) -> None:
+        self._region.leave()
+        if self._region_end is not None:
+            self._region_end.remove()
+            self._region_end = None
 
     def _grad_catcher(self, i: int):
         def catch(grad):
@@ -149,7 +166,7 @@ class Plugin(ProbePlugin):
 
     # -- after each backward: the step's numbers, read once --------------------------------
     def on_backward(self, tensor) -> None:
-        self._region.leave()
+        self._leave_region()
         if self._replaying or tensor.numel() != 1:
             return
         self._loss = tensor
@@ -175,10 +192,10 @@ class Plugin(ProbePlugin):
         self._clear_step()
 
     def on_step_begin(self, step, optimizer) -> None:
-        self._region.leave()
+        self._leave_region()
 
     def on_exit(self) -> None:
-        self._region.leave()
+        self._leave_region()
 
     def on_step(self, step, optimizer) -> None:
         if self._groups is None or len(self._groups) != len(optimizer.param_groups):
@@ -198,7 +215,8 @@ class Plugin(ProbePlugin):
             model = _unwrapped(self._model)
             self._replaying = self._outputs.paused = True
             try:
-                found = replay(model, args, kwargs, self._autocast, self._grad_outs, list(model.parameters()))
+                found = replay(model, args, kwargs, self._autocast, self._grad_outs, list(model.parameters()),
+                               self.probe.model_hooks)
             finally:
                 self._replaying = self._outputs.paused = False
         else:

@@ -49,11 +49,14 @@ def op_name(func) -> str:
 class ModuleTracker:
     """The qualified name of the module running now, and which module made each autograd node."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    WHAT = "numerics replay module names"
+
+    def __init__(self, model: torch.nn.Module, hooks) -> None:
         self.names = {m: n for n, m in model.named_modules()}
         self.stack: list[str] = []
         self.node_module: dict = {}
-        self._handles: list = []
+        self._hooks = hooks
+        self._subscriptions: list = []
 
     def current(self) -> str | None:
         return self.stack[-1] if self.stack else None
@@ -67,23 +70,26 @@ class ModuleTracker:
             self.node_module[node] = name
             todo.extend(n for n, _ in node.next_functions)
 
-    def _pre(self, module, args, kwargs):
-        self._label((args, kwargs), self.current())  # made by the caller, not by this module
+    def _pre(self, module, args):
+        self._label(args, self.current())  # made by the caller, not by this module
         self.stack.append(self.names[module])
 
     def _post(self, module, args, kwargs, output):
         if self.stack:
-            self._label(output, self.stack.pop())
+            name = self.stack.pop()
+            self._label(kwargs, self.current())  # the caller's too (a pre-hook is not handed them)
+            self._label(output, name)
 
     def __enter__(self):
         for module in self.names:
-            self._handles.append(module.register_forward_pre_hook(self._pre, with_kwargs=True))
-            self._handles.append(module.register_forward_hook(self._post, with_kwargs=True))
+            self._subscriptions.append(self._hooks.before_forward(module, self._pre, self.WHAT))
+            self._subscriptions.append(self._hooks.after_forward(module, self._post, self.WHAT))
         return self
 
     def __exit__(self, *exc):
-        for handle in self._handles:
-            handle.remove()
+        for subscription in self._subscriptions:
+            if subscription is not None:
+                subscription.remove()
 
 
 # ops that write Inf on purpose (attention masks): their Inf is a value, not a failure
@@ -161,7 +167,7 @@ def _buffers_kept(model):
                 buffer.copy_(copy)
 
 
-def replay(model, args, kwargs, autocast: dict | None, grad_outputs: list | None, params: list) -> dict:
+def replay(model, args, kwargs, autocast: dict | None, grad_outputs: list | None, params: list, hooks) -> dict:
     """Run the captured step again op by op; what was first non-finite, where.
 
     Returns {"phase": "forward" | "backward", ...} for an op found, {"phase": "gradient_in"}
@@ -169,7 +175,7 @@ def replay(model, args, kwargs, autocast: dict | None, grad_outputs: list | None
     {"phase": None} when the replay stayed finite (the loss computation outside the model).
     """
     stop_code = replay.__code__
-    tracker = ModuleTracker(model)
+    tracker = ModuleTracker(model, hooks)
     devices = sorted({p.device.index for p in params if p.device.type == "cuda"})
     with contextlib.ExitStack() as stack:
         stack.enter_context(_buffers_kept(model))

@@ -26,16 +26,21 @@ from ptdiag.probe.plugins.numerics.loss_region import LossRegion, first_born
 # per forward: a few microseconds. Up to this many modules that is well under 1 % of any
 # step that has them; a larger model is watched to the depth that fits (its blocks).
 MAX_WATCHED_MODULES = 512
+WHAT = "numerics module watch"  # the instrument, as the report names it when it is switched off
+FLOAT_DTYPES = frozenset(d for d in vars(torch).values() if isinstance(d, torch.dtype) and d.is_floating_point)
 
 
 class ModuleOutputs:
-    """Forward hooks on every module: one float32 sum per float output, kept on the device.
+    """After-forward callbacks on every module (the probe's `model_hooks`): one float32
+    sum per float output, kept on the device.
 
-    Hooks fire as modules finish, innermost first, so the first module flagged in a step
-    is the innermost one whose output held a non-finite value.
+    They run as modules finish, innermost first, so the first module flagged in a step
+    is the innermost one whose output held a non-finite value. Inside torch.compile the
+    probe's hooks do nothing: a compiled model's modules are not watched.
     """
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, hooks) -> None:
+        self._hooks = hooks
         self.names: list[str] = []
         self._sums: list[torch.Tensor] = []
         self._which: list[int] = []
@@ -46,18 +51,24 @@ class ModuleOutputs:
         if len(modules) > MAX_WATCHED_MODULES:  # shallowest first: blocks before their sublayers
             modules = sorted(modules, key=lambda nm: nm[0].count(".") + bool(nm[0]))[:MAX_WATCHED_MODULES]
         for name, module in modules:
-            module.register_forward_hook(self._hook(len(self.names)))
+            hooks.after_forward(module, self._hook(len(self.names)), WHAT)
             self.names.append(name)
 
-    def _hook(self, index: int):
-        def after_forward(module, args, output):
-            if self.paused or not torch.is_grad_enabled():
+    @property
+    def watching(self) -> bool:
+        return self._hooks.is_on(WHAT)
+
+    def _hook(self, index: int, Tensor=torch.Tensor, grad_enabled=torch.is_grad_enabled, float32=torch.float32):
+        # this runs per module per forward: torch's names are bound once, a plain tensor
+        # output (most modules) skips the pytree walk, and a dtype look-up is cheaper than
+        # `is_floating_point()`
+        def after_forward(module, args, kwargs, output):
+            if self.paused or not grad_enabled():
                 return None
-            # most modules return one tensor: no pytree walk for them (this runs per module per step)
-            for t in (output,) if isinstance(output, torch.Tensor) else tree_leaves(output):
-                if isinstance(t, torch.Tensor) and t.is_floating_point():
+            for t in (output,) if type(output) is Tensor else [t for t in tree_leaves(output) if isinstance(t, Tensor)]:
+                if t.dtype in FLOAT_DTYPES:
                     if t is not self._last:  # a container hands on its last child's tensor: summed once
-                        self._last, self._last_sum = t, t.detach().sum(dtype=torch.float32)
+                        self._last, self._last_sum = t, t.detach().sum(dtype=float32)
                     self._sums.append(self._last_sum)
                     self._which.append(index)
             return None
@@ -133,8 +144,8 @@ def read(loss: torch.Tensor | None, outputs: ModuleOutputs | None, region: LossR
     at += scale is not None
     loss_op = first_born(region_ops, values[at:at + len(region_sums)])
     at += len(region_sums)
-    flagged = None
-    if outputs is not None:
+    flagged = None  # not watched: no watch, switched off, or no module reported (a compiled model)
+    if outputs is not None and outputs.watching and which:
         flagged = list(dict.fromkeys(outputs.names[i] for i, bad in zip(which, values[at:]) if bad > 0.5))
     return Reading(got_loss, flagged, got_norms,
                    got_scale if got_scale is not None and is_power_of_two(got_scale) else None, loss_op)

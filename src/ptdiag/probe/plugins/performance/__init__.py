@@ -36,6 +36,7 @@ from ptdiag.probe.plugins.performance.telemetry import Telemetry, usable_cores
 
 NEW_OPTIMIZER_EVENTS = 5  # new optimizer objects described one by one; the rest are counted
 TRACE_NAME = "trace.json.gz"
+FORWARD_TIMING = "performance forward timing"  # the model's hooks: where each forward begins and ends
 PROFILER = "performance profiler window"
 SCAN = "performance call scan"
 STACKS = "performance profiler's Python stacks"
@@ -108,10 +109,7 @@ class Plugin(ProbePlugin):
 
     # -- set-up ------------------------------------------------------------------------------
     def on_torch_import(self, torch) -> None:
-        from torch.optim.optimizer import register_optimizer_step_post_hook
-
         self._torch = torch
-        register_optimizer_step_post_hook(self._any_optimizer_stepped)
 
     def on_model(self, module) -> None:
         params = list(module.parameters())
@@ -121,8 +119,8 @@ class Plugin(ProbePlugin):
         self._cuda = any(p.is_cuda for p in params)
         if self._cuda:
             self.breakdown.use_cuda()
-        module.register_forward_pre_hook(self.breakdown.forward_pre_hook)
-        module.register_forward_hook(self.breakdown.forward_hook)
+        self.probe.model_hooks.before_forward(module, self.breakdown.forward_pre_hook, FORWARD_TIMING)
+        self.probe.model_hooks.after_forward(module, self.breakdown.forward_hook, FORWARD_TIMING)
         self.probe.emit("perf_model", cls=type(module).__name__, param_dtypes=dtypes,
                         device=str(params[0].device), location=user_location(2))
 
@@ -191,8 +189,8 @@ class Plugin(ProbePlugin):
         self._finish()
         self.probe.stop("performance", reason, keep_running="-o performance.stop=no")
 
-    def _any_optimizer_stepped(self, optimizer, args, kwargs) -> None:
-        """Global post-hook on every optimizer (torch's public API): new objects counted."""
+    def on_any_optimizer_step(self, optimizer) -> None:
+        """Every optimizer's steps, not only the primary's: new objects counted."""
         self._optimizer_steps += 1
         if optimizer in self._optimizers:
             return

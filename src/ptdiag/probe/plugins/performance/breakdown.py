@@ -55,7 +55,7 @@ class StepBreakdown:
         if "forward" not in self._started:
             self.begin("forward")
 
-    def forward_hook(self, module, args, output) -> None:
+    def forward_hook(self, module, args, kwargs, output) -> None:
         self.end("forward")
 
     def step_end(self, step: int) -> None:

@@ -28,6 +28,7 @@ from ptdiag.events import REPRO_ROLE_ENV
 from ptdiag.probe.plugins.reproducibility import fingerprint
 
 NONDETERMINISTIC_MARK = "deterministic"  # in every alert of use_deterministic_algorithms
+FORWARD_CAPTURE = "reproducibility forward capture"  # the model's hook: RNG states and batch at each step
 ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED",
             "CUDA_VISIBLE_DEVICES", "CUDA_LAUNCH_BLOCKING")
 
@@ -55,23 +56,21 @@ class Plugin(ProbePlugin):
     # -- set-up -----------------------------------------------------------------------------
     def on_torch_import(self, torch) -> None:
         self._torch = torch
-        self._watch_first_forward(torch)
+        self._watch_first_forward()
         if self.role == "audit":
             torch.use_deterministic_algorithms(True, warn_only=True)
 
-    def _watch_first_forward(self, torch) -> None:
-        """The first step's forward pass happens before `on_model` could hook the model:
-        a global pre-hook sees it (and its batch), then removes itself."""
-        from torch.nn.modules.module import register_module_forward_pre_hook
+    def _watch_first_forward(self) -> None:
+        """The first step's forward pass happens before `on_model` could subscribe to the
+        model: a callback on every module's forward sees it (and its batch), then ends."""
+        subscription = None
 
-        handle = None
-
-        def pre_hook(module, args):
-            if handle is not None and next(module.parameters(), None) is not None:
-                handle.remove()
+        def first_forward(module, args):
+            if subscription is not None and next(module.parameters(), None) is not None:
+                subscription.remove()
                 self._capture_forward(module, args)
 
-        handle = register_module_forward_pre_hook(pre_hook)
+        subscription = self.probe.model_hooks.before_any_forward(first_forward, FORWARD_CAPTURE)
 
     def on_warning(self, message, category, location) -> None:
         """Audit run only: each alert of a non-deterministic op, with the user's line."""
@@ -93,7 +92,7 @@ class Plugin(ProbePlugin):
         self.probe.emit("repro_names", names=[n for n, _ in named],
                         dtypes=[str(t.dtype).replace("torch.", "") for _, t in named])
         self._emit_sums(self._pending.push(torch, (0, None, False), self._bit_sums(torch)))
-        module.register_forward_pre_hook(self._capture_forward)
+        self.probe.model_hooks.before_forward(module, self._capture_forward, FORWARD_CAPTURE)
 
     # -- the step ---------------------------------------------------------------------------
     def _capture_forward(self, module, args) -> None:

@@ -102,18 +102,18 @@ class Plugin(ProbePlugin):
                         params=sum(p.numel() for p in params),
                         trainable=sum(p.numel() for p in params if p.requires_grad),
                         dtype=str(params[0].dtype), device=str(params[0].device))
-        self._fingerprint_next_forward(module)
+        self._fingerprint_inputs(module)
 
-    def _fingerprint_next_forward(self, module) -> None:
-        """on_model runs inside the first forward, before its inputs can be seen; the next
-        forward's inputs are fingerprinted by a one-shot hook that removes itself."""
-        handle = None
+    def _fingerprint_inputs(self, module) -> None:
+        """on_model runs as the model's first forward begins; its inputs are fingerprinted
+        as that forward returns (keyword arguments included), by a one-shot callback."""
+        subscription = None
 
-        def pre_hook(module, args, kwargs):
-            handle.remove()
+        def after_forward(module, args, kwargs, output):
+            subscription.remove()
             self.probe.emit("data_identity", **footprint.input_fingerprint(args, kwargs))
 
-        handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+        subscription = self.probe.model_hooks.after_forward(module, after_forward, "tracking input fingerprint")
 
     def on_dataloader(self, loader) -> None:
         self._loaders[id(loader)] = len(self._loaders)
