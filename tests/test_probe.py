@@ -174,7 +174,8 @@ def test_rebuilt_optimizer_steps_still_count(tmp_path):
 def test_rebuilt_optimizer_that_stays_alive_still_takes_steps(tmp_path):
     """The old optimizers are kept (a list here; a reference cycle or a plugin's reference
     does the same): each new one over the model's parameters takes the step; a second
-    optimizer over other parameters (a GAN's critic) does not."""
+    optimizer over other parameters (a GAN's critic) does not. The recorder describes the
+    optimizer once: the new ones have the same class and hyperparameters."""
     code = ("import torch\ng, c = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)\n"
             "critic = torch.optim.SGD(c.parameters(), lr=0.1)\nkept = []\n"
             "for i in range(4):\n    o = torch.optim.SGD(g.parameters(), lr=0.1)\n    kept.append(o)\n"
@@ -183,6 +184,7 @@ def test_rebuilt_optimizer_that_stays_alive_still_takes_steps(tmp_path):
     proc, events, _ = run_probed(code, tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert [e["step"] for e in events if e["ev"] == "step"] == [1, 2, 3, 4]
+    assert len([e for e in events if e["ev"] == "optimizer"]) == 1
 
 
 def test_exception_from_a_signal_handler_inside_a_hook_reaches_the_program():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import weakref
 from collections import deque
 
 from ptdiag.location import user_location_of_traceback
@@ -76,7 +77,7 @@ class Plugin(ProbePlugin):
         self._batch_from: tuple = (None, None)  # (loader index, its epoch)
         self._loader_epochs: dict[int, int] = {}
         self._last_step_time = None
-        self._optimizers_seen: set[int] = set()
+        self._described: tuple = (None, None)  # (weakref to the last optimizer described, its description)
         self._loaders: dict[int, int] = {}
 
     def on_torch_import(self, torch) -> None:
@@ -157,9 +158,7 @@ class Plugin(ProbePlugin):
 
     def on_step(self, step, optimizer) -> None:
         now = time.perf_counter()
-        if id(optimizer) not in self._optimizers_seen:
-            self._optimizers_seen.add(id(optimizer))
-            self._emit_optimizer(optimizer)
+        self._describe(optimizer)
         dt = None if self._last_step_time is None else now - self._last_step_time
         self._last_step_time = now
         self.probe.emit("step", step=step, dt=dt, data_s=self._data_wait,
@@ -174,11 +173,19 @@ class Plugin(ProbePlugin):
         extra = {"skipped": True} if skipped else {}
         self.probe.emit("loss", step=step, value=value, finite=math.isfinite(value), **extra)
 
-    def _emit_optimizer(self, optimizer) -> None:
+    def _describe(self, optimizer) -> None:
+        """The optimizer's class and hyperparameters, said when they change: a program that
+        builds a new optimizer every step has it said once, not every step."""
+        ref, said = self._described
+        if ref is not None and ref() is optimizer:
+            return
         groups = [{k: _scalar(v) for k, v in g.items() if k != "params" and not isinstance(v, (list, dict))}
                   for g in optimizer.param_groups]
-        self.probe.emit("optimizer", cls=type(optimizer).__name__, groups=groups,
-                        params=sum(p.numel() for g in optimizer.param_groups for p in g["params"]))
+        description = (type(optimizer).__name__, groups)
+        self._described = (weakref.ref(optimizer), description)
+        if description != said:
+            self.probe.emit("optimizer", cls=description[0], groups=groups,
+                            params=sum(p.numel() for g in optimizer.param_groups for p in g["params"]))
 
     def on_log_params(self, source, params) -> None:
         from ptdiag.environment import REDACTED, is_secret_name
