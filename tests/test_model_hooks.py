@@ -161,7 +161,8 @@ def test_an_always_callback_runs_when_the_forward_raised(owner):
             raise MemoryError("out of memory")
 
     model, seen = Failing(), []
-    owner.hooks.after_forward(model, lambda m, args, kwargs, out: seen.append(("always", kwargs, out)), "a", always=True)
+    owner.hooks.after_forward(model, lambda m, args, kwargs, out: seen.append(("always", kwargs, out)), "a",
+                              always=True)
     owner.hooks.after_forward(model, lambda *a: seen.append("not always"), "b")
     with pytest.raises(MemoryError):
         model(torch.ones(1))

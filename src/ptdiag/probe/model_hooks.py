@@ -83,7 +83,7 @@ class ModelHooks:
         self._any_pre: tuple = ()
         self._always: set[int] = set()  # module ids with an always-call callback after their forward
         self._alive: dict[int, weakref.ref] = {}  # module id -> the weak reference that forgets it
-        self._handles: dict[str, tuple] = {}  # "pre"/"post" -> (the kind registered, torch's handle)
+        self._handles: dict[str, tuple] = {}  # "pre"/"post" -> (the kind registered, torch's handle, its dict)
         self.off: set[str] = set()  # instruments switched off for the run
 
     # -- subscribing -------------------------------------------------------------------------
@@ -117,9 +117,14 @@ class ModelHooks:
     def is_on(self, what: str) -> bool:
         return what not in self.off
 
+    def unsubscribe(self, what: str) -> None:
+        """End every subscription of instrument `what` (the budget shed it): no fault, so
+        nothing is logged and `what` may subscribe again."""
+        self._remove_everywhere(lambda entry: entry[1] == what)
+
     def hook_ids(self) -> set[int]:
         """The ids of ptdiag's global hooks in torch's hook dicts (for torch's own checks)."""
-        return {handle.id for _, handle in self._handles.values()}
+        return {handle.id for _, handle, _ in self._handles.values()}
 
     def close(self) -> None:
         """Remove every subscription and ptdiag's global hooks (the Python API's session ended)."""
@@ -240,11 +245,16 @@ class ModelHooks:
                 self._always.discard(key)
 
     def _forget(self, key: int) -> None:
-        """A subscribed module was freed: its id may be given to a new object."""
-        self._pre.pop(key, None)
-        self._store("_post", key, ())
-        self._alive.pop(key, None)
-        self._sync()
+        """A subscribed module was freed: its id may be given to a new object. A weak
+        reference's callback: whatever it raises, Python prints to the program's stderr
+        (at interpreter shutdown, when modules are freed last, even imports fail)."""
+        try:
+            self._pre.pop(key, None)
+            self._store("_post", key, ())
+            self._alive.pop(key, None)
+            self._sync()
+        except Exception:
+            pass
 
     def _sync(self) -> None:
         """Hold torch's global hooks exactly while something is subscribed to them (with
@@ -256,23 +266,21 @@ class ModelHooks:
             held = self._handles.get(table)
             if held is not None and held[0] != kind:
                 del self._handles[table]
-                _unregister(held[1])
+                handle, with_kwargs = held[1:]
+                handle.remove()  # it leaves its id in torch's with_kwargs dict, where it counts as a global hook
+                with_kwargs.pop(handle.id, None)
             if kind and table not in self._handles:
-                self._handles[table] = (kind, self._register(kind))
+                self._handles[table] = (kind, *self._register(kind))
 
-    def _register(self, kind: str):
+    def _register(self, kind: str) -> tuple:
+        """torch's handle of the new global hook, and torch's dict of with_kwargs hooks
+        (kept: removing a hook may happen at interpreter shutdown, when imports fail)."""
         import torch
-        from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+        from torch.nn.modules import module
 
         if kind == "pre":
-            return register_module_forward_pre_hook(self._pre_hook(torch))
-        return register_module_forward_hook(self._post_hook(torch), with_kwargs=True, always_call=kind == "post always")
-
-
-def _unregister(handle) -> None:
-    """Remove a global hook, and its id from torch's with_kwargs dict, where the handle
-    leaves it and where torch's check for global hooks would still count it."""
-    from torch.nn.modules import module
-
-    handle.remove()
-    module._global_forward_hooks_with_kwargs.pop(handle.id, None)
+            handle = module.register_module_forward_pre_hook(self._pre_hook(torch))
+        else:
+            handle = module.register_module_forward_hook(self._post_hook(torch), with_kwargs=True,
+                                                         always_call=kind == "post always")
+        return handle, module._global_forward_hooks_with_kwargs

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import os
 import time
 import weakref
 from typing import TYPE_CHECKING, Callable
@@ -222,10 +223,16 @@ def _torch_seeds(probe: "Probe", torch) -> None:
 
 
 def _serialization(probe: "Probe", torch) -> None:
+    """Checkpoints saved and loaded. torch's own calls are not: pickling a tensor saves its
+    storage with torch.save (a whole-model pickle makes one per parameter), unpickling it
+    loads it with torch.load."""
+    torch_package = os.path.dirname(torch.__file__) + os.sep
+
     def make_save(original):
         def save(obj, f, *args, **kwargs):
             result = original(obj, f, *args, **kwargs)
-            probe.call("on_save", obj, f, user_location(2))
+            if not caller_file(2).startswith(torch_package):
+                probe.call("on_save", obj, f, user_location(2))
             return result
 
         return save
@@ -233,7 +240,8 @@ def _serialization(probe: "Probe", torch) -> None:
     def make_load(original):
         def load(f, *args, **kwargs):
             result = original(f, *args, **kwargs)
-            probe.call("on_load", f, user_location(2), kwargs)
+            if not caller_file(2).startswith(torch_package):
+                probe.call("on_load", f, user_location(2), kwargs)
             return result
 
         return load
