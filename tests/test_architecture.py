@@ -33,6 +33,9 @@ HOOK_CALLS = ("register_forward_hook", "register_forward_pre_hook", "register_fu
               "register_state_dict_pre_hook", "register_load_state_dict_post_hook",
               "register_multi_grad_hook")
 MODE_BASES = ("TorchDispatchMode", "TorchFunctionMode")
+# inside the probe, what registers those: the owner of module and tensor hooks, which the
+# plugins subscribe to, and the patches (torch's global optimizer step hooks)
+HOOK_OWNERS = ("model_hooks.py", "patches.py")
 # the probe's instruments own every mode and tracker it runs inside the program's calls
 INSTRUMENTS = PROBE / "instruments"
 # names only the instruments may touch: torch's trackers, saved-tensor hooks, the allocator's
@@ -68,16 +71,22 @@ def _rel(path: Path) -> str:
     return str(path.relative_to(SRC))
 
 
+def _hook_calls(tree: ast.AST):
+    """(line, name) of each call of a HOOK_CALLS function."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            fn = node.func
+            name = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", None)
+            if name in HOOK_CALLS:
+                yield node.lineno, name
+
+
 def test_nothing_outside_the_probe_hooks_into_torch_or_the_model():
     offenders = []
     for path, tree in _outside_probe():
+        offenders += [f"{_rel(path)}:{line} {name}" for line, name in _hook_calls(tree)]
         for node in ast.walk(tree):
-            if isinstance(node, ast.Call):
-                fn = node.func
-                name = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", None)
-                if name in HOOK_CALLS:
-                    offenders.append(f"{_rel(path)}:{node.lineno} {name}")
-            elif isinstance(node, ast.ClassDef):
+            if isinstance(node, ast.ClassDef):
                 bases = {b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", None) for b in node.bases}
                 if bases & set(MODE_BASES):
                     offenders.append(f"{_rel(path)}:{node.lineno} class {node.name}({', '.join(sorted(bases))})")
@@ -129,6 +138,15 @@ def test_the_probe_silences_warnings_only_through_quiet_warnings():
                  if path.name != "quiet_warnings.py" for node in ast.walk(tree)
                  if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                  and node.func.attr in WARNING_FILTER_CALLS]
+    assert offenders == []
+
+
+def test_inside_the_probe_only_the_owners_register_hooks():
+    """Plugins subscribe to the probe's model hooks (probe.model_hooks); a hook a plugin
+    registered itself would sit in the program's module (and travel with its pickle) and
+    its exceptions would reach the program."""
+    offenders = [f"{_rel(path)}:{line} {name}" for path, tree in _modules(PROBE)
+                 if path.relative_to(PROBE).as_posix() not in HOOK_OWNERS for line, name in _hook_calls(tree)]
     assert offenders == []
 
 
