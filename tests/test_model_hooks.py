@@ -184,6 +184,15 @@ def test_subscribed_during_a_pre_hook_starts_with_the_next_call(owner):
     assert seen == ["post", "pre", "post"]
 
 
+def test_an_instrument_given_up_leaves_the_others(owner):
+    model, seen = _model(), []
+    _watch_every_module(owner.hooks, model, seen)
+    owner.hooks.after_forward(model, lambda *a: seen.append("capture"), "capture")
+    owner.hooks.unsubscribe("test watch")
+    model(torch.ones(1, 4))
+    assert seen == ["capture"] and owner.switched == []
+
+
 def test_global_hooks_are_held_only_while_something_is_subscribed(owner):
     model = _model()
     subscription = owner.hooks.after_forward(model, lambda *a: None, "test")
