@@ -95,6 +95,7 @@ def parts(steps: int) -> None:
 
     sys.path.insert(0, str(REPO / "src"))
     from ptdiag.probe.instruments import Instruments
+    from ptdiag.probe.model_hooks import ModelHooks
     from ptdiag.probe.plugins.numerics import watch
     from ptdiag.probe.plugins.numerics.loss_region import LossRegion
 
@@ -104,11 +105,13 @@ def parts(steps: int) -> None:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x, y = torch.randn(BATCH, 3, 32, 32), torch.randint(0, 10, (BATCH,))
     instruments = Instruments(lambda what, why: None, lambda message: None)
-    outputs, region, groups = watch.ModuleOutputs(model), LossRegion(instruments), [list(model.parameters())]
+    hooks = ModelHooks(lambda what, why: None, lambda message: None)
+    region, groups = LossRegion(instruments), [list(model.parameters())]
     arms = ("bare", "norms", "norms+module sums", "norms+module sums+loss ops")
 
     def step(arm: str) -> float:
-        outputs.paused = arm in ("bare", "norms")
+        # the module watch subscribes for its arms only: the others are bare module calls
+        outputs = watch.ModuleOutputs(model, hooks) if arm in arms[2:] else None
         start = time.perf_counter()
         out = model(x)
         if arm == arms[3]:
@@ -118,12 +121,13 @@ def parts(steps: int) -> None:
         optimizer.zero_grad()
         loss.backward()
         if arm == "bare":
-            outputs.take()
             float(loss.detach())
         else:
-            watch.read(loss, None if arm == "norms" else outputs, region, groups, None)
+            watch.read(loss, outputs, region, groups, None)
         optimizer.step()
-        return time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        hooks.close()
+        return elapsed
 
     for arm in arms * 2:
         step(arm)

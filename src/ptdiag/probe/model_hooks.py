@@ -28,14 +28,13 @@ this call's end for `after`.
 
 Cost: while subscriptions exist, every module call takes torch's hook path (about a
 microsecond) and one dictionary look-up; a subscribed one also the tracing checks and
-the callback. The time callbacks take is charged to the probe's budget by instrument,
-exactly before a forward, and sampled (one call in POST_SAMPLE, scaled up) after it,
-where the numerics watch runs per module.
+the callback. The time callbacks take is charged to the probe's budget by instrument:
+exactly before a forward; after it, where the numerics watch runs per module, one of
+each POST_SAMPLE of an instrument's callbacks is timed, and its time scaled up.
 """
 
 from __future__ import annotations
 
-import itertools
 import time
 import traceback
 import weakref
@@ -44,7 +43,7 @@ from typing import Any, Callable
 from ptdiag.probe.plugin import raised_by_signal_handler
 
 WHY_CHARS = 300  # the exception's text kept in the switched_off event
-POST_SAMPLE = 8  # after-forward callbacks timed for the budget: one call in this many
+POST_SAMPLE = 8  # after-forward callbacks timed for the budget: one in this many of an instrument's
 _RAISED = object()  # what a global always-call hook gets in place of kwargs, after a forward raised
 
 
@@ -75,13 +74,14 @@ class ModelHooks:
         self._switch_off = switch_off
         self._log_error = log_error
         self._charge = charge
-        # module id -> ((callback, what, always), ...): tuples, replaced on change, so a
+        # module id -> ((callback, what, always, timed), ...): tuples, replaced on change, so a
         # dispatch in progress keeps the snapshot it started with; the dicts themselves
         # stay (the hooks hold their `get`)
         self._pre: dict[int, tuple] = {}
         self._post: dict[int, tuple] = {}
         self._any_pre: tuple = ()
         self._always: set[int] = set()  # module ids with an always-call callback after their forward
+        self._post_counts: dict[str, list[int]] = {}  # what -> [its after-forward callbacks, those timed]
         self._alive: dict[int, weakref.ref] = {}  # module id -> the weak reference that forgets it
         self._handles: dict[str, tuple] = {}  # "pre"/"post" -> (the kind registered, torch's handle, its dict)
         self.off: set[str] = set()  # instruments switched off for the run
@@ -89,16 +89,16 @@ class ModelHooks:
     # -- subscribing -------------------------------------------------------------------------
     def before_forward(self, module, callback: Callable, what: str) -> Subscription | None:
         """`callback(module, args)` before each forward of `module`. None when `what` is off."""
-        return self._add("_pre", module, (callback, what, False))
+        return self._add("_pre", module, (callback, what, False, False))
 
     def after_forward(self, module, callback: Callable, what: str, always: bool = False) -> Subscription | None:
         """`callback(module, args, kwargs, output)` after each forward of `module`;
         `always`: also when the forward raised (kwargs and output None)."""
-        return self._add("_post", module, (callback, what, always))
+        return self._add("_post", module, (callback, what, always, self._sampled(what)))
 
     def before_any_forward(self, callback: Callable, what: str) -> Subscription | None:
         """`callback(module, args)` before the forward of every module (to find the model)."""
-        return self._add("_any_pre", None, (callback, what, False))
+        return self._add("_any_pre", None, (callback, what, False, False))
 
     def on_gradient(self, tensor, callback: Callable, what: str):
         """`callback(grad)` when the gradient of `tensor` is computed; the gradient goes on
@@ -138,6 +138,7 @@ class ModelHooks:
         self._any_pre = ()
         self._alive.clear()
         self._always.clear()
+        self._post_counts.clear()
         self._sync()
 
     # -- calling plugins ---------------------------------------------------------------------
@@ -171,7 +172,7 @@ class ModelHooks:
             if (subscribed is None and not any_module) or dynamo_compiling() or compiler._is_compiling_flag \
                     or tracing_state() is not None:
                 return None
-            for callback, what, _ in any_module + (subscribed or ()):
+            for callback, what, _, _ in any_module + (subscribed or ()):
                 run(callback, (module, args), what)
             return None
 
@@ -181,9 +182,10 @@ class ModelHooks:
         """torch's global post-hook, called with (module, args, kwargs, output), or with
         (module, args, None) as an always-call hook after the forward raised. It runs on
         every module call, and the numerics watch subscribes to every module: what it
-        reads is bound, and only one call in POST_SAMPLE is timed."""
+        reads is bound, and only the callbacks marked timed (one in POST_SAMPLE of an
+        instrument's) are timed, their time scaled to all of the instrument's."""
         subscriptions_of, fault, charge, clock = self._post.get, self.fault, self._charge, time.perf_counter
-        calls = itertools.count()
+        counts_of = self._post_counts.get
         dynamo_compiling, compiler, tracing_state = _tracing_checks(torch)
 
         def after_forward(module, args, kwargs, output=_RAISED) -> None:
@@ -193,8 +195,7 @@ class ModelHooks:
             if output is _RAISED:
                 subscribed = tuple(entry for entry in subscribed if entry[2])
                 kwargs = output = None
-            timed = not next(calls) % POST_SAMPLE
-            for callback, what, _ in subscribed:
+            for callback, what, _, timed in subscribed:
                 start = clock() if timed else 0.0
                 try:
                     callback(module, args, kwargs, output)
@@ -203,7 +204,8 @@ class ModelHooks:
                         raise
                     fault(what, exc)
                 if timed:
-                    charge(what, (clock() - start) * POST_SAMPLE)
+                    callbacks, sampled = counts_of(what, (1, 1))
+                    charge(what, (clock() - start) * callbacks / max(sampled, 1))
             return None
 
         return after_forward
@@ -223,11 +225,26 @@ class ModelHooks:
         self._sync()
         return Subscription(self, table, key, entry)
 
+    def _sampled(self, what: str) -> bool:
+        """Whether a new after-forward callback of `what` is one of those timed."""
+        counts = self._post_counts.setdefault(what, [0, 0])
+        timed = counts[0] % POST_SAMPLE == 0
+        counts[0] += 1
+        counts[1] += timed
+        return timed
+
     def _remove(self, table: str, key: int | None, drop: Callable[[tuple], bool]) -> None:
         if key is None:
             self._any_pre = tuple(entry for entry in self._any_pre if not drop(entry))
         else:
-            self._store(table, key, tuple(entry for entry in getattr(self, table).get(key, ()) if not drop(entry)))
+            entries = getattr(self, table).get(key, ())
+            dropped = [drop(entry) for entry in entries]
+            self._store(table, key, tuple(entry for entry, gone in zip(entries, dropped) if not gone))
+            for (_, what, _, timed), gone in zip(entries, dropped):
+                if gone and table == "_post":
+                    counts = self._post_counts[what]
+                    counts[0] -= 1
+                    counts[1] -= timed
             if key not in self._pre and key not in self._post:
                 self._alive.pop(key, None)
         self._sync()
@@ -244,7 +261,7 @@ class ModelHooks:
         else:
             getattr(self, table).pop(key, None)
         if table == "_post":
-            if any(always for _, _, always in entries):
+            if any(always for _, _, always, _ in entries):
                 self._always.add(key)
             else:
                 self._always.discard(key)
@@ -254,10 +271,8 @@ class ModelHooks:
         reference's callback: whatever it raises, Python prints to the program's stderr
         (at interpreter shutdown, when modules are freed last, even imports fail)."""
         try:
-            self._pre.pop(key, None)
-            self._store("_post", key, ())
-            self._alive.pop(key, None)
-            self._sync()
+            for table in ("_pre", "_post"):
+                self._remove(table, key, lambda entry: True)
         except Exception:
             pass
 
