@@ -213,7 +213,7 @@ def test_ranks_started_by_mp_spawn_are_probed(tmp_path):
     # 5 steps end inside the profiler window (it starts after step 4): the trace's last step ran on
     # to the program's exit, is not a training step, and is not judged (it looked launch-bound)
     inits = [json.loads(line) for p in (tmp_path / "ptdiag-runs").glob("*/events/*.jsonl")
-             for line in p.read_text().splitlines() if '"dist_init"' in line]
+             for line in p.read_text().splitlines() if '"dist_env"' in line]
     assert sorted(e["rank"] for e in inits) == [0, 1]
     where = _line_of(PROGRAMS / "ddp_mp_spawn.py", "dist.init_process_group(")
     assert all(e["location"].endswith(where) for e in inits)
