@@ -3,7 +3,7 @@ misrouted cases. First choice is what is scored ("ambiguous" counts as a class);
 cases that expect two specialists, the full expected order is reported too.
 
     python scripts/routing_confusion.py [CORPUS.jsonl ...]
-    python scripts/routing_confusion.py --real [--split test|train|all]
+    python scripts/routing_confusion.py --real [--baseline] [--split test|train|all]
 
 With no arguments it scores diagnostics/routing/cases.jsonl and holdout.jsonl.
 
@@ -11,6 +11,7 @@ With no arguments it scores diagnostics/routing/cases.jsonl and holdout.jsonl.
 on one side of its frozen split (real_split.json: whole source groups, chosen by a hash
 before any model was built). On the test split it prints figures and the confusion
 table only, never the misses: looking at them would turn the test into tuning data.
+`--baseline` scores the rule router alone (the router before the learned model).
 """
 
 from __future__ import annotations
@@ -159,6 +160,12 @@ class RealOutcome:
         return self.got != AMBIGUOUS and set(self.expected[:2]) <= set(self.got)
 
 
+def rule_router(text: str):
+    """The router as it was before the learned model (issue 17's baseline): rules only."""
+    from ptdiag.router.routing import _rule_route, read_evidence
+    return _rule_route(read_evidence(text))
+
+
 def evaluate_real(cases: list[dict], router=None) -> list[RealOutcome]:
     router = router or route
     outcomes = []
@@ -197,11 +204,16 @@ def real_report(split: str, outcomes: list[RealOutcome], texts: list[str] | None
 
 def main(argv: list[str]) -> int:
     if argv and argv[0] == "--real":
+        baseline = "--baseline" in argv
+        argv = [arg for arg in argv if arg != "--baseline"]
         split = argv[2] if len(argv) > 2 and argv[1] == "--split" else "test"
         if split not in ("test", "train", "all"):
             raise SystemExit("--split is test, train or all")
         cases = load_real(split)
-        print(real_report(split, evaluate_real(cases), [c["text"] for c in cases]))
+        router = rule_router if baseline else None
+        if baseline:
+            print("(baseline: the rule router alone, without the learned model)")
+        print(real_report(split, evaluate_real(cases, router), [c["text"] for c in cases]))
         return 0
     paths = [Path(arg) for arg in argv] or list(CORPORA)
     for path in paths:
