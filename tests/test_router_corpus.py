@@ -135,3 +135,12 @@ def test_route_command_stays_fast_and_torch_free():
             "assert 'torch' not in sys.modules; print(time.perf_counter()-t)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert float(out.stdout.strip()) < 1.0  # generous: the 150 ms whole-process figure is measured in docs
+
+
+def test_ptdiag_route_prints_the_words_and_probability(capsys):
+    from ptdiag.entry import print_route
+
+    print_route("the charts on my dashboard stopped updating after I restarted the job", as_json=False)
+    out = capsys.readouterr().out
+    assert out.startswith("plan: tracking")
+    assert "words " in out and "dashboard" in out and "probability 0." in out

@@ -33,7 +33,12 @@ def print_route(text: str, as_json: bool) -> int:
     print("plan: " + (" → ".join(plan.specialists) or "none")
           + (" (ambiguous: triage measures instead)" if plan.ambiguous else f" (confidence {plan.confidence:.2f})"))
     for reason in plan.reasons:
-        print(f"  {reason['specialist']}: matched {', '.join(map(str, reason['matched'])) or '-'}")
+        why = [f"matched {', '.join(map(str, reason['matched']))}"] if reason["matched"] else []
+        if reason.get("words"):  # the learned model's top-weighted n-grams for this specialist
+            why.append(f"words {', '.join(map(str, reason['words']))}")
+        if "probability" in reason:
+            why.append(f"probability {reason['probability']:.2f}")
+        print(f"  {reason['specialist']}: {'; '.join(why) or '-'}")
     for note in plan.notes:
         print(f"  note: {note}")
     return 0
