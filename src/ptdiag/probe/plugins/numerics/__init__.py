@@ -18,6 +18,12 @@ from ptdiag.location import user_location
 from ptdiag.probe.plugin import Plugin as ProbePlugin
 
 MODULES_KEPT = 20  # module names recorded per step with a non-finite output
+# What the watch gives up, in order, while ptdiag is over its per-step budget (a very short
+# step): (what, as the report says it; "modules", or read one step in this many)
+SHEDDING = (("numerics module watch (which module's output turned non-finite first)", "modules"),
+            ("numerics watch of every step (now 1 step in 4: a non-finite value is localised up to 3 steps "
+             "after it appeared)", 4),
+            ("numerics watch of 1 step in 4 (now 1 in 32)", 32))
 STEP_CAPTURE = "numerics step capture"  # the model's hooks: each step's inputs and output gradients, for the replay
 
 
@@ -92,6 +98,26 @@ class Plugin(ProbePlugin):
         self._autocast = None
         self._device_type = "cpu"
         self._amp_seen = False
+        self._read_every = 1  # steps between two watched steps (the budget raises it)
+        probe.budget.sheddable(("numerics",), [(what, self._shedding(how)) for what, how in SHEDDING])
+
+    def _shedding(self, how):
+        def shed() -> None:
+            if how == "modules":
+                self.probe.model_hooks.unsubscribe(watch.WHAT)
+            else:
+                self._read_every = how
+                self._outputs_follow_the_sampling()
+
+        return shed
+
+    def _watched(self) -> bool:
+        """Whether the step under way (probe.step + 1) is watched."""
+        return self.probe.step % self._read_every == 0
+
+    def _outputs_follow_the_sampling(self) -> None:
+        if self._outputs is not None and not self._replaying:
+            self._outputs.paused = not self._watched()
 
     def _clear_step(self) -> None:
         self._out_nodes: set = set()
@@ -126,6 +152,8 @@ class Plugin(ProbePlugin):
             return None
         if self._stop_due:  # the failing step never reached the optimizer (GradScaler skipped it)
             self._halt()
+        if not self._watched():
+            return None
         self._inputs = (args, kwargs)
         self._call_line = user_location(1)
         self._autocast = _autocast_state(self._device_type)
@@ -167,7 +195,7 @@ class Plugin(ProbePlugin):
     # -- after each backward: the step's numbers, read once --------------------------------
     def on_backward(self, tensor) -> None:
         self._leave_region()
-        if self._replaying or tensor.numel() != 1:
+        if self._replaying or tensor.numel() != 1 or not self._watched():
             return
         self._loss = tensor
         scale = self.probe.loss_scale(tensor)
@@ -200,6 +228,8 @@ class Plugin(ProbePlugin):
     def on_step(self, step, optimizer) -> None:
         if self._groups is None or len(self._groups) != len(optimizer.param_groups):
             self._groups = [g["params"] for g in optimizer.param_groups]
+        if self._read_every > 1:
+            self._outputs_follow_the_sampling()
         if self._stop_due:
             self._halt()
 
