@@ -18,6 +18,7 @@ from ptdiag.location import user_location
 from ptdiag.probe.plugin import Plugin as ProbePlugin
 
 MODULES_KEPT = 20  # module names recorded per step with a non-finite output
+LOCALISATION = "numerics localisation (replay of the failing step)"
 # What the watch gives up, in order, while ptdiag is over its per-step budget (a very short
 # step): (what, as the report says it; "modules", or read one step in this many)
 SHEDDING = (("numerics module watch (which module's output turned non-finite first)", "modules"),
@@ -235,7 +236,17 @@ class Plugin(ProbePlugin):
 
     # -- localisation ------------------------------------------------------------------------
     def _localise(self, step: int, reading: watch.Reading) -> None:
+        """Once per run: the probe budget's one-off window (its step is not charged to the
+        per-step budget; its time and memory are recorded)."""
         self._localised = True
+        window = self.probe.budget.window(LOCALISATION)
+        try:
+            self._find_culprit(step, reading)
+        finally:
+            if window is not None:
+                window.close()
+
+    def _find_culprit(self, step: int, reading: watch.Reading) -> None:
         started = time.perf_counter()
         args, kwargs = self._inputs or ((), {})
         inputs = float_tensors((args, kwargs))
