@@ -118,18 +118,8 @@ class ModelHooks:
         return what not in self.off
 
     def unsubscribe(self, what: str) -> None:
-        """End every subscription of instrument `what` (the budget shed it): no fault, so
-        nothing is logged and `what` may subscribe again."""
-        self._remove_everywhere(lambda entry: entry[1] == what)
-
-    def unsubscribe(self, what: str) -> None:
         """End every subscription of instrument `what` (its owner gives it up; the budget
         sheds it): the modules it watched cost nothing more."""
-        self._remove_everywhere(lambda entry: entry[1] == what)
-
-    def unsubscribe(self, what: str) -> None:
-        """End every subscription of instrument `what` (the budget shed it): no fault, so
-        nothing is logged and `what` may subscribe again."""
         self._remove_everywhere(lambda entry: entry[1] == what)
 
     def hook_ids(self) -> set[int]:
