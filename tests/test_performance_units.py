@@ -174,6 +174,15 @@ def test_dataloader_verdict_carries_the_measured_share_and_a_worker_count():
     assert "already have all 4 cores" in detectors.dataloader_bound(busy)[0].fix
 
 
+def test_one_waiting_step_makes_no_data_bound_claim():
+    """A 2-step-per-epoch run: a new epoch's first step waits on its iterator; one step of
+    two is not a loader that holds the loop back (the median share of two is 20.5 %)."""
+    rows = [{"step": 2, "dt": 0.35, "data": 0.01, "forward": 0.16, "backward": 0.1, "optimizer": 0.06, "other": 0.02},
+            {"step": 3, "dt": 0.16, "data": 0.06, "forward": 0.02, "backward": 0.05, "optimizer": 0.02, "other": 0.01}]
+    assert detectors.dataloader_bound(_measured(breakdown=breakdown(rows, batch=8))) is None
+    assert detectors.dataloader_bound(_measured(breakdown=breakdown(rows + [dict(rows[1], step=4)], batch=8)))
+
+
 def test_one_sync_per_step_is_quiet_three_warn():
     one = {"steps": 2, "syncs": [{"call": "item", "location": "t.py:1", "per_step": 1.0, "ms_per_step": 0.01,
                                   "what": ""}]}

@@ -15,6 +15,7 @@ from ptdiag.specialists.performance.measured import Measured
 
 SPECIALIST = "performance"
 DATA_WAIT_SHARE_MIN = 0.20  # the same bar the trace analysis uses
+DATA_WAIT_MIN_STEPS = 2  # steps that must each wait that long for a data-bound claim
 SYNC_PER_STEP_QUIET = 1.0  # one loss.item() per step for logging is normal
 SYNC_PER_STEP_WARN = 3.0
 SYNC_BLOCKED_SHARE_WARN = 0.10  # GPU runs: host blocked in sync calls, share of the step
@@ -39,6 +40,11 @@ def _finding(code: str, severity: str, title: str, detail: str, evidence: dict, 
 
 def dataloader_bound(m: Measured):
     if not m.breakdown:
+        return None
+    # a loader that holds the loop back does so step after step; one slow step (a new
+    # epoch's iterator in a 2-step-per-epoch run) is half the evidence of two steps
+    waiting = [s for s in m.breakdown.get("data_step_shares", []) if s >= DATA_WAIT_SHARE_MIN]
+    if len(waiting) < DATA_WAIT_MIN_STEPS:
         return None
     data = m.breakdown["phases"].get("data", {})
     share = data.get("share", 0.0)

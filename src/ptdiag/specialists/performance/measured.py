@@ -109,6 +109,8 @@ def breakdown(rows: list[dict], batch: int | None) -> dict[str, Any] | None:
                             "share": round(statistics.median(r.get(p, 0.0) / r["dt"] for r in used if r["dt"] > 0), 4)
                             if total else 0.0}
                         for p in parts}
+    if "data" in parts:  # per step, so a claim can ask that the wait is there step after step
+        result["data_step_shares"] = [round(r.get("data", 0.0) / r["dt"], 4) for r in used if r["dt"] > 0]
     return result
 
 
