@@ -3,8 +3,8 @@ torchrun; the ranks pass their rank to init_process_group themselves. Rank 1 fee
 DataLoader with a worker process (a spawned child that never starts a process group)."""
 
 import os
-import socket
 import sys
+import tempfile
 
 import torch
 import torch.distributed as dist
@@ -13,9 +13,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, TensorDataset
 
 
-def train(rank: int, world_size: int, port: int, steps: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+def train(rank: int, world_size: int, store_file: str, steps: int) -> None:
+    # a file rendezvous: a port picked free and released can be taken by another test's
+    # process before the ranks bind it (seen once on CI's loaded box)
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world_size)
     torch.manual_seed(0)
     model = DDP(torch.nn.Linear(4, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -32,7 +33,5 @@ def train(rank: int, world_size: int, port: int, steps: int) -> None:
 
 if __name__ == "__main__":
     steps = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(train, args=(2, port, steps), nprocs=2)
+    with tempfile.TemporaryDirectory() as folder:
+        mp.spawn(train, args=(2, os.path.join(folder, "rendezvous"), steps), nprocs=2)
