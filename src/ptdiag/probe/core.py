@@ -168,12 +168,12 @@ class Probe:
     def switch_off(self, what: str, why: str) -> None:
         """Record that ptdiag removed one of its own instruments (it faulted, or would cost
         more than its budget); the report lists these under `switched_off`. Said once per
-        instrument."""
+        instrument. Not an error: a fault's traceback is logged where it is caught, and a
+        budget's decision is none (the report said 'the probe logged internal errors' for it)."""
         if what in self._switched_off:
             return
         self._switched_off.add(what)
         self.emit("switched_off", what=what, why=why, step=self.step)
-        self.log_error(f"switched off {what}: {why}")
 
     # -- the loss a GradScaler scaled (patches: GradScaler.scale) ---------------------------
     def note_scaled_loss(self, scaled, scale) -> None:
