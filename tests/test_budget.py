@@ -67,12 +67,16 @@ def test_over_budget_the_costliest_owner_sheds_one_step_per_look():
     assert offs[0][0] == "numerics a" and "budget 5%" in offs[0][1] and "numerics 300 µs" in offs[0][1]
     steps(budget, clock, CHECK_STEPS, 0.001, charges)
     assert shed == ["numerics a", "numerics b"]
-    steps(budget, clock, 2 * CHECK_STEPS, 0.001, charges)  # numerics has nothing left: memory next, then none
+    # numerics has nothing left: memory next, then the recorder's own per-step lines (tracking's)
+    steps(budget, clock, 2 * CHECK_STEPS, 0.001, charges)
     assert shed == ["numerics a", "numerics b", "memory a"]
+    assert offs[-1][0].startswith("the recorder's per-step lines") and "1 step in 4" in offs[-1][0]
+    assert [s for s in range(1, 13) if budget.records(s)] == [4, 8, 12]
     budget.close()
     kind, cost = events[-1]
     assert kind == "probe_cost" and cost["steps"] == 4 * CHECK_STEPS
-    assert cost["shed"] == shed and cost["by_owner_us"]["numerics module watch"] == pytest.approx(200.0)
+    assert cost["shed"] == [*shed, offs[-1][0]]
+    assert cost["by_owner_us"]["numerics module watch"] == pytest.approx(200.0)
     assert cost["share"] == pytest.approx(0.41, abs=0.001)
 
 
@@ -148,6 +152,15 @@ def _run_program(workdir, script: str, *args: str, ptdiag: list[str] | None = No
     return {**json.loads(times.read_text()), "report": report, "events": events, "run_dir": run_dir}
 
 
+def _recorded_steps(report: dict, steps: int) -> list[int]:
+    """The steps whose lines the recorder wrote: every one, until the budget shed them to 1
+    step in N (said in `switched_off`, from the step after the one named)."""
+    strides = [(s["step"], int(s["what"].rsplit(" ", 1)[-1])) for s in report["switched_off"]
+               if s["what"].startswith("the recorder's per-step lines")]
+    return [step for step in range(1, steps + 1)
+            if step % max([n for after, n in strides if after < step], default=1) == 0]
+
+
 def _windows(events: list[dict]) -> list[str]:
     return [e["what"] for e in events if e["ev"] == "window"]
 
@@ -182,7 +195,7 @@ def test_optimizer_rebuilt_every_step_takes_every_step_and_one_breakdown(workdir
     run = _run_program(workdir, "budget_optimizer_rebuilt.py", "--steps", "48", ptdiag=TRIAGE)
     report, events = run["report"], run["events"]
     assert report["steps_observed"] == 48
-    assert [e["step"] for e in events if e["ev"] == "step"] == list(range(1, 49))
+    assert [e["step"] for e in events if e["ev"] == "step"] == _recorded_steps(report, 48)
     assert len([e for e in events if e["ev"] == "mem_breakdown"]) == 1
     assert sorted(_windows(events)) == ["memory breakdown (MemTracker)", "performance windows"]
     assert any(f["code"] == "performance.optimizer_recreated" for f in report["findings"])

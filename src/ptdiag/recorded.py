@@ -30,7 +30,9 @@ class ProcessEvents:
 
     @property
     def steps(self) -> int:
-        return max((e["step"] for e in self.of("step")), default=0)
+        """Optimizer steps taken: the last recorded, or the count at exit (the recorder may
+        have kept 1 step in N, when ptdiag's budget shed its per-step lines)."""
+        return max([e["step"] for e in self.of("step")] + [e.get("steps") or 0 for e in self.of("exit")], default=0)
 
 
 @dataclass

@@ -8,7 +8,9 @@ wall time less ptdiag's). Every CHECK_STEPS steps outside one-off windows it tak
 median of those shares; above STEP_SHARE, the costliest owner that can shed work sheds
 some (a check sampled, fewer modules watched, a check switched off), and
 `probe.switch_off` says what and why. Work nothing can shed (the recorder's lines of each
-step) still counts. At exit the run's figures are written (`probe_cost`).
+step) still counts, until the recorder itself sheds: on steps far shorter than its few
+tens of microseconds it keeps 1 step in `stride` (`records(step)`: step time, loss, LR,
+phase times), which the report says. At exit the run's figures are written (`probe_cost`).
 
 One-off windows (the profiler, MemTracker's step, the numerics replay). `window(what)`
 opens one once per run (None the second time, whatever the loop or the optimizer does);
@@ -30,6 +32,8 @@ STEP_SHARE = 0.05  # ptdiag's time per step, at most this share of the program's
 CHECK_STEPS = 8  # steps measured between two looks at the share
 WARMUP_STEPS = 2  # the first steps build caches, ptdiag's and torch's: not measured
 WINDOW_GROWTH = 0.15  # a one-off window may grow the process by this share of its size
+RECORDER_STRIDES = (4, 16)  # the recorder's per-step lines, kept for 1 step in this many when shed
+RECORDER_OWNERS = ("tracking", "performance", "probe")  # whose per-step cost the stride lowers
 MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
 
 
@@ -111,6 +115,10 @@ class Budget:
         self._run_steps = 0
         self._sheddable: list[Sheddable] = []
         self.shed: list[str] = []
+        self.stride = 1  # the recorder keeps the steps that are multiples of this
+        self.sheddable(RECORDER_OWNERS, [(f"the recorder's per-step lines (step time, loss, learning rate, phase "
+                                          f"times): now 1 step in {n}", lambda n=n: self._keep_one_in(n))
+                                         for n in RECORDER_STRIDES])
 
     # -- per step ----------------------------------------------------------------------------
     def charge(self, owner: str, seconds: float) -> None:
@@ -122,6 +130,13 @@ class Budget:
         """`steps` lower the cost charged to `owners` (a plugin's name, its instruments'),
         one at a time, first first, while ptdiag is over its budget."""
         self._sheddable.append(Sheddable(owners, steps))
+
+    def records(self, step: int) -> bool:
+        """Whether the recorder writes step `step`'s lines (hot path: once per hook that records)."""
+        return step % self.stride == 0
+
+    def _keep_one_in(self, stride: int) -> None:
+        self.stride = stride
 
     def step_ended(self) -> None:
         now = self._clock()

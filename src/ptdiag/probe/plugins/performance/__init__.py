@@ -148,7 +148,7 @@ class Plugin(ProbePlugin):
 
     def on_step(self, step, optimizer) -> None:
         self.breakdown.end("optimizer")
-        self.breakdown.step_end(step)
+        self.breakdown.step_end(step, self.probe.budget.records(step))
         if step == 1:
             self._start_telemetry()
         if step > self.stop_at:

@@ -58,9 +58,10 @@ class StepBreakdown:
     def forward_hook(self, module, args, kwargs, output) -> None:
         self.end("forward")
 
-    def step_end(self, step: int) -> None:
+    def step_end(self, step: int, keep: bool = True) -> None:
+        """`keep`: whether this step's row is kept (the budget may keep 1 step in N)."""
         now = time.perf_counter()
-        if self._last_end is not None:
+        if self._last_end is not None and keep:
             dt = now - self._last_end
             row = {"step": step, "dt": dt, "data": self._data, **self._phase}
             row["other"] = max(0.0, dt - self._data - sum(self._phase.values()))

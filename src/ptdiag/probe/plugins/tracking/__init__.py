@@ -141,8 +141,8 @@ class Plugin(ProbePlugin):
 
     def on_backward(self, tensor) -> None:
         """The loss as the program computed it: a GradScaler's scaled loss is divided back
-        (on the device, no synchronisation)."""
-        if tensor.numel() != 1:
+        (on the device, no synchronisation). Kept for the steps the recorder writes."""
+        if tensor.numel() != 1 or not self.probe.budget.records(self.probe.step + 1):
             return
         scale = self.probe.loss_scale(tensor)
         loss = tensor.detach()
@@ -158,9 +158,13 @@ class Plugin(ProbePlugin):
 
     def on_step(self, step, optimizer) -> None:
         now = time.perf_counter()
-        self._describe(optimizer)
         dt = None if self._last_step_time is None else now - self._last_step_time
         self._last_step_time = now
+        if not self.probe.budget.records(step):  # the budget shed: this step's lines are not kept
+            self._data_wait = 0.0
+            self._losses = []
+            return
+        self._describe(optimizer)
         self.probe.emit("step", step=step, dt=dt, data_s=self._data_wait,
                         lr=[_scalar(g.get("lr")) for g in optimizer.param_groups],
                         loader=self._batch_from[0], epoch=self._batch_from[1])
