@@ -218,11 +218,11 @@ def test_100kb_input_is_fast():
     text = log[:99_900] + "\nRuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
     assert len(text) > 99_000
     route("warm the table")
-    start = time.perf_counter()
+    start = time.process_time()  # CPU time: a loaded box's waits for a core are not the router's
     plan = route(text)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert plan.specialists[0] == "memory"
-    assert elapsed < 2.0, f"route() took {elapsed:.2f} s on 100 kB"
+    assert elapsed < 2.0, f"route() took {elapsed:.2f} s of CPU on 100 kB"
 
 
 def test_with_evidence_adds_the_post_mortem_with_a_note():

@@ -130,9 +130,9 @@ def test_model_is_shipped_as_compact_data():
 
 
 def test_route_command_stays_fast_and_torch_free():
-    code = ("import time, sys; t=time.perf_counter(); import ptdiag.router as r; "
+    code = ("import time, sys; t=time.process_time(); import ptdiag.router as r; "  # CPU time: load-proof
             "r.route('my dataloader is slow and GPU util is 30%'); "
-            "assert 'torch' not in sys.modules; print(time.perf_counter()-t)")
+            "assert 'torch' not in sys.modules; print(time.process_time()-t)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert float(out.stdout.strip()) < 1.0  # generous: the 150 ms whole-process figure is measured in docs
 
