@@ -64,7 +64,8 @@ EVENTS: dict[str, EventKind] = {
     "window": _kind("what steps seconds grew peak_grew allowance abandoned",
                     "a one-off measurement window closed: what it cost the process (probe/budget.py)"),
     # tracking: the always-on recorder
-    "env": _kind("torch", "torch was imported: its build and settings"),
+    "env": _kind("torch", "torch was imported: its build and settings (no CUDA asked: probe/gpu.py)"),
+    "env_cuda": _kind("torch", "the program initialised CUDA: the devices it sees, cuDNN (updates env's torch)"),
     "args": _kind("values", "the command line argparse parsed (or the API session's config)"),
     "seed": _kind("kind value location", "a python/numpy/torch/cuda seed call"),
     "model": _kind("cls module params trainable dtype device", "the first module with parameters ran forward"),
@@ -82,7 +83,7 @@ EVENTS: dict[str, EventKind] = {
     "exception": _kind("type module message location step traceback", "an exception ended the program"),
     "resources": _kind("max_rss_bytes num_threads cuda", "the process's peak memory and threads at exit"),
     # memory
-    "mem_start": _kind("cuda_history " + _MEMORY_SAMPLE, "memory when torch was imported"),
+    "mem_start": _kind(_MEMORY_SAMPLE, "memory when torch was imported"),
     "mem_model": _kind("params_bytes buffers_bytes device dtype", "the model's parameter and buffer bytes"),
     "mem_grads": _kind("step bytes", "gradient bytes after the first step"),
     "mem_step": _kind("step holders " + _MEMORY_SAMPLE, "memory at a step's end and what holds old graphs"),
