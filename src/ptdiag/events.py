@@ -118,7 +118,7 @@ EVENTS: dict[str, EventKind] = {
     "perf_python_calls": _kind("step calls capped location in_loader",
                                "the Python calls of the step before the profiler, counted up to what stacks afford"),
     "perf_scan": _kind("first_step steps torch_calls_per_step top_lines syncs float64_calls_per_step "
-                       "float64_lines per_call_us float64_slowdown", "the call scan: syncs and hot lines"),
+                       "float64_lines per_call_us float64_slowdown syncs_from", "the call scan: syncs and hot lines"),
     "perf_telemetry": _kind("samples interval_s cores gpu main_cpu_pct gpu_util_pct gpu_mem_used_mb sm_clock_mhz "
                             "power_w workers workers_cpu_pct throttle_reasons", "CPU/GPU utilisation samples"),
     # distributed

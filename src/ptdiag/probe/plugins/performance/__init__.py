@@ -39,6 +39,7 @@ TRACE_NAME = "trace.json.gz"
 FORWARD_TIMING = "performance forward timing"  # the model's hooks: where each forward begins and ends
 PROFILER = "performance profiler window"
 SCAN = "performance call scan"
+SYNC_DEBUG = "performance scan's CUDA sync debug mode"
 STACKS = "performance profiler's Python stacks"
 WINDOWS = "performance windows"  # the budget's one-off window: the call count, the profiler, the scan
 # What the profiler holds once it stops, per byte the process grew while it recorded: an
@@ -98,6 +99,7 @@ class Plugin(ProbePlugin):
         self._profiler = None
         self._scan = None
         self._scan_window = None
+        self._sync_debug = None  # torch's CUDA sync debug mode over the scan (a GPU run)
         self._window = None  # the probe budget's one-off window around all of these
         self._calls: PythonCalls | None = None
         self._program_growth = 0  # the process's growth over the counted step: the program's own
@@ -330,15 +332,22 @@ class Plugin(ProbePlugin):
         self._scan_facts = {"per_call_us": overhead, "float64_slowdown": slowdown}
         self._scan = scan.CallScan(torch, self._cuda)
         self._scan_window = self.probe.instruments.watch_ops(SCAN, self._scan, functions=True)
+        if self._scan_window is not None and self._cuda:  # torch itself reports every sync (scan.py)
+            self._sync_debug = self.probe.instruments.sync_debug(SYNC_DEBUG, torch, self._scan.on_sync)
+            self._scan.by_sync_debug = self._sync_debug is not None
         if self._scan_window is None:
             self._scan = None
             self._close_window()
 
     def _stop_scan(self, steps: int) -> None:
         observer, self._scan = self._scan, None
+        if self._sync_debug is not None:
+            self._sync_debug.close()
+            self._sync_debug = None
         self._scan_window.close()
         if self.probe.instruments.available(SCAN):  # else it faulted: its counts are partial
             self.probe.emit("perf_scan", first_step=self.profile_end + 1, **observer.summary(steps),
+                            syncs_from="torch's sync debug mode" if observer.by_sync_debug else "call table",
                             **self._scan_facts)
         self._close_window()
 
