@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from typing import Callable
 
@@ -98,6 +99,14 @@ def visible_device_count(torch) -> int | None:
     with quiet_warnings.ignored("Can't (initialize NVML|get nvml device count)"):  # torch warns on a box without a GPU driver
         count = count_nvml()
     return count if count >= 0 else None
+
+
+def wait_for_device(torch, tensor) -> float:
+    """Block until the work queued so far on the current stream of `tensor`'s device is
+    done; the seconds waited (the program's device time, not ptdiag's work)."""
+    start = time.perf_counter()
+    record_event(torch, tensor.device).synchronize()
+    return time.perf_counter() - start
 
 
 def record_event(torch, device, **options):

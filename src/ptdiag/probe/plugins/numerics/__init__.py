@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 
 from ptdiag.location import user_location
+from ptdiag.probe import gpu
 from ptdiag.probe.plugin import Plugin as ProbePlugin
 
 MODULES_KEPT = 20  # module names recorded per step with a non-finite output
@@ -213,6 +214,8 @@ class Plugin(ProbePlugin):
         if self._replaying or self._localised or tensor is not self._loss:
             return
         groups = self._groups or ([[p for p in self._model.parameters() if p.requires_grad]] if self._model else [])
+        if self._loss.is_cuda:  # the read below waits for the program's backward first: that wait is not ptdiag's
+            self.probe.budget.waited(self.name, gpu.wait_for_device(torch, self._loss))
         reading = watch.read(self._loss, self._outputs, self._region, groups, self._scale)
         step = self.probe.step + 1
         loss = reading.loss / reading.scale if reading.loss is not None and reading.scale else reading.loss
