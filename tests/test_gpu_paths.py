@@ -125,11 +125,14 @@ def test_work_queued_in_the_probed_process_does_not_run_in_a_forked_child():
 
 
 CAPTURED_STEP = """
+from types import SimpleNamespace
 import torch
 from torch import nn
 from ptdiag.probe import gpu
 capture = [False]
-gpu.stream_capturing = lambda: capture[0]  # torch's answer, as in a step captured on a GPU
+# torch.cuda as the capture predicate asks it, answering as in a step captured on a GPU
+gpu._torch_cuda[:] = [SimpleNamespace(_initialized=True, is_initialized=lambda: True,
+                                      is_current_stream_capturing=lambda: capture[0])]
 torch.manual_seed(0)
 torch.set_num_threads(1)
 model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
@@ -157,3 +160,20 @@ def test_every_hook_is_inert_while_a_cuda_graph_is_captured(tmp_path):
     said = [e for e in events if e["ev"] == "switched_off" and e["what"] == gpu.CAPTURE]
     assert len(said) == 1 and said[0]["step"] == 3  # said once, as the capture began in step 4
     assert not (run_dir / "probe-errors.log").exists()
+
+
+def test_gpu_facts_recorded_at_cuda_initialisation_update_the_imports(tmp_path):
+    """`env` (at import: torch's build, NVML's view) then `env_cuda` (once the program
+    initialised CUDA): the run record holds the latter's devices."""
+    from ptdiag.recorded import RecordedRun
+    from ptdiag.specialists.tracking.record import torch_environment
+
+    (tmp_path / "events").mkdir()
+    events = [{"ev": "start", "t": 1.0, "rank": 0},
+              {"ev": "env", "t": 1.0, "torch": {"torch": "2.14.1", "cuda": "13.0", "cuda_available": None, "gpus": []}},
+              {"ev": "env_cuda", "t": 2.0, "torch": {"cuda_available": True, "cudnn": 91900,
+                                                    "gpus": [{"index": 0, "name": "NVIDIA H200", "uuid": "GPU-1"}]}}]
+    (tmp_path / "events" / "rank0.p1.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    env = torch_environment(RecordedRun.load(tmp_path))
+    assert env == {"torch": "2.14.1", "cuda": "13.0", "cuda_available": True, "cudnn": 91900,
+                   "gpus": [{"index": 0, "name": "NVIDIA H200", "uuid": "GPU-1"}]}

@@ -103,6 +103,25 @@ def test_torch_reported_syncs_count_at_the_programs_line_never_ptdiags_and_are_n
     assert not errors and not said and not instruments.warning_takers
 
 
+def test_a_sync_inside_a_watched_call_is_that_calls_unless_ptdiag_made_it():
+    """A sync torch reports while a watched call runs (here: backward, whose gradient hooks
+    synchronise) counts at the program's line of that call; ptdiag's own reading inside the
+    same backward (its hook) does not make the program's backward a sync."""
+    synchronize = _in_torch("synchronize", "def synchronize():\n    on_sync(sys._getframe())\n", sys=sys)
+    ptdiag_hook = _in_ptdiag("hook", "def hook(grad):\n    synchronize()\n", synchronize=synchronize)
+    scan = CallScan(torch, device_is_cuda=True)
+    scan.by_sync_debug = True
+    synchronize.__globals__["on_sync"] = scan.on_sync
+    with ops_in_block(scan, functions=True):
+        x = torch.randn(3, requires_grad=True)
+        x.register_hook(lambda grad: synchronize())  # the program's hook: its sync
+        (x * 2).sum().backward(); user_line = _line()  # noqa: E702
+        y = torch.randn(3, requires_grad=True)
+        y.register_hook(ptdiag_hook)
+        (y * 2).sum().backward()
+    assert _syncs(scan, steps=1) == {("backward", f"{HERE}:{user_line}"): 1.0}
+
+
 def test_a_programs_own_sync_debug_mode_is_left_alone():
     fake = _SyncDebugTorch(mode=1)
     instruments = Instruments(lambda what, why: None, print)

@@ -43,20 +43,29 @@ _capture_said: list[Callable[[], None]] = []  # what the probe does the first ti
 
 def capturing() -> bool:
     """Whether the calling thread's current CUDA stream is capturing a graph (the first time,
-    the probe says what it turned off)."""
-    if not stream_capturing():
+    the probe says what it turned off). Never initialises CUDA: with no CUDA state yet
+    nothing can be capturing, and torch's own check "returns False without initializing
+    the context" (torch/cuda/graphs.py `is_current_stream_capturing`). It runs in every
+    hook of the probe: a CPU program pays a flag read (`torch.cuda._initialized`)."""
+    cuda = _torch_cuda[0] if _torch_cuda else _bind_torch_cuda()
+    if cuda is None or not cuda._initialized or not cuda.is_initialized() or not cuda.is_current_stream_capturing():
         return False
     if _capture_said:
         _capture_said.pop()()
     return True
 
 
-def stream_capturing() -> bool:
-    """torch's answer, never initialising CUDA: with no CUDA state yet nothing can be
-    capturing, and torch's own check "returns False without initializing the context"
-    (torch/cuda/graphs.py `is_current_stream_capturing`)."""
-    torch = sys.modules.get("torch")
-    return torch is not None and torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
+_torch_cuda: list = []  # [torch.cuda] once the program imported torch: what `capturing` asks
+
+
+def _bind_torch_cuda():
+    """torch.cuda once it is fully there (a hook may run while torch is still importing:
+    a warning torch raises at import)."""
+    cuda = getattr(sys.modules.get("torch"), "cuda", None)
+    if not hasattr(cuda, "is_current_stream_capturing"):
+        return None
+    _torch_cuda.append(cuda)
+    return cuda
 
 
 def on_first_capture(say: Callable[[], None]) -> None:

@@ -40,8 +40,9 @@ NOT_USER_PREFIXES = ("torch/", "<", "threading.py", "multiprocessing/")
 # ptdiag's frames, as the trace names them: relative when torch trimmed a sys.path prefix
 # ("ptdiag/probe/..."), absolute when ptdiag's directory was not on sys.path then
 PTDIAG_FRAME = re.compile(r"(^|/)ptdiag/")
-# ptdiag's wrappers of the program's own calls (backward, optimizer step): not ptdiag's work
-PTDIAG_PASS_THROUGH = re.compile(r"(^|/)ptdiag/probe/patches\.py$")
+# ptdiag's frames that pass the program's own calls on (its wrappers of backward and the
+# optimizer step, its op watches' modes): not ptdiag's work (location.PTDIAG_PASS_THROUGH)
+PTDIAG_PASS_THROUGH = re.compile(r"(^|/)ptdiag/probe/(patches|instruments/ops)\.py$")
 PTDIAG_SYNC = "ptdiag"  # a sync whose innermost non-torch frame is ptdiag's work: not the program's
 _CATEGORY_RES = [(name, re.compile(p)) for name, p in CPU_OP_CATEGORIES]
 

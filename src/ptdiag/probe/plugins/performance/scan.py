@@ -29,6 +29,7 @@ import time
 from collections import Counter, defaultdict
 from functools import lru_cache
 
+from ptdiag.location import PTDIAG_DIR as LOCATION_PTDIAG_DIR
 from ptdiag.location import format_location, is_ptdiag_work, is_user_file
 from ptdiag.probe.instruments import OpObserver
 from ptdiag.probe.instruments.ops import op_caller
@@ -113,6 +114,23 @@ def _callers(frame):
     return direct, outside, user
 
 
+def _first_outside_torch(frame):
+    """The first frame that is neither torch's nor one of ptdiag's frames that only pass a
+    program's call on (the probe's patches, its op watches' modes: location.is_ptdiag_work)."""
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        passing = _in_ptdiag(filename) and not is_ptdiag_work(filename)
+        if not (filename.startswith(TORCH_DIR) or passing):
+            return frame
+        frame = frame.f_back
+    return None
+
+
+@lru_cache(maxsize=1024)
+def _in_ptdiag(filename: str) -> bool:
+    return os.path.normcase(os.path.abspath(filename)).startswith(LOCATION_PTDIAG_DIR)
+
+
 def _where(frame) -> str | None:
     return format_location(frame.f_code.co_filename, frame.f_lineno) if frame is not None else None
 
@@ -157,16 +175,19 @@ class CallScan(OpObserver):
             self.float64[_where(user) or line] += 1
 
     def on_sync(self, frame) -> None:
-        """torch reported a synchronisation made at `frame` (the sync debug mode). Inside a
-        watched call, that call is marked (counted as it returns); otherwise (torch.cuda.
-        synchronize, a sync inside torch's own code) it counts at the program's line that
-        made it. ptdiag's own syncs (its readings, on any thread) are not the program's."""
-        direct, outside, user = _callers(frame)
-        if outside is None or is_ptdiag_work(outside.f_code.co_filename):
+        """torch reported a synchronisation made at `frame` (the sync debug mode). Whose it
+        is, the first frame outside torch tells (ptdiag's wrappers of the program's calls
+        looked through): ptdiag's own (its readings, inside the program's backward or on
+        autograd's threads) are not counted. Inside a watched call, that call is marked
+        (counted as it returns, at its line); outside one (torch.cuda.synchronize, a sync
+        inside torch's own code) it counts at the program's line that made it."""
+        first = _first_outside_torch(frame)
+        if first is None or is_ptdiag_work(first.f_code.co_filename):
             return
         if self._in_call is not None:
             self._in_call[0] = True
             return
+        direct, outside, user = _callers(frame)
         if user is not None and user is outside:
             name = direct.f_code.co_name if direct is not None and direct.f_code.co_name in SYNC_CALLS else "sync"
             self.syncs[(name, _where(user))][0] += 1
