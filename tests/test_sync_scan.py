@@ -17,7 +17,7 @@ import ptdiag.probe as probe_package
 from ptdiag.probe import patches
 from ptdiag.probe.instruments import Instruments, ops_in_block
 from ptdiag.probe.instruments.sync_debug import SYNC_WARNING
-from ptdiag.probe.plugins.performance.scan import CallScan
+from ptdiag.probe.plugins.performance.scan import CallScan, is_sync
 from ptdiag.specialists.performance import trace_cpu
 
 HERE = Path(__file__).name
@@ -33,21 +33,32 @@ def _syncs(scan: CallScan, steps: int) -> dict:
     return {(s["call"], s["location"].split("/")[-1]): s["per_step"] for s in scan.summary(steps)["syncs"]}
 
 
+def test_a_copy_to_the_host_is_a_sync_only_from_a_device_tensor():
+    """On a CPU run the program's `.to(device)` of its batches is `.to("cpu")` too."""
+    on_device, on_host = torch.empty(4, device="meta"), torch.empty(4)
+    for device_is_cuda in (True, False):
+        assert is_sync("to", (on_device, "cpu"), {}, device_is_cuda, torch)
+        assert is_sync("to", (on_device,), {"device": torch.device("cpu")}, device_is_cuda, torch)
+        assert is_sync("to", (on_device, on_host), {}, device_is_cuda, torch)
+        assert not is_sync("to", (on_device, "cpu"), {"non_blocking": True}, device_is_cuda, torch)
+        assert not is_sync("to", (on_device, torch.float16), {}, device_is_cuda, torch)
+        assert not is_sync("to", (on_host, "cpu"), {}, device_is_cuda, torch)
+
+
 def test_scan_names_the_syncs_a_call_table_missed():
-    """`.to("cpu")`, boolean-mask indexing, torch.where(cond) and torch.equal block the host
-    on a GPU; the same calls with other arguments do not."""
+    """Boolean-mask indexing, torch.where(cond) and torch.equal block the host on a GPU;
+    the same calls with other arguments do not."""
     scan = CallScan(torch, device_is_cuda=False)
     x, mask = torch.randn(8, 3), torch.randn(8, 3) > 0
     with ops_in_block(scan, functions=True):
         for _ in range(2):
-            x.to("cpu"); to_line = _line()  # noqa: E702
+            x.to("cpu")  # a CPU run's batches moved "to the device"
             x[mask]; mask_line = _line()  # noqa: E702
             torch.where(mask); where_line = _line()  # noqa: E702
             torch.equal(x, x); equal_line = _line()  # noqa: E702
             x.to(torch.float64), x.to("cpu", non_blocking=True), x[0:2], x[mask.any(1).nonzero()[:, 0].tolist()]
             torch.where(mask, x, 0.0)
     syncs = _syncs(scan, steps=2)
-    assert syncs.pop(("to", f"{HERE}:{to_line}")) == 1.0
     assert syncs.pop(("__getitem__", f"{HERE}:{mask_line}")) == 1.0
     assert syncs.pop(("where", f"{HERE}:{where_line}")) == 1.0
     assert syncs.pop(("equal", f"{HERE}:{equal_line}")) == 1.0

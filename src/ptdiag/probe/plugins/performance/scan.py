@@ -58,8 +58,13 @@ SYNC_OTHER = "synchronises with the device (reported by torch's CUDA sync debug 
 
 
 def _to_host(args, kwargs, torch) -> bool:
-    """`.to("cpu")`, `.to(cpu_tensor)`, `.to(device=...)`; not a dtype change, nor a
-    non-blocking copy (it does not wait)."""
+    """`.to("cpu")`, `.to(cpu_tensor)`, `.to(device=...)` of a device tensor; not a dtype
+    change, nor a non-blocking copy (it does not wait). On a CPU run never: there the
+    program's `.to(device)` of its batches is the same call, and is no copy to the host on
+    a GPU."""
+    source = args[0] if args else None
+    if not isinstance(source, torch.Tensor) or source.device.type == "cpu":
+        return False
     if kwargs.get("non_blocking") or (len(args) > 2 and args[2] is True):
         return False
     for target in (*args[1:2], kwargs.get("device")):
