@@ -1,11 +1,14 @@
 """Healthy baseline: ResNet on FakeData, SGD with momentum, nothing wrong.
 
     python sample_models/resnet_healthy.py --epochs 2
+    python sample_models/resnet_healthy.py --device cuda --autocast bf16   # mixed precision, still healthy
 """
 
+import contextlib
 import json
 import time
 
+import torch
 import torch.nn.functional as F
 
 import _common
@@ -14,6 +17,7 @@ import _common
 def main() -> None:
     parser = _common.parser(__doc__.splitlines()[0])
     parser.add_argument("--step-times", help="write each iteration's wall time (s) as JSON here (benchmarks)")
+    parser.add_argument("--autocast", choices=["bf16"], help="forward and loss under torch.autocast in this dtype")
     args = parser.parse_args()
     device = _common.setup(args)
     model = _common.resnet(args).to(device)
@@ -26,7 +30,8 @@ def main() -> None:
         start = time.perf_counter()
         for images, labels in data:
             images, labels = images.to(device), labels.to(device)
-            loss = F.cross_entropy(model(images), labels)
+            with (torch.autocast(device.type, dtype=torch.bfloat16) if args.autocast else contextlib.nullcontext()):
+                loss = F.cross_entropy(model(images), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -87,6 +87,21 @@ def test_within_budget_nothing_is_shed():
     assert offs == []
 
 
+def test_a_hook_waiting_for_the_programs_device_work_is_not_charged_that_wait():
+    """On a GPU the numerics watch's read first waits for the program's backward: 40 ms of a
+    50 ms step charged to ptdiag would shed the watch on every GPU run."""
+    budget, clock, events, offs = make()
+    budget.sheddable(("numerics",), [("numerics a", lambda: pytest.fail("shed for the program's own device time"))])
+    for _ in range(WARMUP_STEPS + 2 * CHECK_STEPS):
+        budget.charge("numerics", 0.0401)  # the hook's wall time: the wait, then its own 0.1 ms
+        budget.waited("numerics", 0.04)
+        clock.now += 0.05
+        budget.step_ended()
+    assert offs == []
+    budget.close()
+    assert events[-1][1]["by_owner_us"]["numerics"] == pytest.approx(100.0)
+
+
 def test_one_slow_step_does_not_shed():
     """The median share decides: a step where ptdiag's hook was preempted is one step."""
     budget, clock, _, offs = make()

@@ -76,24 +76,51 @@ def _cpu_model() -> str | None:
 
 
 def torch_environment() -> dict[str, Any]:
-    """torch's build, devices and the settings that change numerics (thread count included:
-    1 and 2 threads give different results on CPU)."""
+    """torch's build, devices and the settings that change numerics, for the CLI's own
+    process (`ptdiag env`): there, asking CUDA is harmless."""
     import torch
 
+    return {**torch_build(torch), "cuda_available": torch.cuda.is_available(), "gpus": nvml_gpus() or [],
+            **(cuda_facts(torch) if torch.cuda.is_available() else {})}
+
+
+def torch_build(torch: Any) -> dict[str, Any]:
+    """What torch says without touching CUDA (thread count included: 1 and 2 threads give
+    different results on CPU). Read in the program's process at `import torch`, where
+    asking CUDA would initialise it before the program does (probe/gpu.py); cuDNN's
+    version is not here: `cudnn.version()` asks `torch.cuda.is_available()`
+    (torch/backends/cudnn/__init__.py `_init`)."""
     cudnn = torch.backends.cudnn
     return {
         "torch": str(torch.__version__),
         "cuda": torch.version.cuda,
-        "cuda_available": torch.cuda.is_available(),
-        "cudnn": _call_or_none(cudnn.version) if cudnn.is_available() else None,
         "num_threads": torch.get_num_threads(),
         "determinism": {
             "cudnn_benchmark": cudnn.benchmark,
             "cudnn_deterministic": cudnn.deterministic,
             "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         },
-        "gpus": _nvml_gpus() or _torch_gpus(torch),
     }
+
+
+def cuda_facts(torch: Any) -> dict[str, Any]:
+    """The CUDA devices the process sees, once CUDA is initialised (the program's
+    CUDA_VISIBLE_DEVICES applied), with cuDNN's version and the driver NVML reports."""
+    cudnn = torch.backends.cudnn
+    driver = next((gpu["driver"] for gpu in nvml_gpus() or []), None)
+    gpus = []
+    for index in range(torch.cuda.device_count()):
+        properties = torch.cuda.get_device_properties(index)
+        gpus.append({
+            "index": index,
+            "name": properties.name,
+            "total_memory_bytes": int(properties.total_memory),
+            "capability": f"{properties.major}.{properties.minor}",
+            "uuid": str(getattr(properties, "uuid", "")) or None,
+            "driver": driver,  # torch does not expose it; NVML (nvidia-ml-py) does
+        })
+    return {"cuda_available": True, "cudnn": _call_or_none(cudnn.version) if cudnn.is_available() else None,
+            "gpus": gpus}
 
 
 def _call_or_none(function: Any) -> Any:
@@ -103,8 +130,10 @@ def _call_or_none(function: Any) -> Any:
         return None
 
 
-def _nvml_gpus() -> list[dict[str, Any]] | None:
-    """GPUs as NVML sees them (names, memory, driver); None when NVML is unusable."""
+def nvml_gpus() -> list[dict[str, Any]] | None:
+    """Every GPU of the machine as NVML sees it (names, memory, driver), whatever
+    CUDA_VISIBLE_DEVICES says; None when NVML (nvidia-ml-py) is unusable. NVML creates no
+    CUDA context."""
     try:
         import pynvml
     except ImportError:
@@ -136,22 +165,6 @@ def _nvml_gpus() -> list[dict[str, Any]] | None:
 def _text(value: str | bytes) -> str:
     """Older nvidia-ml-py releases return bytes."""
     return value.decode() if isinstance(value, bytes) else value
-
-
-def _torch_gpus(torch: Any) -> list[dict[str, Any]]:
-    if not torch.cuda.is_available():
-        return []
-    gpus = []
-    for index in range(torch.cuda.device_count()):
-        properties = torch.cuda.get_device_properties(index)
-        gpus.append({
-            "index": index,
-            "name": properties.name,
-            "total_memory_bytes": int(properties.total_memory),
-            "capability": f"{properties.major}.{properties.minor}",
-            "driver": None,  # torch does not expose the driver version
-        })
-    return gpus
 
 
 def installed_packages() -> dict[str, str]:

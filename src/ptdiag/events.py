@@ -64,7 +64,8 @@ EVENTS: dict[str, EventKind] = {
     "window": _kind("what steps seconds grew peak_grew allowance abandoned",
                     "a one-off measurement window closed: what it cost the process (probe/budget.py)"),
     # tracking: the always-on recorder
-    "env": _kind("torch", "torch was imported: its build and settings"),
+    "env": _kind("torch", "torch was imported: its build and settings (no CUDA asked: probe/gpu.py)"),
+    "env_cuda": _kind("torch", "the program initialised CUDA: the devices it sees, cuDNN (updates env's torch)"),
     "args": _kind("values", "the command line argparse parsed (or the API session's config)"),
     "seed": _kind("kind value location", "a python/numpy/torch/cuda seed call"),
     "model": _kind("cls module params trainable dtype device", "the first module with parameters ran forward"),
@@ -82,7 +83,7 @@ EVENTS: dict[str, EventKind] = {
     "exception": _kind("type module message location step traceback", "an exception ended the program"),
     "resources": _kind("max_rss_bytes num_threads cuda", "the process's peak memory and threads at exit"),
     # memory
-    "mem_start": _kind("cuda_history " + _MEMORY_SAMPLE, "memory when torch was imported"),
+    "mem_start": _kind(_MEMORY_SAMPLE, "memory when torch was imported"),
     "mem_model": _kind("params_bytes buffers_bytes device dtype", "the model's parameter and buffer bytes"),
     "mem_grads": _kind("step bytes", "gradient bytes after the first step"),
     "mem_step": _kind("step holders " + _MEMORY_SAMPLE, "memory at a step's end and what holds old graphs"),
@@ -117,7 +118,7 @@ EVENTS: dict[str, EventKind] = {
     "perf_python_calls": _kind("step calls capped location in_loader",
                                "the Python calls of the step before the profiler, counted up to what stacks afford"),
     "perf_scan": _kind("first_step steps torch_calls_per_step top_lines syncs float64_calls_per_step "
-                       "float64_lines per_call_us float64_slowdown", "the call scan: syncs and hot lines"),
+                       "float64_lines per_call_us float64_slowdown syncs_from", "the call scan: syncs and hot lines"),
     "perf_telemetry": _kind("samples interval_s cores gpu main_cpu_pct gpu_util_pct gpu_mem_used_mb sm_clock_mhz "
                             "power_w workers workers_cpu_pct throttle_reasons", "CPU/GPU utilisation samples"),
     # distributed

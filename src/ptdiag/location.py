@@ -19,8 +19,9 @@ _NOT_USER = tuple(
 
 PTDIAG_DIR = os.path.normcase(os.path.dirname(os.path.abspath(__file__))) + os.sep
 # ptdiag's frames that only pass a call of the program's on (the probe's wrappers of torch
-# functions): below them the work is still the program's
-PTDIAG_PASS_THROUGH = (os.path.join("probe", "patches.py"),)
+# functions, its op watches' modes running the program's op): below them the work is
+# still the program's
+PTDIAG_PASS_THROUGH = (os.path.join("probe", "patches.py"), os.path.join("probe", "instruments", "ops.py"))
 
 
 def is_ptdiag_work(filename: str) -> bool:

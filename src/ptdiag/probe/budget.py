@@ -126,6 +126,13 @@ class Budget:
         step = self._step
         step[owner] = step.get(owner, 0.0) + seconds
 
+    def waited(self, owner: str, seconds: float) -> None:
+        """`owner`'s hook spent `seconds` of the time charged to it waiting for the device
+        to finish the program's own queued work (the numerics watch's one read per
+        backward, on a GPU): the program's time, not ptdiag's. Charged, a GPU's backward
+        would count as ptdiag's cost and the watch be shed on every GPU run."""
+        self.charge(owner, -seconds)
+
     def sheddable(self, owners: tuple[str, ...], steps: list[tuple[str, Callable[[], None]]]) -> None:
         """`steps` lower the cost charged to `owners` (a plugin's name, its instruments'),
         one at a time, first first, while ptdiag is over its budget."""

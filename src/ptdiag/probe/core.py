@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ptdiag import options as option_tables
-from ptdiag.probe import patches
+from ptdiag.probe import gpu, patches
 from ptdiag.probe.budget import Budget
 from ptdiag.probe.event_log import EventWriter
 from ptdiag.probe.instruments import Instruments
@@ -111,6 +111,7 @@ class Probe:
         self._excepthook = excepthook
         sys.excepthook = excepthook
         atexit.register(self._at_exit)
+        gpu.on_first_capture(lambda: self.switch_off(gpu.CAPTURE, gpu.CAPTURE_WHY))
         patches.install(self)
 
     def _install_stack_dumps(self) -> None:
@@ -215,7 +216,8 @@ class Probe:
         self.events.flush()
         self.budget.charge("probe", time.perf_counter() - flushing)
         self.budget.step_ended()
-        if self.max_steps is not None and self.step >= self.max_steps:
+        if self.max_steps is not None and self.step >= self.max_steps and not gpu.capturing():
+            # not from inside a CUDA graph capture: the program's capture would end broken
             self.stop("max_steps", f"--max-steps {self.max_steps} was reached")
 
 

@@ -12,7 +12,8 @@ Plugins never call `register_forward_hook` and the like; they subscribe here
   model as they would without ptdiag, and a model saved under ptdiag loads where ptdiag
   is not installed.
 - ptdiag's work never enters the program's graphs: while torch.compile, torch.export or
-  torch.jit.trace trace the program, the hooks do nothing. torch.compile(module) warns
+  torch.jit.trace trace the program, or a CUDA graph is captured (probe/gpu.py), the hooks
+  do nothing. torch.compile(module) warns
   while a global module hook exists; ptdiag's own are not counted (patches.py).
 - A callback that raises inside the program's call loses its whole instrument (`what`),
   `probe.switch_off(what, why)` says so, and the call goes on as without ptdiag: every
@@ -40,6 +41,7 @@ import traceback
 import weakref
 from typing import Any, Callable
 
+from ptdiag.probe import gpu
 from ptdiag.probe.plugin import raised_by_signal_handler
 
 WHY_CHARS = 300  # the exception's text kept in the switched_off event
@@ -108,7 +110,7 @@ class ModelHooks:
             return None
 
         def gradient_hook(grad):
-            if what not in self.off:
+            if what not in self.off and not gpu.capturing():
                 self._run(callback, (grad,), what)
             return None
 
@@ -165,7 +167,7 @@ class ModelHooks:
             subscribed = subscriptions_of(id(module))  # before any-module callbacks subscribe more
             any_module = self._any_pre
             if (subscribed is None and not any_module) or dynamo_compiling() or compiler._is_compiling_flag \
-                    or tracing_state() is not None:
+                    or tracing_state() is not None or gpu.capturing():
                 return None
             for callback, what, _, _ in any_module + (subscribed or ()):
                 run(callback, (module, args), what)
@@ -185,7 +187,8 @@ class ModelHooks:
 
         def after_forward(module, args, kwargs, output=_RAISED) -> None:
             subscribed = subscriptions_of(id(module))
-            if subscribed is None or dynamo_compiling() or compiler._is_compiling_flag or tracing_state() is not None:
+            if subscribed is None or dynamo_compiling() or compiler._is_compiling_flag or tracing_state() is not None \
+                    or gpu.capturing():
                 return None
             if output is _RAISED:
                 subscribed = tuple(entry for entry in subscribed if entry[2])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import functools
 import os
+import sys
 import time
 import weakref
 from typing import TYPE_CHECKING, Callable
@@ -407,8 +408,12 @@ def _argparse(probe: "Probe", argparse) -> None:
 
 
 def _warnings(probe: "Probe", warnings) -> None:
+    """Warnings shown, for the plugins; a warning ptdiag's own instrument asked torch for
+    (the CUDA sync debug mode of the performance scan) is that instrument's, never shown."""
     def make(original):
         def showwarning(message, category, filename, lineno, file=None, line=None):
+            if probe.instruments.warning_takers and probe.instruments.take_warning(message, sys._getframe(1)):
+                return None
             probe.call("on_warning", message, category, user_location(2))
             return original(message, category, filename, lineno, file, line)
 
@@ -443,7 +448,7 @@ PATCHES = (
     ("wandb", ("on_log_scalar", "on_log_params"), _wandb),
     ("argparse", ("on_args",), _argparse),
     ("random", ("on_seed",), _python_seed),
-    ("warnings", ("on_warning",), _warnings),
+    ("warnings", (), _warnings),  # also where the instruments take their own warnings (sync_debug.py)
     ("numpy", ("on_seed",), _numpy_seed),
 )
 

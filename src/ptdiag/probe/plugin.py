@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, Callable
 
+from ptdiag.probe import gpu
+
 if TYPE_CHECKING:
     from ptdiag.probe.core import Probe
 
@@ -126,7 +128,7 @@ class Dispatcher:
 
     def call(self, hook: str, *args: Any) -> None:
         subscribers = self._subscribers.get(hook)
-        if not subscribers:
+        if not subscribers or gpu.capturing():  # inside a CUDA graph capture ptdiag stays inert (probe/gpu.py)
             return
         for subscriber in list(subscribers):
             fn, owner = subscriber

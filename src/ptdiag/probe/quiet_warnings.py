@@ -21,7 +21,18 @@ from typing import Iterator
 def ignore(message: str = "", category: type[Warning] = Warning) -> tuple:
     """Put an "ignore" filter first (message: a regular expression matched at the start,
     as `filterwarnings` does); hand the entry to `unignore` to take it out again."""
-    entry = ("ignore", re.compile(message, re.I) if message else None, category, None, 0)
+    return _first("ignore", message, category)
+
+
+def always(message: str, category: type[Warning] = Warning) -> tuple:
+    """Put an "always" filter first: each such warning reaches `showwarning` (where an
+    instrument of ptdiag's takes its own, instrument/sync_debug.py); "always" records
+    nothing in any registry either. `unignore` takes it out."""
+    return _first("always", message, category)
+
+
+def _first(action: str, message: str, category: type[Warning]) -> tuple:
+    entry = (action, re.compile(message, re.I) if message else None, category, None, 0)
     warnings.filters.insert(0, entry)
     return entry
 

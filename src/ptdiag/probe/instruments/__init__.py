@@ -52,6 +52,7 @@ class Instruments:
         self._log_error = log_error
         self.off: set[str] = set()  # instruments switched off for the run
         self.pushed: list = []  # ptdiag's windows on torch's mode stacks, oldest first
+        self.warning_takers: list = []  # open windows whose warnings are ptdiag's own (sync_debug.py)
 
     # -- faults ------------------------------------------------------------------------------
     def fault(self, what: str, exc: BaseException | None, why: str | None = None) -> None:
@@ -159,6 +160,27 @@ class Instruments:
             return None
         history = AllocatorHistory(self, what, torch)
         return history if history.start(max_entries, on_oom) else None
+
+    # -- CUDA sync debug mode --------------------------------------------------------------------
+    def sync_debug(self, what: str, torch, on_sync: Callable):
+        """torch's CUDA sync debug mode, each synchronisation handed to `on_sync(frame)`
+        instead of warned about, until the returned window's `close()`. None when `what`
+        is off, CUDA is unused, or the program set a sync debug mode of its own."""
+        from ptdiag.probe.instruments.sync_debug import SyncDebugWindow
+
+        if not (self.available(what) and torch.cuda.is_initialized()):
+            return None
+        try:
+            return SyncDebugWindow(self, what, torch, on_sync).open()
+        except Exception as exc:
+            self.fault(what, exc)
+            return None
+
+    def take_warning(self, message, frame) -> bool:
+        """Whether a warning about to be shown (`frame`: the caller of `showwarning`) is one
+        an instrument of ptdiag's asked torch for: then it is the instrument's, not the
+        program's, and is not shown."""
+        return any(taker.take(message, frame) for taker in list(self.warning_takers))
 
     # -- the profiler --------------------------------------------------------------------------
     def profile(self, what: str, kineto_log, **options):

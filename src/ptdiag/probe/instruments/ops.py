@@ -17,6 +17,8 @@ from torch.utils._device import DeviceContext
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode_stack
 from torch.utils._python_dispatch import _push_mode as _push_dispatch_mode
 
+from ptdiag.probe import gpu
+
 
 def mode_kind(functions: bool) -> str:
     return "function mode" if functions else "dispatch mode"
@@ -58,7 +60,7 @@ class PtdiagMode:
 
 def _call(window, func, args, kwargs):
     observer = window.observer
-    if observer is None:
+    if observer is None or gpu.capturing():  # a CUDA graph capture: ptdiag stays out of it (probe/gpu.py)
         return func(*args, **kwargs)
     try:
         before = observer.before(func, args, kwargs)

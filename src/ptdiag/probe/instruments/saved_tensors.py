@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from ptdiag.probe import gpu
+
 
 class SavedTensorsWindow:
     hooks_torch = False
@@ -23,7 +25,7 @@ class SavedTensorsWindow:
 
     def pack(self, tensor):
         """What autograd saves: the tensor itself, always (ptdiag only looks at it)."""
-        if self._pack is not None:
+        if self._pack is not None and not gpu.capturing():
             try:
                 self._pack(tensor)
             except Exception as exc:

@@ -36,7 +36,14 @@ SYNC_RUNTIME_CALLS = frozenset({"cudaDeviceSynchronize", "cudaStreamSynchronize"
                                 "cudaMemcpy"})
 LOCATED_SYNCS_MAX = 64  # sync calls whose Python line is looked up (the rest are counted only)
 PYTHON_FRAME = re.compile(r"^(?P<file>.+?)\((?P<line>\d+)\): (?P<func>.*)$")
-NOT_USER_PREFIXES = ("torch/", "<", "ptdiag/", "threading.py", "multiprocessing/")
+NOT_USER_PREFIXES = ("torch/", "<", "threading.py", "multiprocessing/")
+# ptdiag's frames, as the trace names them: relative when torch trimmed a sys.path prefix
+# ("ptdiag/probe/..."), absolute when ptdiag's directory was not on sys.path then
+PTDIAG_FRAME = re.compile(r"(^|/)ptdiag/")
+# ptdiag's frames that pass the program's own calls on (its wrappers of backward and the
+# optimizer step, its op watches' modes): not ptdiag's work (location.PTDIAG_PASS_THROUGH)
+PTDIAG_PASS_THROUGH = re.compile(r"(^|/)ptdiag/probe/(patches|instruments/ops)\.py$")
+PTDIAG_SYNC = "ptdiag"  # a sync whose innermost non-torch frame is ptdiag's work: not the program's
 _CATEGORY_RES = [(name, re.compile(p)) for name, p in CPU_OP_CATEGORIES]
 
 
@@ -138,7 +145,9 @@ def _categories(ops: list[Span]) -> dict[str, float]:
 
 
 def _runtime_syncs(runtime: list[Span], python: list[Span], steps: list[Span]) -> dict[str, Any]:
-    """Blocking CUDA runtime calls per profiled step, with the user line around each."""
+    """Blocking CUDA runtime calls per profiled step, with the user line around each. ptdiag's
+    own (its readings inside the program's backward, say) are counted apart, never blamed on
+    the program's line that encloses them."""
     calls = [r for r in runtime if r.name in SYNC_RUNTIME_CALLS and _in_steps(r, steps)]
     if not calls:
         return {"per_step": 0.0, "blocked_ms_per_step": 0.0, "locations": []}
@@ -150,11 +159,16 @@ def _runtime_syncs(runtime: list[Span], python: list[Span], steps: list[Span]) -
         location = _user_frame(call, frames.get(call.tid, [])) or "unknown"
         where[location][0] += 1
         where[location][1] += call.dur
+    ours_n, ours_us = where.pop(PTDIAG_SYNC, (0, 0.0))
+    located = min(len(calls), LOCATED_SYNCS_MAX)
+    scale = len(calls) / located  # the calls beyond LOCATED_SYNCS_MAX: ptdiag's in the proportion located
     n = len(steps)
     return {
-        "per_step": round(len(calls) / n, 2),
-        "blocked_ms_per_step": round(sum(c.dur for c in calls) / n / 1000.0, 3),
-        "located_calls": min(len(calls), LOCATED_SYNCS_MAX),
+        "per_step": round((len(calls) - ours_n * scale) / n, 2),
+        "blocked_ms_per_step": round((sum(c.dur for c in calls) - ours_us * scale) / n / 1000.0, 3),
+        "located_calls": located,
+        "ptdiag_per_step": round(ours_n / n, 2),
+        "ptdiag_blocked_ms_per_step": round(ours_us / n / 1000.0, 3),
         "locations": [{"location": loc, "per_step": round(count / n, 2),
                        "blocked_ms_per_step": round(us / n / 1000.0, 3)}
                       for loc, (count, us) in sorted(where.items(), key=lambda kv: -kv[1][1])],
@@ -163,13 +177,20 @@ def _runtime_syncs(runtime: list[Span], python: list[Span], steps: list[Span]) -
 
 def _user_frame(call: Span, frames: list[Span]) -> str | None:
     """`file:line` (the function's first line: the trace names frames by it) of the
-    innermost user Python frame enclosing a call; `frames` are one thread's, by start."""
+    innermost user Python frame enclosing a call; `frames` are one thread's, by start.
+    PTDIAG_SYNC when a frame of ptdiag's own work comes first."""
     i = bisect_right([f.start for f in frames], call.start)
     for frame in reversed(frames[:i]):
         if call.end <= frame.end:
             match = PYTHON_FRAME.match(frame.name)
-            if match and not match["file"].startswith(NOT_USER_PREFIXES) and "site-packages" not in match["file"]:
-                return f"{match['file']}:{match['line']}"
+            if not match:
+                continue
+            file = match["file"]
+            if PTDIAG_FRAME.search(file):
+                if not PTDIAG_PASS_THROUGH.search(file):
+                    return PTDIAG_SYNC
+            elif not file.startswith(NOT_USER_PREFIXES) and "site-packages" not in file:
+                return f"{file}:{match['line']}"
     return None
 
 

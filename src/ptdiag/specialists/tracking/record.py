@@ -53,9 +53,12 @@ def seeds(run: RecordedRun) -> dict:
 
 
 def torch_environment(run: RecordedRun) -> dict:
+    """torch's build as imported, updated by what the program's CUDA showed once it was
+    initialised (the probe asks nothing of CUDA before the program does)."""
     main = run.main
     event = main.first("env") if main else None
-    return event["torch"] if event else {}
+    cuda = main.first("env_cuda") if main else None
+    return {**(event["torch"] if event else {}), **(cuda["torch"] if cuda else {})}
 
 
 def logged_scalars(run: RecordedRun) -> dict[str, list[tuple[int, float]]]:

@@ -20,6 +20,7 @@ import time
 
 from ptdiag.location import user_location
 from ptdiag.events import FLIGHT_RECORDER_DIR
+from ptdiag.probe import gpu
 from ptdiag.probe.plugin import Plugin as ProbePlugin
 from ptdiag.probe.plugins.distributed.consistency import Checksums, is_check_step
 from ptdiag.probe.plugins.distributed.fingerprint import fingerprint
@@ -41,8 +42,8 @@ FORWARD_CHECKS = "distributed forward checks"  # the model's hooks: batch finger
 def _cuda_device(torch, device) -> dict | None:
     """Index, name and UUID of a CUDA device: the UUID tells whether two ranks share a GPU
     whatever CUDA_VISIBLE_DEVICES renumbered."""
-    if device is None or device.type != "cuda" or not torch.cuda.is_available():
-        return None
+    if device is None or device.type != "cuda" or not torch.cuda.is_initialized():
+        return None  # a CUDA tensor exists only once CUDA is initialised: asking first would initialise it
     index = device.index if device.index is not None else torch.cuda.current_device()
     props = torch.cuda.get_device_properties(index)
     return {"index": index, "name": props.name, "uuid": str(getattr(props, "uuid", ""))}
@@ -93,10 +94,11 @@ class Plugin(ProbePlugin):
         (self.probe.run_dir / FLIGHT_RECORDER_DIR).mkdir(exist_ok=True)  # NCCL does not create it
         env = {k: os.environ.get(k) for k in ENV_VARS}
         device = None
-        if torch.cuda.is_available():
+        if torch.cuda.is_initialized():  # the device set for this rank so far (set_device); not asked before the program
             device = torch.device("cuda", torch.cuda.current_device())
+        visible = gpu.visible_device_count(torch)
         self.probe.emit("dist_env", **info, env=env, host=socket.gethostname(), pid=os.getpid(),
-                        cuda=_cuda_device(torch, device), cuda_available=torch.cuda.is_available(),
+                        cuda=_cuda_device(torch, device), cuda_available=None if visible is None else visible > 0,
                         job=job_identity(env, info.get("world_size")))
         self.live.start_watchdog()
         wanted = self.consistency

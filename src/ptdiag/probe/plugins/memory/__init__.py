@@ -11,13 +11,15 @@ of one step (`-o memory.breakdown_step=N`, 0 turns it off; it needs a DataLoader
 batches mark the step's edges).
 On request: the "will it fit" estimate (`-o memory.target_memory=16GiB` or
 `-o memory.target=V100-16GB`), by fake execution after the first step.
-On CUDA: the allocator history from torch's import, snapshots at an OOM and at the end.
+On CUDA: the allocator history from the program's CUDA initialisation (never before: probe/gpu.py),
+snapshots at an OOM and at the end.
 """
 
 from __future__ import annotations
 
 import sys
 
+from ptdiag.probe import gpu
 from ptdiag.probe.plugin import Plugin as ProbePlugin
 from ptdiag.probe.plugins.memory import holders, tensor_bytes
 from ptdiag.probe.plugins.memory.process_memory import cuda_sample, host_sample
@@ -43,6 +45,7 @@ class Plugin(ProbePlugin):
         self.torch = None
         self.cuda = None
         self.model = None
+        self._device = None  # the model's, whose allocator counters are sampled
         self.forwards = None
         self.tracker = None
         self._optimizer = None
@@ -71,13 +74,15 @@ class Plugin(ProbePlugin):
         self.torch = torch
         self.tracker = StepTracker(self.probe.instruments)
         self.cuda = CudaHistory(torch, self.probe.instruments, self.probe.run_dir, self.probe.rank, self.probe.emit)
-        self.probe.emit("mem_start", cuda_history=self.cuda.start(), **host_sample())
+        gpu.after_cuda_init(torch, self.cuda.start, self.probe.log_error)
+        self.probe.emit("mem_start", **host_sample())
 
     def on_model(self, module) -> None:
         from ptdiag.probe.plugins.memory.forwards import ForwardWatch
 
         self.model = module
         first = next(module.parameters())
+        self._device = first.device
         self.probe.emit("mem_model", params_bytes=tensor_bytes.parameter_bytes(module),
                         buffers_bytes=tensor_bytes.buffer_bytes(module), device=str(first.device),
                         dtype=str(first.dtype))
@@ -98,7 +103,7 @@ class Plugin(ProbePlugin):
 
     def on_step(self, step, optimizer) -> None:
         if self._watched(step):
-            sample = {**host_sample(), **cuda_sample(self.torch)}
+            sample = {**host_sample(), **cuda_sample(self.torch, self._device)}
             held = [h.to_dict() for h in holders.scan(sys._getframe(1), step, self.torch)]
             self.probe.emit("mem_step", step=step, holders=held, **sample)
         if step == 1:
@@ -153,6 +158,6 @@ class Plugin(ProbePlugin):
         if self.forwards is not None:
             self.forwards.finish()
         if self.torch is not None:
-            self.probe.emit("mem_end", **host_sample(), **cuda_sample(self.torch))
+            self.probe.emit("mem_end", **host_sample(), **cuda_sample(self.torch, self._device))
         if self.cuda is not None:
             self.cuda.dump("end")

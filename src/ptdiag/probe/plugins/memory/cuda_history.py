@@ -1,7 +1,9 @@
 """CUDA allocator history from the first use, and snapshots where they answer questions.
 
 The allocator records every alloc/free with its Python stack from the moment
-`_record_memory_history` is on, so it is switched on as soon as torch is imported. An
+`_record_memory_history` is on, so it is switched on as the program initialises CUDA,
+before its first allocation (torch's queue of calls run at initialisation: switched on
+at `import torch`, it would initialise CUDA before the program, probe/gpu.py). An
 out-of-memory observer attached to the allocator fires on every OOM, raised or caught
 by the program, in forward, backward, optimizer step or evaluation alike: it dumps the
 snapshot then, while the memory that failed is still held. Another is dumped at the end.

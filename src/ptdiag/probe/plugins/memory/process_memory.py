@@ -22,11 +22,12 @@ def host_sample() -> dict:
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * MAXRSS_UNIT}
 
 
-def cuda_sample(torch) -> dict:
-    """Empty when CUDA is unused: asking an uninitialised CUDA would create a context."""
-    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+def cuda_sample(torch, device) -> dict:
+    """The allocator's counters of `device`, the model's (not the current device: a rank
+    on cuda:k that never called set_device has cuda:0 current). Empty when the model is not
+    on CUDA, or CUDA is unused: asking an uninitialised CUDA would create a context."""
+    if device is None or device.type != "cuda" or not torch.cuda.is_initialized():
         return {}
-    device = torch.cuda.current_device()
     return {"cuda_allocated": torch.cuda.memory_allocated(device),
             "cuda_reserved": torch.cuda.memory_reserved(device),
             "cuda_peak": torch.cuda.max_memory_allocated(device),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 
 from ptdiag.location import user_location
+from ptdiag.probe import gpu
 from ptdiag.probe.plugin import Plugin as ProbePlugin
 
 MODULES_KEPT = 20  # module names recorded per step with a non-finite output
@@ -60,9 +61,13 @@ def _unwrapped(model):
     return model
 
 
-def _bf16_supported(device_type: str) -> bool:
-    """CPU autocast runs bfloat16 everywhere; on CUDA it needs Ampere (sm_80) or newer."""
-    return torch.cuda.is_bf16_supported() if device_type == "cuda" else device_type == "cpu"
+def _bf16_supported(device) -> bool:
+    """CPU autocast runs bfloat16 everywhere; on CUDA it needs Ampere (sm_80) or newer: the
+    model's device is asked, not the current one (`torch.cuda.is_bf16_supported()` asks
+    `current_device()`, cuda:0 on a rank on cuda:k that never called set_device)."""
+    if device.type != "cuda":
+        return device.type == "cpu"
+    return torch.cuda.get_device_properties(device).major >= 8
 
 
 def _graph_between(loss_node, stop_nodes: set, limit: int = 64) -> list[str]:
@@ -98,6 +103,7 @@ class Plugin(ProbePlugin):
         self._call_line = None
         self._autocast = None
         self._device_type = "cpu"
+        self._device = None  # the model's
         self._amp_seen = False
         self._read_every = 1  # steps between two watched steps (the budget raises it)
         probe.budget.sheddable(("numerics",), [(what, self._shedding(how)) for what, how in SHEDDING])
@@ -141,7 +147,8 @@ class Plugin(ProbePlugin):
     # -- the model -------------------------------------------------------------------------
     def on_model(self, module) -> None:
         self._model = module
-        self._device_type = next(module.parameters()).device.type
+        self._device = next(module.parameters()).device
+        self._device_type = self._device.type
         hooks = self.probe.model_hooks
         self._outputs = watch.ModuleOutputs(_unwrapped(module), hooks)  # first: its sums are not the loss's ops
         hooks.after_forward(module, self._after_forward, STEP_CAPTURE)
@@ -160,7 +167,7 @@ class Plugin(ProbePlugin):
         self._autocast = _autocast_state(self._device_type)
         if self._autocast and not self._amp_seen:
             self._amp_seen = True
-            self.probe.emit("numerics_amp", step=self.probe.step + 1, bf16_supported=_bf16_supported(self._device_type),
+            self.probe.emit("numerics_amp", step=self.probe.step + 1, bf16_supported=_bf16_supported(self._device),
                             **self._autocast)
         outputs = float_tensors(output)
         graded = [t for t in outputs if t.requires_grad]
@@ -207,6 +214,8 @@ class Plugin(ProbePlugin):
         if self._replaying or self._localised or tensor is not self._loss:
             return
         groups = self._groups or ([[p for p in self._model.parameters() if p.requires_grad]] if self._model else [])
+        if self._loss.is_cuda:  # the read below waits for the program's backward first: that wait is not ptdiag's
+            self.probe.budget.waited(self.name, gpu.wait_for_device(torch, self._loss))
         reading = watch.read(self._loss, self._outputs, self._region, groups, self._scale)
         step = self.probe.step + 1
         loss = reading.loss / reading.scale if reading.loss is not None and reading.scale else reading.loss

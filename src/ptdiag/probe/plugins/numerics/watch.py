@@ -4,7 +4,14 @@ Per backward: the loss, whether each module's output was finite, the outputs of 
 loss computation's ops (see `loss_region`), the gradient norm of each optimizer
 parameter group, and the loss scale when a GradScaler scaled the loss.
 All of it is computed on the device and stacked into one small tensor, so reading it
-back is the step's single synchronisation.
+back is the step's single synchronisation. That one is kept on purpose: the failing step
+is replayed before the optimizer touches the parameters, so the reading must be known
+before `optimizer.step()` is queued (read a step later, the NaN would already be in the
+weights and the replay would find that, not the op that made it). On a GPU the host then
+waits for the program's backward to finish; that wait is the program's device time and
+is not charged to ptdiag's budget (Budget.waited); what remains, the device idling while
+the host queues the optimizer step after the read, is the watch's real cost (the budget
+samples the watch when ptdiag's own work is over its share).
 
 A module's output is checked by its sum: one reduction (on a CPU ~40x cheaper than
 `isfinite().all()`), non-finite exactly when an element is NaN/Inf, or when finite

@@ -39,6 +39,7 @@ TRACE_NAME = "trace.json.gz"
 FORWARD_TIMING = "performance forward timing"  # the model's hooks: where each forward begins and ends
 PROFILER = "performance profiler window"
 SCAN = "performance call scan"
+SYNC_DEBUG = "performance scan's CUDA sync debug mode"
 STACKS = "performance profiler's Python stacks"
 WINDOWS = "performance windows"  # the budget's one-off window: the call count, the profiler, the scan
 # What the profiler holds once it stops, per byte the process grew while it recorded: an
@@ -94,9 +95,11 @@ class Plugin(ProbePlugin):
         self.telemetry = Telemetry() if options["telemetry"] else None
         self._torch = None
         self._cuda = False
+        self._device = None  # the model's (a CUDA one if any): where its work is timed and measured
         self._profiler = None
         self._scan = None
         self._scan_window = None
+        self._sync_debug = None  # torch's CUDA sync debug mode over the scan (a GPU run)
         self._window = None  # the probe budget's one-off window around all of these
         self._calls: PythonCalls | None = None
         self._program_growth = 0  # the process's growth over the counted step: the program's own
@@ -116,9 +119,10 @@ class Plugin(ProbePlugin):
         dtypes: dict[str, int] = {}
         for p in params:
             dtypes[str(p.dtype)] = dtypes.get(str(p.dtype), 0) + p.numel()
-        self._cuda = any(p.is_cuda for p in params)
+        self._device = next((p.device for p in params if p.is_cuda), params[0].device)
+        self._cuda = self._device.type == "cuda"
         if self._cuda:
-            self.breakdown.use_cuda()
+            self.breakdown.use_cuda(self._device)
         self.probe.model_hooks.before_forward(module, self.breakdown.forward_pre_hook, FORWARD_TIMING)
         self.probe.model_hooks.after_forward(module, self.breakdown.forward_hook, FORWARD_TIMING)
         self.probe.emit("perf_model", cls=type(module).__name__, param_dtypes=dtypes,
@@ -204,10 +208,15 @@ class Plugin(ProbePlugin):
     def _start_telemetry(self) -> None:
         torch = self._torch
         if self.telemetry is not None:
-            self.telemetry.start(torch.cuda.current_device() if self._cuda else None)
+            self.telemetry.start(self._device_index() if self._cuda else None)
         capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: None)()
         self.probe.emit("perf_env", cores=usable_cores(), torch_threads=torch.get_num_threads(),
                         cuda=self._cuda, cpu_capability=capability)
+
+    def _device_index(self) -> int:
+        """The model's CUDA device as an index (`cuda` alone means the current device)."""
+        index = self._device.index
+        return index if index is not None else self._torch.cuda.current_device()
 
     def _start_profiler(self) -> None:
         from torch.profiler import ProfilerActivity, schedule
@@ -319,19 +328,26 @@ class Plugin(ProbePlugin):
             return
         torch = self._torch
         overhead = scan.per_call_overhead_us(torch)
-        slowdown = scan.float64_slowdown(torch, torch.device("cuda" if self._cuda else "cpu"))
+        slowdown = scan.float64_slowdown(torch, self._device if self._cuda else torch.device("cpu"))
         self._scan_facts = {"per_call_us": overhead, "float64_slowdown": slowdown}
         self._scan = scan.CallScan(torch, self._cuda)
         self._scan_window = self.probe.instruments.watch_ops(SCAN, self._scan, functions=True)
+        if self._scan_window is not None and self._cuda:  # torch itself reports every sync (scan.py)
+            self._sync_debug = self.probe.instruments.sync_debug(SYNC_DEBUG, torch, self._scan.on_sync)
+            self._scan.by_sync_debug = self._sync_debug is not None
         if self._scan_window is None:
             self._scan = None
             self._close_window()
 
     def _stop_scan(self, steps: int) -> None:
         observer, self._scan = self._scan, None
+        if self._sync_debug is not None:
+            self._sync_debug.close()
+            self._sync_debug = None
         self._scan_window.close()
         if self.probe.instruments.available(SCAN):  # else it faulted: its counts are partial
             self.probe.emit("perf_scan", first_step=self.profile_end + 1, **observer.summary(steps),
+                            syncs_from="torch's sync debug mode" if observer.by_sync_debug else "call table",
                             **self._scan_facts)
         self._close_window()
 

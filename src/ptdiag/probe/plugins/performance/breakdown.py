@@ -4,7 +4,8 @@ Runs in the user's process on every step, so it only reads the clock at the phas
 boundaries the probe already reports (batch handed over, backward called and returned,
 optimizer step began and ended) plus a pre/post forward hook on the model. On CUDA the
 host clock measures when work was *launched*, not when it ran, so the same boundaries
-are also marked with CUDA events on the current stream; their elapsed times are read
+are also marked with CUDA events on the current stream of the model's device (not of the
+current device: a rank on cuda:k may never have called set_device); their elapsed times are read
 only once the GPU has passed them (`Event.query()`), never with a host synchronisation.
 Rows are buffered and written a batch at a time to keep the event log off the hot path.
 """
@@ -15,6 +16,7 @@ import time
 from collections import deque
 
 from ptdiag.events import STEP_PHASES as PHASES
+from ptdiag.probe import gpu
 
 FLUSH_EVERY = 32  # rows per perf_steps event
 GPU_PENDING_MAX = 64  # steps of CUDA events kept waiting before the oldest are dropped
@@ -31,8 +33,8 @@ class StepBreakdown:
         self._gpu: GpuPhases | None = None
         self.instrumented: set[int] = set()  # steps inside a profiler/scan window
 
-    def use_cuda(self) -> None:
-        self._gpu = GpuPhases()
+    def use_cuda(self, device) -> None:
+        self._gpu = GpuPhases(device)
 
     # -- phase boundaries (probe hooks) ------------------------------------------------
     def data_wait(self, seconds: float) -> None:
@@ -94,18 +96,17 @@ class StepBreakdown:
 class GpuPhases:
     """Per step, CUDA events at the phase boundaries; device times once they are done."""
 
-    def __init__(self) -> None:
+    def __init__(self, device) -> None:
         import torch
 
         self._torch = torch
+        self._device = device
         self._marks: dict[str, object] = {}
         self._pending: deque = deque()
         self._previous_end = None
 
     def mark(self, name: str) -> None:
-        event = self._torch.cuda.Event(enable_timing=True)
-        event.record()
-        self._marks[name] = event
+        self._marks[name] = gpu.record_event(self._torch, self._device, enable_timing=True)
 
     def step_end(self, step: int) -> None:
         self.mark("step_end")

@@ -149,7 +149,7 @@ class Plugin(ProbePlugin):
             "repro_env", threads=torch.get_num_threads(), interop_threads=torch.get_num_interop_threads(),
             deterministic_algorithms=torch.are_deterministic_algorithms_enabled(),
             cudnn_benchmark=bool(cudnn.benchmark), cudnn_deterministic=bool(cudnn.deterministic),
-            cuda=torch.cuda.is_available() and torch.cuda.is_initialized(),
+            cuda=torch.cuda.is_initialized(),
             tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32), tf32_cudnn=bool(cudnn.allow_tf32),
             environ={k: os.environ[k] for k in ENV_VARS if k in os.environ})
 

@@ -22,6 +22,9 @@ import sys
 from array import array
 from collections import deque
 
+from ptdiag.probe import gpu
+
+
 # element size in bytes -> (integer view, accumulation dtype) by name
 _BIT_VIEWS = {1: ("uint8", "int32"), 2: ("int16", "int32"), 4: ("int32", "int32"), 8: ("int64", "int64")}
 
@@ -64,7 +67,7 @@ def rng_fingerprints(loaders=()) -> dict[str, str]:
     torch = sys.modules.get("torch")
     if torch is not None:
         found["torch"] = _digest(_tensor_bytes(torch.get_rng_state()))
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
+        if torch.cuda.is_initialized():
             found["cuda"] = _digest(*(_tensor_bytes(s) for s in torch.cuda.get_rng_state_all()))
     for index, loader in loaders:
         generator = getattr(loader, "generator", None)
@@ -78,7 +81,9 @@ class PendingSums:
 
     `push` stacks the step's 0-dim sums into one tensor; on CPU it is read at once, on
     CUDA it is copied to the host asynchronously and `ready()` hands it over once the
-    copy's event has completed (`wait=True` at exit)."""
+    copy's event has completed (`wait=True` at exit). The event is recorded on the current
+    stream of the sums' device, where torch queued them and the copy, not on the current
+    device's (cuda:0 for a rank on cuda:k that never called set_device)."""
 
     def __init__(self) -> None:
         self._pending: deque = deque()
@@ -91,8 +96,7 @@ class PendingSums:
         if stacked.device.type == "cpu":
             return self.ready() + [(key, stacked.tolist())]
         host = stacked.to("cpu", non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
+        event = gpu.record_event(torch, stacked.device)  # where the sums and the copy were queued
         self._pending.append((key, host, event))
         return self.ready()
 

@@ -14,6 +14,7 @@ import weakref
 from collections import deque
 
 from ptdiag.location import user_location_of_traceback
+from ptdiag.probe import gpu
 from ptdiag.probe.plugin import Plugin as ProbePlugin
 from ptdiag.probe.plugins.tracking import footprint
 
@@ -33,26 +34,37 @@ def _scalar(value):
 
 
 class LossReader:
-    """Turns loss tensors into floats, on CUDA without stalling the stream."""
+    """Turns loss tensors into floats, on CUDA without stalling the stream.
+
+    Each loss comes with the CUDA stream that was current on its device when the program
+    called backward on it: the stream it was computed on. The copy to the host and the
+    event that says it landed go on that stream, whatever stream or device is current
+    when the step ends (an idle side stream's event would complete at once, before the
+    copy; cuda:0's, on a rank on cuda:k, too, and create a context on GPU 0)."""
 
     def __init__(self) -> None:
         self._pending: deque = deque()
 
     def push(self, step: int, losses: list, skipped: bool = False) -> list[tuple[int, float, bool]]:
-        """The mean of a step's losses (several backward passes: gradient accumulation);
-        `skipped`: a GradScaler dropped the update these backward passes were for."""
+        """The mean of a step's losses, `(tensor, its stream or None on CPU)` (several
+        backward passes: gradient accumulation); `skipped`: a GradScaler dropped the update
+        these backward passes were for."""
         ready = self.poll()
         if not losses:
             return ready
-        if all(t.device.type == "cpu" for t in losses):
-            ready.append((step, sum(float(t) for t in losses) / len(losses), skipped))
+        if all(t.device.type == "cpu" for t, _ in losses):
+            ready.append((step, sum(float(t) for t, _ in losses) / len(losses), skipped))
             return ready
         import torch
 
-        mean = torch.stack([t.float() for t in losses]).mean()
-        host = mean.to("cpu", non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
+        stream = next(s for _, s in reversed(losses) if s is not None)
+        with torch.cuda.device(stream.device), torch.cuda.stream(stream):
+            for other in {s for _, s in losses if s is not None and s != stream}:
+                stream.wait_stream(other)
+            mean = torch.stack([t.float().to(stream.device) for t, _ in losses]).mean()
+            host = mean.to("cpu", non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(stream)
         self._pending.append((step, host, event, skipped))
         return ready
 
@@ -81,9 +93,22 @@ class Plugin(ProbePlugin):
         self._loaders: dict[int, int] = {}
 
     def on_torch_import(self, torch) -> None:
-        from ptdiag.environment import torch_environment
+        """torch's build now; the GPUs once the program has initialised CUDA (asked now,
+        CUDA would be initialised by ptdiag, before the program: probe/gpu.py). Until then
+        NVML tells what is there."""
+        from ptdiag.environment import nvml_gpus, torch_build
 
-        self.probe.emit("env", torch=torch_environment())
+        visible = gpu.visible_device_count(torch)
+        self.probe.emit("env", torch={**torch_build(torch), "cuda_available": None if visible is None else visible > 0,
+                                      "gpus": nvml_gpus() or []})
+        gpu.after_cuda_init(torch, self._cuda_environment, self.probe.log_error)
+
+    def _cuda_environment(self) -> None:
+        import torch
+
+        from ptdiag.environment import cuda_facts
+
+        self.probe.emit("env_cuda", torch=cuda_facts(torch))
 
     def on_args(self, namespace, argv) -> None:
         if self._args_events < MAX_ARGS_EVENTS:
@@ -146,7 +171,12 @@ class Plugin(ProbePlugin):
             return
         scale = self.probe.loss_scale(tensor)
         loss = tensor.detach()
-        self._losses.append(loss / scale if scale is not None else loss)
+        stream = None
+        if tensor.is_cuda:
+            import torch
+
+            stream = torch.cuda.current_stream(tensor.device)
+        self._losses.append((loss / scale if scale is not None else loss, stream))
 
     def on_step_skipped(self, optimizer) -> None:
         """The update of step `step + 1` was dropped: its loss is kept, marked skipped, and

@@ -54,7 +54,7 @@ def at_exit() -> dict:
     torch = sys.modules.get("torch")
     if torch is not None:
         found["num_threads"] = torch.get_num_threads()
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+    if torch is not None and torch.cuda.is_initialized():
         found["cuda"] = {
             str(index): {"max_allocated_bytes": torch.cuda.max_memory_allocated(index),
                          "max_reserved_bytes": torch.cuda.max_memory_reserved(index)}
