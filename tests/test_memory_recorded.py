@@ -15,6 +15,7 @@ OOM_MESSAGE = "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total
 
 
 def recorded_run(tmp_path, events, snapshot=None) -> RecordedRun:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "meta.json").write_text(json.dumps({"run_id": "r", "cwd": "/home/user/proj"}))
     writer = EventWriter(tmp_path / "events" / "rank0.p1.jsonl")
     for kind, fields in events:
@@ -65,3 +66,20 @@ def test_host_oom_without_snapshot_reports_the_last_measured_boundary(tmp_path):
     assert oom.evidence["step"] == 5 and oom.evidence["location"] == "train.py:40"
     assert oom.evidence["last_boundary"]["rss"] == 30 * GiB
     assert "No CUDA snapshot" in oom.detail
+
+
+def _remedies(tmp_path, autocast):
+    run = recorded_run(tmp_path, [
+        ("mem_model", {"params_bytes": 8 * 2**20, "buffers_bytes": 0, "device": "cuda:0", "dtype": "torch.float32"}),
+        ("mem_saved", {"step": 1, "training": True, "location": "train.py:20", "autocast": autocast,
+                       "bytes": 64 * 2**20, "tensors": 12}),
+    ])
+    breakdown = next(f for f in analyse(run).findings if f.code == "memory.breakdown")
+    return [r["action"] for r in breakdown.evidence["remedies"]]
+
+
+def test_bf16_autocast_is_advised_only_to_a_program_whose_forward_runs_in_float32(tmp_path):
+    assert "autocast_bf16" in _remedies(tmp_path / "fp32", None)
+    # float32 parameters, but the forward ran under autocast: its activations are 16-bit already
+    assert "autocast_bf16" not in _remedies(tmp_path / "bf16", "bfloat16")
+    assert "autocast_bf16" not in _remedies(tmp_path / "fp16", "float16")

@@ -132,7 +132,7 @@ class Plugin(ProbePlugin):
             self._breakdown.close()
 
     def _estimate_fit(self, optimizer) -> None:
-        from ptdiag.probe.plugins.memory.fit import FakeStep, estimate
+        from ptdiag.probe.plugins.memory.fit import FakeStep, NotSupported, estimate
 
         label, budget = self.target
         if self.model is None or self.forwards.last_input is None:
@@ -140,8 +140,10 @@ class Plugin(ProbePlugin):
             return
         self.forwards.paused = True
         try:
-            step = FakeStep(self.torch, self.model, optimizer, self.forwards.last_input)
+            step = FakeStep(self.torch, self.model, optimizer, self.forwards.last_input, self.forwards.last_autocast)
             self.probe.emit("mem_fit", target=label, **estimate(step, budget).to_dict())
+        except NotSupported as declined:
+            self.probe.emit("mem_fit", target=label, budget_bytes=budget, error=str(declined))
         except Exception as error:  # a model fake execution cannot run (data-dependent shapes, custom ops)
             self.probe.emit("mem_fit", target=label, budget_bytes=budget, error=f"{type(error).__name__}: {error}"[:500])
         finally:
