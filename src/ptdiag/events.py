@@ -135,6 +135,8 @@ EVENTS: dict[str, EventKind] = {
     "dist_step": _kind("step backward_s outside_s", "a step's time in and outside backward"),
     # reproducibility
     "nondeterministic_op": _kind("op message location step", "an op without a deterministic implementation ran"),
+    "nondeterministic_setting": _kind("setting message location step",
+                                      "torch alerted that a setting (cuBLAS's workspace) makes an op non-deterministic"),
     "repro_loader": _kind("loader generator worker_init_fn num_workers", "a DataLoader's randomness"),
     "repro_names": _kind("names dtypes", "the names of the tensors whose sums repro_step lists"),
     "repro_begin": _kind("opt_entries opt_sum lr", "the optimizer state before the first step"),
