@@ -14,7 +14,7 @@ from ptdiag.specialists.memory import analyse
 OOM_MESSAGE = "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 16 GiB"
 
 
-def recorded_run(tmp_path, events, snapshot=None) -> RecordedRun:
+def recorded_run(tmp_path, events, snapshot=None, name="rank0.oom.pickle") -> RecordedRun:
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "meta.json").write_text(json.dumps({"run_id": "r", "cwd": "/home/user/proj"}))
     writer = EventWriter(tmp_path / "events" / "rank0.p1.jsonl")
@@ -23,14 +23,14 @@ def recorded_run(tmp_path, events, snapshot=None) -> RecordedRun:
     writer.close()
     if snapshot is not None:
         (tmp_path / "memory").mkdir()
-        write_snapshot(tmp_path / "memory" / "rank0.oom.pickle", snapshot)
+        write_snapshot(tmp_path / "memory" / name, snapshot)
     return RecordedRun.load(tmp_path)
 
 
 def test_cuda_oom_from_the_probes_snapshot_names_site_phase_step_and_rank(tmp_path):
     run = recorded_run(tmp_path, [
         ("step", {"step": 1, "dt": None}),
-        ("mem_cuda_oom", {"device": 0, "requested": 2 * GiB, "device_allocated": 5 * GiB,
+        ("mem_cuda_oom", {"device": 0, "requested": 2 * GiB, "device_limit": 16 * GiB,
                           "device_free": GiB // 2, "count": 1}),
         ("mem_snapshot", {"reason": "oom", "path": "memory/rank0.oom.pickle"}),
         ("exception", {"type": "OutOfMemoryError", "message": OOM_MESSAGE, "location": "train.py:57", "step": 1}),
@@ -45,15 +45,15 @@ def test_cuda_oom_from_the_probes_snapshot_names_site_phase_step_and_rank(tmp_pa
     assert analysis.artifacts["memory_snapshot"].endswith("rank0.oom.pickle")
 
 
-def test_oom_caught_by_the_program_is_still_reported(tmp_path):
+def test_oom_that_did_not_end_the_run_is_still_reported(tmp_path):
     run = recorded_run(tmp_path, [
         ("step", {"step": 3, "dt": 0.1}),
-        ("mem_cuda_oom", {"device": 0, "requested": 2 * GiB, "device_allocated": 5 * GiB,
+        ("mem_cuda_oom", {"step": 4, "device": 0, "requested": 2 * GiB, "device_limit": 16 * GiB,
                           "device_free": GiB // 2, "count": 1}),
-        ("mem_snapshot", {"reason": "oom", "path": "memory/rank0.oom.pickle"}),
-    ], forward_oom_allocator().snapshot(newer=False))
+        ("mem_snapshot", {"reason": "oom_caught", "path": "memory/rank0.oom_caught.pickle", "oom": 1}),
+    ], forward_oom_allocator().snapshot(newer=False), name="rank0.oom_caught.pickle")
     oom = next(f for f in analyse(run).findings if f.code == "memory.oom")
-    assert oom.severity == "warning" and "caught by the program" in oom.title
+    assert oom.severity == "info" and "did not end the run" in oom.title and oom.evidence["step"] == 4
 
 
 def test_host_oom_without_snapshot_reports_the_last_measured_boundary(tmp_path):

@@ -28,6 +28,9 @@ COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "all_gather
                "monitored_barrier", "send", "recv")
 # the phases of a step the performance breakdown times between the probe's boundaries
 STEP_PHASES = ("forward", "backward", "optimizer")
+# the reasons of CUDA snapshots the memory probe keeps at OOMs (file rank<R>.<reason>.pickle):
+# the OOM that ended the program, and the last one that did not (caught by torch or the program)
+OOM_RAISED, OOM_CAUGHT = "oom", "oom_caught"
 # which companion run a child process is (reproducibility's repeat/audit/resume runs)
 REPRO_ROLE_ENV = "PTDIAG_REPRO_ROLE"
 
@@ -95,8 +98,9 @@ EVENTS: dict[str, EventKind] = {
     "mem_saved": _kind("step training location autocast bytes tensors", "what a forward saved for backward"),
     "mem_unused_forward": _kind("saved_bytes location training count first_step",
                                 "forwards whose graph no backward reached (evaluation without no_grad)"),
-    "mem_cuda_oom": _kind("device requested device_allocated device_free count", "a CUDA out-of-memory"),
-    "mem_snapshot": _kind("reason path", "a CUDA memory snapshot was written"),
+    "mem_cuda_oom": _kind("step device requested device_limit device_free count",
+                          "the CUDA allocator refused a request (raised to the program or caught, by torch or it)"),
+    "mem_snapshot": _kind("reason path oom", "a CUDA memory snapshot was written (oom: the mem_cuda_oom count it shows)"),
     # numerics
     "numerics": _kind("step loss out_finite norms norm scale nonfinite_modules",
                       "a step's loss, output finiteness and gradient norms"),

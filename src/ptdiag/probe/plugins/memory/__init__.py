@@ -70,7 +70,8 @@ class Plugin(ProbePlugin):
 
         self.torch = torch
         self.tracker = StepTracker(self.probe.instruments)
-        self.cuda = CudaHistory(torch, self.probe.instruments, self.probe.run_dir, self.probe.rank, self.probe.emit)
+        self.cuda = CudaHistory(torch, self.probe.instruments, self.probe.run_dir, self.probe.rank, self.probe.emit,
+                                lambda: self.probe.step + 1)
         self.probe.emit("mem_start", cuda_history=self.cuda.start(), **host_sample())
 
     def on_model(self, module) -> None:
@@ -157,4 +158,10 @@ class Plugin(ProbePlugin):
         if self.torch is not None:
             self.probe.emit("mem_end", **host_sample(), **cuda_sample(self.torch))
         if self.cuda is not None:
-            self.cuda.dump("end")
+            self.cuda.finish()
+
+    def on_exception(self, exc_type, exc, tb) -> None:
+        """An OutOfMemoryError that ended the program: the OOM snapshot is its own (OOMs that
+        torch or the program caught before it are not)."""
+        if self.cuda is not None and issubclass(exc_type, self.torch.cuda.OutOfMemoryError):
+            self.cuda.oom_raised()
