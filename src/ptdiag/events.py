@@ -75,7 +75,8 @@ EVENTS: dict[str, EventKind] = {
     "dataloader": _kind("loader batch_size num_workers pin_memory drop_last persistent_workers dataset dataset_len "
                         "sampler", "a DataLoader was built"),
     "step": _kind("step dt data_s lr loader epoch", "the primary optimizer finished a step"),
-    "step_skipped": _kind("step reason", "a GradScaler skipped the primary optimizer's step"),
+    "step_skipped": _kind("step reason counted", "a GradScaler skipped the primary optimizer's step (counted: "
+                          "a fused optimizer's step the probe counted as `step`, skipped on the device)"),
     "loss": _kind("step value finite skipped", "the loss passed to backward in that step"),
     "optimizer": _kind("cls groups params", "the primary optimizer and its hyperparameters"),
     "logged_params": _kind("source params", "the program logged hyperparameters (TensorBoard/MLflow/W&B)"),
