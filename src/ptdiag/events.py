@@ -14,8 +14,12 @@ from typing import Any
 
 # -- run dir layout ------------------------------------------------------------------------
 # where a diagnosed run's ranks dump their NCCL Flight Recorder buffers
-# (TORCH_FR_DUMP_TEMP_FILE, see specialists.distributed.CHILD_ENV)
+# (TORCH_FR_DUMP_TEMP_FILE, see specialists.distributed.CHILD_ENV): rank r writes
+# <FR_DUMP_STEM>r there; torch makes a named pipe <FR_PIPE_STEM>r.pipe beside it
+# (TORCH_NCCL_DEBUG_INFO_PIPE_FILE) and dumps when something is written to it, which the
+# launcher does before it ends a run at --timeout (launch/flight_recorder.py)
 FLIGHT_RECORDER_DIR = "flight_recorder"
+FR_DUMP_STEM, FR_PIPE_STEM = "rank_", "pipe_"
 # each rank's live collective state (probe.plugins.distributed.live), read after a hang
 LIVE_STATE_DIR = "distributed"
 
