@@ -95,6 +95,36 @@ def test_a_model_called_again_inside_the_tracked_step_runs_as_bare_and_the_break
     assert any("switched off its memory breakdown" in note for note in report["notes"])
 
 
+def test_target_memory_under_ddp_estimates_on_each_rank_and_both_ranks_run_as_bare(workdir):
+    """The fake step runs the module inside DDP: the wrapper's reducer would issue
+    collectives from one rank's fake backward (gloo rejected its hook result on both)."""
+    command = [PYTHON, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29641",
+               str(PROGRAMS / "ddp_tiny.py"), "--steps", "3"]
+    bare = subprocess.run(command, cwd=workdir, capture_output=True, timeout=120)
+    proc = run_ptdiag("will it fit", "--only", "memory", "--target-memory", "1GiB", "--json", "r.json", "--",
+                      *command, cwd=workdir)
+    assert (proc.returncode, proc.stdout) == (bare.returncode, bare.stdout) and bare.returncode == 0
+    assert not list(workdir.glob("ptdiag-runs/*/probe-errors.log")), "the probe logged errors"
+    report = load_report(workdir / "r.json")
+    fits = {f["evidence"]["rank"]: f["evidence"] for f in report["findings"] if f["code"] == "memory.fit"}
+    assert sorted(fits) == [0, 1] and all("error" not in e for e in fits.values()), fits
+    # Linear(4, 1) at batch 8: 20 bytes of parameters, the 8x4 float input saved for backward
+    assert all(e["batch_size"] == 8 and e["by_kind"]["cpu"]["Parameter"] == 20 for e in fits.values())
+
+
+def test_target_memory_of_a_bf16_autocast_program_estimates_its_16_bit_forward(workdir):
+    command = [PYTHON, str(PROGRAMS / "amp_bf16_mlp.py"), "--steps", "2"]
+    proc = run_ptdiag("will it fit", "--only", "memory", "--target-memory", "64MiB", "--json", "r.json", "--",
+                      *command, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    report = load_report(workdir / "r.json")
+    fit = by_code(report, "memory.fit")
+    assert fit["evidence"]["autocast"] == "bfloat16" and "under bfloat16 autocast" in fit["detail"]
+    assert fit["severity"] == "info" and fit["evidence"]["largest_batch"] > 256
+    remedies = [r["action"] for r in by_code(report, "memory.breakdown")["evidence"]["remedies"]]
+    assert "smaller_batch" in remedies and "autocast_bf16" not in remedies  # it already runs bf16 autocast
+
+
 CORPUS = SAMPLES.parent / "diagnostics" / "memory"
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import PROGRAMS, PYTHON
+from conftest import PROGRAMS, PYTHON, REPO
 from ptdiag.probe.instruments import Instruments
 from ptdiag.probe.model_hooks import ModelHooks
 from ptdiag.probe.plugins.memory import holders
@@ -131,3 +131,66 @@ def test_fit_estimate_within_10_percent_of_measured_cpu_peaks():
     assert result.peak_bytes == step.peak(16)[0]
     assert step.peak(result.largest_batch)[0] <= 80 * 2**20 < step.peak(result.largest_batch + 8)[0]
     assert all(p.grad is None for p in model.parameters()) and not optimizer.state  # the real ones untouched
+
+
+def _wide_mlp():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 1024),
+                                torch.nn.ReLU(), torch.nn.Linear(1024, 10))
+    return model, torch.optim.SGD(model.parameters(), lr=0.01)
+
+
+def test_fit_estimate_runs_under_the_autocast_the_programs_forward_ran_in():
+    """A bf16-autocast program keeps 16-bit activations: each sample adds less memory than
+    in float32, and the estimate must see that (it ran in float32 before)."""
+    from ptdiag.probe.plugins.memory.fit import FakeStep
+
+    model, optimizer = _wide_mlp()
+    events = []
+    watch = ForwardWatch(torch, Instruments(lambda what, why: None, lambda message: None),
+                         lambda ev, **f: events.append((ev, f)), lambda: 1)
+    hooks = ModelHooks(lambda what, why: None, lambda message: None)
+    watch.attach(model, hooks)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randn(256, 64))
+    hooks.close()
+    assert watch.last_autocast == {"device": "cpu", "dtype": "bfloat16"}
+    assert [f["autocast"] for ev, f in events if ev == "mem_saved"] == ["bfloat16"]
+    per_256 = {}
+    for name, autocast in (("fp32", None), ("bf16", watch.last_autocast)):
+        step = FakeStep(torch, model, optimizer, watch.last_input, autocast)
+        per_256[name] = step.peak(512)[0] - step.peak(256)[0]
+    assert 0 < per_256["bf16"] < 0.6 * per_256["fp32"], per_256
+
+
+def test_fit_estimate_runs_the_module_inside_torch_compile():
+    from ptdiag.probe.plugins.memory.fit import FakeStep
+
+    model, optimizer = _wide_mlp()
+    args = (torch.randn(8, 64),)
+    compiled = FakeStep(torch, torch.compile(model), optimizer, args)
+    assert compiled.model is model
+    assert compiled.peak(8)[0] == FakeStep(torch, model, optimizer, args).peak(8)[0]
+
+
+FSDP2_FIT = """
+import tempfile, torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from ptdiag.probe.plugins.memory.fit import FakeStep, NotSupported
+dist.init_process_group("gloo", init_method="file://" + tempfile.mktemp(), rank=0, world_size=1)
+model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 1))
+fully_shard(model[0], mesh=init_device_mesh("cpu", (1,)))
+try:
+    FakeStep(torch, model, torch.optim.SGD(model.parameters(), lr=0.1), (torch.randn(2, 4),))
+except NotSupported as declined:
+    print(declined)
+dist.destroy_process_group()
+"""
+
+
+def test_fit_estimate_declines_an_fsdp_sharded_model():
+    """FSDP2's fully_shard on CPU (world size 1): a fake step would run its all-gathers."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([PYTHON, "-c", FSDP2_FIT], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.startswith("the model is sharded by FSDPModule"), out.stderr[-2000:]

@@ -86,3 +86,16 @@ def test_resnet_model_only_checkpoint_restarts_optimizer_and_schedule(workdir):
     missing = {m["state"] for m in found["reproducibility.ckpt_incomplete"]["evidence"]["missing"]}
     assert {"optimizer", "scheduler", "counter", "rng.python", "rng.numpy", "data"} <= missing
     assert found["reproducibility.ckpt_overwrite"]["evidence"]["steps"] == [2, 4]
+
+
+def test_a_program_on_the_new_tf32_api_is_recorded_at_every_step(workdir):
+    """Reading the legacy TF32 flag raises once a program used torch's fp32_precision API:
+    the plugin recorded step 1 only and the probe logged the error."""
+    found = diagnose(workdir, command=[PYTHON, str(PROGRAMS / "tf32_api.py")])
+    assert found["reproducibility.deterministic"]["evidence"]["steps_compared"] == 4
+    assert not list(workdir.glob("ptdiag-runs/*/probe-errors.log")), "the probe logged errors"
+    events = [json.loads(line) for path in workdir.glob("ptdiag-runs/*/events/*.jsonl")
+              for line in path.read_text().splitlines()]
+    assert [e["step"] for e in events if e["ev"] == "repro_step"] == [0, 1, 2, 3, 4]
+    env = next(e for e in events if e["ev"] == "repro_env")
+    assert (env["tf32_matmul"], env["tf32_cudnn"]) == (True, True)  # as the program set them

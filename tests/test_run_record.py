@@ -70,3 +70,29 @@ def test_gradscaler_skipped_updates_keep_their_unscaled_loss(workdir):
     report = load_report(workdir / "r.json")
     assert report["steps_observed"] == len(printed) - skipped
     assert round(report["metrics"]["loss"]["first"], 6) == float(printed[skipped][1])  # the curve: updates made
+
+
+def test_updates_a_fused_optimizer_skipped_on_the_device_are_not_counted_as_steps(workdir):
+    """GradScaler.step always calls a fused Adam's step (CPU: GradScaler("cpu"), fused=True);
+    the skip happens inside it, read back from the found_inf it was given, without a sync."""
+    proc = run_ptdiag("track", "--json", "r.json", "--", PYTHON, str(PROGRAMS / "amp_fused_skips.py"), cwd=workdir)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    printed = [line.split() for line in proc.stdout.decode().splitlines() if line.startswith("loss ")]
+    events = [json.loads(line) for p in (workdir / "ptdiag-runs").glob("*/events/*.jsonl")
+              for line in p.read_text().splitlines()]
+    skipped = [i for i, (_, _, status) in enumerate(printed, 1) if status == "skipped"]
+    assert 0 < len(skipped) < len(printed)
+    assert [e["step"] for e in events if e["ev"] == "step_skipped" and e.get("counted")] == skipped
+    report = load_report(workdir / "r.json")
+    assert report["steps_observed"] == len(printed) - len(skipped)
+    assert round(report["metrics"]["loss"]["first"], 6) == float(printed[len(skipped)][1])  # the first update made
+    assert not list(workdir.glob("ptdiag-runs/*/probe-errors.log"))
+
+
+def test_a_fused_optimizer_whose_every_update_was_skipped_is_not_training(workdir):
+    proc = run_ptdiag("track", "--json", "r.json", "--", PYTHON, str(PROGRAMS / "amp_fused_skips.py"), "60",
+                      cwd=workdir)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    report = load_report(workdir / "r.json")
+    finding = next(f for f in report["findings"] if f["code"] == "ptdiag.no_training_observed")
+    assert finding["evidence"]["skipped_steps"] == 10 and report["steps_observed"] == 0

@@ -14,8 +14,12 @@ from typing import Any
 
 # -- run dir layout ------------------------------------------------------------------------
 # where a diagnosed run's ranks dump their NCCL Flight Recorder buffers
-# (TORCH_FR_DUMP_TEMP_FILE, see specialists.distributed.CHILD_ENV)
+# (TORCH_FR_DUMP_TEMP_FILE, see specialists.distributed.CHILD_ENV): rank r writes
+# <FR_DUMP_STEM>r there; torch makes a named pipe <FR_PIPE_STEM>r.pipe beside it
+# (TORCH_NCCL_DEBUG_INFO_PIPE_FILE) and dumps when something is written to it, which the
+# launcher does before it ends a run at --timeout (launch/flight_recorder.py)
 FLIGHT_RECORDER_DIR = "flight_recorder"
+FR_DUMP_STEM, FR_PIPE_STEM = "rank_", "pipe_"
 # each rank's live collective state (probe.plugins.distributed.live), read after a hang
 LIVE_STATE_DIR = "distributed"
 
@@ -28,6 +32,9 @@ COLLECTIVES = ("all_reduce", "all_gather", "all_gather_into_tensor", "all_gather
                "monitored_barrier", "send", "recv")
 # the phases of a step the performance breakdown times between the probe's boundaries
 STEP_PHASES = ("forward", "backward", "optimizer")
+# the reasons of CUDA snapshots the memory probe keeps at OOMs (file rank<R>.<reason>.pickle):
+# the OOM that ended the program, and the last one that did not (caught by torch or the program)
+OOM_RAISED, OOM_CAUGHT = "oom", "oom_caught"
 # which companion run a child process is (reproducibility's repeat/audit/resume runs)
 REPRO_ROLE_ENV = "PTDIAG_REPRO_ROLE"
 
@@ -73,7 +80,8 @@ EVENTS: dict[str, EventKind] = {
     "dataloader": _kind("loader batch_size num_workers pin_memory drop_last persistent_workers dataset dataset_len "
                         "sampler", "a DataLoader was built"),
     "step": _kind("step dt data_s lr loader epoch", "the primary optimizer finished a step"),
-    "step_skipped": _kind("step reason", "a GradScaler skipped the primary optimizer's step"),
+    "step_skipped": _kind("step reason counted", "a GradScaler skipped the primary optimizer's step (counted: "
+                          "a fused optimizer's step the probe counted as `step`, skipped on the device)"),
     "loss": _kind("step value finite skipped", "the loss passed to backward in that step"),
     "optimizer": _kind("cls groups params", "the primary optimizer and its hyperparameters"),
     "logged_params": _kind("source params", "the program logged hyperparameters (TensorBoard/MLflow/W&B)"),
@@ -89,15 +97,16 @@ EVENTS: dict[str, EventKind] = {
     "mem_step": _kind("step holders " + _MEMORY_SAMPLE, "memory at a step's end and what holds old graphs"),
     "mem_optimizer": _kind("cls bytes foreach fused", "optimizer state bytes after the first step"),
     "mem_breakdown": _kind("step peak", "MemTracker's peak of one step, by kind of memory"),
-    "mem_fit": _kind("target budget_bytes error batch_size peak_bytes by_kind largest_batch points wall_s",
+    "mem_fit": _kind("target budget_bytes error batch_size peak_bytes by_kind largest_batch points wall_s autocast",
                      "the fake-execution estimate of a step against --target-memory"),
     "mem_end": _kind(_MEMORY_SAMPLE, "memory at exit"),
     "mem_grads_in_forward": _kind("step held", "gradients still held while the next forward ran"),
-    "mem_saved": _kind("step training location bytes tensors", "what a forward saved for backward"),
+    "mem_saved": _kind("step training location autocast bytes tensors", "what a forward saved for backward"),
     "mem_unused_forward": _kind("saved_bytes location training count first_step",
                                 "forwards whose graph no backward reached (evaluation without no_grad)"),
-    "mem_cuda_oom": _kind("device requested device_allocated device_free count", "a CUDA out-of-memory"),
-    "mem_snapshot": _kind("reason path", "a CUDA memory snapshot was written"),
+    "mem_cuda_oom": _kind("step device requested device_limit device_free count",
+                          "the CUDA allocator refused a request (raised to the program or caught, by torch or it)"),
+    "mem_snapshot": _kind("reason path oom", "a CUDA memory snapshot was written (oom: the mem_cuda_oom count it shows)"),
     # numerics
     "numerics": _kind("step loss out_finite norms norm scale nonfinite_modules",
                       "a step's loss, output finiteness and gradient norms"),
@@ -136,6 +145,8 @@ EVENTS: dict[str, EventKind] = {
     "dist_step": _kind("step backward_s outside_s", "a step's time in and outside backward"),
     # reproducibility
     "nondeterministic_op": _kind("op message location step", "an op without a deterministic implementation ran"),
+    "nondeterministic_setting": _kind("setting message location step",
+                                      "torch alerted that a setting (cuBLAS's workspace) makes an op non-deterministic"),
     "repro_loader": _kind("loader generator worker_init_fn num_workers", "a DataLoader's randomness"),
     "repro_names": _kind("names dtypes", "the names of the tensors whose sums repro_step lists"),
     "repro_begin": _kind("opt_entries opt_sum lr", "the optimizer state before the first step"),

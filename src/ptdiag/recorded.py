@@ -29,10 +29,17 @@ class ProcessEvents:
         return next((e for e in self.events if e["ev"] == kind), None)
 
     @property
+    def skipped_counted(self) -> set[int]:
+        """Steps the probe counted whose update a GradScaler skipped on the device (fused optimizers)."""
+        return {e["step"] for e in self.of("step_skipped") if e.get("counted")}
+
+    @property
     def steps(self) -> int:
-        """Optimizer steps taken: the last recorded, or the count at exit (the recorder may
-        have kept 1 step in N, when ptdiag's budget shed its per-step lines)."""
-        return max([e["step"] for e in self.of("step")] + [e.get("steps") or 0 for e in self.of("exit")], default=0)
+        """Updates made: optimizer steps taken (the last recorded, or the count at exit: the
+        recorder may have kept 1 step in N, when ptdiag's budget shed its per-step lines),
+        less those a fused optimizer's GradScaler skipped on the device."""
+        taken = max([e["step"] for e in self.of("step")] + [e.get("steps") or 0 for e in self.of("exit")], default=0)
+        return taken - len(self.skipped_counted)
 
 
 @dataclass
@@ -82,7 +89,9 @@ class RecordedRun:
         proc = self.main if rank is None else self.ranks.get(rank)
         if proc is None:
             return []
-        return [(e["step"], _as_float(e["value"])) for e in proc.of("loss") if not e.get("skipped")]
+        skipped = proc.skipped_counted
+        return [(e["step"], _as_float(e["value"])) for e in proc.of("loss")
+                if not e.get("skipped") and e["step"] not in skipped]
 
     def step_times(self, rank: int | None = None) -> list[float]:
         proc = self.main if rank is None else self.ranks.get(rank)

@@ -7,7 +7,8 @@ terminal shows the program's output once, as without ptdiag. The child stays in
 ptdiag's process group: a Ctrl-C typed in the terminal reaches it directly. Signals are taken with sigwaitinfo so that the sender
 is known: a terminal's SIGINT (from the kernel) already reached the child, one sent to
 ptdiag alone with kill(1) is forwarded. A second interrupt kills the child's process
-tree at once. `--timeout` dumps every probed process's Python stacks, then ends the tree.
+tree at once. `--timeout` dumps every probed process's Python stacks and every NCCL
+rank's Flight Recorder (flight_recorder.py), then ends the tree.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Callable
 
 import psutil
 
+from ptdiag.launch import flight_recorder
 from ptdiag.probe.core import STACK_DUMP_SIGNAL
 
 INJECT_DIR = Path(__file__).parent / "inject"
@@ -45,6 +47,7 @@ class ChildOutcome:
     interrupted_by: str | None = None  # "SIGINT" / "SIGTERM" sent to ptdiag
     timed_out_at: float | None = None
     signals_forwarded: list[str] = field(default_factory=list)
+    flight_recorder: dict | None = None  # NCCL ranks asked for a dump at --timeout, and those that dumped
 
     @property
     def exit_code(self) -> int:
@@ -55,7 +58,7 @@ class ChildOutcome:
         return {"returncode": self.returncode, "exit_code": self.exit_code,
                 "started": self.started, "ended": self.ended,
                 "interrupted_by": self.interrupted_by, "timed_out_at": self.timed_out_at,
-                "signals_forwarded": self.signals_forwarded}
+                "signals_forwarded": self.signals_forwarded, "flight_recorder": self.flight_recorder}
 
 
 def child_environment(run_dir: Path, plan: dict, base: dict | None = None) -> dict:
@@ -90,6 +93,7 @@ class Supervisor:
         self._interrupted_by: str | None = None
         self._done = threading.Event()
         self._signal_thread: threading.Thread | None = None
+        self._flight_recorder: dict | None = None
 
     def run(self) -> ChildOutcome:
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
@@ -105,6 +109,7 @@ class Supervisor:
             self._signal_thread.start()
             timed_out_at = self._wait(started)
         finally:
+            flight_recorder.remove_pipes(self.run_dir)
             for stream in streams:
                 if stream is not None:
                     stream.close()
@@ -112,7 +117,7 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         return ChildOutcome(returncode=self._proc.returncode, started=started, ended=time.time(),
                             interrupted_by=self._interrupted_by, timed_out_at=timed_out_at,
-                            signals_forwarded=self._outcome_signals)
+                            signals_forwarded=self._outcome_signals, flight_recorder=self._flight_recorder)
 
     def _output_streams(self) -> tuple:
         """The child's stdout and stderr: ptdiag's own (None: inherited), or a companion
@@ -140,6 +145,7 @@ class Supervisor:
             if self.timeout_s is not None and timed_out_at is None and elapsed > self.timeout_s:
                 timed_out_at = time.time()
                 self.dump_stacks()
+                self._flight_recorder = flight_recorder.dump_all(self.run_dir)
                 self.end_tree()
 
     def dump_stacks(self) -> None:

@@ -5,7 +5,8 @@ A specialist package may hold:
   the user's processes; imported only when the specialist is in the plan);
 - `analyse(run) -> Analysis` in `__init__.py`: turns a recorded run into findings;
 - `CHILD_ENV` in `__init__.py`: environment variables the program needs for this
-  specialist's measurements (`{run_dir}` is filled in); a variable the user set wins;
+  specialist's measurements (`{run_dir}` is filled in; the folder of a path in the run
+  dir is made before the program starts); a variable the user set wins;
 - `parent.py`: its part in ptdiag's own process, `after_run(ctx: ParentContext)`,
   called once the command has ended and before analysis, for work that needs more runs
   of the command (a second run to compare, a resumed run); whatever it measures goes into
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from pathlib import Path
 
 from ptdiag.findings import Analysis
 from ptdiag.recorded import RecordedRun
@@ -42,5 +44,8 @@ def child_env(names: list[str], run_dir) -> dict[str, str]:
     env: dict[str, str] = {}
     for name in names:
         wanted = getattr(importlib.import_module(f"ptdiag.specialists.{name}"), "CHILD_ENV", {})
-        env.update({k: v.format(run_dir=run_dir) for k, v in wanted.items()})
+        for key, value in wanted.items():
+            env[key] = value.format(run_dir=run_dir)
+            if "{run_dir}/" in value:  # libraries create no folders (NCCL makes its pipe as the group starts)
+                Path(env[key]).parent.mkdir(parents=True, exist_ok=True)
     return env

@@ -30,13 +30,19 @@ class AllocatorHistory:
         return True
 
     def _observer(self, on_oom: Callable) -> Callable:
-        def observe(device, requested, device_allocated, device_free) -> None:
+        """torch's binding calls this with (device, alloc_size, device_total or the memory
+        fraction's limit, device_free) and turns any exception it raises into the error of
+        the failing allocation (`throw py::error_already_set()`): nothing may leave it."""
+        def observe(device, requested, device_limit, device_free) -> None:
             if not self.active:
                 return
             try:
-                on_oom(device, requested, device_allocated, device_free)
+                on_oom(device, requested, device_limit, device_free)
             except Exception as exc:
-                self._fault(exc)
+                try:
+                    self._fault(exc)
+                except Exception:
+                    pass  # even reporting the fault failed (disk full): the program's OOM goes on
 
         return observe
 

@@ -14,7 +14,7 @@ from ptdiag.recorded import RecordedRun
 from ptdiag.specialists.distributed import checks_data, checks_hang, checks_launch, checks_replicas, checks_straggler
 from ptdiag.specialists.distributed.job import Job
 
-from ptdiag.events import FLIGHT_RECORDER_DIR
+from ptdiag.events import FLIGHT_RECORDER_DIR, FR_DUMP_STEM, FR_PIPE_STEM
 
 CHECKS = (
     checks_launch.env_findings,
@@ -40,14 +40,18 @@ def _torch_older_than(major: int, minor: int) -> bool:
 
 
 # NCCL's Flight Recorder: keep the last collectives of each rank and dump them into the
-# run dir when a collective times out (no effect on gloo); analysed by flight_recorder.py.
-# torch 2.11 renamed the buffer size to TORCH_FR_BUFFER_SIZE and prints a deprecation line
-# on every rank's stderr for the old name, which the program's output must not gain.
+# run dir when a collective times out (no effect on gloo), or when ptdiag's --timeout
+# writes to the rank's pipe (ProcessGroupNCCL's heartbeat monitor polls it: DumpPipe in
+# ProcessGroupNCCL.hpp, `<stem><global rank>.pipe`, made by the default group only);
+# analysed by flight_recorder.py. torch 2.11 renamed the buffer size to TORCH_FR_BUFFER_SIZE
+# and prints a deprecation line on every rank's stderr for the old name, which the
+# program's output must not gain.
 CHILD_ENV = {
     "TORCH_FR_BUFFER_SIZE": "2000",
     **({"TORCH_NCCL_TRACE_BUFFER_SIZE": "2000"} if _torch_older_than(2, 11) else {}),
     "TORCH_NCCL_DUMP_ON_TIMEOUT": "1",
-    "TORCH_FR_DUMP_TEMP_FILE": "{run_dir}/" + FLIGHT_RECORDER_DIR + "/rank_",
+    "TORCH_FR_DUMP_TEMP_FILE": "{run_dir}/" + FLIGHT_RECORDER_DIR + "/" + FR_DUMP_STEM,
+    "TORCH_NCCL_DEBUG_INFO_PIPE_FILE": "{run_dir}/" + FLIGHT_RECORDER_DIR + "/" + FR_PIPE_STEM,
 }
 
 
@@ -66,6 +70,8 @@ def analyse(run: RecordedRun) -> Analysis:
         "job": job.identity, "world_size": job.world_size, "ranks_seen": sorted(job.ranks), "runs": job.runs,
         "consistency_checked_steps": [c["step"] for c in checks_replicas.compare_checksums(job)],
         "per_rank": {str(r): m for r, m in checks_straggler.straggler_metrics(job).items()},
+        **({"flight_recorder_at_timeout": run.outcome["flight_recorder"]}
+           if run.outcome.get("flight_recorder") else {}),
     }
     return analysis
 

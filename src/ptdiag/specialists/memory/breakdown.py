@@ -32,6 +32,13 @@ def measured_split(proc) -> tuple[str, dict] | None:
     return "sum of measured parts (no step was watched by MemTracker)", split
 
 
+def _sixteen_bit_activations(proc, model: dict) -> bool:
+    """The program already keeps 16-bit activations: 16-bit parameters, or a training
+    forward the probe measured ran under a 16-bit autocast."""
+    autocasts = {e.get("autocast") for e in proc.of("mem_saved") if e["training"]}
+    return model.get("dtype") in LOW_PRECISION or any(f"torch.{a}" in LOW_PRECISION for a in autocasts if a)
+
+
 def remedies(proc, split: dict) -> list[Remedy]:
     found = []
     activations = max([split.get("Activation", 0)] + [e["bytes"] for e in proc.of("mem_saved") if e["training"]])
@@ -41,7 +48,7 @@ def remedies(proc, split: dict) -> list[Remedy]:
                             f"halve the batch and accumulate gradients over 2 micro-batches: about "
                             f"{format_bytes(activations // 2)} less (half of the {format_bytes(activations)} of "
                             f"activations a training forward saved)"))
-        if model.get("dtype") not in LOW_PRECISION:
+        if not _sixteen_bit_activations(proc, model):
             found.append(Remedy("autocast_bf16", activations // 2,
                                 f"run forward under torch.autocast(dtype=torch.bfloat16): activations stored in "
                                 f"16 bits, up to {format_bytes(activations // 2)} less"))

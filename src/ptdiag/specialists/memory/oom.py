@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ptdiag.events import OOM_CAUGHT as CAUGHT, OOM_RAISED as RAISED
 from ptdiag.findings import Finding
 from ptdiag.recorded import RecordedRun
 from ptdiag.specialists.memory.snapshot import analyse_snapshot
@@ -31,24 +32,38 @@ def snapshot_analyses(run: RecordedRun) -> dict[str, object]:
     return found
 
 
+def _kept(snapshots: dict, reason: str) -> tuple[str, object] | tuple[None, None]:
+    return next(((p, a) for p, a in snapshots.items() if p.endswith(f".{reason}.pickle")), (None, None))
+
+
 def oom_findings(run: RecordedRun, snapshots: dict) -> list[Finding]:
+    """The OOM that ended the run (error), or, when none did, the allocator's refusals
+    that did not reach the program as an error (info: torch retries some itself, such as
+    cuDNN with a smaller workspace; the program may have caught others)."""
     exc = oom_exception(run)
-    caught = run.all_events("mem_cuda_oom")
-    if exc is None and not caught:
+    refused = run.all_events("mem_cuda_oom")
+    if exc is None and not refused:
         return []
-    where = {"step": (exc.get("step", 0) + 1) if exc else caught[0].get("step"),
-             "rank": exc["rank"] if exc else caught[0]["rank"],
+    where = {"step": (exc.get("step", 0) + 1) if exc else refused[-1].get("step"),
+             "rank": exc["rank"] if exc else refused[-1]["rank"],
              "exception_location": exc.get("location") if exc else None}
-    oom_snapshot = next((a for p, a in snapshots.items() if p.endswith(".oom.pickle")), None)
-    from_snapshot = [f for f in (oom_snapshot.findings if oom_snapshot else []) if f.code == "memory.oom"]
+    path, analysis = _kept(snapshots, RAISED) if exc else (None, None)
+    if analysis is None:
+        path, analysis = _kept(snapshots, CAUGHT)
+    from_snapshot = [f for f in (analysis.findings if analysis else []) if f.code == "memory.oom"]
     if from_snapshot:
         finding = from_snapshot[0]
-        finding.evidence.update(where, snapshot=next(p for p in snapshots if p.endswith(".oom.pickle")))
+        finding.evidence.update(where, snapshot=path, refused_requests=len(refused), reached_program=exc is not None)
         if exc is None:
-            finding.severity = "warning"
-            finding.title = f"{finding.title} (caught by the program, {len(caught)} time(s))"
+            finding.severity = "info"
+            finding.title = f"{finding.title} ({_not_raised(len(refused))})"
         return [finding]
-    return [_exception_finding(run, exc, caught, where)]
+    return [_exception_finding(run, exc, refused, where)]
+
+
+def _not_raised(count: int) -> str:
+    return (f"did not end the run: the CUDA allocator refused {count} request(s) that torch retried itself "
+            "or the program caught")
 
 
 def _exception_finding(run: RecordedRun, exc: dict | None, caught: list[dict], where: dict) -> Finding:
@@ -60,9 +75,9 @@ def _exception_finding(run: RecordedRun, exc: dict | None, caught: list[dict], w
                           f"{format_bytes(last['cuda_reserved'])} reserved" if "cuda_allocated" in last else "")
                 + "." if last else "")
     return Finding(
-        code="memory.oom", specialist="memory", severity="error" if exc else "warning",
+        code="memory.oom", specialist="memory", severity="error" if exc else "info",
         title=f"Out of memory at step {where['step']} on rank {where['rank']}"
-              + ("" if exc else f" (caught by the program, {len(caught)} time(s))"),
+              + ("" if exc else f" ({_not_raised(len(caught))})"),
         detail=(f"{exc['type']}: {message[0] if message else ''}." if exc else "The CUDA allocator reported OOMs.")
                + measured + " No CUDA snapshot was recorded at the failure (CPU run, or CUDA unavailable to the probe).",
         evidence={**where, "location": where["exception_location"], "message": exc.get("message") if exc else None,
@@ -73,8 +88,7 @@ def _exception_finding(run: RecordedRun, exc: dict | None, caught: list[dict], w
 
 def snapshot_extra_findings(snapshots: dict) -> list[Finding]:
     """Fragmentation and allocation sites from the snapshots (the OOM finding is handled above)."""
-    chosen = next((a for p, a in snapshots.items() if p.endswith(".oom.pickle")), None) or \
-        next(iter(snapshots.values()), None)
+    chosen = _kept(snapshots, RAISED)[1] or _kept(snapshots, CAUGHT)[1] or next(iter(snapshots.values()), None)
     if chosen is None:
         return []
     return [f for f in chosen.findings if f.code != "memory.oom"]

@@ -126,12 +126,17 @@ def _op_causes(main: Trace, d: Difference, audit: Trace | None) -> list[dict]:
     stage = ("the loss differed from identical weights, batch and generator states" if d.stage == "forward"
              else "the loss agreed but the parameters after the update did not (backward or optimizer)")
     ops = audit.ops if audit else []
+    settings = audit.settings if audit else []
+    for alert in settings[:1]:
+        causes.append({"cause": f"{stage}; cuBLAS ran without a deterministic workspace: torch alerted at "
+                                f"{alert.get('location')} that {alert['setting']} is not set",
+                       "kind": "cublas_workspace", "setting": alert["setting"]})
     if ops:
         listed = "; ".join(f"{o['op']} at {o.get('location')}" for o in ops[:5])
         causes.append({"cause": f"{stage}; with use_deterministic_algorithms(warn_only=True) torch named "
                                 f"{len(ops)} non-deterministic op(s): {listed}",
                        "kind": "ops", "ops": [{"op": o["op"], "location": o.get("location")} for o in ops]})
-    else:
+    elif not settings:
         audited = " (the audit run with use_deterministic_algorithms found none)" if audit else ""
         causes.append({"cause": f"{stage}{audited}", "kind": "computation"})
     if main.env and main.env.get("cudnn_benchmark"):
@@ -151,6 +156,8 @@ def _fix(causes: list[dict]) -> str:
         fixes.append("give the DataLoader generator=torch.Generator().manual_seed(s)")
     if any(c["kind"] == "environment" for c in causes):
         fixes.append("pin the settings that differed (torch.set_num_threads(n); cudnn.benchmark=False)")
+    if any(c["kind"] == "cublas_workspace" for c in causes):
+        fixes.append("set CUBLAS_WORKSPACE_CONFIG=:4096:8 in the environment before the program starts")
     if any(c["kind"] in ("ops", "computation") for c in causes):
         fixes.append("torch.use_deterministic_algorithms(True), CUBLAS_WORKSPACE_CONFIG=:4096:8 and "
                      "torch.backends.cudnn.benchmark=False (slower), or replace the listed ops")

@@ -37,12 +37,13 @@ class Trace:
     loaders: list[dict]
     ops: list[dict]  # non-deterministic ops the audit run was warned about
     loads: list[dict]
+    settings: list[dict]  # settings the audit run was warned make ops non-deterministic (cuBLAS's workspace)
 
     @classmethod
     def of(cls, run: RecordedRun) -> "Trace":
         proc = run.main
         if proc is None:
-            return cls(run, [], {}, None, None, [], [], [], [], [])
+            return cls(run, [], {}, None, None, [], [], [], [], [], [])
         steps: dict[int, StepState] = {}
         for e in proc.of("repro_step"):
             steps[e["step"]] = StepState(e["step"], e.get("sums"), e.get("input"), e.get("rng") or {})
@@ -54,7 +55,7 @@ class Trace:
         names = proc.first("repro_names")
         return cls(run, names["names"] if names else [], dict(sorted(steps.items())), proc.first("repro_begin"),
                    proc.first("repro_env"), proc.of("seed"), proc.of("ckpt"), proc.of("repro_loader"),
-                   proc.of("nondeterministic_op"), proc.of("load"))
+                   proc.of("nondeterministic_op"), proc.of("load"), proc.of("nondeterministic_setting"))
 
     @property
     def last_step(self) -> int:

@@ -73,7 +73,8 @@ class Plugin(ProbePlugin):
 
         self.torch = torch
         self.tracker = StepTracker(self.probe.instruments)
-        self.cuda = CudaHistory(torch, self.probe.instruments, self.probe.run_dir, self.probe.rank, self.probe.emit)
+        self.cuda = CudaHistory(torch, self.probe.instruments, self.probe.run_dir, self.probe.rank, self.probe.emit,
+                                lambda: self.probe.step + 1)
         gpu.after_cuda_init(torch, self.cuda.start, self.probe.log_error)
         self.probe.emit("mem_start", **host_sample())
 
@@ -137,7 +138,7 @@ class Plugin(ProbePlugin):
             self._breakdown.close()
 
     def _estimate_fit(self, optimizer) -> None:
-        from ptdiag.probe.plugins.memory.fit import FakeStep, estimate
+        from ptdiag.probe.plugins.memory.fit import FakeStep, NotSupported, estimate
 
         label, budget = self.target
         if self.model is None or self.forwards.last_input is None:
@@ -145,8 +146,10 @@ class Plugin(ProbePlugin):
             return
         self.forwards.paused = True
         try:
-            step = FakeStep(self.torch, self.model, optimizer, self.forwards.last_input)
+            step = FakeStep(self.torch, self.model, optimizer, self.forwards.last_input, self.forwards.last_autocast)
             self.probe.emit("mem_fit", target=label, **estimate(step, budget).to_dict())
+        except NotSupported as declined:
+            self.probe.emit("mem_fit", target=label, budget_bytes=budget, error=str(declined))
         except Exception as error:  # a model fake execution cannot run (data-dependent shapes, custom ops)
             self.probe.emit("mem_fit", target=label, budget_bytes=budget, error=f"{type(error).__name__}: {error}"[:500])
         finally:
@@ -160,4 +163,10 @@ class Plugin(ProbePlugin):
         if self.torch is not None:
             self.probe.emit("mem_end", **host_sample(), **cuda_sample(self.torch, self._device))
         if self.cuda is not None:
-            self.cuda.dump("end")
+            self.cuda.finish()
+
+    def on_exception(self, exc_type, exc, tb) -> None:
+        """An OutOfMemoryError that ended the program: the OOM snapshot is its own (OOMs that
+        torch or the program caught before it are not)."""
+        if self.cuda is not None and issubclass(exc_type, self.torch.cuda.OutOfMemoryError):
+            self.cuda.oom_raised()

@@ -11,8 +11,15 @@ predicts for the budget is checked by another fake step before it is reported.
 
 Gradients are freed between the fake steps (`zero_grad(set_to_none=True)` before the
 forward); a program that keeps them through its forward needs their bytes on top
-(the breakdown finding says so when it measured that). The loss of the fake step is the sum of the first floating output: the user's loss
-function is not known here, and a loss's own memory is negligible next to activations.
+(the breakdown finding says so when it measured that). The loss of the fake step is the
+sum of the first floating output: the user's loss function is not known here, and a
+loss's own memory is negligible next to activations.
+
+The step runs on the user's module inside DDP/DataParallel/torch.compile (a DDP
+wrapper's reducer would run collectives from one rank's fake step; a compiled module's
+own savings are not estimated: the eager module's peak is), under the autocast the
+program's last training forward ran in (16-bit activations where the program has them).
+FSDP-sharded models are declined: their forward gathers parameters by collectives.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import copy
 import time
 from dataclasses import asdict, dataclass, field
 
-from ptdiag.probe import quiet_warnings
+from ptdiag.probe import model_context, quiet_warnings
 from ptdiag.probe.instruments.memory_tracker import fake_execution_tracker, peak_by_kind
 
 MAX_BATCH_MULTIPLE = 1024  # never search beyond 1024x the user's batch
@@ -37,6 +44,8 @@ class FitEstimate:
     largest_batch: int | None
     points: list = field(default_factory=list)  # (batch, peak bytes) estimated
     wall_s: float = 0.0
+    autocast: dict | None = None  # the program's autocast the fake steps ran under
+
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,15 +80,24 @@ def batch_of(args, torch) -> int | None:
     return int(first.shape[0]) if first is not None else None
 
 
+class NotSupported(Exception):
+    """A model the fake step declines to run (the reason is the message)."""
+
+
 class FakeStep:
     """One training step of a fake copy of the user's model and optimizer."""
 
-    def __init__(self, torch, model, optimizer, args) -> None:
+    def __init__(self, torch, model, optimizer, args, autocast: dict | None = None) -> None:
         from torch._subclasses.fake_tensor import FakeTensorMode
 
+        sharding = model_context.sharded(model)
+        if sharding is not None:
+            raise NotSupported(f"the model is sharded by {sharding}: a fake step would run its parameter "
+                               "all-gathers; the estimate covers models each rank holds whole")
         self.torch = torch
         self.mode = FakeTensorMode(allow_non_fake_inputs=True)
-        self.model = model
+        self.model = model_context.unwrapped(model)
+        self.autocast = autocast
         self.optimizer_cls = type(optimizer)
         self.groups = optimizer.param_groups
         self.args = args
@@ -105,7 +123,8 @@ class FakeStep:
             tracker.track_external(model, optimizer)
             with tracker:
                 for i in range(2):
-                    out = _first_float(model(*args), torch)
+                    with model_context.autocast(torch, self.autocast):
+                        out = _first_float(model(*args), torch)
                     self.backward(out.float().sum())
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
@@ -132,12 +151,18 @@ def _estimate(step: FakeStep, budget: int) -> FitEstimate:
     if b1 != b0:
         points.append((b1, step.peak(b1)[0]))
     largest = _largest(points, budget, b0, step)
-    return FitEstimate(b0, p0, by_kind, budget, largest, sorted(points), time.perf_counter() - start)
+    return FitEstimate(b0, p0, by_kind, budget, largest, sorted(points), time.perf_counter() - start, step.autocast)
 
 
 def _line(points, budget: int):
-    """Slope and intercept through the two estimates whose peaks lie closest to the budget."""
-    nearest = sorted(points, key=lambda p: abs(p[1] - budget))[:2]
+    """Slope and intercept through the two estimates that bracket the budget (the largest
+    batch within it, the smallest over it), else the two whose peaks lie closest to it.
+    Bracketing keeps the search converging when the peak is not affine (it moves from one
+    phase of the step to another as the batch grows: 16-bit activations under autocast)."""
+    within = [p for p in points if p[1] <= budget]
+    over = [p for p in points if p[1] > budget]
+    nearest = ([max(within), min(over)] if within and over and max(within)[0] < min(over)[0]
+               else sorted(points, key=lambda p: abs(p[1] - budget))[:2])
     (xa, ya), (xb, yb) = nearest if len(nearest) == 2 else (nearest[0], nearest[0])
     slope = (yb - ya) / (xb - xa) if xb != xa else 0.0
     return slope, ya - slope * xa

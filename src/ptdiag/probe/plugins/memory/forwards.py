@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ptdiag.location import user_location
+from ptdiag.probe.model_context import autocast_state
 from ptdiag.probe.plugins.memory.holders import tag_forward
 from ptdiag.probe.plugins.memory.tensor_bytes import unique_bytes
 
@@ -34,6 +35,7 @@ class SavedMeasure:
 
     training: bool
     location: str | None
+    autocast: str | None = None  # the autocast dtype the forward ran under
     tensors: list = field(default_factory=list)
     param_ptrs: frozenset = frozenset()
 
@@ -47,7 +49,8 @@ class SavedMeasure:
     def result(self) -> dict:
         nbytes, count = unique_bytes(self.tensors), len(self.tensors)
         self.tensors = []  # drop the references at once: they are the activations themselves
-        return {"training": self.training, "location": self.location, "bytes": nbytes, "tensors": count}
+        return {"training": self.training, "location": self.location, "autocast": self.autocast, "bytes": nbytes,
+                "tensors": count}
 
 def first_graph_tensor(output, torch):
     """The first tensor of a forward's output that carries an autograd graph."""
@@ -76,6 +79,7 @@ class ForwardWatch:
         self.saved_bytes = {True: None, False: None}  # largest sampled per mode
         self.grads_held_in_forward: bool | None = None
         self.last_input = None  # args of the last training forward, for the fit estimate
+        self.last_autocast = None  # and the autocast it ran under (model_context.autocast_state)
         self.paused = False
 
     def attach(self, model, hooks) -> None:
@@ -97,7 +101,8 @@ class ForwardWatch:
                 self.grads_held_in_forward = self._params[0].grad is not None
                 self._emit("mem_grads_in_forward", step=self._step(), held=self.grads_held_in_forward)
         if self._samples[training] < SAVED_SAMPLES_PER_MODE and self._measuring is None:
-            measure = SavedMeasure(training, user_location(), param_ptrs=self._param_ptrs)
+            autocast = self._autocast()
+            measure = SavedMeasure(training, user_location(), autocast and autocast["dtype"], param_ptrs=self._param_ptrs)
             window = self.instruments.saved_tensors(SAVED_BYTES, measure.pack)
             if window is not None:
                 self._samples[training] += 1
@@ -115,6 +120,7 @@ class ForwardWatch:
             return
         if module.training:  # kept here, not in pre: the first forward's pre-hook ran before attach
             self.last_input = args
+            self.last_autocast = self._autocast()
         tensor = first_graph_tensor(output, self.torch)
         if tensor is None:
             return
@@ -126,6 +132,10 @@ class ForwardWatch:
         self._hooks.on_gradient(tensor, reached, FORWARD_WATCH)
         tag_forward(tensor, record.step)
         self._pending.append(record)
+
+    def _autocast(self) -> dict | None:
+        """The autocast around the forward, on the device of the model's parameters."""
+        return autocast_state(self.torch, self._params[0].device.type) if self._params else None
 
     def backward_done(self) -> None:
         """Forwards before this backward that it did not reach will never be backward'd."""

@@ -16,6 +16,7 @@ import time
 
 from ptdiag.location import user_location
 from ptdiag.probe import gpu
+from ptdiag.probe.model_context import autocast_state, unwrapped
 from ptdiag.probe.plugin import Plugin as ProbePlugin
 
 MODULES_KEPT = 20  # module names recorded per step with a non-finite output
@@ -39,26 +40,6 @@ def _import_torch_parts() -> None:
     from ptdiag.probe.plugins.numerics.batches import BatchLedger, poisoned_indices
     from ptdiag.probe.plugins.numerics.localise import all_finite, float_tensors, replay
     from ptdiag.probe.plugins.numerics.loss_region import LossRegion
-
-
-def _autocast_state(device_type: str) -> dict | None:
-    if not torch.is_autocast_enabled(device_type):
-        return None
-    return {"device": device_type, "dtype": str(torch.get_autocast_dtype(device_type)).replace("torch.", "")}
-
-
-# wrapper class -> the attribute holding the user's module
-WRAPPERS = {"DistributedDataParallel": "module", "DataParallel": "module", "OptimizedModule": "_orig_mod"}
-
-
-def _unwrapped(model):
-    """The user's module inside DDP/DataParallel/torch.compile, innermost: replaying a DDP
-    wrapper on one rank would run its collectives alone and wait forever for the other
-    ranks; a compiled one would compile again under the replay's dispatch mode; and the
-    module names the user knows are those of the inner module."""
-    while type(model).__name__ in WRAPPERS and hasattr(model, WRAPPERS[type(model).__name__]):
-        model = getattr(model, WRAPPERS[type(model).__name__])
-    return model
 
 
 def _bf16_supported(device) -> bool:
@@ -150,7 +131,7 @@ class Plugin(ProbePlugin):
         self._device = next(module.parameters()).device
         self._device_type = self._device.type
         hooks = self.probe.model_hooks
-        self._outputs = watch.ModuleOutputs(_unwrapped(module), hooks)  # first: its sums are not the loss's ops
+        self._outputs = watch.ModuleOutputs(unwrapped(module), hooks)  # first: its sums are not the loss's ops
         hooks.after_forward(module, self._after_forward, STEP_CAPTURE)
 
     def _after_forward(self, module, args, kwargs, output):
@@ -164,7 +145,7 @@ class Plugin(ProbePlugin):
             return None
         self._inputs = (args, kwargs)
         self._call_line = user_location(1)
-        self._autocast = _autocast_state(self._device_type)
+        self._autocast = autocast_state(torch, self._device_type)
         if self._autocast and not self._amp_seen:
             self._amp_seen = True
             self.probe.emit("numerics_amp", step=self.probe.step + 1, bf16_supported=_bf16_supported(self._device),
@@ -262,7 +243,7 @@ class Plugin(ProbePlugin):
         if inputs and not all_finite(inputs):
             found = self._bad_batch(inputs)
         elif self._model is not None:
-            model = _unwrapped(self._model)
+            model = unwrapped(self._model)
             self._replaying = self._outputs.paused = True
             try:
                 found = replay(model, args, kwargs, self._autocast, self._grad_outs, list(model.parameters()),

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch.utils._pytree import tree_leaves
 
+from ptdiag.probe import model_context
 from ptdiag.probe.instruments import OpObserver, ops_in_block
 from ptdiag.probe.plugins.numerics.locations import frames_until, traceback_frames, user_and_library
 
@@ -183,8 +184,7 @@ def replay(model, args, kwargs, autocast: dict | None, grad_outputs: list | None
         stack.enter_context(torch.autograd.set_detect_anomaly(True, check_nan=False))
         stack.enter_context(torch.enable_grad())
         stack.enter_context(tracker)
-        if autocast:
-            stack.enter_context(torch.autocast(autocast["device"], dtype=getattr(torch, autocast["dtype"])))
+        stack.enter_context(model_context.autocast(torch, autocast))
         forward = FirstNonFinite(tracker, stop_code, "forward")
         with ops_in_block(forward):
             output = model(*args, **kwargs)

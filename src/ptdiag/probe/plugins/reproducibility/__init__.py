@@ -27,7 +27,11 @@ from ptdiag import checkpoint_contents
 from ptdiag.events import REPRO_ROLE_ENV
 from ptdiag.probe.plugins.reproducibility import fingerprint
 
-NONDETERMINISTIC_MARK = "deterministic"  # in every alert of use_deterministic_algorithms
+# torch's alerts under use_deterministic_algorithms(True, warn_only=True): an op, named
+# before this mark; and (torch 2.4 to 2.13's Context.cpp) a matmul that cuBLAS runs
+# without a deterministic workspace, which is a setting of the environment, not an op
+OP_ALERT = " does not have a deterministic implementation"
+CUBLAS_ALERT = "CUBLAS_WORKSPACE_CONFIG="
 FORWARD_CAPTURE = "reproducibility forward capture"  # the model's hook: RNG states and batch at each step
 ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED",
             "CUDA_VISIBLE_DEVICES", "CUDA_LAUNCH_BLOCKING")
@@ -73,11 +77,17 @@ class Plugin(ProbePlugin):
         subscription = self.probe.model_hooks.before_any_forward(first_forward, FORWARD_CAPTURE)
 
     def on_warning(self, message, category, location) -> None:
-        """Audit run only: each alert of a non-deterministic op, with the user's line."""
+        """Audit run only: each alert of a non-deterministic op, and of cuBLAS without a
+        deterministic workspace, with the user's line."""
         text = str(message)
-        if self.role == "audit" and NONDETERMINISTIC_MARK in text:
-            self.probe.emit("nondeterministic_op", op=text.split(" does not have")[0].strip()[:200],
+        if self.role != "audit":
+            return
+        if OP_ALERT in text:
+            self.probe.emit("nondeterministic_op", op=text.split(OP_ALERT)[0].strip()[:200],
                             message=text[:1000], location=location, step=self.probe.step + 1)
+        elif CUBLAS_ALERT in text:
+            self.probe.emit("nondeterministic_setting", setting="CUBLAS_WORKSPACE_CONFIG", message=text[:1000],
+                            location=location, step=self.probe.step + 1)
 
     def on_dataloader(self, loader) -> None:
         index = len(self._loaders)
@@ -150,7 +160,9 @@ class Plugin(ProbePlugin):
             deterministic_algorithms=torch.are_deterministic_algorithms_enabled(),
             cudnn_benchmark=bool(cudnn.benchmark), cudnn_deterministic=bool(cudnn.deterministic),
             cuda=torch.cuda.is_initialized(),
-            tf32_matmul=bool(torch.backends.cuda.matmul.allow_tf32), tf32_cudnn=bool(cudnn.allow_tf32),
+            tf32_matmul=_tf32(lambda: torch.backends.cuda.matmul.fp32_precision,
+                              lambda: torch.backends.cuda.matmul.allow_tf32),
+            tf32_cudnn=_tf32(lambda: cudnn.conv.fp32_precision, lambda: cudnn.allow_tf32),
             environ={k: os.environ[k] for k in ENV_VARS if k in os.environ})
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -192,6 +204,23 @@ class Plugin(ProbePlugin):
 
             self._torch = sys.modules["torch"]
         return self._torch
+
+
+def _tf32(precision, legacy_flag) -> bool | None:
+    """Whether TF32 math is allowed, from torch's precision API (`fp32_precision`: "tf32",
+    "ieee", or "none" for the default, which is not TF32 for matmuls). The legacy flag is
+    read only where that API is missing (torch before 2.9): once a program used the new
+    API, reading `torch.backends.cuda.matmul.allow_tf32` (or `cudnn.allow_tf32`, or
+    `torch.get_float32_matmul_precision()`) raises "you have used mix of the legacy and
+    new APIs". None: neither could be read."""
+    try:
+        return precision() == "tf32"
+    except AttributeError:
+        pass
+    try:
+        return bool(legacy_flag())
+    except RuntimeError:
+        return None
 
 
 def _lrs(optimizer) -> list:

@@ -17,6 +17,7 @@ from ptdiag.location import user_location_of_traceback
 from ptdiag.probe import gpu
 from ptdiag.probe.plugin import Plugin as ProbePlugin
 from ptdiag.probe.plugins.tracking import footprint
+from ptdiag.probe.plugins.tracking.fused_skips import FusedSkips
 
 MAX_ARGS_EVENTS = 5  # a program that parses arguments in a loop is not worth more
 
@@ -85,6 +86,7 @@ class Plugin(ProbePlugin):
         self._args_events = 0
         self._losses: list = []
         self._loss_reader = LossReader()
+        self._fused_skips = FusedSkips()
         self._data_wait = 0.0
         self._batch_from: tuple = (None, None)  # (loader index, its epoch)
         self._loader_epochs: dict[int, int] = {}
@@ -190,6 +192,7 @@ class Plugin(ProbePlugin):
         now = time.perf_counter()
         dt = None if self._last_step_time is None else now - self._last_step_time
         self._last_step_time = now
+        self._read_fused_skips(step, optimizer)  # every step, shed or not: the count of updates depends on it
         if not self.probe.budget.records(step):  # the budget shed: this step's lines are not kept
             self._data_wait = 0.0
             self._losses = []
@@ -202,6 +205,18 @@ class Plugin(ProbePlugin):
         losses, self._losses = self._losses, []
         for loss_step, value, skipped in self._loss_reader.push(step, losses):
             self._emit_loss(loss_step, value, skipped)
+
+    def _read_fused_skips(self, step: int, optimizer) -> None:
+        found_inf = getattr(optimizer, "found_inf", None)  # GradScaler.step around a fused optimizer's step
+        for skipped_step in (self._fused_skips.push(step, found_inf) if found_inf is not None
+                             else self._fused_skips.poll()):
+            self._emit_fused_skip(skipped_step)
+
+    def _emit_fused_skip(self, step: int) -> None:
+        """A fused optimizer's step the probe counted whose update the device skipped (its
+        loss event, written already, is for an update that did not happen)."""
+        self.probe.emit("step_skipped", step=step, counted=True,
+                        reason="GradScaler with a fused optimizer: inf/NaN gradients, the update was skipped on the device")
 
     def _emit_loss(self, step: int, value: float, skipped: bool) -> None:
         extra = {"skipped": True} if skipped else {}
@@ -253,6 +268,8 @@ class Plugin(ProbePlugin):
     def on_exit(self) -> None:
         for step, value, skipped in self._loss_reader.poll(wait=True):
             self._emit_loss(step, value, skipped)
+        for step in self._fused_skips.poll(wait=True):
+            self._emit_fused_skip(step)
         self.probe.emit("resources", **footprint.at_exit())
         if self.probe.rank == 0:
             footprint.write_packages(self.probe.run_dir)
