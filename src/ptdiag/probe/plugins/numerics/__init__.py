@@ -97,6 +97,7 @@ class Plugin(ProbePlugin):
         # backward passes read: the analysis's clock where the program updates its weights
         # by hand (no optimizer step is counted), and the graph's facts are read at the first
         self._backwards = 0
+        self._graph: tuple[list[str], list[str]] | None = None  # the first loss's graph (loss_graph.between)
         probe.budget.sheddable(("numerics",), [(what, self._shedding(how)) for what, how in SHEDDING])
 
     def _shedding(self, how):
@@ -197,6 +198,8 @@ class Plugin(ProbePlugin):
         if self._replaying or tensor.numel() != 1 or not self._watched():
             return
         self._loss = tensor
+        if self._backwards == 0 and self._graph is None and tensor.grad_fn is not None:
+            self._graph = between(tensor.grad_fn, self._out_nodes)  # before backward frees what nodes saved
         scale = self.probe.loss_scale(tensor)
         if scale is not None:
             self._scale = scale.detach().reshape(()).clone()  # GradScaler.update changes it in place
@@ -227,7 +230,7 @@ class Plugin(ProbePlugin):
         """Once: the loss computation's nodes, a softmax over one class, and how many
         parameters are trainable and received a gradient (what a loss that never moves needs)."""
         params = [p for group in groups for p in group]
-        names, one_class = between(self._loss.grad_fn, self._out_nodes) if self._loss.grad_fn else ([], [])
+        names, one_class = self._graph or ([], [])
         trainable = sum(1 for p in self._model.parameters() if p.requires_grad) if self._model is not None else None
         self.probe.emit("numerics_graph", step=step, backward=self._backwards, loss_ops=names, one_class=one_class,
                         trainable=trainable, with_grad=sum(1 for p in params if p.grad is not None))
