@@ -23,7 +23,8 @@ from ptdiag.recorded import RecordedRun
 from ptdiag.specialists.numerics import history, rules
 from ptdiag.specialists.numerics.culprit import finding_for, location
 from ptdiag.specialists.numerics.learning import loss_flat_finding
-from ptdiag.specialists.tracking import record
+from ptdiag.specialists.numerics.lr import per_step as lr_per_step
+from ptdiag.specialists.numerics.lr import story as lr_story
 
 HISTORY_STEPS = 5  # loss values shown before the first non-finite one
 SPECIALIST = "numerics"
@@ -41,36 +42,6 @@ def _clock(run: RecordedRun, rank: int, event: dict) -> dict:
 def _first_culprit(run: RecordedRun) -> tuple[int, dict] | None:
     found = [(rank, _clock(run, rank, e)) for rank, proc in run.ranks.items() for e in proc.of("numerics_culprit")]
     return min(found, key=lambda re: (re[1]["step"], re[0])) if found else None
-
-
-def _lrs(run: RecordedRun, rank: int) -> dict[int, list]:
-    proc = run.ranks.get(rank)
-    return {e["step"]: e.get("lr") for e in proc.of("step")} if proc else {}
-
-
-def _first_lr(lrs: dict[int, list]) -> float | None:
-    for step in sorted(lrs):
-        values = [v for v in (lrs[step] or []) if isinstance(v, (int, float))]
-        if values:
-            return max(values)
-    return None
-
-
-def _lr_at(lrs: dict[int, list], step: int) -> float | None:
-    earlier = [s for s in lrs if s <= step]
-    values = [v for v in (lrs[max(earlier)] or []) if isinstance(v, (int, float))] if earlier else []
-    return max(values) if values else None
-
-
-def _configured_lr(run: RecordedRun) -> tuple[str, float] | None:
-    """The learning rate the program was configured with (its command line or config), for a
-    hand-written update that no optimizer reports."""
-    params = record.params(run)
-    for key in rules.LR_KEYS:
-        value = params.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return key, float(value)
-    return None
 
 
 def _watch(run: RecordedRun, rank: int) -> list[dict]:
@@ -101,7 +72,7 @@ def _nonfinite_loss(run: RecordedRun, first: dict | None, culprit: tuple[int, di
         return None
     rank = first["rank"]
     before = [(s, v) for s, v in _losses(run, rank) if s < first["step"]][-HISTORY_STEPS:]
-    lr = _lrs(run, rank).get(first["step"])
+    lr = [v for v in lr_per_step(run, rank).get(first["step"]) or [] if isinstance(v, (int, float))] or None
     epoch = f" (epoch {first['epoch']})" if first.get("epoch") is not None else ""
     evidence = {"step": first["step"], "epoch": first.get("epoch"), "rank": rank, "value": first["value"],
                 "loss_before": before, "lr": lr}
@@ -122,13 +93,8 @@ def _nonfinite_loss(run: RecordedRun, first: dict | None, culprit: tuple[int, di
         code="numerics.nonfinite_loss", specialist=SPECIALIST, severity="error",
         title=f"The loss became {first['value']} at step {first['step']}{epoch}",
         detail="Loss before it: " + (", ".join(f"step {s}: {v:.4g}" for s, v in before) or "none recorded")
-               + (f"; learning rate at that step: {_lr_text(lr)}" if lr else "") + born + ".",
+               + (f"; learning rate at that step: {', '.join(f'{v:.4g}' for v in lr)}" if lr else "") + born + ".",
         evidence=evidence, fix=fix)
-
-
-def _lr_text(lr) -> str:
-    values = lr if isinstance(lr, list) else [lr]
-    return ", ".join(f"{v:.4g}" if isinstance(v, (int, float)) else str(v) for v in values)
 
 
 def _is_finite(value) -> bool:
@@ -156,12 +122,6 @@ def _failure_text(failed_at: int | None, first_bad: dict | None, culprit: dict |
     return f"; the gradient norm overflowed at step {failed_at}" if failed_at is not None else ""
 
 
-def _optimizer(run: RecordedRun, rank: int) -> str | None:
-    proc = run.ranks.get(rank)
-    found = proc.first("optimizer") if proc else None
-    return found.get("cls") if found else None
-
-
 def _explosion(run: RecordedRun, rank: int, failed_at: int | None, first_bad: dict | None,
                culprit: dict | None) -> Finding | None:
     watched = [e for e in _watch(run, rank) if e.get("scale") is None]
@@ -170,55 +130,26 @@ def _explosion(run: RecordedRun, rank: int, failed_at: int | None, first_bad: di
     found = history.explosion(norms, failed_at, losses, failed=failed_at is not None)
     if found is None:
         return None
-    lrs = _lrs(run, rank)
-    # the norm at the onset step was measured after the update of the step before it
-    lr0, lr_cause, lr_safe = _first_lr(lrs), _lr_at(lrs, found.onset_step - 1), _lr_at(lrs, found.onset_step - 2)
+    lr = lr_story(run, rank, found.onset_step, found.growth_per_step, found.clip_at)
     shown = [(s, round(n, 4)) for s, n in found.history[-12:]]
-    lr_rose = bool(lr0 and lr_cause and lr_cause >= rules.LR_RISE_FACTOR * lr0)
-    configured = None if lrs else _configured_lr(run)
-    lr_text = (f"The learning rate was {lr0:.3g} at the start and {lr_cause:.3g} (x{lr_cause / lr0:.3g}) in the update "
-               f"just before the explosion began." if lr_rose else
-               f"The learning rate was {lr_cause:.3g} in the update before it began." if lr_cause else
-               f"No optimizer step was seen (the weights are updated by hand); the program was configured with "
-               f"{configured[0]}={configured[1]:.4g}." if configured else
-               "No optimizer step was seen (the weights are updated by hand), so the learning rate is not known.")
-    if lr_rose and lr_safe:
-        fix = (f"The learning rate schedule raised it x{lr_cause / lr0:.3g}: keep it at or below {lr_safe:.3g}, the last "
-               f"value before the explosion (x{lr_cause / lr_safe:.3g} lower than {lr_cause:.3g}). ")
-    elif lr_cause and _optimizer(run, rank) in rules.ADAPTIVE_OPTIMIZERS:
-        fix = (f"Lower the learning rate (it was {lr_cause:.3g}): {_optimizer(run, rank)} moves each weight by about "
-               f"the learning rate per step whatever the gradient's size, so clipping cannot hold this back. ")
-    elif lr_cause:
-        fix = f"Lower the learning rate (it was {lr_cause:.3g}) by at least x{max(min(found.growth_per_step, 10), 2):.2g}. "
-    elif configured:
-        fix = f"Lower the learning rate of the hand-written update ({configured[0]}={configured[1]:.4g}). "
-    else:
-        fix = "Lower the learning rate of the hand-written update. "
-    if _optimizer(run, rank) not in rules.ADAPTIVE_OPTIMIZERS:
-        fix += (f"Clip gradients at the pre-explosion p99 norm: torch.nn.utils.clip_grad_norm_(model.parameters(), "
-                f"max_norm={found.clip_at:.3g}) before the update.")
-    lr_clause = (f" as the learning rate rose x{lr_cause / lr0:.3g} to {lr_cause:.3g}" if lr_rose else
-                 f" at learning rate {lr_cause:.3g}" if lr_cause else
-                 f" with {configured[0]}={configured[1]:.4g}" if configured else "")
     overflow = _failure_text(failed_at, first_bad, culprit)
     loss_path = _trajectory(losses, failed_at if failed_at is not None else found.peak_step)
     return Finding(
         code="numerics.grad_explosion", specialist=SPECIALIST, severity="error",
-        title=(f"Gradients exploded from step {found.onset_step}{lr_clause}: norm {found.baseline:.3g} → "
+        title=(f"Gradients exploded from step {found.onset_step}{lr.clause}: norm {found.baseline:.3g} → "
                f"{found.peak:.3g} by step {found.peak_step}{overflow}"),
         detail=(f"The gradient norm passed 10x its first steps' ({found.baseline:.3g}) at step {found.onset_step} and "
                 f"grew x{found.growth_per_step:.3g} per step to {found.peak:.3g} at step {found.peak_step}"
-                + (f"; the loss went {loss_path}" if loss_path else "") + f". {lr_text}"
+                + (f"; the loss went {loss_path}" if loss_path else "") + f". {lr.sentence}"
                 + (" Whichever op overflowed at the end is where the growth surfaced, not its cause."
                    if failed_at is not None else "")),
         evidence={"step": found.onset_step, "rank": rank, "module": None, "op": None, "location": None,
                   "baseline_norm": found.baseline, "peak_norm": found.peak, "peak_step": found.peak_step,
                   "growth_per_step": found.growth_per_step, "clip_at": found.clip_at,
-                  "lr_start": lr0, "lr_before_onset": lr_cause, "lr_safe": lr_safe,
-                  "lr_configured": configured[1] if configured else None, "norm_history": shown,
+                  **lr.evidence, "norm_history": shown,
                   "loss_history": [(s, v) for s, v in losses if failed_at is None or s <= failed_at][-12:],
                   "failed_at": failed_at},
-        fix=fix.strip())
+        fix=lr.fix)
 
 
 def _surfaced(finding: Finding) -> Finding:
@@ -237,7 +168,7 @@ def _loss_flat(run: RecordedRun, rank: int) -> Finding | None:
     proc = run.ranks.get(rank)
     graph = proc.first("numerics_graph") if proc else None
     norms = [e.get("norm") for e in _watch(run, rank)]
-    lrs = [v for values in _lrs(run, rank).values() for v in (values or []) if isinstance(v, (int, float))]
+    lrs = [v for values in lr_per_step(run, rank).values() for v in (values or []) if isinstance(v, (int, float))]
     return loss_flat_finding(flat, rank, graph, norms, lrs)
 
 
