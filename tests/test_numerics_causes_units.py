@@ -76,6 +76,8 @@ def test_flat_losses_constant_not_decreasing_or_learning():
     stuck = [(1, 1.0)] + [(s, 1.0 + 0.01 * (s % 3)) for s in range(2, 25)]
     assert history.loss_flat(stuck)["kind"] == "not_decreasing"
     assert history.loss_flat([(s, 2.0 / s) for s in range(1, 30)]) is None
+    gan_like = [(1, 1.0)] + [(s, 1.0 + 0.3 * (s % 4)) for s in range(2, 30)]  # rises and swings while it learns
+    assert history.loss_flat(gan_like) is None
 
 
 def test_cross_entropy_over_one_logit_is_read_from_the_graph_before_backward():

@@ -80,7 +80,8 @@ def explosion(norms: list[tuple[int, float]], before_step: int | None = None,
 
 def loss_flat(losses: list[tuple[int, float]]) -> dict | None:
     """A loss that does not move: the same value at every step (within float noise), or,
-    over a longer run, never once below its first value."""
+    over a longer run, never once below its first value and within a narrow band of it
+    (a GAN's losses may rise and swing while it learns; a stuck model's hover)."""
     finite = [(s, v) for s, v in ((s, _finite(v)) for s, v in losses) if v is not None]
     if len(finite) < rules.FLAT_MIN_STEPS or len(finite) < len(losses):
         return None
@@ -90,7 +91,8 @@ def loss_flat(losses: list[tuple[int, float]]) -> dict | None:
              "first": values[0], "min": low, "max": high}
     if high - low <= rules.FLAT_ATOL + rules.FLAT_RTOL * max(abs(low), abs(high)):
         return dict(facts, kind="constant")
-    if len(values) >= rules.NOT_DECREASING_MIN_STEPS and min(values[1:]) >= values[0]:
+    if (len(values) >= rules.NOT_DECREASING_MIN_STEPS and min(values[1:]) >= values[0]
+            and high - low <= rules.NOT_DECREASING_BAND * abs(values[0])):
         return dict(facts, kind="not_decreasing")
     return None
 

@@ -28,6 +28,7 @@ FLAT_MIN_STEPS = 5
 FLAT_RTOL = 1e-6
 FLAT_ATOL = 1e-9
 NOT_DECREASING_MIN_STEPS = 20
+NOT_DECREASING_BAND = 0.05  # ... and all within this share of the first value
 
 # loss spikes (without NaN): loss above k x the running median of the losses before it
 SPIKE_FACTOR = 10.0
