@@ -220,7 +220,8 @@ def analyse(run: RecordedRun) -> Analysis:
     failures = [s for s in (culprit[1]["step"] if culprit else None, first_bad["step"] if first_bad else None,
                             bad_grads) if s is not None]
     failed_at = min(failures) if failures else None
-    explosion = _explosion(run, rank, failed_at, first_bad, culprit[1] if culprit else None)
+    bad_batch = bool(culprit and culprit[1].get("phase") == "input")  # the data explains all that followed
+    explosion = None if bad_batch else _explosion(run, rank, failed_at, first_bad, culprit[1] if culprit else None)
     loss = _nonfinite_loss(run, first_bad, culprit, caused=explosion is not None)
     findings: list[Finding] = []
     if explosion is not None:
