@@ -96,7 +96,7 @@ def test_a_constant_loss_finding_names_the_one_class_reason(tmp_path):
                    ("loss", {"step": step, "value": 0.0, "finite": True})]
     (top,) = analyse(recorded(tmp_path, events)).findings
     assert top.code == "numerics.loss_constant" and top.severity == "warning"
-    assert "exactly 0 for all 8 steps" in top.title and "cross-entropy over one logit" in top.title
+    assert "exactly 0 in all 8 steps measured" in top.title and "cross-entropy over one logit" in top.title
     assert "num_classes" in top.fix
 
 

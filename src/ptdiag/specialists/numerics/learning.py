@@ -74,10 +74,10 @@ def loss_flat_finding(flat: dict, rank: int, graph: dict | None, norms: list, lr
     span = f"steps {flat['first_step']}-{flat['last_step']}"
     if flat["kind"] == "constant":
         value = "exactly 0" if flat["max"] == 0 == flat["min"] else _num(flat["first"])
-        title = f"The loss stayed at {value} for all {flat['steps']} steps: the model does not learn"
+        title = f"The loss stayed at {value} in all {flat['steps']} steps measured: the model does not learn"
         if reason:
             title += f" ({reason[0]})"
-        measured = f"The loss was {value} in every one of {flat['steps']} steps ({span})."
+        measured = f"The loss was {value} in every one of the {flat['steps']} steps measured ({span})."
         code = "numerics.loss_constant"
     else:
         title = f"The loss never went below its first value ({_num(flat['first'])}) in {flat['steps']} steps"
