@@ -13,7 +13,8 @@ from rich.console import Console
 
 from ptdiag.findings import Finding, sort_findings
 from ptdiag.probe.event_log import EventWriter
-from ptdiag.probe.plugins.numerics.localise import born_here
+from ptdiag.probe.model_hooks import ModelHooks
+from ptdiag.probe.plugins.numerics.localise import _downstream_only, born_here, replay
 from ptdiag.probe.plugins.numerics.loss_graph import between
 from ptdiag.recorded import RecordedRun
 from ptdiag.report import terminal
@@ -142,3 +143,31 @@ def test_the_terminal_shows_evidence_as_lines_not_json():
     out = io.StringIO()
     terminal.render(report, Console(file=out, width=300, highlight=False, soft_wrap=True))
     assert "evidence: first 3.523 · steps 24" in out.getvalue() and "3.5234143" not in out.getvalue()
+
+
+def test_a_model_returning_its_logits_and_their_loss_replays_its_backward_once():
+    """The gradient caught on the logits already holds what flowed in from the loss: the
+    replay's backward starts from the loss only, so its gradients are the program's."""
+    class WithLoss(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 3)
+
+        def forward(self, x, y):
+            logits = self.linear(x)
+            return logits, F.cross_entropy(logits, y)
+
+    model = WithLoss()
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1])
+    logits, loss = model(x, y)
+    caught = []
+    logits.register_hook(caught.append)
+    loss.backward()
+    kept, grads = _downstream_only([logits, loss], [caught[0], torch.ones(())])
+    assert kept == [loss] and len(grads) == 1
+    owner = ModelHooks(lambda what, why: None, lambda message: None)
+    try:
+        assert replay(model, (x, y), {}, None, [caught[0], torch.ones(())], list(model.parameters()),
+                      owner)["phase"] is None
+    finally:
+        owner.close()

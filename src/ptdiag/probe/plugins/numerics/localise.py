@@ -207,6 +207,7 @@ def replay(model, args, kwargs, autocast: dict | None, grad_outputs: list | None
                                  [g for g in grad_outputs if g is not None])
         if not outputs:
             return {"phase": None, "reason": "no gradient of the model's output was captured"}
+        outputs, grad_outputs = _downstream_only(outputs, grad_outputs)
         if not all_finite(grad_outputs):
             return {"phase": "gradient_in"}
         wanted = [p for p in params if p.requires_grad]
@@ -217,6 +218,24 @@ def replay(model, args, kwargs, autocast: dict | None, grad_outputs: list | None
             backward.found["params"] = nonfinite_grads(tracker, model, wanted, grads)
             return backward.found
         return {"phase": None, "reason": "the replayed forward and backward stayed finite"}
+
+
+def _downstream_only(outputs: list, grad_outputs: list) -> tuple[list, list]:
+    """Drop an output another output was computed from (a model returning its logits and
+    the loss made of them): the gradient caught on it already holds what flowed in from
+    the other, so running backward from both would count that path twice."""
+    upstream: set = set()
+    for t in outputs:
+        todo, seen = [n for n, _ in t.grad_fn.next_functions], set()
+        while todo:
+            node = todo.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            todo.extend(n for n, _ in node.next_functions)
+        upstream |= seen
+    kept = [(t, g) for t, g in zip(outputs, grad_outputs) if t.grad_fn not in upstream]
+    return [t for t, _ in kept], [g for _, g in kept]
 
 
 def nonfinite_grads(tracker: ModuleTracker, model, params, grads) -> list[str]:
