@@ -226,7 +226,7 @@ def _downstream_only(outputs: list, grad_outputs: list) -> tuple[list, list]:
     the other, so running backward from both would count that path twice."""
     upstream: set = set()
     for t in outputs:
-        todo, seen = [n for n, _ in t.grad_fn.next_functions], set()
+        todo, seen = [n for n, _ in t.grad_fn.next_functions] if t.grad_fn is not None else [], set()
         while todo:
             node = todo.pop()
             if node is None or node in seen:
