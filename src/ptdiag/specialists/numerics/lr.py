@@ -72,7 +72,7 @@ def story(run: RecordedRun, rank: int, onset_step: int, growth_per_step: float, 
         sentence = (f"The learning rate was {start:.3g} at the start and {cause:.3g} (x{cause / start:.3g}) in the "
                     f"update just before the explosion began{named}.")
     elif cause:
-        clause = f" at learning rate {cause:.3g}"
+        clause = f" at learning rate {cause:.3g}{named}"
         sentence = f"The learning rate was {cause:.3g} in the update before it began{named}."
     elif setting:
         clause = f" with {setting[0]}={setting[1]:.4g}"
