@@ -171,3 +171,15 @@ def test_a_model_returning_its_logits_and_their_loss_replays_its_backward_once()
                       owner)["phase"] is None
     finally:
         owner.close()
+
+
+def test_a_warm_up_value_that_blew_up_is_named_with_the_configured_rate_and_adam_is_not_told_to_clip(tmp_path):
+    events = [("optimizer", {"cls": "AdamW", "groups": [{"lr": 166.7}], "params": 10})]
+    for step, (loss, norm, lr) in enumerate([(4.2, 1.1, 166.7), (1510.0, 118.0, 333.3), (2947.0, 262.0, 500.0)], 1):
+        events += [watch(step, loss, norm, step=step), ("step", {"step": step, "lr": [lr]}),
+                   ("loss", {"step": step, "value": loss, "finite": True})]
+    events += [watch(4, 37218.0, "nan", step=4), ("loss", {"step": 4, "value": "nan", "finite": False})]
+    top = analyse(recorded(tmp_path, events, args={"learning_rate": 1000.0})).findings[0]
+    assert top.code == "numerics.grad_explosion"
+    assert "at learning rate 167 (configured learning_rate=1000)" in top.title
+    assert "AdamW" in top.fix and "clip_grad_norm_" not in top.fix
