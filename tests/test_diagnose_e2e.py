@@ -34,9 +34,10 @@ def test_nan_sample_is_diverged_with_first_nonfinite_step(workdir):
     assert report["schema"] == "ptdiag.report/1"
     assert report["route"]["specialists"][0] == "numerics"
     assert report["status"] == "diverged"
-    top = report["findings"][0]
+    cause, top = report["findings"][:2]
     assert FINDING_KEYS <= set(top)
-    assert top["code"] == "numerics.nonfinite_loss"
+    # the LR schedule's explosion is the cause, ranked first; the NaN loss is its consequence
+    assert (cause["code"], top["code"]) == ("numerics.grad_explosion", "numerics.nonfinite_loss")
     # the sample's schedule multiplies lr by 10 per epoch of 2 steps: the loss is finite
     # for the first epochs and the first NaN step is the one the events recorded
     losses = [json.loads(line) for p in (workdir / "ptdiag-runs").glob("*/events/*.jsonl")

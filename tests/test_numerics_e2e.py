@@ -97,16 +97,17 @@ def test_fp16_overflow_under_autocast(workdir):
 def test_lr_blow_up_is_an_explosion_with_numbers(workdir):
     report, events = diagnose(workdir, "lr", "--epochs", "8")
     codes = [f["code"] for f in report["findings"]]
-    top = report["findings"][0]
-    assert top["code"] == "numerics.nonfinite_loss"
-    assert top["evidence"]["step"] == first_bad_watch_step(events)
-    assert top["evidence"]["location"].endswith(line_of("loss = criterion(model(images)"))
-    assert top["evidence"]["op"] and top["evidence"]["module"]
-    explosion = report["findings"][1]
+    explosion, loss = report["findings"][:2]  # the cause, then its consequence
     assert explosion["code"] == "numerics.grad_explosion"
     assert explosion["evidence"]["peak_norm"] > 100 * explosion["evidence"]["baseline_norm"]
     assert explosion["evidence"]["lr_before_onset"] >= 10 * explosion["evidence"]["lr_start"]
     assert "clip_grad_norm_" in explosion["fix"]
+    assert "as the learning rate rose x" in explosion["title"]
+    assert loss["code"] == "numerics.nonfinite_loss"
+    assert loss["evidence"]["step"] == first_bad_watch_step(events)
+    assert loss["evidence"]["location"].endswith(line_of("loss = criterion(model(images)"))
+    assert loss["evidence"]["op"] and loss["evidence"]["module"]
+    assert f"({loss['evidence']['op']})" in explosion["title"]  # where it overflowed, named after the cause
     assert "numerics.loss_spike" in codes
 
 

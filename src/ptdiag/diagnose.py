@@ -150,7 +150,7 @@ def analyse_run(run_dir: Path) -> Report:
         symptom=meta.get("symptom"),
         command=meta.get("command"), route=route.to_dict(), status=status,
         exit_code=run.outcome.get("exit_code"), steps_observed=run.steps_observed,
-        findings=sort_findings(findings), metrics={**run_metrics(run), **metrics_found}, artifacts=artifacts,
+        findings=sort_findings(findings, route.specialists), metrics={**run_metrics(run), **metrics_found}, artifacts=artifacts,
         environment={"python": meta.get("host", {}).get("python", {}).get("version")
                      if isinstance(meta.get("host", {}).get("python"), dict) else meta.get("host", {}).get("python"),
                      "torch": torch_env.get("torch"), "cuda": torch_env.get("cuda") if torch_env.get("cuda_available") else None,  # usable, as the contract shows

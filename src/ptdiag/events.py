@@ -108,10 +108,13 @@ EVENTS: dict[str, EventKind] = {
                           "the CUDA allocator refused a request (raised to the program or caught, by torch or it)"),
     "mem_snapshot": _kind("reason path oom", "a CUDA memory snapshot was written (oom: the mem_cuda_oom count it shows)"),
     # numerics
-    "numerics": _kind("step loss out_finite norms norm scale nonfinite_modules",
-                      "a step's loss, output finiteness and gradient norms"),
+    "numerics": _kind("step backward loss out_finite norms norm scale nonfinite_modules",
+                      "a backward pass's loss, output finiteness and gradient norms (backward: its count)"),
+    "numerics_graph": _kind("step backward loss_ops one_class trainable with_grad",
+                            "the first backward's loss graph: its nodes, softmaxes over one class, "
+                            "parameters trainable and with a gradient"),
     "numerics_amp": _kind("step bf16_supported device dtype", "autocast was on in the step"),
-    "numerics_culprit": _kind("step call_line autocast loss_finite outputs_finite nonfinite_modules grads_finite "
+    "numerics_culprit": _kind("step backward call_line autocast loss_finite outputs_finite nonfinite_modules grads_finite "
                               f"localise_s phase reason loss_ops {_CULPRIT_OP} {_BAD_BATCH}",
                               "where the first non-finite value came from"),
     # performance

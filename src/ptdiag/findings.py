@@ -35,9 +35,20 @@ class Finding:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
-def sort_findings(findings: list[Finding]) -> list[Finding]:
-    """Most important first: by severity, keeping each specialist's own order within it."""
-    return sorted(findings, key=lambda f: SEVERITIES.index(f.severity))
+# findings of these are about the run itself (it crashed, it never trained): always first
+RUN_LEVEL = "ptdiag"
+
+
+def sort_findings(findings: list[Finding], planned: list[str] | None = None) -> list[Finding]:
+    """Most important first: the diagnosis of the specialists the person asked for (the
+    plan) and the run-level findings before the rest (the tracking notes every run gets),
+    then by severity, keeping each specialist's own order (its cause before its
+    consequences) within it. Without a plan, by severity only."""
+    def key(f: Finding) -> tuple[bool, int]:
+        aside = planned is not None and f.specialist != RUN_LEVEL and f.specialist not in planned
+        return aside, SEVERITIES.index(f.severity)
+
+    return sorted(findings, key=key)
 
 
 @dataclass

@@ -17,9 +17,9 @@ from urllib.parse import quote
 
 from ptdiag.findings import SEVERITIES, Finding
 from ptdiag.report.model import Report
+from ptdiag.report.people import number
 
 LONG_VALUE_CHARS = 300  # longer values fold into <details> (open when printed)
-SEVERITY_HEADINGS = {"error": "Errors", "warning": "Warnings", "info": "Information"}
 # artifact key -> (what it is, how to open it); {path} is the link's relative path
 ARTIFACT_HELP = {
     "trace": ("Profiler trace (Chrome trace format)",
@@ -42,8 +42,10 @@ def text(value) -> str:
 
 
 def value(item) -> str:
-    """Any evidence or config value: strings as they are, the rest as JSON; long ones fold."""
-    shown = item if isinstance(item, str) else json.dumps(item, default=str, ensure_ascii=False)
+    """Any evidence or config value: strings as they are, a number rounded for people (the
+    JSON report keeps it whole), the rest as JSON; long ones fold."""
+    shown = (item if isinstance(item, str) else number(item) if isinstance(item, float)
+             else json.dumps(item, default=str, ensure_ascii=False))
     if len(shown) <= LONG_VALUE_CHARS:
         return f"<code>{text(shown)}</code>"
     return (f"<details><summary><code>{text(shown[:120])}…</code> ({len(shown)} characters)</summary>"
@@ -87,12 +89,10 @@ def _finding(f: Finding) -> str:
 def findings_section(report: Report) -> str:
     if not report.findings:
         return '<section id="findings"><h2>Findings</h2><p>None.</p></section>'
-    groups = []
-    for severity in SEVERITIES:
-        found = [f for f in report.findings if f.severity == severity]
-        if found:
-            groups.append(f"<h2>{SEVERITY_HEADINGS[severity]} ({len(found)})</h2>" + "".join(map(_finding, found)))
-    return f'<section id="findings">{"".join(groups)}</section>'
+    # in the report's order, the cause first: grouping by severity would put a tracking
+    # warning above the diagnosis the person asked for
+    return (f'<section id="findings"><h2>Findings ({len(report.findings)})</h2>'
+            f'{"".join(map(_finding, report.findings))}</section>')
 
 
 def route_section(report: Report) -> str:

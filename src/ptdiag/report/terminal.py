@@ -1,4 +1,5 @@
-"""The terminal renderer: headline verdict first, then findings by severity.
+"""The terminal renderer: headline verdict first, then the findings in the report's order
+(the cause first), each with its evidence as short lines of rounded numbers.
 
 It writes to stderr, so the program's stdout stays exactly the program's (pipelines
 that read it keep working). Colours only on a terminal; plain text otherwise.
@@ -6,17 +7,15 @@ that read it keep working). Colours only on a terminal; plain text otherwise.
 
 from __future__ import annotations
 
-import json
-
 from rich.console import Console
 from rich.markup import escape
 
 from ptdiag.report.model import Report
+from ptdiag.report.people import evidence_lines
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 STATUS_STYLE = {"completed": "green", "diverged": "bold red", "crashed": "bold red", "oom": "bold red",
                 "hung": "bold red", "timeout": "yellow", "interrupted": "yellow", "killed": "bold red"}
-MAX_EVIDENCE_CHARS = 300
 
 
 def stderr_console() -> Console:
@@ -76,11 +75,7 @@ def _render_findings(c: Console, report: Report) -> None:
         c.print(f"  [{SEVERITY_STYLE[f.severity]}]{f.severity.upper():7}[/] [bold]{escape(f.title)}[/] [dim]({escape(f.code)})[/]")
         if f.detail:
             c.print(f"          {escape(f.detail)}")
-        evidence = {k: v for k, v in f.evidence.items() if v not in (None, [], {})}
-        if evidence:
-            text = json.dumps(evidence, default=str)
-            if len(text) > MAX_EVIDENCE_CHARS:
-                text = text[:MAX_EVIDENCE_CHARS] + "…"
-            c.print(f"          [dim]evidence: {escape(text)}[/]")
+        for i, line in enumerate(evidence_lines(f.evidence)):
+            c.print(f"          [dim]{'evidence:' if i == 0 else '         '} {escape(line)}[/]")
         if f.fix:
             c.print(f"          [green]fix:[/] {escape(f.fix)}")

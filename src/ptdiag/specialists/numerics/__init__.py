@@ -6,65 +6,73 @@ every backward pass (`numerics` events), the replay of the failing step
 
 Order of the findings: the one that names the cause comes first. When the gradient
 norm grew by orders of magnitude before the failure, no single op is the cause (the
-op that overflowed is only where it surfaced), so the loss's history leads, the
-explosion follows with its numbers, and the op is kept as a warning.
+op that overflowed is only where it surfaced), so the explosion leads with its numbers
+and the learning rate, the non-finite loss follows as its consequence, and the op is
+kept as a warning. A loss that never moved (and never failed) is a finding of its own.
+Where the program updates its weights by hand (no optimizer step), backward passes are
+the steps.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from ptdiag.findings import Analysis, Finding
 from ptdiag.recorded import RecordedRun
 from ptdiag.specialists.numerics import history, rules
-from ptdiag.specialists.numerics.culprit import finding_for, forward_finding, location
+from ptdiag.specialists.numerics.culprit import finding_for, location
+from ptdiag.specialists.numerics.learning import loss_flat_finding
+from ptdiag.specialists.numerics.lr import per_step as lr_per_step
+from ptdiag.specialists.numerics.lr import story as lr_story
 
 HISTORY_STEPS = 5  # loss values shown before the first non-finite one
 SPECIALIST = "numerics"
 
 
-def _first_culprit(run: RecordedRun) -> tuple[int, dict] | None:
-    found = [(rank, e) for rank, proc in run.ranks.items() for e in proc.of("numerics_culprit")]
-    return min(found, key=lambda re: (re[1]["step"], re[0])) if found else None
-
-
-def _lrs(run: RecordedRun, rank: int) -> dict[int, list]:
+def _clock(run: RecordedRun, rank: int, event: dict) -> dict:
+    """The event with its step on the run's clock: optimizer steps, or, where the program
+    updates its weights by hand and no optimizer step was counted, backward passes."""
     proc = run.ranks.get(rank)
-    return {e["step"]: e.get("lr") for e in proc.of("step")} if proc else {}
+    if proc is not None and not proc.of("step") and event.get("backward") is not None:
+        return dict(event, step=event["backward"])
+    return event
 
 
-def _first_lr(lrs: dict[int, list]) -> float | None:
-    for step in sorted(lrs):
-        values = [v for v in (lrs[step] or []) if isinstance(v, (int, float))]
-        if values:
-            return max(values)
-    return None
-
-
-def _lr_at(lrs: dict[int, list], step: int) -> float | None:
-    earlier = [s for s in lrs if s <= step]
-    values = [v for v in (lrs[max(earlier)] or []) if isinstance(v, (int, float))] if earlier else []
-    return max(values) if values else None
+def _first_culprit(run: RecordedRun) -> tuple[int, dict] | None:
+    found = [(rank, _clock(run, rank, e)) for rank, proc in run.ranks.items() for e in proc.of("numerics_culprit")]
+    return min(found, key=lambda re: (re[1]["step"], re[0])) if found else None
 
 
 def _watch(run: RecordedRun, rank: int) -> list[dict]:
     proc = run.ranks.get(rank)
-    return proc.of("numerics") if proc else []
+    return [_clock(run, rank, e) for e in proc.of("numerics")] if proc else []
 
 
-def _nonfinite_loss(run: RecordedRun, culprit: tuple[int, dict] | None) -> Finding | None:
-    """The first non-finite loss (the recorder's, else the watch's), with where it was born."""
+def _losses(run: RecordedRun, rank: int) -> list[tuple[int, float]]:
+    """The recorder's losses per step, else the watch's per backward pass."""
+    return run.losses(rank) or [(e["step"], e.get("loss")) for e in _watch(run, rank) if e.get("loss") is not None]
+
+
+def _first_nonfinite(run: RecordedRun) -> dict | None:
+    """The first non-finite loss: the recorder's, else the watch's."""
     first = run.first_nonfinite_loss()
     if first is None:
-        for rank, proc in run.ranks.items():
-            bad = next((e for e in proc.of("numerics") if not _is_finite(e.get("loss"))), None)
+        for rank in run.ranks:
+            bad = next((e for e in _watch(run, rank) if not _is_finite(e.get("loss"))), None)
             if bad and (first is None or bad["step"] < first["step"]):
                 first = {"step": bad["step"], "value": bad["loss"], "rank": rank, "epoch": None}
+    return first
+
+
+def _nonfinite_loss(run: RecordedRun, first: dict | None, culprit: tuple[int, dict] | None,
+                    caused: bool) -> Finding | None:
+    """The first non-finite loss, with where it was born; `caused`: a finding above names why."""
     if first is None:
         return None
     rank = first["rank"]
-    before = [(s, v) for s, v in run.losses(rank) if s < first["step"]][-HISTORY_STEPS:]
-    lr = _lrs(run, rank).get(first["step"])
+    before = [(s, v) for s, v in _losses(run, rank) if s < first["step"]][-HISTORY_STEPS:]
+    lr = [v for v in lr_per_step(run, rank).get(first["step"]) or [] if isinstance(v, (int, float))] or None
     epoch = f" (epoch {first['epoch']})" if first.get("epoch") is not None else ""
     evidence = {"step": first["step"], "epoch": first.get("epoch"), "rank": rank, "value": first["value"],
                 "loss_before": before, "lr": lr}
@@ -75,14 +83,18 @@ def _nonfinite_loss(run: RecordedRun, culprit: tuple[int, dict] | None) -> Findi
                         born_at_step=event["step"])
         if event.get("op"):
             born = f"; the first non-finite value came from {event.get('module') or 'outside the model'} ({event['op']}) at step {event['step']}"
+    if caused:
+        fix = "Fix the cause above; this is its consequence."
+    elif culprit:
+        fix = "See the findings below for where the value was born and why."
+    else:
+        fix = "Localise the first non-finite value: run with the numerics specialist (`--only numerics`)."
     return Finding(
         code="numerics.nonfinite_loss", specialist=SPECIALIST, severity="error",
         title=f"The loss became {first['value']} at step {first['step']}{epoch}",
         detail="Loss before it: " + (", ".join(f"step {s}: {v:.4g}" for s, v in before) or "none recorded")
-               + (f"; learning rate at that step: {lr}" if lr else "") + born + ".",
-        evidence=evidence,
-        fix="See the findings below for where the value was born and why." if culprit else
-            "Localise the first non-finite value: run with the numerics specialist (`--only numerics`).")
+               + (f"; learning rate at that step: {', '.join(f'{v:.4g}' for v in lr)}" if lr else "") + born + ".",
+        evidence=evidence, fix=fix)
 
 
 def _is_finite(value) -> bool:
@@ -92,44 +104,76 @@ def _is_finite(value) -> bool:
         return value is None
 
 
-def _explosion(run: RecordedRun, rank: int, failed_at: int | None) -> Finding | None:
-    norms = [(e["step"], e.get("norm")) for e in _watch(run, rank) if e.get("scale") is None]
-    found = history.explosion(norms, failed_at)
+def _trajectory(values: list[tuple[int, float]], until: int | None) -> str:
+    """The first value and the last few up to `until`, for people: 4.13 → 5.1e+05 → 3.8e+07 → nan."""
+    upto = [float(v) for s, v in values if until is None or s <= until]
+    if len(upto) > rules.TRAJECTORY_SHOWN:
+        return f"{upto[0]:.3g} → … → " + " → ".join(f"{v:.3g}" for v in upto[-(rules.TRAJECTORY_SHOWN - 1):])
+    return " → ".join(f"{v:.3g}" for v in upto)
+
+
+def _failure_text(failed_at: int | None, first_bad: dict | None, culprit: dict | None) -> str:
+    """Where the explosion ended: the op that overflowed first, else what went non-finite."""
+    if culprit is not None and culprit.get("op"):
+        where = culprit.get("module") or "the loss computation"
+        return f"; overflow first in {where} ({culprit['op']}) at step {culprit['step']}"
+    if first_bad is not None and first_bad["step"] == failed_at:
+        return f"; the loss became {first_bad['value']} at step {failed_at}"
+    return f"; the gradient norm overflowed at step {failed_at}" if failed_at is not None else ""
+
+
+def _explosion(run: RecordedRun, rank: int, failed_at: int | None, first_bad: dict | None,
+               culprit: dict | None) -> Finding | None:
+    watched = [e for e in _watch(run, rank) if e.get("scale") is None]
+    norms = [(e["step"], e.get("norm")) for e in watched]
+    losses = _losses(run, rank)
+    found = history.explosion(norms, failed_at, losses, failed=failed_at is not None)
     if found is None:
         return None
-    lrs = _lrs(run, rank)
-    # the norm at the onset step was measured after the update of the step before it
-    lr0, lr_cause, lr_safe = _first_lr(lrs), _lr_at(lrs, found.onset_step - 1), _lr_at(lrs, found.onset_step - 2)
+    lr = lr_story(run, rank, found.onset_step, found.growth_per_step, found.clip_at)
     shown = [(s, round(n, 4)) for s, n in found.history[-12:]]
-    lr_rose = bool(lr0 and lr_cause and lr_cause >= rules.LR_RISE_FACTOR * lr0)
-    lr_text = (f"The learning rate was {lr0:g} at the start and {lr_cause:g} (x{lr_cause / lr0:g}) in the update "
-               f"just before the explosion began." if lr_rose else
-               f"The learning rate was {lr_cause:g} in the update before it began." if lr_cause else "")
-    if lr_rose and lr_safe:
-        fix = (f"The learning rate schedule raised it x{lr_cause / lr0:g}: keep it at or below {lr_safe:g}, the last "
-               f"value before the explosion (x{lr_cause / lr_safe:g} lower than {lr_cause:g}). ")
-    elif lr_cause:
-        fix = f"Lower the learning rate (it was {lr_cause:g}) by at least x{min(found.growth_per_step, 10):.2g}. "
-    else:
-        fix = ""
-    fix += (f"Clip gradients at the pre-explosion p99 norm: torch.nn.utils.clip_grad_norm_(model.parameters(), "
-            f"max_norm={found.clip_at:.3g}) before optimizer.step().")
+    overflow = _failure_text(failed_at, first_bad, culprit)
+    loss_path = _trajectory(losses, failed_at if failed_at is not None else found.peak_step)
     return Finding(
         code="numerics.grad_explosion", specialist=SPECIALIST, severity="error",
-        title=(f"Gradient norm grew x{found.peak / found.baseline:.3g} (from {found.baseline:.3g} to "
-               f"{found.peak:.3g}) before the failure"),
-        detail=(f"The norm passed 10x its first steps' median at step {found.onset_step} and grew x"
-                f"{found.growth_per_step:.3g} per step to {found.peak:.3g} at step {found.peak_step}. {lr_text} "
-                f"Recent norms (step, norm): {shown}."),
+        title=(f"Gradients exploded from step {found.onset_step}{lr.clause}: norm {found.baseline:.3g} → "
+               f"{found.peak:.3g} by step {found.peak_step}{overflow}"),
+        detail=(f"The gradient norm passed 10x its first steps' ({found.baseline:.3g}) at step {found.onset_step} and "
+                f"grew x{found.growth_per_step:.3g} per step to {found.peak:.3g} at step {found.peak_step}"
+                + (f"; the loss went {loss_path}" if loss_path else "") + f". {lr.sentence}"
+                + (" Whichever op overflowed at the end is where the growth surfaced, not its cause."
+                   if failed_at is not None else "")),
         evidence={"step": found.onset_step, "rank": rank, "module": None, "op": None, "location": None,
                   "baseline_norm": found.baseline, "peak_norm": found.peak, "peak_step": found.peak_step,
                   "growth_per_step": found.growth_per_step, "clip_at": found.clip_at,
-                  "lr_start": lr0, "lr_before_onset": lr_cause, "lr_safe": lr_safe, "norm_history": shown},
-        fix=fix)
+                  **lr.evidence, "norm_history": shown,
+                  "loss_history": [(s, v) for s, v in losses if failed_at is None or s <= failed_at][-12:],
+                  "failed_at": failed_at},
+        fix=lr.fix)
+
+
+def _surfaced(finding: Finding) -> Finding:
+    """The op where an explosion's values overflowed: a place, not a cause."""
+    return replace(finding, severity="warning",
+                   detail=finding.detail + " The gradient explosion above made these values; this op is only "
+                                           "where they overflowed first.",
+                   fix="Fix the explosion above (learning rate, clipping); guarding this op would only move the "
+                       "overflow elsewhere.")
+
+
+def _loss_flat(run: RecordedRun, rank: int) -> Finding | None:
+    flat = history.loss_flat(_losses(run, rank))
+    if flat is None:
+        return None
+    proc = run.ranks.get(rank)
+    graph = proc.first("numerics_graph") if proc else None
+    norms = [e.get("norm") for e in _watch(run, rank)]
+    lrs = [v for values in lr_per_step(run, rank).values() for v in (values or []) if isinstance(v, (int, float))]
+    return loss_flat_finding(flat, rank, graph, norms, lrs)
 
 
 def _spikes(run: RecordedRun, rank: int, until: int | None) -> Finding | None:
-    losses = [(e["step"], e.get("loss")) for e in _watch(run, rank)] or run.losses(rank)
+    losses = _losses(run, rank)
     spikes = history.loss_spikes(losses, until)
     if not spikes:
         return None
@@ -164,23 +208,33 @@ def _scale_collapse(run: RecordedRun, rank: int, amp: dict | None) -> Finding | 
 
 
 def analyse(run: RecordedRun) -> Analysis:
+    """Cause first: a trajectory (explosion, a loss that does not move) before the op
+    where a value overflowed, and that op before the loss it made non-finite."""
     culprit = _first_culprit(run)
     rank = culprit[0] if culprit else (run.main.rank if run.main else 0)
     amp_events = run.ranks[rank].of("numerics_amp") if rank in run.ranks else []
     amp = amp_events[0] if amp_events else None
-    failed_at = culprit[1]["step"] if culprit else None
-    loss = _nonfinite_loss(run, culprit)
-    explosion = _explosion(run, rank, failed_at)
+    first_bad = _first_nonfinite(run)
+    bad_grads = next((e["step"] for e in _watch(run, rank) if e.get("scale") is None and not _is_finite(e.get("norm"))),
+                     None)
+    failures = [s for s in (culprit[1]["step"] if culprit else None, first_bad["step"] if first_bad else None,
+                            bad_grads) if s is not None]
+    failed_at = min(failures) if failures else None
+    bad_batch = bool(culprit and culprit[1].get("phase") == "input")  # the data explains all that followed
+    explosion = None if bad_batch else _explosion(run, rank, failed_at, first_bad, culprit[1] if culprit else None)
+    loss = _nonfinite_loss(run, first_bad, culprit, caused=explosion is not None)
     findings: list[Finding] = []
     if explosion is not None:
-        findings += [f for f in (loss, explosion) if f]
-        if culprit and culprit[1].get("phase") == "forward":
-            findings.append(forward_finding(culprit[1], rank, severity="warning"))
+        findings += [f for f in (explosion, loss) if f]
+        if culprit and culprit[1].get("phase") in ("forward", "backward"):
+            findings.append(_surfaced(finding_for(culprit[1], rank, amp)))
     else:
         if culprit:
             findings.append(finding_for(culprit[1], rank, amp))
         if loss:
             findings.append(loss)
+    if failed_at is None and explosion is None:
+        findings += [f for f in (_loss_flat(run, rank),) if f]
     spikes_until = explosion.evidence["step"] if explosion else failed_at
     findings += [f for f in (_spikes(run, rank, spikes_until), _scale_collapse(run, rank, amp)) if f]
     metrics = {}

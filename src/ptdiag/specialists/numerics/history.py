@@ -36,13 +36,34 @@ class Explosion:
     history: list[tuple[int, float]]
 
 
-def explosion(norms: list[tuple[int, float]], before_step: int | None = None) -> Explosion | None:
-    """Did the gradient norm grow by orders of magnitude (before `before_step`, the failure)?"""
+def growth(values: list[tuple[int, float]]) -> float | None:
+    """How many times its first finite positive value the largest later one is."""
+    finite = [v for v in (_finite(v) for _, v in values) if v is not None]
+    if len(finite) < 2 or finite[0] <= 0:
+        return None
+    return max(finite[1:]) / finite[0]
+
+
+def explosion(norms: list[tuple[int, float]], before_step: int | None = None,
+              losses: list[tuple[int, float]] = (), failed: bool = False) -> Explosion | None:
+    """Did the gradient norm grow by orders of magnitude (before `before_step`, the failure)?
+
+    The baseline is the median of the first steps' norms. When the run went non-finite or
+    its loss grew LOSS_GROWTH_FACTOR-fold, a few steps are enough and the very first norm
+    counts as the baseline too: an LR far too high blows up from the second step, before
+    there is a calm stretch to take a median of."""
     series = [(s, n) for s, n in ((s, _finite(n)) for s, n in norms)
               if n is not None and (before_step is None or s < before_step)]
-    if len(series) < rules.BASELINE_STEPS + 1:
+    losses = [(s, v) for s, v in losses if before_step is None or s < before_step]
+    diverging = failed or (growth(losses) or 0) >= rules.LOSS_GROWTH_FACTOR
+    if len(series) >= rules.BASELINE_STEPS + 1:
+        baseline = statistics.median(n for _, n in series[:rules.BASELINE_STEPS])
+        if diverging:
+            baseline = min(baseline, series[0][1])
+    elif diverging and len(series) >= 2:
+        baseline = series[0][1]
+    else:
         return None
-    baseline = statistics.median(n for _, n in series[:rules.BASELINE_STEPS])
     if baseline <= 0:
         return None
     peak_step, peak = max(series, key=lambda sn: sn[1])
@@ -55,6 +76,25 @@ def explosion(norms: list[tuple[int, float]], before_step: int | None = None) ->
     return Explosion(baseline=baseline, onset_step=series[onset][0], peak_step=peak_step, peak=peak,
                      growth_per_step=(peak / start) ** (1 / steps) if start > 0 else math.inf,
                      clip_at=quantile(calm, rules.CLIP_QUANTILE), history=series)
+
+
+def loss_flat(losses: list[tuple[int, float]]) -> dict | None:
+    """A loss that does not move: the same value at every step (within float noise), or,
+    over a longer run, never once below its first value and within a narrow band of it
+    (a GAN's losses may rise and swing while it learns; a stuck model's hover)."""
+    finite = [(s, v) for s, v in ((s, _finite(v)) for s, v in losses) if v is not None]
+    if len(finite) < rules.FLAT_MIN_STEPS or len(finite) < len(losses):
+        return None
+    values = [v for _, v in finite]
+    low, high = min(values), max(values)
+    facts = {"steps": len(values), "first_step": finite[0][0], "last_step": finite[-1][0],
+             "first": values[0], "min": low, "max": high}
+    if high - low <= rules.FLAT_ATOL + rules.FLAT_RTOL * max(abs(low), abs(high)):
+        return dict(facts, kind="constant")
+    if (len(values) >= rules.NOT_DECREASING_MIN_STEPS and min(values[1:]) >= values[0]
+            and high - low <= rules.NOT_DECREASING_BAND * abs(values[0])):
+        return dict(facts, kind="not_decreasing")
+    return None
 
 
 def loss_spikes(losses: list[tuple[int, float]], until_step: int | None = None) -> list[dict]:

@@ -10,6 +10,25 @@ EXPLOSION_FACTOR = 100.0  # "orders of magnitude": at least 100x the baseline
 ONSET_FACTOR = 10.0  # the explosion starts where the norm first passes 10x the baseline
 LR_RISE_FACTOR = 10.0  # a learning rate this many times its first value is called out
 CLIP_QUANTILE = 0.99
+# a loss this many times its first value (with the norm growing) is an explosion even
+# before BASELINE_STEPS calm steps were seen
+LOSS_GROWTH_FACTOR = 10.0
+# the run's configuration keys that name the learning rate (first found wins), for a
+# hand-written update that no optimizer reports
+LR_KEYS = ("lr", "learning_rate", "learning-rate", "base_lr", "optimizer.lr")
+TRAJECTORY_SHOWN = 6
+# optimizers whose step size is about the learning rate whatever the gradient's scale:
+# clipping the gradient does not bound their update
+ADAPTIVE_OPTIMIZERS = frozenset({"Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Adagrad", "Adadelta", "RMSprop",
+                                 "SparseAdam", "Adafactor"})  # losses shown up to the failure
+
+# a loss that does not move: the same value (within these tolerances) over at least
+# FLAT_MIN_STEPS steps, or never below its first value over NOT_DECREASING_MIN_STEPS
+FLAT_MIN_STEPS = 5
+FLAT_RTOL = 1e-6
+FLAT_ATOL = 1e-9
+NOT_DECREASING_MIN_STEPS = 20
+NOT_DECREASING_BAND = 0.05  # ... and all within this share of the first value
 
 # loss spikes (without NaN): loss above k x the running median of the losses before it
 SPIKE_FACTOR = 10.0

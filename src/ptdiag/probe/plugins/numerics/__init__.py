@@ -33,12 +33,13 @@ STEP_CAPTURE = "numerics step capture"  # the model's hooks: each step's inputs 
 def _import_torch_parts() -> None:
     """The watch's parts are torch code (dispatch modes, pytree): they are imported with
     torch, never before it (the probe starts before the program imports anything)."""
-    global torch, watch, BatchLedger, poisoned_indices, all_finite, float_tensors, replay, LossRegion
+    global torch, watch, BatchLedger, poisoned_indices, all_finite, float_tensors, replay, LossRegion, between
     import torch
 
     from ptdiag.probe.plugins.numerics import watch
     from ptdiag.probe.plugins.numerics.batches import BatchLedger, poisoned_indices
     from ptdiag.probe.plugins.numerics.localise import all_finite, float_tensors, replay
+    from ptdiag.probe.plugins.numerics.loss_graph import between
     from ptdiag.probe.plugins.numerics.loss_region import LossRegion
 
 
@@ -49,19 +50,6 @@ def _bf16_supported(device) -> bool:
     if device.type != "cuda":
         return device.type == "cpu"
     return torch.cuda.get_device_properties(device).major >= 8
-
-
-def _graph_between(loss_node, stop_nodes: set, limit: int = 64) -> list[str]:
-    """Autograd node names from the loss down to the model's outputs: the loss computation."""
-    names, todo, seen = [], [loss_node], set()
-    while todo and len(names) < limit:
-        node = todo.pop(0)
-        if node is None or node in seen or node in stop_nodes:
-            continue
-        seen.add(node)
-        names.append(node.name())
-        todo.extend(n for n, _ in node.next_functions)
-    return names
 
 
 class Plugin(ProbePlugin):
@@ -87,6 +75,10 @@ class Plugin(ProbePlugin):
         self._device = None  # the model's
         self._amp_seen = False
         self._read_every = 1  # steps between two watched steps (the budget raises it)
+        # backward passes read: the analysis's clock where the program updates its weights
+        # by hand (no optimizer step is counted), and the graph's facts are read at the first
+        self._backwards = 0
+        self._graph: tuple[list[str], list[str]] | None = None  # the first loss's graph (loss_graph.between)
         probe.budget.sheddable(("numerics",), [(what, self._shedding(how)) for what, how in SHEDDING])
 
     def _shedding(self, how):
@@ -187,6 +179,8 @@ class Plugin(ProbePlugin):
         if self._replaying or tensor.numel() != 1 or not self._watched():
             return
         self._loss = tensor
+        if self._backwards == 0 and self._graph is None and tensor.grad_fn is not None:
+            self._graph = between(tensor.grad_fn, self._out_nodes)  # before backward frees what nodes saved
         scale = self.probe.loss_scale(tensor)
         if scale is not None:
             self._scale = scale.detach().reshape(()).clone()  # GradScaler.update changes it in place
@@ -199,9 +193,12 @@ class Plugin(ProbePlugin):
             self.probe.budget.waited(self.name, gpu.wait_for_device(torch, self._loss))
         reading = watch.read(self._loss, self._outputs, self._region, groups, self._scale)
         step = self.probe.step + 1
+        self._backwards += 1
+        if self._backwards == 1:
+            self._graph_facts(step, groups)
         loss = reading.loss / reading.scale if reading.loss is not None and reading.scale else reading.loss
         flagged = {"nonfinite_modules": reading.flagged_modules[:MODULES_KEPT]} if reading.flagged_modules else {}
-        self.probe.emit("numerics", step=step, loss=loss, out_finite=reading.outputs_finite,
+        self.probe.emit("numerics", step=step, backward=self._backwards, loss=loss, out_finite=reading.outputs_finite,
                         norms=reading.group_norms, norm=reading.total_norm, scale=reading.scale, **flagged)
         # a non-finite output alone is not a failure (an attention mask's -inf); the loss or
         # the gradients are (under a GradScaler, overflowing gradients are its normal business)
@@ -209,6 +206,15 @@ class Plugin(ProbePlugin):
         if failed:
             self._localise(step, reading)
         self._clear_step()
+
+    def _graph_facts(self, step: int, groups: list[list]) -> None:
+        """Once: the loss computation's nodes, a softmax over one class, and how many
+        parameters are trainable and received a gradient (what a loss that never moves needs)."""
+        params = [p for group in groups for p in group]
+        names, one_class = self._graph or ([], [])
+        trainable = sum(1 for p in self._model.parameters() if p.requires_grad) if self._model is not None else None
+        self.probe.emit("numerics_graph", step=step, backward=self._backwards, loss_ops=names, one_class=one_class,
+                        trainable=trainable, with_grad=sum(1 for p in params if p.grad is not None))
 
     def on_step_begin(self, step, optimizer) -> None:
         self._leave_region()
@@ -253,11 +259,11 @@ class Plugin(ProbePlugin):
         else:
             found = {"phase": None, "reason": "no model forward was seen"}
         if found.get("phase") in (None, "gradient_in") and self._loss is not None and self._loss.grad_fn is not None:
-            found["loss_ops"] = _graph_between(self._loss.grad_fn, self._out_nodes)
+            found["loss_ops"] = between(self._loss.grad_fn, self._out_nodes)[0]
         if found.get("phase") is None and reading.loss_op and reading.outputs_finite is not False:
             # born in the loss computation (the model's own outputs were finite), watched op by op
             found.update(phase="loss", **reading.loss_op)
-        self.probe.emit("numerics_culprit", step=step, call_line=self._call_line, autocast=self._autocast,
+        self.probe.emit("numerics_culprit", step=step, backward=self._backwards, call_line=self._call_line, autocast=self._autocast,
                         loss_finite=reading.loss_finite, outputs_finite=reading.outputs_finite,
                         nonfinite_modules=(reading.flagged_modules or [])[:MODULES_KEPT],
                         grads_finite=reading.grads_finite, localise_s=time.perf_counter() - started,

@@ -102,9 +102,18 @@ def _has_nan(tensors: list[torch.Tensor]) -> bool:
     return any(bool(t.isnan().any()) for t in tensors)
 
 
+# ops whose output is uninitialised memory (dropout's mask starts as empty_like): whatever
+# bits it holds are not a value the program computed, so nothing is ever born there
+UNINITIALISED = frozenset({"aten::empty", "aten::empty_like", "aten::new_empty", "aten::empty_strided",
+                           "aten::new_empty_strided", "aten::empty_permuted", "aten::resize_"})
+
+
 def born_here(func, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> bool:
-    """NaN from inputs without NaN (an Inf mask going in is allowed), or Inf from finite
-    inputs by an op that does not write Inf on purpose."""
+    """A computing op made it: NaN from inputs without NaN (an Inf mask going in is
+    allowed), or Inf from finite inputs by an op that does not write Inf on purpose. An op
+    whose output is uninitialised memory computes nothing."""
+    if op_name(func) in UNINITIALISED:
+        return False
     if _has_nan(outputs):
         return not _has_nan(inputs)
     return op_name(func) not in INTENTIONAL_INF and all_finite(inputs)
@@ -193,6 +202,12 @@ def replay(model, args, kwargs, autocast: dict | None, grad_outputs: list | None
         outputs = [t for t in float_tensors(output) if t.requires_grad]
         if not grad_outputs or len(grad_outputs) != len(outputs):
             return {"phase": None, "reason": "no gradient of the model's output was captured"}
+        # outputs the loss did not use (an RNN's returned hidden state) got no gradient
+        outputs, grad_outputs = ([t for t, g in zip(outputs, grad_outputs) if g is not None],
+                                 [g for g in grad_outputs if g is not None])
+        if not outputs:
+            return {"phase": None, "reason": "no gradient of the model's output was captured"}
+        outputs, grad_outputs = _downstream_only(outputs, grad_outputs)
         if not all_finite(grad_outputs):
             return {"phase": "gradient_in"}
         wanted = [p for p in params if p.requires_grad]
@@ -203,6 +218,24 @@ def replay(model, args, kwargs, autocast: dict | None, grad_outputs: list | None
             backward.found["params"] = nonfinite_grads(tracker, model, wanted, grads)
             return backward.found
         return {"phase": None, "reason": "the replayed forward and backward stayed finite"}
+
+
+def _downstream_only(outputs: list, grad_outputs: list) -> tuple[list, list]:
+    """Drop an output another output was computed from (a model returning its logits and
+    the loss made of them): the gradient caught on it already holds what flowed in from
+    the other, so running backward from both would count that path twice."""
+    upstream: set = set()
+    for t in outputs:
+        todo, seen = [n for n, _ in t.grad_fn.next_functions] if t.grad_fn is not None else [], set()
+        while todo:
+            node = todo.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            todo.extend(n for n, _ in node.next_functions)
+        upstream |= seen
+    kept = [(t, g) for t, g in zip(outputs, grad_outputs) if t.grad_fn not in upstream]
+    return [t for t, _ in kept], [g for _, g in kept]
 
 
 def nonfinite_grads(tracker: ModuleTracker, model, params, grads) -> list[str]:
