@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ptdiag.findings import SEVERITIES, Finding
-from ptdiag.report.model import Report
+from ptdiag.report.model import Report, verifications
 from ptdiag.report.people import number
 
 LONG_VALUE_CHARS = 300  # longer values fold into <details> (open when printed)
@@ -83,7 +83,24 @@ def _finding(f: Finding) -> str:
             + (f'<p class="detail">{text(f.detail)}</p>' if f.detail else "")
             + (f'<div class="evidence"><h4>Evidence</h4>{table(evidence)}</div>' if evidence else "")
             + (f'<p class="fix"><strong>Fix:</strong> {text(f.fix)}</p>' if f.fix else "")
+            + "".join(_verification(label, v) for label, v in verifications(f))
             + "</article>")
+
+
+def _verification(label: str, verified: dict) -> str:
+    """The fix tried in a verification run: its sentence, then what it measured before and
+    after side by side, and where the run's output is."""
+    measured = verified.get("measured") or {}
+    before, after = measured.get("before") or {}, measured.get("after") or {}
+    rows = "".join(f"<tr><th>{text(k)}</th><td>{value(before.get(k))}</td><td>{value(after.get(k))}</td></tr>"
+                   for k in dict.fromkeys([*before, *after]))
+    helped = {True: "helped", False: "not-helped"}.get(verified.get("helped"), "unknown")
+    return (f'<div class="verified {helped}"><p><strong>{text(label.capitalize())}:</strong> '
+            f'{text(verified.get("summary", ""))}</p>'
+            + (f'<table class="before-after"><tr><th></th><th>this run</th><th>with the fix</th></tr>{rows}</table>'
+               if rows else "")
+            + f'<p class="run-dir">{text(verified.get("intervention"))} {value(verified.get("settings"))} · '
+              f'{text(verified.get("steps"))} steps · {text(verified.get("run_dir"))}</p></div>')
 
 
 def findings_section(report: Report) -> str:

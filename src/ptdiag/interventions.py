@@ -1,0 +1,99 @@
+"""The fixes ptdiag can try without touching the user's code, declared once, as data.
+
+A verification run (ptdiag.verification) is the command run again with one intervention
+applied from inside the process (ptdiag.probe.interventions); its measured effect goes
+next to the finding it verifies. Each intervention says what it changes, which finding
+codes it can verify, its settings (taken from the finding's evidence where the finding
+measured them, else the declared default) and the metric that tells whether it helped.
+
+Neutral: imported by the probe (no torch, no store, no analysis) and by the parent side.
+The intervention a companion process applies reaches it through INTERVENTION_ENV
+(ptdiag.events), as JSON: {"name": ..., "settings": {...}}.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+# metric -> what it measures (ptdiag.verification.measure reads a companion run for it)
+METRICS = {
+    "first_nonfinite_step": "the first step whose loss was not finite (none: finite to the end)",
+    "data_wait_share": "the share of the step the loop waited on the DataLoader, and the step time p50",
+}
+
+
+@dataclass(frozen=True)
+class Intervention:
+    name: str
+    area: str  # the specialist whose findings it verifies
+    changes: str  # what it changes in the program, in a sentence
+    phrase: str  # what a verification run changed, for "with <phrase> the loss stayed finite": settings fill it
+    verifies: tuple[str, ...]  # finding codes
+    defaults: dict[str, Any]  # its settings, when the finding's evidence does not give them
+    metric: str  # a key of METRICS
+    # evidence of the finding -> settings measured there (the rest keep their defaults)
+    from_evidence: Callable[[dict], dict] = lambda evidence: {}
+
+    def settings_for(self, evidence: dict) -> dict[str, Any]:
+        found = {k: v for k, v in self.from_evidence(evidence or {}).items() if v is not None}
+        return {**self.defaults, **found}
+
+    def describe(self, settings: dict[str, Any]) -> str:
+        """'gradients clipped at 146': what the run changed, for sentences."""
+        return self.phrase.format(**settings)
+
+
+def _loader_workers(evidence: dict) -> dict:
+    """As many workers as the usable cores allow, at least 2 (one worker only alternates
+    with the training process) and at most 4 (a verification, not a tuning sweep)."""
+    cores = evidence.get("cores") or 2
+    return {"num_workers": max(2, min(4, cores - 1))}
+
+
+INTERVENTIONS: tuple[Intervention, ...] = (
+    Intervention(
+        "clip_grad_norm", "numerics", "gradients clipped to a total norm before each optimizer step",
+        "gradients clipped at {max_norm:.3g}",
+        verifies=("numerics.grad_explosion", "numerics.loss_spike"),
+        defaults={"max_norm": 1.0}, metric="first_nonfinite_step",
+        from_evidence=lambda e: {"max_norm": e.get("clip_at")}),
+    Intervention(
+        "lr_scale", "numerics", "the learning rate of every parameter group scaled right before each optimizer "
+                                "step (on top of the program's own schedule)",
+        "the learning rate x{factor:g}",
+        verifies=("numerics.grad_explosion", "numerics.loss_spike"),
+        defaults={"factor": 0.01}, metric="first_nonfinite_step"),
+    # pin_memory "auto": on where CUDA is available (pinned host memory only helps copies to a GPU)
+    Intervention(
+        "dataloader_workers", "performance", "DataLoaders built with worker processes",
+        "num_workers={num_workers}",
+        verifies=("performance.dataloader_bound",),
+        defaults={"num_workers": 2, "pin_memory": "auto"}, metric="data_wait_share",
+        from_evidence=_loader_workers),
+)
+BY_NAME = {i.name: i for i in INTERVENTIONS}
+AREAS = tuple(dict.fromkeys(i.area for i in INTERVENTIONS))
+
+
+def for_code(code: str) -> list[Intervention]:
+    """The interventions that can verify a finding of this code, first the preferred."""
+    return [i for i in INTERVENTIONS if code in i.verifies]
+
+
+def encode(name: str, settings: dict[str, Any]) -> str:
+    return json.dumps({"name": name, "settings": settings})
+
+
+def decode(text: str | None) -> tuple[Intervention, dict[str, Any]] | None:
+    """The intervention INTERVENTION_ENV asks for, or None (unset, unknown or malformed:
+    a companion of another ptdiag version runs plain rather than fail)."""
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+        intervention = BY_NAME[data["name"]]
+        return intervention, {**intervention.defaults, **dict(data.get("settings") or {})}
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,149 @@
+"""Diagnosis by intervention: the fix a finding proposes, tried in a companion run.
+
+After the command ran (and the specialists' own companion runs), the planned
+specialists' findings are read from the run dir; for each of the top findings that an
+intervention of ptdiag.interventions can verify, the command runs again with that
+intervention applied from inside the process (ptdiag.probe.interventions), bounded by the
+metric (the NaN run to its failing step plus a margin, a performance run to the same
+profiled steps), into <run_dir>/companions/verify-<intervention>/ with its own
+stdout.log and stderr.log. Findings that share an intervention and settings share its run.
+
+What ran, what it measured before and after and whether it helped, or why nothing ran,
+goes to <run_dir>/verification.json; the analysis (verification.attach) puts it on the
+findings as `verified`, so a stored run re-analysed shows the same.
+
+When: `--verify` always, `--no-verify` never; by default when the bare run took under
+AUTO_MAX_BARE_S and ran on one node. Within `--verify-budget` seconds in all (default:
+BUDGET_FACTOR times the bare run, at least BUDGET_MIN_S): a run that would start with the
+budget spent is skipped and said so, a running one is ended at the budget (not verified).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ptdiag import interventions
+from ptdiag.events import INTERVENTION_ENV
+from ptdiag.findings import Finding
+from ptdiag.recorded import RecordedRun
+from ptdiag.specialists import analyse as specialist_analysis
+from ptdiag.verification.attach import STATE_FILE
+from ptdiag.verification.measure import METRICS
+
+COMPANIONS = "companions"  # the folder of the run dir that holds every companion run
+AUTO_MAX_BARE_S = 180.0
+BUDGET_FACTOR = 3.0
+BUDGET_MIN_S = 60.0
+MAX_FINDINGS = 3  # the top findings that get verification runs
+
+
+@dataclass
+class Planned:
+    finding: Finding
+    intervention: interventions.Intervention
+    settings: dict
+    before: dict
+    max_steps: int
+
+    @property
+    def key(self) -> str:
+        return interventions.encode(self.intervention.name, self.settings)
+
+
+def finding_key(finding: Finding) -> dict:
+    """How verification.json names a finding: its code and step (one analysis of one run
+    dir gives the same findings every time)."""
+    return {"code": finding.code, "step": finding.evidence.get("step")}
+
+
+def why_not(verify: bool | None, run: RecordedRun, wall_s: float) -> str | None:
+    """Why no verification runs by default (None: they run)."""
+    if verify is False:
+        return "--no-verify"
+    if verify:
+        return None
+    nodes = {e.get("node_rank") for p in run.processes for e in p.of("start") if e.get("node_rank") is not None}
+    if len(nodes) > 1:
+        return f"the run spans {len(nodes)} nodes: verification runs are off by default there (--verify runs them)"
+    if wall_s > AUTO_MAX_BARE_S:
+        return (f"the run took {wall_s:.0f} s, over the {AUTO_MAX_BARE_S:.0f} s under which fixes are tried by "
+                "default (--verify tries them anyway)")
+    return None
+
+
+def plan(findings: list[Finding], run: RecordedRun) -> list[Planned]:
+    """The top findings with an intervention, each with every intervention that can verify
+    it whose metric the main run measured (several interventions for one finding are
+    the evidence that decides between causes)."""
+    planned = []
+    verifiable = [f for f in findings if interventions.for_code(f.code)][:MAX_FINDINGS]
+    for finding in verifiable:
+        for intervention in interventions.for_code(finding.code):
+            metric = METRICS[intervention.metric]
+            before = metric.before(run)
+            if before is not None:
+                planned.append(Planned(finding, intervention, intervention.settings_for(finding.evidence), before,
+                                       metric.bound(before, run)))
+    return planned
+
+
+def after_run(ctx, areas: list[str]) -> None:
+    """Plan and run the verification runs of this diagnosis; record them for the analysis."""
+    run = RecordedRun.load(ctx.run_dir)
+    wall = (run.outcome.get("ended") or 0) - (run.outcome.get("started") or 0)
+    skipped = why_not(ctx.options.verify, run, wall)
+    if skipped:
+        _write(ctx.run_dir, {"skipped": skipped})
+        return
+    findings = [f for name in areas for f in (getattr(specialist_analysis(name, run), "findings", None) or [])]
+    planned = plan(findings, run)
+    if not planned:
+        return
+    budget = ctx.options.verify_budget_s or max(BUDGET_MIN_S, BUDGET_FACTOR * wall)
+    started = time.monotonic()
+    done: dict[str, dict] = {}
+    results = []
+    with ctx.keeping_saved_files(run):
+        for item in planned:
+            if item.key not in done:
+                left = budget - (time.monotonic() - started)
+                done[item.key] = (_verify(ctx, item, left) if left > 0 else
+                                  {"skipped": f"the verification budget ({budget:.0f} s, --verify-budget) was spent"})
+            results.append({"finding": finding_key(item.finding), **done[item.key]})
+    _write(ctx.run_dir, {"budget_s": round(budget, 1), "wall_s": round(time.monotonic() - started, 3),
+                         "bare_wall_s": round(wall, 3), "results": results})
+
+
+def _verify(ctx, item: Planned, timeout_s: float) -> dict:
+    intervention, metric = item.intervention, METRICS[item.intervention.metric]
+    folder = ctx.run_dir / COMPANIONS / f"verify-{intervention.name}"
+    change = intervention.describe(item.settings)
+    outcome = ctx.run_again(ctx.command, folder, max_steps=item.max_steps, timeout_s=timeout_s,
+                            env={INTERVENTION_ENV: item.key}, change=change)
+    companion = RecordedRun.load(folder)
+    applied = max((e.get("applied") or 0 for e in companion.all_events("intervention")), default=0)
+    after = metric.after(companion)
+    helped = metric.helped(item.before, after) if applied and after is not None else None
+    if outcome.timed_out_at:
+        helped = None
+    verified = {"intervention": intervention.name, "settings": item.settings, "metric": intervention.metric,
+                "before": item.before[metric.headline], "after": (after or {}).get(metric.headline),
+                "steps": companion.steps_observed, "run_dir": str(folder), "helped": helped,
+                "measured": {"before": item.before, "after": after}, "applied": applied,
+                "exit_code": outcome.exit_code}
+    if not applied:
+        verified["summary"] = f"{change}: never applied in the verification run (nothing it changes was used)"
+    elif outcome.timed_out_at:
+        verified["summary"] = f"with {change} the run was ended at the verification budget: not verified"
+    elif after is None:
+        verified["summary"] = f"with {change} the run measured nothing to compare (exit code {outcome.exit_code})"
+    else:
+        verified["summary"] = metric.sentence(change, item.before, after, helped)
+    return {"verified": verified}
+
+
+def _write(run_dir: Path, record: dict) -> None:
+    (run_dir / STATE_FILE).write_text(json.dumps(record, indent=2, default=str))

@@ -1,0 +1,114 @@
+"""How each metric of ptdiag.interventions.METRICS is read from a recorded run, the main
+run (before) and a verification run (after) alike, and whether the change helped.
+
+A metric is a `Metric`: `before(run)` gives the main run's numbers (None where it did not
+measure the symptom: nothing to verify), `after(run)` the verification run's (None where it
+measured nothing to compare), `helped(before, after)` the verdict (None: the
+verification run could not tell, e.g. it ended before the step that failed), `sentence`
+the one line the report shows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from ptdiag.recorded import RecordedRun
+from ptdiag.specialists.performance.measured import breakdown
+
+# a data wait share that fell to at most this fraction of what it was counts as removed
+DATA_WAIT_HELPED_RATIO = 0.5
+# the loss must stay finite this many steps past the main run's failure, at least
+NONFINITE_MARGIN_MIN_STEPS = 10
+# a finite loss that ended this many times above where it began still diverges
+DIVERGED_FACTOR = 100.0
+
+
+@dataclass(frozen=True)
+class Metric:
+    headline: str  # the number `verified.before`/`after` show (contract.md); the rest under `measured`
+    before: Callable[[RecordedRun], dict | None]
+    after: Callable[[RecordedRun], dict | None]
+    helped: Callable[[dict, dict], bool | None]
+    sentence: Callable[[str, dict, dict, bool | None], str]
+    bound: Callable[[dict, RecordedRun], int]  # the verification run's --max-steps
+
+
+# -- first non-finite step ---------------------------------------------------------------------
+def _nonfinite(run: RecordedRun) -> dict:
+    first = run.first_nonfinite_loss()
+    finite = [v for s, v in run.losses() if math.isfinite(v)]
+    return {"step": first["step"] if first else None, "value": str(first["value"]) if first else None,
+            "steps": run.steps_observed, "first_loss": finite[0] if finite else None,
+            "last_finite_loss": finite[-1] if finite else None}
+
+
+def _diverging(found: dict) -> bool:
+    first, last = found.get("first_loss"), found.get("last_finite_loss")
+    return first is not None and last is not None and abs(last) > DIVERGED_FACTOR * max(abs(first), 1e-12)
+
+
+def _nonfinite_before(run: RecordedRun) -> dict | None:
+    found = _nonfinite(run)
+    return found if found["step"] is not None else None
+
+
+def _nonfinite_helped(before: dict, after: dict) -> bool | None:
+    if after["step"] is not None or _diverging(after):
+        return False
+    return True if after["steps"] > before["step"] else None  # ended before the failing step: can't tell
+
+
+def _nonfinite_sentence(change: str, before: dict, after: dict, helped: bool | None) -> str:
+    was = f"it was {before['value']} at step {before['step']}"
+    if helped:
+        final = f"; last loss {after['last_finite_loss']:.4g}" if after["last_finite_loss"] is not None else ""
+        return f"with {change} the loss stayed finite through step {after['steps']} ({was}){final}"
+    if helped is False and after["step"] is None:
+        return (f"with {change} the loss stayed finite through step {after['steps']} ({was}) but grew from "
+                f"{after['first_loss']:.4g} to {after['last_finite_loss']:.4g}: the run still diverges")
+    if helped is False:
+        return (f"with {change} the loss still became {after['value']} at step {after['step']} ({was}): "
+                f"this change does not remove the symptom")
+    return (f"with {change} the run ended after {after['steps']} steps, before step {before['step']} where the "
+            f"loss failed: not verified")
+
+
+def _nonfinite_bound(before: dict, run: RecordedRun) -> int:
+    return before["step"] + max(before["step"], NONFINITE_MARGIN_MIN_STEPS)
+
+
+# -- data wait share ---------------------------------------------------------------------------
+def _data_wait(run: RecordedRun) -> dict | None:
+    proc = run.main
+    rows = [r for e in proc.of("perf_steps") for r in e.get("rows", [])] if proc else []
+    found = breakdown([r for r in rows if not r.get("gpu")], None)
+    if not found or "data" not in found["phases"]:
+        return None
+    return {"data_wait_share": found["phases"]["data"]["share"], "step_ms_p50": round(1000 * found["step_s"]["p50"], 3),
+            "data_wait_ms_p50": round(1000 * found["phases"]["data"]["p50"], 3), "steps": run.steps_observed}
+
+
+def _data_wait_helped(before: dict, after: dict) -> bool:
+    return after["data_wait_share"] <= DATA_WAIT_HELPED_RATIO * before["data_wait_share"]
+
+
+def _data_wait_sentence(change: str, before: dict, after: dict, helped: bool | None) -> str:
+    speed = before["step_ms_p50"] / after["step_ms_p50"] if after["step_ms_p50"] else float("inf")
+    measured = (f"the step took {after['step_ms_p50']:.1f} ms instead of {before['step_ms_p50']:.1f} ms "
+                f"({speed:.2g}x) and waited {after['data_wait_share']:.0%} of it on the DataLoader instead of "
+                f"{before['data_wait_share']:.0%}")
+    return f"with {change} {measured}" + ("" if helped else ": the loader still holds the step back")
+
+
+def _same_steps(before: dict, run: RecordedRun) -> int:
+    return max(run.steps_observed, 1)
+
+
+METRICS: dict[str, Metric] = {
+    # a finite verification run is the answer itself: its `after` always reads
+    "first_nonfinite_step": Metric("step", _nonfinite_before, _nonfinite, _nonfinite_helped, _nonfinite_sentence,
+                                   _nonfinite_bound),
+    "data_wait_share": Metric("data_wait_share", _data_wait, _data_wait, _data_wait_helped, _data_wait_sentence, _same_steps),
+}
