@@ -270,22 +270,32 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) ->
 
 @app.command()
 def options(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> int:
-    """List each specialist's options for -o specialist.key=value: type, default, what it does.
+    """List each specialist's options for -o specialist.key=value: type, default, what it does;
+    then the fixes --verify tries in verification runs, and the findings each verifies.
 
     Example: ptdiag "training is slow" -o performance.profile_steps=5 -- python train.py
     """
+    from ptdiag.interventions import INTERVENTIONS, METRICS
     from ptdiag.options import OPTIONS
 
     if as_json:
-        print(json.dumps({s: [{"name": o.name, "type": o.kind, "default": o.default, "help": o.help,
-                               **({"choices": list(o.choices)} if o.choices else {})} for o in declared]
-                          for s, declared in OPTIONS.items()}, indent=2))
+        print(json.dumps({**{s: [{"name": o.name, "type": o.kind, "default": o.default, "help": o.help,
+                                  **({"choices": list(o.choices)} if o.choices else {})} for o in declared]
+                             for s, declared in OPTIONS.items()},
+                          "interventions": [{"name": i.name, "area": i.area, "changes": i.changes,
+                                             "verifies": list(i.verifies), "defaults": i.defaults, "metric": i.metric}
+                                            for i in INTERVENTIONS]}, indent=2))
         return 0
     for specialist, declared in OPTIONS.items():
         typer.echo(f"{specialist}:" + ("" if declared else " no options"))
         for option in declared:
             typer.echo(f"  -o {specialist}.{option.describe()}")
             typer.echo(f"       {option.help}")
+    typer.echo("interventions (--verify: each tried in a companion run for the findings it verifies):")
+    for i in INTERVENTIONS:
+        settings = ", ".join(f"{k}={v}" for k, v in i.defaults.items())
+        typer.echo(f"  {i.name} ({settings}; from the finding's evidence where it measured them)")
+        typer.echo(f"       {i.changes}; verifies {', '.join(i.verifies)}; measures {METRICS[i.metric]}")
     return 0
 
 

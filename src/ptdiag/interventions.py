@@ -56,14 +56,14 @@ INTERVENTIONS: tuple[Intervention, ...] = (
     Intervention(
         "clip_grad_norm", "numerics", "gradients clipped to a total norm before each optimizer step",
         "gradients clipped at {max_norm:.3g}",
-        verifies=("numerics.grad_explosion", "numerics.loss_spike"),
+        verifies=("numerics.grad_explosion",),
         defaults={"max_norm": 1.0}, metric="first_nonfinite_step",
         from_evidence=lambda e: {"max_norm": e.get("clip_at")}),
     Intervention(
         "lr_scale", "numerics", "the learning rate of every parameter group scaled right before each optimizer "
                                 "step (on top of the program's own schedule)",
         "the learning rate x{factor:g}",
-        verifies=("numerics.grad_explosion", "numerics.loss_spike"),
+        verifies=("numerics.grad_explosion",),
         defaults={"factor": 0.01}, metric="first_nonfinite_step"),
     # pin_memory "auto": on where CUDA is available (pinned host memory only helps copies to a GPU)
     Intervention(

@@ -33,14 +33,14 @@ class Applied(Plugin):
     def _applied(self) -> None:
         self.applied += 1
         if self.applied == 1:
-            self._emit()
+            self._record()
 
-    def _emit(self) -> None:
+    def _record(self) -> None:
         self.probe.emit("intervention", name=self.intervention.name, settings=jsonable(self.settings),
                         applied=self.applied, step=self.probe.step)
 
     def on_exit(self) -> None:
-        self._emit()
+        self._record()
 
 
 class ScaleLR(Applied):
