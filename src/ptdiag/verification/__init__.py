@@ -96,7 +96,8 @@ def after_run(ctx, areas: list[str]) -> None:
     wall = (run.outcome.get("ended") or 0) - (run.outcome.get("started") or 0)
     skipped = why_not(ctx.options.verify, run, wall)
     if skipped:
-        _write(ctx.run_dir, {"skipped": skipped})
+        if ctx.options.verify is None:  # the default decided: the report says why
+            _write(ctx.run_dir, {"skipped": skipped})
         return
     findings = [f for name in areas for f in (getattr(specialist_analysis(name, run), "findings", None) or [])]
     planned = plan(findings, run)

@@ -1,0 +1,69 @@
+"""End to end: the fix a finding proposes is tried in a verification run, and the report
+says what it changed (before/after, in the direction that matters, never a timing ratio)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import PROGRAMS, PYTHON, load_report, run_ptdiag
+
+pytestmark = pytest.mark.slow
+
+
+def diagnose(workdir, symptom: str, program: str, *args: str):
+    proc = run_ptdiag(symptom, "--json", "r.json", "--", PYTHON, str(PROGRAMS / program), *args, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    report = load_report(workdir / "r.json")
+    return report, proc.stderr.decode(), workdir / "ptdiag-runs" / report["run_id"]
+
+
+def test_an_exploding_lr_is_verified_by_the_fix_that_removes_the_nan(workdir):
+    report, stderr, run_dir = diagnose(workdir, "loss is NaN", "nan_quick.py", "--lr", "10")
+    explosion = next(f for f in report["findings"] if f["code"] == "numerics.grad_explosion")
+    verified = explosion["verified"]
+    failed_at = verified["before"]
+    assert failed_at == report["steps_observed"]  # the main run stopped at its NaN
+    # the learning rate x0.01 removed the NaN: finite through the bound, a loss that fell
+    assert (verified["intervention"], verified["helped"], verified["after"]) == ("lr_scale", True, None)
+    assert verified["steps"] == 2 * failed_at  # the failing step plus its margin
+    after = verified["measured"]["after"]
+    assert after["last_finite_loss"] < after["first_loss"]
+    # clipping alone kept the loss finite but growing: ranked below, said so
+    (clip,) = verified["also"]
+    assert clip["intervention"] == "clip_grad_norm" and clip["helped"] is False
+    assert clip["settings"]["max_norm"] == pytest.approx(explosion["evidence"]["clip_at"])
+    assert explosion["severity"] == "error"  # one fix helped: the finding stands
+    # companion runs like the others: their own folder and logs, one terminal line each
+    for name in ("lr_scale", "clip_grad_norm"):
+        folder = run_dir / "companions" / f"verify-{name}"
+        assert (folder / "stdout.log").exists() and (folder / "stderr.log").exists()
+        assert stderr.count(f"verify-{name} run: the command again with") == 1
+    assert "verified: with the learning rate x0.01 the loss stayed finite" in stderr
+    assert "with the fix" in (run_dir / "report.html").read_text()
+
+
+def test_a_data_bound_step_is_verified_with_workers(workdir):
+    report, _, run_dir = diagnose(workdir, "training is slow", "sleepy_loader.py")
+    top = report["findings"][0]
+    assert top["code"] == "performance.dataloader_bound"
+    verified = top["verified"]
+    assert verified["intervention"] == "dataloader_workers" and verified["settings"]["num_workers"] >= 2
+    before, after = verified["measured"]["before"], verified["measured"]["after"]
+    # the loader's measured wait share at least halves: the sleeps overlap with the step
+    assert verified["helped"] is True and after["data_wait_share"] <= 0.5 * before["data_wait_share"]
+    assert verified["steps"] == report["steps_observed"]  # the same profiled steps
+    record = json.loads((run_dir / "verification.json").read_text())
+    assert 0 < record["wall_s"] <= record["budget_s"]
+
+
+def test_no_verify_runs_nothing_more(workdir):
+    proc = run_ptdiag("training is slow", "--no-verify", "--json", "r.json", "--", PYTHON,
+                      str(PROGRAMS / "sleepy_loader.py"), cwd=workdir)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    report = load_report(workdir / "r.json")
+    run_dir = workdir / "ptdiag-runs" / report["run_id"]
+    assert not (run_dir / "companions").exists()
+    assert all("verified" not in f for f in report["findings"])
+    assert not [n for n in report["notes"] if "verification" in n]  # asked for: nothing to explain
