@@ -45,13 +45,17 @@ def test_every_intervention_is_applied_measured_and_verifies_documented_codes():
     for intervention in interventions.INTERVENTIONS:
         assert intervention.metric in interventions.METRICS and intervention.metric in measure.METRICS
         assert intervention.verifies and all(f"`{c.split('.', 1)[1]}`" in documented for c in intervention.verifies)
-        assert intervention.describe(intervention.defaults)  # the phrase takes its own settings
+        settings = intervention.settings_for({"clip_at": 2.0, "lr_safe": 0.1, "lr_before_onset": 1.0, "cores": 4})
+        assert intervention.describe(settings)  # the phrase takes its own settings
 
 
 def test_settings_come_from_the_evidence_where_it_measured_them():
     clip = interventions.BY_NAME["clip_grad_norm"]
     assert clip.settings_for({"clip_at": 146.0}) == {"max_norm": 146.0}
     assert clip.settings_for({}) == clip.defaults
+    cap = interventions.BY_NAME["lr_cap"]
+    assert cap.settings_for({"lr_safe": 0.05, "lr_before_onset": 0.5}) == {"max_lr": 0.05}
+    assert cap.settings_for({"lr_safe": 10.0, "lr_before_onset": 10.0}) is None  # no schedule raised it
     workers = interventions.BY_NAME["dataloader_workers"]
     assert workers.settings_for({"cores": 16})["num_workers"] == 4
     assert workers.settings_for({"cores": 2})["num_workers"] == 2  # one worker only alternates with the loop
@@ -98,6 +102,12 @@ def test_the_lr_is_scaled_for_each_step_only_and_the_programs_schedule_is_kept(t
     assert out["moved"] == pytest.approx([0.1, 0.05, 0.025, 0.2, 0.2])  # what the updates used
     applied = [e for e in events if e["ev"] == "intervention"]
     assert applied[0]["applied"] == 1 and applied[-1]["applied"] == 5 and applied[0]["settings"] == {"factor": 0.1}
+
+
+def test_the_lr_is_capped_where_the_programs_schedule_went_above(tmp_path):
+    out, _ = run_with(SCHEDULED, tmp_path, interventions.encode("lr_cap", {"max_lr": 0.3}))
+    assert out["seen"] == [1.0, 0.5, 0.25, 2.0, 2.0]
+    assert out["moved"] == pytest.approx([0.3, 0.3, 0.25, 0.3, 0.3])
 
 
 def test_without_the_request_the_program_is_untouched(tmp_path):
@@ -147,8 +157,9 @@ def test_a_nan_fix_helps_only_when_the_loss_stays_finite_and_bounded_past_the_fa
 def test_a_loader_fix_helps_when_the_wait_share_halves():
     metric = measure.METRICS["data_wait_share"]
     before = {"data_wait_share": 0.8, "step_ms_p50": 36.5, "data_wait_ms_p50": 23.8, "steps": 13}
-    assert metric.helped(before, {**before, "data_wait_share": 0.16, "step_ms_p50": 6.2})
-    assert not metric.helped(before, {**before, "data_wait_share": 0.6})
+    assert metric.helped(before, {**before, "data_wait_share": 0.16, "step_ms_p50": 6.2}) is True
+    assert metric.helped(before, {**before, "data_wait_share": 0.5}) is None  # partly: nothing demoted
+    assert metric.helped(before, {**before, "data_wait_share": 0.7}) is False
     sentence = metric.sentence("num_workers=2", before, {**before, "data_wait_share": 0.16, "step_ms_p50": 6.2}, True)
     assert "6.2 ms instead of 36.5 ms (5.9x)" in sentence
 

@@ -30,18 +30,29 @@ def test_an_exploding_lr_is_verified_by_the_fix_that_removes_the_nan(workdir):
     assert verified["steps"] == 2 * failed_at  # the failing step plus its margin
     after = verified["measured"]["after"]
     assert after["last_finite_loss"] < after["first_loss"]
-    # clipping alone kept the loss finite but growing: ranked below, said so
-    (clip,) = verified["also"]
-    assert clip["intervention"] == "clip_grad_norm" and clip["helped"] is False
-    assert clip["settings"]["max_norm"] == pytest.approx(explosion["evidence"]["clip_at"])
-    assert explosion["severity"] == "error"  # one fix helped: the finding stands
-    # companion runs like the others: their own folder and logs, one terminal line each
-    for name in ("lr_scale", "clip_grad_norm"):
-        folder = run_dir / "companions" / f"verify-{name}"
-        assert (folder / "stdout.log").exists() and (folder / "stderr.log").exists()
-        assert stderr.count(f"verify-{name} run: the command again with") == 1
+    assert explosion["severity"] == "error" and "also" not in verified  # the first fix helped: one extra run
+    # a companion run like the others: its own folder and logs, one terminal line
+    assert [p.name for p in (run_dir / "companions").iterdir()] == ["verify-lr_scale"]
+    folder = run_dir / "companions" / "verify-lr_scale"
+    assert (folder / "stdout.log").exists() and (folder / "stderr.log").exists()
+    assert stderr.count("verify-lr_scale run: the command again with the learning rate x0.01 for") == 1
     assert "verified: with the learning rate x0.01 the loss stayed finite" in stderr
     assert "with the fix" in (run_dir / "report.html").read_text()
+
+
+def test_fixes_that_do_not_remove_the_nan_demote_the_finding_and_are_ranked(workdir):
+    report, stderr, _ = diagnose(workdir, "loss is NaN", "nan_quick.py", "--lr", "1000")
+    explosion = next(f for f in report["findings"] if f["code"] == "numerics.grad_explosion")
+    assert explosion["severity"] == "warning"  # an error without verification
+    tried = [explosion["verified"], *explosion["verified"]["also"]]
+    assert sorted(v["intervention"] for v in tried) == ["clip_grad_norm", "lr_scale"]
+    assert all(v["helped"] is False for v in tried)
+    by_name = {v["intervention"]: v for v in tried}
+    assert by_name["lr_scale"]["after"] > by_name["lr_scale"]["before"]  # the NaN came later, still came
+    assert by_name["clip_grad_norm"]["after"] is None  # finite, yet still diverging:
+    growth = by_name["clip_grad_norm"]["measured"]["after"]
+    assert growth["last_finite_loss"] > 100 * growth["first_loss"]
+    assert "tried, did not help: " in stderr
 
 
 def test_a_data_bound_step_is_verified_with_workers(workdir):

@@ -36,9 +36,12 @@ class Intervention:
     # evidence of the finding -> settings measured there (the rest keep their defaults)
     from_evidence: Callable[[dict], dict] = lambda evidence: {}
 
-    def settings_for(self, evidence: dict) -> dict[str, Any]:
+    def settings_for(self, evidence: dict) -> dict[str, Any] | None:
+        """Its settings for a finding with this evidence; None where a setting without a
+        default was not measured (the intervention does not apply to that finding)."""
         found = {k: v for k, v in self.from_evidence(evidence or {}).items() if v is not None}
-        return {**self.defaults, **found}
+        settings = {**self.defaults, **found}
+        return settings if all(v is not None for v in settings.values()) else None
 
     def describe(self, settings: dict[str, Any]) -> str:
         """'gradients clipped at 146': what the run changed, for sentences."""
@@ -52,19 +55,34 @@ def _loader_workers(evidence: dict) -> dict:
     return {"num_workers": max(2, min(4, cores - 1))}
 
 
+def _lr_before_the_rise(evidence: dict) -> dict:
+    """The last LR before the one the explosion followed, where the program's schedule
+    raised it (the explosion's evidence: lr_safe below lr_before_onset)."""
+    safe, cause = evidence.get("lr_safe"), evidence.get("lr_before_onset")
+    return {"max_lr": safe} if safe and cause and safe < cause else {}
+
+
+# in the order they are tried for one finding: the cause the finding names first (a schedule
+# that raised the LR, an LR too high), then the remedy for its effect (clipping)
 INTERVENTIONS: tuple[Intervention, ...] = (
     Intervention(
-        "clip_grad_norm", "numerics", "gradients clipped to a total norm before each optimizer step",
-        "gradients clipped at {max_norm:.3g}",
+        "lr_cap", "numerics", "the learning rate of every parameter group capped right before each optimizer step "
+                              "at the last value before the explosion (the program's schedule raised it)",
+        "the learning rate capped at {max_lr:g}",
         verifies=("numerics.grad_explosion",),
-        defaults={"max_norm": 1.0}, metric="first_nonfinite_step",
-        from_evidence=lambda e: {"max_norm": e.get("clip_at")}),
+        defaults={"max_lr": None}, metric="first_nonfinite_step", from_evidence=_lr_before_the_rise),
     Intervention(
         "lr_scale", "numerics", "the learning rate of every parameter group scaled right before each optimizer "
                                 "step (on top of the program's own schedule)",
         "the learning rate x{factor:g}",
         verifies=("numerics.grad_explosion",),
         defaults={"factor": 0.01}, metric="first_nonfinite_step"),
+    Intervention(
+        "clip_grad_norm", "numerics", "gradients clipped to a total norm before each optimizer step",
+        "gradients clipped at {max_norm:.3g}",
+        verifies=("numerics.grad_explosion",),
+        defaults={"max_norm": 1.0}, metric="first_nonfinite_step",
+        from_evidence=lambda e: {"max_norm": e.get("clip_at")}),
     # pin_memory "auto": on where CUDA is available (pinned host memory only helps copies to a GPU)
     Intervention(
         "dataloader_workers", "performance", "DataLoaders built with worker processes",

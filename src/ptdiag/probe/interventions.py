@@ -43,8 +43,8 @@ class Applied(Plugin):
         self._record()
 
 
-class ScaleLR(Applied):
-    """Every parameter group's LR times `factor` for the optimizer step only: put back
+class StepLR(Applied):
+    """Every parameter group's LR changed (`lr_for`) for the optimizer step only: put back
     right after it, so a program that sets the LR from its own schedule each step, or a
     scheduler that multiplies the current LR, keeps seeing its own value."""
 
@@ -52,11 +52,13 @@ class ScaleLR(Applied):
         super().__init__(probe, intervention, settings)
         self._own: list | None = None
 
+    def lr_for(self, lr):
+        raise NotImplementedError
+
     def on_step_begin(self, step, optimizer) -> None:
-        factor = float(self.settings["factor"])
         self._own = [group["lr"] for group in optimizer.param_groups]
         for group in optimizer.param_groups:
-            group["lr"] = group["lr"] * factor
+            group["lr"] = self.lr_for(group["lr"])
         self._applied()
 
     def on_step(self, step, optimizer) -> None:
@@ -64,6 +66,17 @@ class ScaleLR(Applied):
             for group, lr in zip(optimizer.param_groups, self._own):
                 group["lr"] = lr
         self._own = None
+
+
+class ScaleLR(StepLR):
+    def lr_for(self, lr):
+        return lr * float(self.settings["factor"])
+
+
+class CapLR(StepLR):
+    def lr_for(self, lr):
+        cap = float(self.settings["max_lr"])
+        return lr if lr <= cap else lr * 0 + cap  # a tensor LR stays a tensor
 
 
 class ClipGradNorm(Applied):
@@ -107,7 +120,7 @@ class LoaderWorkers(Applied):
         self._applied()
 
 
-PLUGINS = {"lr_scale": ScaleLR, "clip_grad_norm": ClipGradNorm, "dataloader_workers": LoaderWorkers}
+PLUGINS = {"lr_cap": CapLR, "lr_scale": ScaleLR, "clip_grad_norm": ClipGradNorm, "dataloader_workers": LoaderWorkers}
 
 
 def plugins(probe) -> list[Plugin]:

@@ -7,6 +7,7 @@ intervention applied from inside the process (ptdiag.probe.interventions), bound
 metric (the NaN run to its failing step plus a margin, a performance run to the same
 profiled steps), into <run_dir>/companions/verify-<intervention>/ with its own
 stdout.log and stderr.log. Findings that share an intervention and settings share its run.
+A finding's interventions run in their declared order until one helps.
 
 What ran, what it measured before and after and whether it helped, or why nothing ran,
 goes to <run_dir>/verification.json; the analysis (verification.attach) puts it on the
@@ -76,17 +77,18 @@ def why_not(verify: bool | None, run: RecordedRun, wall_s: float) -> str | None:
 
 def plan(findings: list[Finding], run: RecordedRun) -> list[Planned]:
     """The top findings with an intervention, each with every intervention that can verify
-    it whose metric the main run measured (several interventions for one finding are
-    the evidence that decides between causes)."""
+    it whose metric the main run measured, the preferred first. after_run stops at the
+    first that helped: one extra run per finding when its fix works; when it does not,
+    the next ones are the evidence that decides between causes."""
     planned = []
     verifiable = [f for f in findings if interventions.for_code(f.code)][:MAX_FINDINGS]
     for finding in verifiable:
         for intervention in interventions.for_code(finding.code):
             metric = METRICS[intervention.metric]
             before = metric.before(run)
-            if before is not None:
-                planned.append(Planned(finding, intervention, intervention.settings_for(finding.evidence), before,
-                                       metric.bound(before, run)))
+            settings = intervention.settings_for(finding.evidence)
+            if before is not None and settings is not None:
+                planned.append(Planned(finding, intervention, settings, before, metric.bound(before, run)))
     return planned
 
 
@@ -106,14 +108,20 @@ def after_run(ctx, areas: list[str]) -> None:
     budget = ctx.options.verify_budget_s or max(BUDGET_MIN_S, BUDGET_FACTOR * wall)
     started = time.monotonic()
     done: dict[str, dict] = {}
+    helped: set[str] = set()  # findings (their key as JSON) a fix already helped
     results = []
     with ctx.keeping_saved_files(run):
         for item in planned:
+            finding = json.dumps(finding_key(item.finding))
+            if finding in helped:
+                continue  # one extra run per finding when its first fix works
             if item.key not in done:
                 left = budget - (time.monotonic() - started)
                 done[item.key] = (_verify(ctx, item, left) if left > 0 else
                                   {"skipped": f"the verification budget ({budget:.0f} s, --verify-budget) was spent"})
             results.append({"finding": finding_key(item.finding), **done[item.key]})
+            if done[item.key].get("verified", {}).get("helped"):
+                helped.add(finding)
     _write(ctx.run_dir, {"budget_s": round(budget, 1), "wall_s": round(time.monotonic() - started, 3),
                          "bare_wall_s": round(wall, 3), "results": results})
 

@@ -17,8 +17,11 @@ from typing import Callable
 from ptdiag.recorded import RecordedRun
 from ptdiag.specialists.performance.measured import breakdown
 
-# a data wait share that fell to at most this fraction of what it was counts as removed
+# a data wait share that fell to at most this fraction of what it was counts as removed;
+# one still above the second fraction as not helped (between: partly, which demotes nothing:
+# workers that share a loaded machine's cores with the training halve the wait, not end it)
 DATA_WAIT_HELPED_RATIO = 0.5
+DATA_WAIT_UNCHANGED_RATIO = 0.8
 # the loss must stay finite this many steps past the main run's failure, at least
 NONFINITE_MARGIN_MIN_STEPS = 10
 # a finite loss that ended this many times above where it began still diverges
@@ -90,8 +93,9 @@ def _data_wait(run: RecordedRun) -> dict | None:
             "data_wait_ms_p50": round(1000 * found["phases"]["data"]["p50"], 3), "steps": run.steps_observed}
 
 
-def _data_wait_helped(before: dict, after: dict) -> bool:
-    return after["data_wait_share"] <= DATA_WAIT_HELPED_RATIO * before["data_wait_share"]
+def _data_wait_helped(before: dict, after: dict) -> bool | None:
+    ratio = after["data_wait_share"] / before["data_wait_share"] if before["data_wait_share"] else 1.0
+    return True if ratio <= DATA_WAIT_HELPED_RATIO else False if ratio >= DATA_WAIT_UNCHANGED_RATIO else None
 
 
 def _data_wait_sentence(change: str, before: dict, after: dict, helped: bool | None) -> str:
@@ -99,7 +103,8 @@ def _data_wait_sentence(change: str, before: dict, after: dict, helped: bool | N
     measured = (f"the step took {after['step_ms_p50']:.1f} ms instead of {before['step_ms_p50']:.1f} ms "
                 f"({speed:.2g}x) and waited {after['data_wait_share']:.0%} of it on the DataLoader instead of "
                 f"{before['data_wait_share']:.0%}")
-    return f"with {change} {measured}" + ("" if helped else ": the loader still holds the step back")
+    verdict = {True: "", False: ": the loader still holds the step back", None: ": it helped only partly"}[helped]
+    return f"with {change} {measured}{verdict}"
 
 
 def _same_steps(before: dict, run: RecordedRun) -> int:
