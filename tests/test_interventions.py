@@ -27,7 +27,7 @@ def run_with(code: str, tmp_path: Path, asked: str | None):
     """`code` under the probe (no specialist) with INTERVENTION_ENV set to `asked`; the
     program's stdout's last line as JSON, and the events."""
     run_dir = tmp_path / "run"
-    run_dir.mkdir(exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     base = {k: v for k, v in os.environ.items() if k != INTERVENTION_ENV}
     if asked is not None:
         base[INTERVENTION_ENV] = asked
@@ -56,6 +56,7 @@ def test_settings_come_from_the_evidence_where_it_measured_them():
     cap = interventions.BY_NAME["lr_cap"]
     assert cap.settings_for({"lr_safe": 0.05, "lr_before_onset": 0.5}) == {"max_lr": 0.05}
     assert cap.settings_for({"lr_safe": 10.0, "lr_before_onset": 10.0}) is None  # no schedule raised it
+    assert interventions.BY_NAME["seed_all"].settings_for({"rngs": ["torch"]}) == {"seed": 0}
     workers = interventions.BY_NAME["dataloader_workers"]
     assert workers.settings_for({"cores": 16})["num_workers"] == 4
     assert workers.settings_for({"cores": 2})["num_workers"] == 2  # one worker only alternates with the loop
@@ -135,6 +136,19 @@ def test_dataloaders_get_workers_however_the_program_spelled_its_arguments(tmp_p
     assert out["pin"] is False  # auto: only where CUDA is available
     assert out["batches"] == [[0, 1], [2, 3], [4, 5], [6, 7]]  # same data, same order
     assert [e for e in events if e["ev"] == "intervention"][-1]["applied"] == 3
+
+
+def test_every_generator_is_seeded_at_the_start_and_deterministic_algorithms_are_on(tmp_path):
+    code = ("import json, random, torch\nimport numpy\n"
+            "print(json.dumps({'draws': [torch.rand(1).item(), random.random(), float(numpy.random.rand())], "
+            "'deterministic': torch.are_deterministic_algorithms_enabled()}))\n")
+    asked = interventions.encode("seed_all", {"seed": 3})
+    one, events = run_with(code, tmp_path / "one", asked)
+    two, _ = run_with(code, tmp_path / "two", asked)
+    assert one == two and one["deterministic"] is True
+    plain, _ = run_with(code, tmp_path / "plain", None)
+    assert plain["draws"] != one["draws"] and plain["deterministic"] is False
+    assert not [e for e in events if e["ev"] == "seed"]  # not taken for the program's own seeding
 
 
 # -- measured and put on the finding ------------------------------------------------------------

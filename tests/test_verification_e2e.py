@@ -69,6 +69,19 @@ def test_a_data_bound_step_is_verified_with_workers(workdir):
     assert 0 < record["wall_s"] <= record["budget_s"]
 
 
+def test_an_unseeded_run_repeats_bit_for_bit_once_seeded(workdir):
+    report, stderr, run_dir = diagnose(workdir, "results differ between runs", "repro_train.py",
+                                       "--seed", "none", "--save", "none", "--epochs", "2")
+    unseeded = next(f for f in report["findings"] if f["code"] == "reproducibility.unseeded")
+    verified = unseeded["verified"]
+    assert verified["intervention"] == "seed_all" and verified["helped"] is True
+    assert verified["before"] is not None and verified["after"] is None  # differed; now bit-identical
+    assert verified["measured"]["after"]["steps_compared"] == report["steps_observed"]
+    assert [p.name for p in sorted((run_dir / "companions").iterdir())] == ["repeat", "verify-seed_all",
+                                                                           "verify-seed_all-2"]
+    assert len(verified["run_dirs"]) == 2
+
+
 def test_no_verify_runs_nothing_more(workdir):
     proc = run_ptdiag("training is slow", "--no-verify", "--json", "r.json", "--", PYTHON,
                       str(PROGRAMS / "sleepy_loader.py"), cwd=workdir)

@@ -21,6 +21,7 @@ from typing import Any, Callable
 METRICS = {
     "first_nonfinite_step": "the first step whose loss was not finite (none: finite to the end)",
     "data_wait_share": "the share of the step the loop waited on the DataLoader, and the step time p50",
+    "repeat_identical": "the first step where two runs differ (none: bit-identical), in two runs with the change",
 }
 
 
@@ -83,6 +84,12 @@ INTERVENTIONS: tuple[Intervention, ...] = (
         verifies=("numerics.grad_explosion",),
         defaults={"max_norm": 1.0}, metric="first_nonfinite_step",
         from_evidence=lambda e: {"max_norm": e.get("clip_at")}),
+    Intervention(
+        "seed_all", "reproducibility", "torch (every device), python and numpy seeded when torch is imported, "
+                                       "deterministic algorithms on (warn only), cuDNN deterministic",
+        "every RNG seeded with {seed} at the start and deterministic algorithms on",
+        verifies=("reproducibility.unseeded",),
+        defaults={"seed": 0}, metric="repeat_identical"),
     # pin_memory "auto": on where CUDA is available (pinned host memory only helps copies to a GPU)
     Intervention(
         "dataloader_workers", "performance", "DataLoaders built with worker processes",

@@ -17,6 +17,7 @@ import os
 
 from ptdiag import interventions
 from ptdiag.events import INTERVENTION_ENV, jsonable
+from ptdiag.probe.imports import when_imported
 from ptdiag.probe.plugin import Plugin
 
 
@@ -120,7 +121,27 @@ class LoaderWorkers(Applied):
         self._applied()
 
 
-PLUGINS = {"lr_cap": CapLR, "lr_scale": ScaleLR, "clip_grad_norm": ClipGradNorm, "dataloader_workers": LoaderWorkers}
+class Seeded(Applied):
+    """What a program that seeds nothing would call first: every generator seeded, and
+    the kernels that have a deterministic implementation made to use it (warn_only: an op
+    without one still runs, as in the program). The seed calls come from ptdiag's file, so
+    the recorder does not take them for the program's own."""
+
+    def on_torch_import(self, torch) -> None:
+        import random
+
+        seed = int(self.settings["seed"])
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts, later
+        torch.manual_seed(seed)  # every device's generator too
+        random.seed(seed)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        when_imported("numpy", self.probe.guarded(lambda probe, numpy: numpy.random.seed(seed)))
+        self._applied()
+
+
+PLUGINS = {"lr_cap": CapLR, "lr_scale": ScaleLR, "clip_grad_norm": ClipGradNorm, "dataloader_workers": LoaderWorkers,
+           "seed_all": Seeded}
 
 
 def plugins(probe) -> list[Plugin]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ptdiag import interventions
-from ptdiag.events import INTERVENTION_ENV
+from ptdiag.events import INTERVENTION_ENV, REPRO_ROLE_ENV
 from ptdiag.findings import Finding
 from ptdiag.recorded import RecordedRun
 from ptdiag.specialists import analyse as specialist_analysis
@@ -39,6 +39,9 @@ AUTO_MAX_BARE_S = 180.0
 BUDGET_FACTOR = 3.0
 BUDGET_MIN_S = 60.0
 MAX_FINDINGS = 3  # the top findings that get verification runs
+# the reproducibility plugin's role in a verification run: neither the main run (whose
+# checkpoints it keeps a copy of) nor the audit (deterministic kernels)
+VERIFY_ROLE = "verify"
 
 
 @dataclass
@@ -127,28 +130,36 @@ def after_run(ctx, areas: list[str]) -> None:
 
 
 def _verify(ctx, item: Planned, timeout_s: float) -> dict:
+    """The verification run(s) of one intervention (two where the metric compares runs),
+    within `timeout_s` in all, and what they measured."""
     intervention, metric = item.intervention, METRICS[item.intervention.metric]
-    folder = ctx.run_dir / COMPANIONS / f"verify-{intervention.name}"
     change = intervention.describe(item.settings)
-    outcome = ctx.run_again(ctx.command, folder, max_steps=item.max_steps, timeout_s=timeout_s,
-                            env={INTERVENTION_ENV: item.key}, change=change)
-    companion = RecordedRun.load(folder)
-    applied = max((e.get("applied") or 0 for e in companion.all_events("intervention")), default=0)
-    after = metric.after(companion)
-    helped = metric.helped(item.before, after) if applied and after is not None else None
-    if outcome.timed_out_at:
-        helped = None
+    env = {INTERVENTION_ENV: item.key, REPRO_ROLE_ENV: VERIFY_ROLE}
+    started, runs, timed_out, exit_codes = time.monotonic(), [], False, []
+    for n in range(1, metric.runs + 1):
+        folder = ctx.run_dir / COMPANIONS / f"verify-{intervention.name}{'' if n == 1 else f'-{n}'}"
+        left = timeout_s - (time.monotonic() - started)
+        outcome = ctx.run_again(ctx.command, folder, max_steps=item.max_steps, timeout_s=max(left, 1.0), env=env,
+                                change=change)
+        runs.append(RecordedRun.load(folder))
+        exit_codes.append(outcome.exit_code)
+        timed_out = timed_out or bool(outcome.timed_out_at)
+    applied = min(max((e.get("applied") or 0 for e in r.all_events("intervention")), default=0) for r in runs)
+    after = metric.after(runs)
+    helped = metric.helped(item.before, after) if applied and after is not None and not timed_out else None
     verified = {"intervention": intervention.name, "settings": item.settings, "metric": intervention.metric,
                 "before": item.before[metric.headline], "after": (after or {}).get(metric.headline),
-                "steps": companion.steps_observed, "run_dir": str(folder), "helped": helped,
+                "steps": runs[0].steps_observed, "run_dir": str(runs[0].run_dir), "helped": helped,
                 "measured": {"before": item.before, "after": after}, "applied": applied,
-                "exit_code": outcome.exit_code}
+                "exit_code": exit_codes[0]}
+    if len(runs) > 1:
+        verified["run_dirs"] = [str(r.run_dir) for r in runs]
     if not applied:
         verified["summary"] = f"{change}: never applied in the verification run (nothing it changes was used)"
-    elif outcome.timed_out_at:
+    elif timed_out:
         verified["summary"] = f"with {change} the run was ended at the verification budget: not verified"
     elif after is None:
-        verified["summary"] = f"with {change} the run measured nothing to compare (exit code {outcome.exit_code})"
+        verified["summary"] = f"with {change} the run measured nothing to compare (exit code {exit_codes[0]})"
     else:
         verified["summary"] = metric.sentence(change, item.before, after, helped)
     return {"verified": verified}

@@ -16,6 +16,8 @@ from typing import Callable
 
 from ptdiag.recorded import RecordedRun
 from ptdiag.specialists.performance.measured import breakdown
+from ptdiag.specialists.reproducibility.compare import compare
+from ptdiag.specialists.reproducibility.trace import COMPANIONS, REPEAT, Trace
 
 # a data wait share that fell to at most this fraction of what it was counts as removed;
 # one still above the second fraction as not helped (between: partly, which demotes nothing:
@@ -32,10 +34,11 @@ DIVERGED_FACTOR = 100.0
 class Metric:
     headline: str  # the number `verified.before`/`after` show (contract.md); the rest under `measured`
     before: Callable[[RecordedRun], dict | None]
-    after: Callable[[RecordedRun], dict | None]
+    after: Callable[[list[RecordedRun]], dict | None]  # the verification runs (`runs` of them)
     helped: Callable[[dict, dict], bool | None]
     sentence: Callable[[str, dict, dict, bool | None], str]
     bound: Callable[[dict, RecordedRun], int]  # the verification run's --max-steps
+    runs: int = 1  # verification runs it takes (two to show that runs repeat)
 
 
 # -- first non-finite step ---------------------------------------------------------------------
@@ -111,9 +114,53 @@ def _same_steps(before: dict, run: RecordedRun) -> int:
     return max(run.steps_observed, 1)
 
 
+# -- two runs bit-identical ----------------------------------------------------------------------
+def _difference(one: RecordedRun, other: RecordedRun) -> dict:
+    found = compare(Trace.of(one), Trace.of(other))
+    difference = found.difference
+    return {"first_difference_step": difference.step if difference else None,
+            "stage": difference.stage if difference else None, "steps_compared": found.compared}
+
+
+def _repeat_before(run: RecordedRun) -> dict | None:
+    """The main run against the reproducibility specialist's repeat run, where they differed."""
+    repeat = run.run_dir / COMPANIONS / REPEAT
+    if not (repeat / "meta.json").exists():
+        return None
+    found = _difference(run, RecordedRun.load(repeat))
+    return found if found["first_difference_step"] is not None else None
+
+
+def _repeat_after(runs: list[RecordedRun]) -> dict:
+    return _difference(runs[0], runs[1])
+
+
+def _repeat_helped(before: dict, after: dict) -> bool | None:
+    if after["first_difference_step"] is not None:
+        return False
+    return True if after["steps_compared"] >= 1 else None
+
+
+def _repeat_sentence(change: str, before: dict, after: dict, helped: bool | None) -> str:
+    was = f"without it two runs differed from step {before['first_difference_step']} ({before['stage']})"
+    if helped:
+        return f"with {change} two runs were bit-identical through step {after['steps_compared']} ({was})"
+    if helped is False:
+        return (f"with {change} two runs still differed from step {after['first_difference_step']} "
+                f"({after['stage']}; {was}): this change does not make the run repeat")
+    return f"with {change} the runs took no step to compare: not verified"
+
+
+def _repeat_steps(before: dict, run: RecordedRun) -> int:
+    return max(run.steps_observed, before["first_difference_step"], 1)
+
+
 METRICS: dict[str, Metric] = {
     # a finite verification run is the answer itself: its `after` always reads
-    "first_nonfinite_step": Metric("step", _nonfinite_before, _nonfinite, _nonfinite_helped, _nonfinite_sentence,
-                                   _nonfinite_bound),
-    "data_wait_share": Metric("data_wait_share", _data_wait, _data_wait, _data_wait_helped, _data_wait_sentence, _same_steps),
+    "first_nonfinite_step": Metric("step", _nonfinite_before, lambda runs: _nonfinite(runs[0]), _nonfinite_helped,
+                                   _nonfinite_sentence, _nonfinite_bound),
+    "data_wait_share": Metric("data_wait_share", _data_wait, lambda runs: _data_wait(runs[0]), _data_wait_helped,
+                              _data_wait_sentence, _same_steps),
+    "repeat_identical": Metric("first_difference_step", _repeat_before, _repeat_after, _repeat_helped,
+                               _repeat_sentence, _repeat_steps, runs=2),
 }
