@@ -183,6 +183,15 @@ def _verified(name: str, helped, last_loss=None) -> dict:
                          "measured": {"after": {"last_finite_loss": last_loss}}}}
 
 
+def test_runs_that_still_differ_once_seeded_leave_the_unseeded_finding_standing():
+    metric = measure.METRICS["repeat_identical"]
+    before = {"first_difference_step": 0, "stage": "weights", "steps_compared": 0}
+    assert metric.helped(before, {"first_difference_step": None, "stage": None, "steps_compared": 8}) is True
+    still = {"first_difference_step": 0, "stage": "weights", "steps_compared": 0}
+    assert metric.helped(before, still) is None  # another cause (a clock seed), not "seeding does not matter"
+    assert "another cause remains" in metric.sentence("every RNG seeded", before, still, None)
+
+
 def test_attach_ranks_the_fixes_and_demotes_a_finding_none_of_them_helped(tmp_path):
     explosion = Finding("numerics.grad_explosion", "numerics", "error", "grew", evidence={"step": 4})
     loader = Finding("performance.dataloader_bound", "performance", "warning", "waits", evidence={"step": None})

@@ -12,8 +12,9 @@ from conftest import PROGRAMS, PYTHON, load_report, run_ptdiag
 pytestmark = pytest.mark.slow
 
 
-def diagnose(workdir, symptom: str, program: str, *args: str):
-    proc = run_ptdiag(symptom, "--json", "r.json", "--", PYTHON, str(PROGRAMS / program), *args, cwd=workdir)
+def diagnose(workdir, symptom: str, program: str, *args: str, verify: bool = False):
+    proc = run_ptdiag(symptom, "--json", "r.json", *(["--verify"] if verify else []), "--", PYTHON,
+                      str(PROGRAMS / program), *args, cwd=workdir)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     report = load_report(workdir / "r.json")
     return report, proc.stderr.decode(), workdir / "ptdiag-runs" / report["run_id"]
@@ -71,7 +72,7 @@ def test_a_data_bound_step_is_verified_with_workers(workdir):
 
 def test_an_unseeded_run_repeats_bit_for_bit_once_seeded(workdir):
     report, stderr, run_dir = diagnose(workdir, "results differ between runs", "repro_train.py",
-                                       "--seed", "none", "--save", "none", "--epochs", "2")
+                                       "--seed", "none", "--save", "none", "--epochs", "2", verify=True)
     unseeded = next(f for f in report["findings"] if f["code"] == "reproducibility.unseeded")
     verified = unseeded["verified"]
     assert verified["intervention"] == "seed_all" and verified["helped"] is True

@@ -13,8 +13,8 @@ What ran, what it measured before and after and whether it helped, or why nothin
 goes to <run_dir>/verification.json; the analysis (verification.attach) puts it on the
 findings as `verified`, so a stored run re-analysed shows the same.
 
-When: `--verify` always, `--no-verify` never; by default when the bare run took under
-AUTO_MAX_BARE_S and ran on one node. Within `--verify-budget` seconds in all (default:
+When: `--verify` always, `--no-verify` never; by default for the DEFAULT_AREAS'
+findings, when the bare run took under AUTO_MAX_BARE_S and ran on one node. Within `--verify-budget` seconds in all (default:
 BUDGET_FACTOR times the bare run, at least BUDGET_MIN_S): a run that would start with the
 budget spent is skipped and said so, a running one is ended at the budget (not verified).
 """
@@ -36,6 +36,9 @@ from ptdiag.verification.measure import METRICS
 
 COMPANIONS = "companions"  # the folder of the run dir that holds every companion run
 AUTO_MAX_BARE_S = 180.0
+# the specialists whose findings are verified by default; the others' (reproducibility:
+# two more runs on top of its repeat) with --verify
+DEFAULT_AREAS = ("numerics", "performance")
 BUDGET_FACTOR = 3.0
 BUDGET_MIN_S = 60.0
 MAX_FINDINGS = 3  # the top findings that get verification runs
@@ -104,6 +107,7 @@ def after_run(ctx, areas: list[str]) -> None:
         if ctx.options.verify is None:  # the default decided: the report says why
             _write(ctx.run_dir, {"skipped": skipped})
         return
+    areas = areas if ctx.options.verify else [a for a in areas if a in DEFAULT_AREAS]
     findings = [f for name in areas for f in (getattr(specialist_analysis(name, run), "findings", None) or [])]
     planned = plan(findings, run)
     if not planned:
