@@ -38,7 +38,8 @@ def test_an_exploding_lr_is_verified_by_the_fix_that_removes_the_nan(workdir):
     assert (folder / "stdout.log").exists() and (folder / "stderr.log").exists()
     assert stderr.count("verify-lr_scale run: the command again with the learning rate x0.01 for") == 1
     assert "verified: with the learning rate x0.01 the loss stayed finite" in stderr
-    assert "with the fix" in (run_dir / "report.html").read_text()
+    page = (run_dir / "report.html").read_text()
+    assert "with the fix" in page and 'data-plot="verified-lr_scale-losses"' in page  # numbers and both curves
 
 
 def test_fixes_that_do_not_remove_the_nan_demote_the_finding_and_are_ranked(workdir):

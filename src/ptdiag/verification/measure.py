@@ -26,6 +26,8 @@ DATA_WAIT_HELPED_RATIO = 0.5
 DATA_WAIT_UNCHANGED_RATIO = 0.8
 # the loss must stay finite this many steps past the main run's failure, at least
 NONFINITE_MARGIN_MIN_STEPS = 10
+# the finite losses kept for the report's two curves (the last ones)
+CURVE_POINTS = 500
 # a finite loss that ended this many times above where it began still diverges
 DIVERGED_FACTOR = 100.0
 
@@ -45,9 +47,10 @@ class Metric:
 def _nonfinite(run: RecordedRun) -> dict:
     first = run.first_nonfinite_loss()
     finite = [v for s, v in run.losses() if math.isfinite(v)]
+    curve = [[s, v] for s, v in run.losses() if math.isfinite(v)][-CURVE_POINTS:]
     return {"step": first["step"] if first else None, "value": str(first["value"]) if first else None,
             "steps": run.steps_observed, "first_loss": finite[0] if finite else None,
-            "last_finite_loss": finite[-1] if finite else None}
+            "last_finite_loss": finite[-1] if finite else None, "losses": curve}
 
 
 def _diverging(found: dict) -> bool:
