@@ -100,17 +100,18 @@ def plan(findings: list[Finding], run: RecordedRun) -> list[Planned]:
 
 def after_run(ctx, areas: list[str]) -> None:
     """Plan and run the verification runs of this diagnosis; record them for the analysis."""
-    run = RecordedRun.load(ctx.run_dir)
-    wall = (run.outcome.get("ended") or 0) - (run.outcome.get("started") or 0)
-    skipped = why_not(ctx.options.verify, run, wall)
-    if skipped:
-        if ctx.options.verify is None:  # the default decided: the report says why
-            _write(ctx.run_dir, {"skipped": skipped})
+    if ctx.options.verify is False:
         return
+    run = RecordedRun.load(ctx.run_dir)
     areas = areas if ctx.options.verify else [a for a in areas if a in DEFAULT_AREAS]
     findings = [f for name in areas for f in (getattr(specialist_analysis(name, run), "findings", None) or [])]
     planned = plan(findings, run)
     if not planned:
+        return
+    wall = (run.outcome.get("ended") or 0) - (run.outcome.get("started") or 0)
+    skipped = why_not(ctx.options.verify, run, wall)
+    if skipped:  # the default decided (--no-verify returned above): the report says why
+        _write(ctx.run_dir, {"skipped": skipped})
         return
     budget = ctx.options.verify_budget_s or max(BUDGET_MIN_S, BUDGET_FACTOR * wall)
     started = time.monotonic()
@@ -142,9 +143,9 @@ def _verify(ctx, item: Planned, timeout_s: float) -> dict:
     started, runs, timed_out, exit_codes = time.monotonic(), [], False, []
     for n in range(1, metric.runs + 1):
         folder = ctx.run_dir / COMPANIONS / f"verify-{intervention.name}{'' if n == 1 else f'-{n}'}"
-        left = timeout_s - (time.monotonic() - started)
-        outcome = ctx.run_again(ctx.command, folder, max_steps=item.max_steps, timeout_s=max(left, 1.0), env=env,
-                                change=change)
+        left = max(timeout_s - (time.monotonic() - started), 1.0)
+        outcome = ctx.run_again(ctx.command, folder, max_steps=item.max_steps, env=env, change=change,
+                                timeout_s=min(left, ctx.options.timeout_s or left))  # --timeout still holds
         runs.append(RecordedRun.load(folder))
         exit_codes.append(outcome.exit_code)
         timed_out = timed_out or bool(outcome.timed_out_at)
