@@ -168,6 +168,29 @@ def test_a_nan_fix_helps_only_when_the_loss_stays_finite_and_bounded_past_the_fa
     assert metric.bound(NAN_BEFORE, None) == 28
 
 
+def _recorded(tmp_path: Path, events: list[dict]):
+    from ptdiag.recorded import RecordedRun
+
+    (tmp_path / "events").mkdir(parents=True)
+    lines = [{"ev": "start", "rank": 0, "pid": 1}, *events]
+    (tmp_path / "events" / "rank0.p1.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    return RecordedRun.load(tmp_path)
+
+
+def test_the_first_nonfinite_step_survives_the_budget_shedding_per_step_lines(tmp_path):
+    """On sub-millisecond steps the recorder and the watch each keep 1 step in N."""
+    run = _recorded(tmp_path / "shed", [
+        {"ev": "loss", "step": 1, "value": 1.5, "finite": True},
+        {"ev": "numerics", "step": 2, "loss": 3.0}, {"ev": "numerics", "step": 6, "loss": "nan"},
+        {"ev": "exit", "steps": 6}])
+    found = measure.METRICS["first_nonfinite_step"].before(run)
+    assert (found["step"], found["value"], found["first_loss"], found["last_finite_loss"]) == (6, "nan", 1.5, 3.0)
+    stopped = _recorded(tmp_path / "stopped", [
+        {"ev": "loss", "step": 1, "value": 1.5, "finite": True},
+        {"ev": "stopped", "by": "numerics", "step": 9, "reason": "localised"}, {"ev": "exit", "steps": 9}])
+    assert measure.METRICS["first_nonfinite_step"].before(stopped)["step"] == 9  # its own loss line was shed
+
+
 def test_a_loader_fix_helps_when_the_wait_share_halves():
     metric = measure.METRICS["data_wait_share"]
     before = {"data_wait_share": 0.8, "step_ms_p50": 36.5, "data_wait_ms_p50": 23.8, "steps": 13}

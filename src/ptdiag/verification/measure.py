@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+from ptdiag.events import as_number
 from ptdiag.recorded import RecordedRun
 from ptdiag.specialists.performance.measured import breakdown
 from ptdiag.specialists.reproducibility.compare import compare
@@ -44,11 +45,23 @@ class Metric:
 
 
 # -- first non-finite step ---------------------------------------------------------------------
+def _losses(run: RecordedRun) -> list[tuple[int, float]]:
+    """The main rank's loss per step, from the recorder and the numerics watch together:
+    on sub-millisecond steps ptdiag's budget keeps only 1 step in N of either."""
+    proc = run.main
+    watched = [(e["step"], as_number(e.get("loss"))) for e in proc.of("numerics")] if proc else []
+    return sorted(dict([*((s, v) for s, v in watched if v is not None), *run.losses()]).items())
+
+
 def _nonfinite(run: RecordedRun) -> dict:
-    first = run.first_nonfinite_loss()
-    finite = [v for s, v in run.losses() if math.isfinite(v)]
-    curve = [[s, v] for s, v in run.losses() if math.isfinite(v)][-CURVE_POINTS:]
-    return {"step": first["step"] if first else None, "value": str(first["value"]) if first else None,
+    losses = _losses(run)
+    bad = next(((s, v) for s, v in losses if not math.isfinite(v)), None)
+    stop = run.stopped_by_ptdiag
+    if bad is None and stop and stop.get("by") == "numerics":  # it stops at a localised non-finite value
+        bad = (stop["step"], "non-finite")
+    finite = [v for s, v in losses if math.isfinite(v)]
+    curve = [[s, v] for s, v in losses if math.isfinite(v)][-CURVE_POINTS:]
+    return {"step": bad[0] if bad else None, "value": str(bad[1]) if bad else None,
             "steps": run.steps_observed, "first_loss": finite[0] if finite else None,
             "last_finite_loss": finite[-1] if finite else None, "losses": curve}
 
