@@ -191,14 +191,18 @@ def test_the_first_nonfinite_step_survives_the_budget_shedding_per_step_lines(tm
     assert measure.METRICS["first_nonfinite_step"].before(stopped)["step"] == 9  # its own loss line was shed
 
 
-def test_a_loader_fix_helps_when_the_wait_share_halves():
+def test_a_loader_fix_helps_when_the_wait_halves():
     metric = measure.METRICS["data_wait_share"]
     before = {"data_wait_share": 0.8, "step_ms_p50": 36.5, "data_wait_ms_p50": 23.8, "steps": 13}
-    assert metric.helped(before, {**before, "data_wait_share": 0.16, "step_ms_p50": 6.2}) is True
-    assert metric.helped(before, {**before, "data_wait_share": 0.5}) is None  # partly: nothing demoted
-    assert metric.helped(before, {**before, "data_wait_share": 0.7}) is False
-    sentence = metric.sentence("num_workers=2", before, {**before, "data_wait_share": 0.16, "step_ms_p50": 6.2}, True)
-    assert "6.2 ms instead of 36.5 ms (5.9x)" in sentence
+    assert metric.helped(before, {**before, "data_wait_share": 0.16, "data_wait_ms_p50": 1.0}) is True
+    # the step 6x faster, the wait 28 -> 2 ms, yet its share 53 % -> 28 %: the wait itself decides
+    assert metric.helped({**before, "data_wait_share": 0.53, "data_wait_ms_p50": 28.4},
+                         {**before, "data_wait_share": 0.28, "data_wait_ms_p50": 2.3, "step_ms_p50": 8.2}) is True
+    assert metric.helped(before, {**before, "data_wait_share": 0.5, "data_wait_ms_p50": 15.0}) is None  # partly
+    assert metric.helped(before, {**before, "data_wait_share": 0.7, "data_wait_ms_p50": 21.0}) is False
+    after = {**before, "data_wait_share": 0.16, "step_ms_p50": 6.2, "data_wait_ms_p50": 1.0}
+    sentence = metric.sentence("num_workers=2", before, after, True)
+    assert "6.2 ms instead of 36.5 ms (5.9x)" in sentence and "1.0 ms (16%)" in sentence
 
 
 def _verified(name: str, helped, last_loss=None) -> dict:
