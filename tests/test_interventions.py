@@ -45,7 +45,7 @@ def test_every_intervention_is_applied_measured_and_verifies_documented_codes():
     for intervention in interventions.INTERVENTIONS:
         assert intervention.metric in interventions.METRICS and intervention.metric in measure.METRICS
         assert intervention.verifies and all(f"`{c.split('.', 1)[1]}`" in documented for c in intervention.verifies)
-        settings = intervention.settings_for({"clip_at": 2.0, "lr_safe": 0.1, "lr_before_onset": 1.0, "cores": 4})
+        settings = intervention.settings_for({"clip_at": 2.0, "lr_start": 0.1, "lr_before_onset": 1.0, "cores": 4})
         assert intervention.describe(settings)  # the phrase takes its own settings
 
 
@@ -54,8 +54,8 @@ def test_settings_come_from_the_evidence_where_it_measured_them():
     assert clip.settings_for({"clip_at": 146.0}) == {"max_norm": 146.0}
     assert clip.settings_for({}) == clip.defaults
     cap = interventions.BY_NAME["lr_cap"]
-    assert cap.settings_for({"lr_safe": 0.05, "lr_before_onset": 0.5}) == {"max_lr": 0.05}
-    assert cap.settings_for({"lr_safe": 10.0, "lr_before_onset": 10.0}) is None  # no schedule raised it
+    assert cap.settings_for({"lr_start": 0.05, "lr_safe": 5.0, "lr_before_onset": 50.0}) == {"max_lr": 0.05}
+    assert cap.settings_for({"lr_start": 10.0, "lr_before_onset": 10.0}) is None  # no schedule raised it
     assert interventions.BY_NAME["seed_all"].settings_for({"rngs": ["torch"]}) == {"seed": 0}
     workers = interventions.BY_NAME["dataloader_workers"]
     assert workers.settings_for({"cores": 16})["num_workers"] == 4
