@@ -73,6 +73,8 @@ def diagnose(
     resume_cmd: Optional[str] = typer.Option(None, "--resume-cmd", help="Check that this command resumes the run exactly from its checkpoint (reproducibility), e.g. \"python train.py --resume ckpt.pt\"."),
     resume_step: Optional[int] = typer.Option(None, "--resume-step", min=1, help="The step whose checkpoint --resume-cmd resumes from [default: the first save]."),
     repeat: Optional[bool] = typer.Option(None, "--repeat/--no-repeat", help="Run the command a second time to prove it repeats (reproducibility) [default: when reproducibility is planned]."),
+    verify: Optional[bool] = typer.Option(None, "--verify/--no-verify", help="Try the fix of each top finding that has an intervention in a short companion run and report what changed (`ptdiag options` lists them) [default: when the run took under 3 minutes on one node]."),
+    verify_budget: Optional[float] = typer.Option(None, "--verify-budget", min=1.0, help="At most S seconds of verification runs in all [default: 3x the run, at least 60]."),
     target_memory: Optional[str] = typer.Option(None, "--target-memory", help="Will it fit: a memory size (16GiB) or a GPU preset (V100-16GB); same as -o memory.target_memory=/memory.target=."),
     name: Optional[str] = typer.Option(None, "--name", help=NAME_HELP),
     group: Optional[str] = typer.Option(None, "--group", help=GROUP_HELP),
@@ -107,7 +109,8 @@ def diagnose(
         route = _with_specialist(route, "reproducibility", "--resume-cmd/--repeat ask for it")
     return _run_and_report(symptom, route, json_path=json_path, html_path=html_path, store=store, max_steps=max_steps,
                            timeout=timeout, fail_on=fail_on, option=option, name=name, group=group, tag=tag,
-                           tensorboard=tensorboard, mlflow=mlflow, quiet=quiet)
+                           tensorboard=tensorboard, mlflow=mlflow, quiet=quiet, verify=verify,
+                           verify_budget=verify_budget)
 
 
 @app.command()
@@ -133,7 +136,7 @@ def track(
                   reasons=[{"specialist": "tracking", "matched": ["ptdiag track"]}], notes=[])
     return _run_and_report(None, route, json_path=json_path, html_path=html_path, store=store, max_steps=None,
                            timeout=timeout, fail_on="never", option=[], name=name, group=group, tag=tag,
-                           tensorboard=tensorboard, mlflow=mlflow, quiet=quiet)
+                           tensorboard=tensorboard, mlflow=mlflow, quiet=quiet, verify=False, verify_budget=None)
 
 
 def _with_specialist(route, name: str, why: str):
@@ -146,7 +149,7 @@ def _with_specialist(route, name: str, why: str):
 
 
 def _run_and_report(symptom, route, *, json_path, html_path, store, max_steps, timeout, fail_on, option, name,
-                    group, tag, tensorboard, mlflow, quiet) -> int:
+                    group, tag, tensorboard, mlflow, quiet, verify, verify_budget) -> int:
     from ptdiag import diagnose as diag
     from ptdiag.launch.command import resolve
     from ptdiag.progress import ProgressWatcher
@@ -157,7 +160,8 @@ def _run_and_report(symptom, route, *, json_path, html_path, store, max_steps, t
         raise UsageProblem(NO_COMMAND)
     options = diag.Options(max_steps=max_steps, timeout_s=timeout, name=name, group=group,
                            tags=_parse_pairs(tag, "--tag"),
-                           specialist_options=_parse_specialist_options(option))
+                           specialist_options=_parse_specialist_options(option), verify=verify,
+                           verify_budget_s=verify_budget)
     resolve(user_command, Path.cwd())  # bad commands fail before a run is created
     run_store = RunStore.resolve(store)
     run_id, run_dir, meta = diag.start_run(run_store, symptom, user_command, route, options)
@@ -266,22 +270,32 @@ def env(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) ->
 
 @app.command()
 def options(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> int:
-    """List each specialist's options for -o specialist.key=value: type, default, what it does.
+    """List each specialist's options for -o specialist.key=value: type, default, what it does;
+    then the fixes --verify tries in verification runs, and the findings each verifies.
 
     Example: ptdiag "training is slow" -o performance.profile_steps=5 -- python train.py
     """
+    from ptdiag.interventions import INTERVENTIONS, METRICS
     from ptdiag.options import OPTIONS
 
     if as_json:
-        print(json.dumps({s: [{"name": o.name, "type": o.kind, "default": o.default, "help": o.help,
-                               **({"choices": list(o.choices)} if o.choices else {})} for o in declared]
-                          for s, declared in OPTIONS.items()}, indent=2))
+        print(json.dumps({**{s: [{"name": o.name, "type": o.kind, "default": o.default, "help": o.help,
+                                  **({"choices": list(o.choices)} if o.choices else {})} for o in declared]
+                             for s, declared in OPTIONS.items()},
+                          "interventions": [{"name": i.name, "area": i.area, "changes": i.changes,
+                                             "verifies": list(i.verifies), "defaults": i.defaults, "metric": i.metric}
+                                            for i in INTERVENTIONS]}, indent=2))
         return 0
     for specialist, declared in OPTIONS.items():
         typer.echo(f"{specialist}:" + ("" if declared else " no options"))
         for option in declared:
             typer.echo(f"  -o {specialist}.{option.describe()}")
             typer.echo(f"       {option.help}")
+    typer.echo("interventions (--verify: each tried in a companion run for the findings it verifies):")
+    for i in INTERVENTIONS:
+        settings = ", ".join(f"{k}={v}" for k, v in i.defaults.items())
+        typer.echo(f"  {i.name} ({settings}; from the finding's evidence where it measured them)")
+        typer.echo(f"       {i.changes}; verifies {', '.join(i.verifies)}; measures {METRICS[i.metric]}")
     return 0
 
 

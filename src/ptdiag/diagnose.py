@@ -6,13 +6,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ptdiag import __version__, environment
+from ptdiag import __version__, environment, interventions, verification
 from ptdiag import options as option_tables
 from ptdiag.findings import Finding, sort_findings
 from ptdiag.launch.command import resolve
@@ -27,6 +29,7 @@ from ptdiag.specialists import analyse as specialist_analysis
 from ptdiag.specialists import child_env, parent_part
 from ptdiag.specialists.tracking import naming, record, store_facts
 from ptdiag.stackdump import user_frame
+from ptdiag.verification import attach as verification_attach
 from ptdiag.verdict import run_findings, run_metrics, run_status, stopped_by, switched_off
 
 @dataclass
@@ -39,6 +42,8 @@ class Options:
     # per specialist, from `-o specialist.key=value`, typed (ptdiag.options.parse_all):
     # {"memory": {"target_memory": "16GiB", "breakdown_step": 3}}
     specialist_options: dict[str, dict] = field(default_factory=dict)
+    verify: bool | None = None  # verification runs: --verify/--no-verify; None: by default (ptdiag.verification)
+    verify_budget_s: float | None = None  # their wall time in all; None: the default budget
 
 
 @dataclass
@@ -57,10 +62,11 @@ class ParentContext:
         return option_tables.settings(name, self.options.specialist_options.get(name, {}))
 
     def run_again(self, command: list[str], companion_dir: Path, max_steps: int | None = None,
-                  env: dict[str, str] | None = None):
+                  env: dict[str, str] | None = None, timeout_s: float | None = None, change: str | None = None):
         """Run a command with the probe into `companion_dir` (a RecordedRun can read it). Its
         output goes to stdout.log and stderr.log there, never into the user's streams, and
-        the terminal gets one line saying where."""
+        the terminal gets one line saying where (and with what `change`, for a verification
+        run). `timeout_s` replaces --timeout for this run."""
         companion_dir.mkdir(parents=True, exist_ok=True)
         plan = dict(self.meta["plan"], max_steps=max_steps)
         meta = dict(self.meta, command=environment.redact_argv(command), plan=plan, companion_of=self.meta["run_id"])
@@ -68,11 +74,35 @@ class ParentContext:
         program = resolve(command, Path.cwd())
         logs = ", ".join(str(companion_dir / name) for name in OUTPUT_LOGS)
         steps = f" for {max_steps} steps" if max_steps else ""
-        self.announce(f"ptdiag ▸ {companion_dir.name} run: the command again{steps} ▸ its output: {logs}")
-        outcome = Supervisor(command, program, companion_dir, plan, self.options.timeout_s, env=env,
+        changed = f" with {change}" if change else ""
+        self.announce(f"ptdiag ▸ {companion_dir.name} run: the command again{changed}{steps} ▸ its output: {logs}")
+        timeout = timeout_s if timeout_s is not None else self.options.timeout_s
+        outcome = Supervisor(command, program, companion_dir, plan, timeout, env=env,
                              output_dir=companion_dir).run()
         write_json(outcome.to_dict(), companion_dir / "outcome.json")
         return outcome
+
+    @contextlib.contextmanager
+    def keeping_saved_files(self, run: RecordedRun):
+        """Companion runs write the program's files again, and one cut short may leave an
+        older checkpoint behind: every file the main run saved with torch.save is moved
+        aside (into the run dir) for the block and put back after it, so the user finds
+        what the main run left."""
+        folder = self.run_dir / "checkpoints" / "main-run"
+        moved = []
+        cwd = self.meta.get("cwd") or os.getcwd()
+        saved = (os.path.join(cwd, e["path"]) for e in run.all_events("save") if isinstance(e.get("path"), str))
+        for i, path in enumerate(dict.fromkeys(saved)):
+            if os.path.isfile(path):
+                folder.mkdir(parents=True, exist_ok=True)
+                kept = folder / f"{i}-{os.path.basename(path)}"
+                shutil.move(path, kept)
+                moved.append((path, kept))
+        try:
+            yield
+        finally:
+            for path, kept in moved:
+                shutil.move(kept, path)
 
 
 def start_run(store: RunStore, symptom: str | None, command: list[str], route: Route,
@@ -116,6 +146,9 @@ def run_parent_parts(command: list[str], run_dir: Path, meta: dict, options: Opt
         part = parent_part(name)
         if part is not None:
             part.after_run(context)
+    areas = [name for name in meta["plan"]["specialists"] if name in interventions.AREAS]
+    if areas:
+        verification.after_run(context, areas)
 
 
 def analyse_run(run_dir: Path) -> Report:
@@ -136,6 +169,7 @@ def analyse_run(run_dir: Path) -> Report:
         findings.extend(analysis.findings)
         artifacts_found.update(analysis.artifacts)
         metrics_found.update(analysis.metrics)
+    notes += verification_attach.attach(findings, run_dir)  # before sorting: a fix that did not help demotes
     if run.probe_errors:
         notes.append(f"the probe logged internal errors (the training was not affected): {run_dir / 'probe-errors.log'}")
     torch_env = record.torch_environment(run)

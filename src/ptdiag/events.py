@@ -37,6 +37,8 @@ STEP_PHASES = ("forward", "backward", "optimizer")
 OOM_RAISED, OOM_CAUGHT = "oom", "oom_caught"
 # which companion run a child process is (reproducibility's repeat/audit/resume runs)
 REPRO_ROLE_ENV = "PTDIAG_REPRO_ROLE"
+# the intervention a verification run applies (ptdiag.interventions.encode: JSON name and settings)
+INTERVENTION_ENV = "PTDIAG_INTERVENTION"
 
 
 # -- the event vocabulary -------------------------------------------------------------------
@@ -70,6 +72,8 @@ EVENTS: dict[str, EventKind] = {
                         "ptdiag's own time per step against the program's, at exit (probe/budget.py)"),
     "window": _kind("what steps seconds grew peak_grew allowance abandoned",
                     "a one-off measurement window closed: what it cost the process (probe/budget.py)"),
+    "intervention": _kind("name settings applied step", "a verification run's intervention: its first application "
+                                                        "(applied 1) and, at exit, how often it was applied"),
     # tracking: the always-on recorder
     "env": _kind("torch", "torch was imported: its build and settings (no CUDA asked: probe/gpu.py)"),
     "env_cuda": _kind("torch", "the program initialised CUDA: the devices it sees, cuDNN (updates env's torch)"),

@@ -22,13 +22,19 @@ class Finding:
     detail: str = ""
     evidence: dict[str, Any] = field(default_factory=dict)
     fix: str = ""
+    # the fix tried in a verification run and its measured effect (ptdiag.verification);
+    # absent from the JSON when none ran
+    verified: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
             raise ValueError(f"severity must be one of {SEVERITIES}, not {self.severity!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        found = asdict(self)
+        if found["verified"] is None:
+            del found["verified"]
+        return found
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Finding":

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ptdiag import options as option_tables
-from ptdiag.probe import gpu, patches
+from ptdiag.probe import gpu, interventions, patches
 from ptdiag.probe.budget import Budget
 from ptdiag.probe.event_log import EventWriter
 from ptdiag.probe.instruments import Instruments
@@ -32,14 +32,15 @@ STACK_DUMP_SIGNAL = signal.SIGUSR2  # SIGUSR1 is often taken (SLURM pre-emption,
 
 
 def load_plugins(probe: "Probe", specialists: list[str]) -> list[Plugin]:
-    """Tracking always records; each planned specialist adds its in-process part, if any."""
+    """Tracking always records; each planned specialist adds its in-process part, if any;
+    a verification run's intervention comes last (probe.interventions)."""
     plugins = []
     for name in ["tracking", *[s for s in specialists if s != "tracking"]]:
         module_name = f"ptdiag.probe.plugins.{name}"
         if importlib.util.find_spec(module_name) is None:
             continue
         plugins.append(importlib.import_module(module_name).Plugin(probe))
-    return plugins
+    return plugins + interventions.plugins(probe)
 
 
 class Probe:

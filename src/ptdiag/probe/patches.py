@@ -133,6 +133,32 @@ def _dataloader(probe: "Probe", torch) -> None:
         _replace(dl._BaseDataLoaderIter, "_reset", make_reset)
 
 
+def _dataloader_args(probe: "Probe", torch) -> None:
+    """The one patch that changes what the program asked for, installed only in a
+    verification run whose intervention subscribes to it (ptdiag.probe.interventions):
+    the DataLoader's arguments, bound to its signature, go to the hook before the original
+    builds the loader. Arguments that do not bind are the program's own error, raised by
+    the original exactly as without ptdiag."""
+    import inspect
+
+    from torch.utils.data import dataloader as dl
+
+    def make(original):
+        signature = inspect.signature(original)
+
+        def __init__(self, *args, **kwargs):
+            try:
+                bound = signature.bind(self, *args, **kwargs)
+            except TypeError:
+                return original(self, *args, **kwargs)
+            probe.call("on_dataloader_args", bound.arguments)
+            return original(*bound.args, **bound.kwargs)
+
+        return __init__
+
+    _replace(dl.DataLoader, "__init__", make)
+
+
 def _grad_scaler(probe: "Probe", torch) -> None:
     """What a GradScaler does to the loss and the step: `scale(loss)` hands back loss * scale
     (the tensor `backward` then sees), and `step(optimizer)` silently drops the update when
@@ -436,6 +462,7 @@ PATCHES = (
     ("torch", ("on_step_begin",), _optimizer_step_begin),
     ("torch", ("on_backward",), _backward),
     ("torch", ("on_dataloader", "on_loader_iter", "on_batch", "on_batch_indices"), _dataloader),
+    ("torch", ("on_dataloader_args",), _dataloader_args),
     ("torch", ("on_backward", "on_step_skipped"), _grad_scaler),  # on_backward: probe.loss_scale
     ("torch", ("on_model",), _first_model),
     ("torch", (), _global_hooks_not_counted),

@@ -41,6 +41,8 @@ HOOKS: dict[str, Hook] = {
     "on_args": _hook("namespace, argv", "after argparse parsed the command line"),
     "on_seed": _hook("kind, value, location", "python/numpy/torch/cuda seed calls"),
     "on_model": _hook("module", "the first module with parameters that runs forward"),
+    "on_dataloader_args": _hook("arguments", "a DataLoader is about to be built with these arguments (name -> value, "
+                                             "bound to its signature); only a verification run's intervention changes them"),
     "on_dataloader": _hook("loader", "a DataLoader was built"),
     "on_loader_iter": _hook("loader, epoch", "iteration over a DataLoader began (epoch counts from 0)"),
     "on_batch": _hook("loader, wait_s", "a batch was handed to the program after wait_s seconds"),

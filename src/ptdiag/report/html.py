@@ -44,6 +44,9 @@ a { color: var(--info); overflow-wrap: anywhere; }
 .severity-error .badge { background: var(--error); } .severity-warning .badge { background: var(--warning); } .severity-info .badge { background: var(--info); }
 .finding .code { margin: 0; color: var(--muted); font-size: .85em; }
 .fix { background: #e6f4ea; padding: 6px 10px; border-radius: 3px; }
+.verified { border-left: 3px solid #999; padding: 2px 10px; margin: 6px 0; }
+.verified.helped { border-color: #188038; } .verified.not-helped { border-color: #e37400; }
+.before-after td, .before-after th { padding: 1px 8px; text-align: left; }
 table.kv { border-collapse: collapse; width: 100%; margin: 4px 0; }
 table.kv th { text-align: left; font-weight: 600; width: 28%; vertical-align: top; padding: 3px 10px 3px 0; color: var(--muted); }
 table.kv td { padding: 3px 0; vertical-align: top; }

@@ -16,8 +16,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 from ptdiag.findings import SEVERITIES, Finding
-from ptdiag.report.model import Report
+from ptdiag.report.model import Report, verifications
 from ptdiag.report.people import number
+from ptdiag.report.svg import Marker, Series, line_chart
 
 LONG_VALUE_CHARS = 300  # longer values fold into <details> (open when printed)
 # artifact key -> (what it is, how to open it); {path} is the link's relative path
@@ -83,7 +84,42 @@ def _finding(f: Finding) -> str:
             + (f'<p class="detail">{text(f.detail)}</p>' if f.detail else "")
             + (f'<div class="evidence"><h4>Evidence</h4>{table(evidence)}</div>' if evidence else "")
             + (f'<p class="fix"><strong>Fix:</strong> {text(f.fix)}</p>' if f.fix else "")
+            + "".join(_verification(label, v) for label, v in verifications(f))
             + "</article>")
+
+
+# measured curves drawn, not tabled: key -> (title, y label)
+CURVES = {"losses": ("Loss: this run and with the fix", "loss")}
+
+
+def _curves(name: str, before: dict, after: dict) -> str:
+    """The two runs' curves in one chart, the main run's failure marked."""
+    charts = []
+    for key, (title, y_label) in CURVES.items():
+        if before.get(key) and after.get(key):
+            markers = [Marker(before["step"], f"this run: {before.get('value')}")] if before.get("step") else []
+            charts.append(line_chart(f"verified-{name}-{key}", title,
+                                     [Series("this run", [tuple(p) for p in before[key]]),
+                                      Series("with the fix", [tuple(p) for p in after[key]])],
+                                     x_label="optimizer step", y_label=y_label, markers=markers))
+    return "".join(charts)
+
+
+def _verification(label: str, verified: dict) -> str:
+    """The fix tried in a verification run: its sentence, then what it measured before and
+    after side by side, and where the run's output is."""
+    measured = verified.get("measured") or {}
+    before, after = measured.get("before") or {}, measured.get("after") or {}
+    rows = "".join(f"<tr><th>{text(k)}</th><td>{value(before.get(k))}</td><td>{value(after.get(k))}</td></tr>"
+                   for k in dict.fromkeys([*before, *after]) if k not in CURVES)
+    helped = {True: "helped", False: "not-helped"}.get(verified.get("helped"), "unknown")
+    return (f'<div class="verified {helped}"><p><strong>{text(label.capitalize())}:</strong> '
+            f'{text(verified.get("summary", ""))}</p>'
+            + (f'<table class="before-after"><tr><th></th><th>this run</th><th>with the fix</th></tr>{rows}</table>'
+               if rows else "")
+            + _curves(verified.get("intervention", ""), before, after)
+            + f'<p class="run-dir">{text(verified.get("intervention"))} {value(verified.get("settings"))} · '
+              f'{text(verified.get("steps"))} steps · {text(verified.get("run_dir"))}</p></div>')
 
 
 def findings_section(report: Report) -> str:

@@ -103,3 +103,19 @@ def switched_off_sentence(entry: dict[str, Any]) -> str:
 def _clause(text: str) -> str:
     """A reason set inside a sentence: an error message's own full stop would double it."""
     return str(text).rstrip().rstrip(".")
+
+
+# a verification's verdict (`verified.helped`) -> how renderers label it
+VERIFIED_LABELS = {True: "verified", False: "tried, did not help", None: "not verified"}
+ALSO_LABELS = {True: "also tried, helped", False: "also tried, did not help", None: "also tried, not verified"}
+
+
+def verifications(finding: Finding) -> list[tuple[str, dict]]:
+    """(label, verification) of the fix tried for a finding, then of the other fixes tried
+    for it (`verified.also`, ranked): what the renderers show under the finding."""
+    verified = finding.verified
+    if not verified:
+        return []
+    also = [(ALSO_LABELS[v.get("helped")], v) for v in verified.get("also", [])]
+    return [(VERIFIED_LABELS[verified.get("helped")], verified), *also]
+

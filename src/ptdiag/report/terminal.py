@@ -10,12 +10,13 @@ from __future__ import annotations
 from rich.console import Console
 from rich.markup import escape
 
-from ptdiag.report.model import Report
+from ptdiag.report.model import Report, verifications
 from ptdiag.report.people import evidence_lines
 
 SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 STATUS_STYLE = {"completed": "green", "diverged": "bold red", "crashed": "bold red", "oom": "bold red",
                 "hung": "bold red", "timeout": "yellow", "interrupted": "yellow", "killed": "bold red"}
+VERIFIED_STYLE = {True: "bold green", False: "yellow", None: "dim"}  # by verified.helped
 
 
 def stderr_console() -> Console:
@@ -79,3 +80,5 @@ def _render_findings(c: Console, report: Report) -> None:
             c.print(f"          [dim]{'evidence:' if i == 0 else '         '} {escape(line)}[/]")
         if f.fix:
             c.print(f"          [green]fix:[/] {escape(f.fix)}")
+        for label, verified in verifications(f):
+            c.print(f"          [{VERIFIED_STYLE[verified.get('helped')]}]{label}:[/] {escape(verified.get('summary', ''))}")

@@ -13,7 +13,8 @@
 
 Companion runs write the program's files again, and a run cut short by --max-steps may
 leave an older checkpoint behind; so every file the main run saved with torch.save is
-moved aside first and put back afterwards: the user finds what the main run left.
+moved aside first and put back afterwards (ParentContext.keeping_saved_files): the user
+finds what the main run left.
 
 What was done, or why not, goes to <run_dir>/reproducibility.json for the analysis.
 """
@@ -21,7 +22,6 @@ What was done, or why not, goes to <run_dir>/reproducibility.json for the analys
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 from pathlib import Path
@@ -40,16 +40,15 @@ def after_run(ctx) -> None:
     record: dict = {}
     cap = options["steps"]
     steps = min(ctx.options.max_steps or main.last_step, main.last_step, cap)
-    aside = _move_aside(ctx, main)
     try:
-        if steps < 1:
-            record["repeat"] = {"skipped": "the main run took no optimizer step"}
-        elif options["repeat"]:
-            record["repeat"] = _repeat(ctx, main, steps, options["op_audit"])
-        if options["resume_cmd"]:
-            record["resume"] = _resume(ctx, main, options["resume_cmd"], cap)
+        with ctx.keeping_saved_files(RecordedRun.load(ctx.run_dir)):
+            if steps < 1:
+                record["repeat"] = {"skipped": "the main run took no optimizer step"}
+            elif options["repeat"]:
+                record["repeat"] = _repeat(ctx, main, steps, options["op_audit"])
+            if options["resume_cmd"]:
+                record["resume"] = _resume(ctx, main, options["resume_cmd"], cap)
     finally:
-        _put_back_files(aside)
         (ctx.run_dir / STATE_FILE).write_text(json.dumps(record, indent=2))
 
 
@@ -87,20 +86,3 @@ def _resume(ctx, main: Trace, command: str, cap: int) -> dict:
     outcome = ctx.run_again(shlex.split(command), _companion(ctx, RESUME), max_steps=steps, env={REPRO_ROLE_ENV: RESUME})
     return {"command": command, "step": k, "steps": steps, "exit_code": outcome.exit_code,
             "files": [c["path"] for c in snapshots]}
-
-
-def _move_aside(ctx, main: Trace) -> list[tuple[str, Path]]:
-    folder = ctx.run_dir / "checkpoints" / "main-run"
-    moved = []
-    for i, path in enumerate(dict.fromkeys(c["path"] for c in main.ckpts)):
-        if os.path.isfile(path):
-            folder.mkdir(parents=True, exist_ok=True)
-            target = folder / f"{i}-{os.path.basename(path)}"
-            shutil.move(path, target)
-            moved.append((path, target))
-    return moved
-
-
-def _put_back_files(moved: list[tuple[str, Path]]) -> None:
-    for path, kept in moved:
-        shutil.move(kept, path)

@@ -1,0 +1,126 @@
+"""The fixes ptdiag can try without touching the user's code, declared once, as data.
+
+A verification run (ptdiag.verification) is the command run again with one intervention
+applied from inside the process (ptdiag.probe.interventions); its measured effect goes
+next to the finding it verifies. Each intervention says what it changes, which finding
+codes it can verify, its settings (taken from the finding's evidence where the finding
+measured them, else the declared default) and the metric that tells whether it helped.
+
+Neutral: imported by the probe (no torch, no store, no analysis) and by the parent side.
+The intervention a companion process applies reaches it through INTERVENTION_ENV
+(ptdiag.events), as JSON: {"name": ..., "settings": {...}}.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+# metric -> what it measures (ptdiag.verification.measure reads a companion run for it)
+METRICS = {
+    "first_nonfinite_step": "the first step whose loss was not finite (none: finite to the end)",
+    "data_wait_share": "the share of the step the loop waited on the DataLoader, and the step time p50",
+    "repeat_identical": "the first step where two runs differ (none: bit-identical), in two runs with the change",
+}
+
+
+@dataclass(frozen=True)
+class Intervention:
+    name: str
+    area: str  # the specialist whose findings it verifies
+    changes: str  # what it changes in the program, in a sentence
+    phrase: str  # what a verification run changed, for "with <phrase> the loss stayed finite": settings fill it
+    verifies: tuple[str, ...]  # finding codes
+    defaults: dict[str, Any]  # its settings, when the finding's evidence does not give them
+    metric: str  # a key of METRICS
+    # evidence of the finding -> settings measured there (the rest keep their defaults)
+    from_evidence: Callable[[dict], dict] = lambda evidence: {}
+
+    def settings_for(self, evidence: dict) -> dict[str, Any] | None:
+        """Its settings for a finding with this evidence; None where a setting without a
+        default was not measured (the intervention does not apply to that finding)."""
+        found = {k: v for k, v in self.from_evidence(evidence or {}).items() if v is not None}
+        settings = {**self.defaults, **found}
+        return settings if all(v is not None for v in settings.values()) else None
+
+    def describe(self, settings: dict[str, Any]) -> str:
+        """'gradients clipped at 146': what the run changed, for sentences."""
+        return self.phrase.format(**settings)
+
+
+def _loader_workers(evidence: dict) -> dict:
+    """As many workers as the usable cores allow, at least 2 (one worker only alternates
+    with the training process) and at most 4 (a verification, not a tuning sweep)."""
+    cores = evidence.get("cores") or 2
+    return {"num_workers": max(2, min(4, cores - 1))}
+
+
+def _lr_before_the_rise(evidence: dict) -> dict:
+    """The LR the run started at, where the program's schedule raised it before the
+    explosion (the explosion's evidence: lr_start below lr_before_onset): capped there,
+    the run shows whether the rise is the cause. (Capping at the last value before the
+    explosion, lr_safe, left the ResNet lr sample diverging: 2.5 -> 2907 in 3 steps.)"""
+    start, cause = evidence.get("lr_start"), evidence.get("lr_before_onset")
+    return {"max_lr": start} if start and cause and start < cause else {}
+
+
+# in the order they are tried for one finding: the cause the finding names first (a schedule
+# that raised the LR, an LR too high), then the remedy for its effect (clipping)
+INTERVENTIONS: tuple[Intervention, ...] = (
+    Intervention(
+        "lr_cap", "numerics", "the learning rate of every parameter group capped right before each optimizer step "
+                              "at the value the run started with (the program's schedule raised it)",
+        "the learning rate capped at {max_lr:g}",
+        verifies=("numerics.grad_explosion",),
+        defaults={"max_lr": None}, metric="first_nonfinite_step", from_evidence=_lr_before_the_rise),
+    Intervention(
+        "lr_scale", "numerics", "the learning rate of every parameter group scaled right before each optimizer "
+                                "step (on top of the program's own schedule)",
+        "the learning rate x{factor:g}",
+        verifies=("numerics.grad_explosion",),
+        defaults={"factor": 0.01}, metric="first_nonfinite_step"),
+    Intervention(
+        "clip_grad_norm", "numerics", "gradients clipped to a total norm before each optimizer step",
+        "gradients clipped at {max_norm:.3g}",
+        verifies=("numerics.grad_explosion",),
+        defaults={"max_norm": 1.0}, metric="first_nonfinite_step",
+        from_evidence=lambda e: {"max_norm": e.get("clip_at")}),
+    Intervention(
+        "seed_all", "reproducibility", "torch (every device), python and numpy seeded when torch is imported, "
+                                       "deterministic algorithms on (warn only), cuDNN deterministic",
+        "every RNG seeded with {seed} at the start and deterministic algorithms on",
+        verifies=("reproducibility.unseeded",),
+        defaults={"seed": 0}, metric="repeat_identical"),
+    # pin_memory "auto": on where CUDA is available (pinned host memory only helps copies to a GPU)
+    Intervention(
+        "dataloader_workers", "performance", "DataLoaders built with worker processes",
+        "num_workers={num_workers}",
+        verifies=("performance.dataloader_bound",),
+        defaults={"num_workers": 2, "pin_memory": "auto"}, metric="data_wait_share",
+        from_evidence=_loader_workers),
+)
+BY_NAME = {i.name: i for i in INTERVENTIONS}
+AREAS = tuple(dict.fromkeys(i.area for i in INTERVENTIONS))
+
+
+def for_code(code: str) -> list[Intervention]:
+    """The interventions that can verify a finding of this code, first the preferred."""
+    return [i for i in INTERVENTIONS if code in i.verifies]
+
+
+def encode(name: str, settings: dict[str, Any]) -> str:
+    return json.dumps({"name": name, "settings": settings})
+
+
+def decode(text: str | None) -> tuple[Intervention, dict[str, Any]] | None:
+    """The intervention INTERVENTION_ENV asks for, or None (unset, unknown or malformed:
+    a companion of another ptdiag version runs plain rather than fail)."""
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+        intervention = BY_NAME[data["name"]]
+        return intervention, {**intervention.defaults, **dict(data.get("settings") or {})}
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,153 @@
+"""A verification run's intervention, applied from inside the program (no code change).
+
+The parent (ptdiag.verification) asks for one intervention of ptdiag.interventions
+through INTERVENTION_ENV; this module turns it into a plugin on the probe's hooks, loaded
+after the specialists' plugins so that they record what the program did with it (the
+recorder's `lr` is the scaled one). Only verification runs ever load it: a diagnosed run
+is never changed.
+
+Each intervention says it was applied (the `intervention` event: at its first
+application, and at exit how often), so a run in which it never took effect (no
+DataLoader was built) is reported as not verified rather than as not helping.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ptdiag import interventions
+from ptdiag.events import INTERVENTION_ENV, jsonable
+from ptdiag.probe.imports import when_imported
+from ptdiag.probe.plugin import Plugin
+
+
+class Applied(Plugin):
+    """What every intervention shares: its settings, and the `intervention` events."""
+
+    name = "intervention"
+
+    def __init__(self, probe, intervention: interventions.Intervention, settings: dict) -> None:
+        super().__init__(probe)
+        self.intervention, self.settings = intervention, settings
+        self.applied = 0
+
+    def _applied(self) -> None:
+        self.applied += 1
+        if self.applied == 1:
+            self._record()
+
+    def _record(self) -> None:
+        self.probe.emit("intervention", name=self.intervention.name, settings=jsonable(self.settings),
+                        applied=self.applied, step=self.probe.step)
+
+    def on_exit(self) -> None:
+        self._record()
+
+
+class StepLR(Applied):
+    """Every parameter group's LR changed (`lr_for`) for the optimizer step only: put back
+    right after it, so a program that sets the LR from its own schedule each step, or a
+    scheduler that multiplies the current LR, keeps seeing its own value."""
+
+    def __init__(self, probe, intervention, settings) -> None:
+        super().__init__(probe, intervention, settings)
+        self._own: list | None = None
+
+    def lr_for(self, lr):
+        raise NotImplementedError
+
+    def on_step_begin(self, step, optimizer) -> None:
+        self._own = [group["lr"] for group in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            group["lr"] = self.lr_for(group["lr"])
+        self._applied()
+
+    def on_step(self, step, optimizer) -> None:
+        if self._own is not None and len(self._own) == len(optimizer.param_groups):
+            for group, lr in zip(optimizer.param_groups, self._own):
+                group["lr"] = lr
+        self._own = None
+
+
+class ScaleLR(StepLR):
+    def lr_for(self, lr):
+        return lr * float(self.settings["factor"])
+
+
+class CapLR(StepLR):
+    def lr_for(self, lr):
+        cap = float(self.settings["max_lr"])
+        return lr if lr <= cap else lr * 0 + cap  # a tensor LR stays a tensor
+
+
+class ClipGradNorm(Applied):
+    """torch.nn.utils.clip_grad_norm_ over the optimizer's parameters right before its step
+    (after a GradScaler unscaled them: GradScaler.step unscales, then calls step)."""
+
+    def __init__(self, probe, intervention, settings) -> None:
+        super().__init__(probe, intervention, settings)
+        self._torch = None
+
+    def on_torch_import(self, torch) -> None:
+        self._torch = torch
+
+    def on_step_begin(self, step, optimizer) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if params:
+            self._torch.nn.utils.clip_grad_norm_(params, float(self.settings["max_norm"]))
+            self._applied()
+
+
+class LoaderWorkers(Applied):
+    """Each DataLoader built with `num_workers` worker processes (and pinned memory where
+    asked; "auto": where CUDA is available). A loader already given more workers keeps them."""
+
+    def __init__(self, probe, intervention, settings) -> None:
+        super().__init__(probe, intervention, settings)
+        self._torch = None
+
+    def on_torch_import(self, torch) -> None:
+        self._torch = torch
+
+    def on_dataloader_args(self, arguments) -> None:
+        workers = int(self.settings["num_workers"])
+        if (arguments.get("num_workers") or 0) < workers:
+            arguments["num_workers"] = workers
+        pin = self.settings.get("pin_memory")
+        if pin == "auto":
+            arguments["pin_memory"] = bool(arguments.get("pin_memory")) or self._torch.cuda.is_available()
+        else:
+            arguments["pin_memory"] = bool(pin)
+        self._applied()
+
+
+class Seeded(Applied):
+    """What a program that seeds nothing would call first: every generator seeded, and
+    the kernels that have a deterministic implementation made to use it (warn_only: an op
+    without one still runs, as in the program). The seed calls come from ptdiag's file, so
+    the recorder does not take them for the program's own."""
+
+    def on_torch_import(self, torch) -> None:
+        import random
+
+        seed = int(self.settings["seed"])
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts, later
+        torch.manual_seed(seed)  # every device's generator too
+        random.seed(seed)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        when_imported("numpy", self.probe.guarded(lambda probe, numpy: numpy.random.seed(seed)))
+        self._applied()
+
+
+PLUGINS = {"lr_cap": CapLR, "lr_scale": ScaleLR, "clip_grad_norm": ClipGradNorm, "dataloader_workers": LoaderWorkers,
+           "seed_all": Seeded}
+
+
+def plugins(probe) -> list[Plugin]:
+    """The intervention this process was asked to apply, as a plugin; none in a diagnosed run."""
+    asked = interventions.decode(os.environ.get(INTERVENTION_ENV))
+    if asked is None:
+        return []
+    intervention, settings = asked
+    return [PLUGINS[intervention.name](probe, intervention, settings)]

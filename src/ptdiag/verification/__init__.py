@@ -1,0 +1,174 @@
+"""Diagnosis by intervention: the fix a finding proposes, tried in a companion run.
+
+After the command ran (and the specialists' own companion runs), the planned
+specialists' findings are read from the run dir; for each of the top findings that an
+intervention of ptdiag.interventions can verify, the command runs again with that
+intervention applied from inside the process (ptdiag.probe.interventions), bounded by the
+metric (the NaN run to its failing step plus a margin, a performance run to the same
+profiled steps), into <run_dir>/companions/verify-<intervention>/ with its own
+stdout.log and stderr.log. Findings that share an intervention and settings share its run.
+A finding's interventions run in their declared order until one helps.
+
+What ran, what it measured before and after and whether it helped, or why nothing ran,
+goes to <run_dir>/verification.json; the analysis (verification.attach) puts it on the
+findings as `verified`, so a stored run re-analysed shows the same.
+
+When: `--verify` always, `--no-verify` never; by default for the DEFAULT_AREAS'
+findings, when the bare run took under AUTO_MAX_BARE_S and ran on one node. Within `--verify-budget` seconds in all (default:
+BUDGET_FACTOR times the bare run, at least BUDGET_MIN_S): a run that would start with the
+budget spent is skipped and said so, a running one is ended at the budget (not verified).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ptdiag import interventions
+from ptdiag.events import INTERVENTION_ENV, REPRO_ROLE_ENV
+from ptdiag.findings import Finding
+from ptdiag.recorded import RecordedRun
+from ptdiag.specialists import analyse as specialist_analysis
+from ptdiag.verification.attach import STATE_FILE
+from ptdiag.verification.measure import METRICS
+
+COMPANIONS = "companions"  # the folder of the run dir that holds every companion run
+AUTO_MAX_BARE_S = 180.0
+# the specialists whose findings are verified by default; the others' (reproducibility:
+# two more runs on top of its repeat) with --verify
+DEFAULT_AREAS = ("numerics", "performance")
+BUDGET_FACTOR = 3.0
+BUDGET_MIN_S = 60.0
+MAX_FINDINGS = 3  # the top findings that get verification runs
+# the reproducibility plugin's role in a verification run: neither the main run (whose
+# checkpoints it keeps a copy of) nor the audit (deterministic kernels)
+VERIFY_ROLE = "verify"
+
+
+@dataclass
+class Planned:
+    finding: Finding
+    intervention: interventions.Intervention
+    settings: dict
+    before: dict
+    max_steps: int
+
+    @property
+    def key(self) -> str:
+        return interventions.encode(self.intervention.name, self.settings)
+
+
+def finding_key(finding: Finding) -> dict:
+    """How verification.json names a finding: its code and step (one analysis of one run
+    dir gives the same findings every time)."""
+    return {"code": finding.code, "step": finding.evidence.get("step")}
+
+
+def why_not(verify: bool | None, run: RecordedRun, wall_s: float) -> str | None:
+    """Why no verification runs by default (None: they run)."""
+    if verify is False:
+        return "--no-verify"
+    if verify:
+        return None
+    nodes = {e.get("node_rank") for p in run.processes for e in p.of("start") if e.get("node_rank") is not None}
+    if len(nodes) > 1:
+        return f"the run spans {len(nodes)} nodes: verification runs are off by default there (--verify runs them)"
+    if wall_s > AUTO_MAX_BARE_S:
+        return (f"the run took {wall_s:.0f} s, over the {AUTO_MAX_BARE_S:.0f} s under which fixes are tried by "
+                "default (--verify tries them anyway)")
+    return None
+
+
+def plan(findings: list[Finding], run: RecordedRun) -> list[Planned]:
+    """The top findings with an intervention, each with every intervention that can verify
+    it whose metric the main run measured, the preferred first. after_run stops at the
+    first that helped: one extra run per finding when its fix works; when it does not,
+    the next ones are the evidence that decides between causes."""
+    planned = []
+    verifiable = [f for f in findings if interventions.for_code(f.code)][:MAX_FINDINGS]
+    for finding in verifiable:
+        for intervention in interventions.for_code(finding.code):
+            metric = METRICS[intervention.metric]
+            before = metric.before(run)
+            settings = intervention.settings_for(finding.evidence)
+            if before is not None and settings is not None:
+                planned.append(Planned(finding, intervention, settings, before, metric.bound(before, run)))
+    return planned
+
+
+def after_run(ctx, areas: list[str]) -> None:
+    """Plan and run the verification runs of this diagnosis; record them for the analysis."""
+    if ctx.options.verify is False:
+        return
+    run = RecordedRun.load(ctx.run_dir)
+    areas = areas if ctx.options.verify else [a for a in areas if a in DEFAULT_AREAS]
+    findings = [f for name in areas for f in (getattr(specialist_analysis(name, run), "findings", None) or [])]
+    planned = plan(findings, run)
+    if not planned:
+        return
+    wall = (run.outcome.get("ended") or 0) - (run.outcome.get("started") or 0)
+    skipped = why_not(ctx.options.verify, run, wall)
+    if skipped:  # the default decided (--no-verify returned above): the report says why
+        _write(ctx.run_dir, {"skipped": skipped})
+        return
+    budget = ctx.options.verify_budget_s or max(BUDGET_MIN_S, BUDGET_FACTOR * wall)
+    started = time.monotonic()
+    done: dict[str, dict] = {}
+    helped: set[str] = set()  # findings (their key as JSON) a fix already helped
+    results = []
+    with ctx.keeping_saved_files(run):
+        for item in planned:
+            finding = json.dumps(finding_key(item.finding))
+            if finding in helped:
+                continue  # one extra run per finding when its first fix works
+            if item.key not in done:
+                left = budget - (time.monotonic() - started)
+                done[item.key] = (_verify(ctx, item, left) if left > 0 else
+                                  {"skipped": f"the verification budget ({budget:.0f} s, --verify-budget) was spent"})
+            results.append({"finding": finding_key(item.finding), **done[item.key]})
+            if done[item.key].get("verified", {}).get("helped"):
+                helped.add(finding)
+    _write(ctx.run_dir, {"budget_s": round(budget, 1), "wall_s": round(time.monotonic() - started, 3),
+                         "bare_wall_s": round(wall, 3), "results": results})
+
+
+def _verify(ctx, item: Planned, timeout_s: float) -> dict:
+    """The verification run(s) of one intervention (two where the metric compares runs),
+    within `timeout_s` in all, and what they measured."""
+    intervention, metric = item.intervention, METRICS[item.intervention.metric]
+    change = intervention.describe(item.settings)
+    env = {INTERVENTION_ENV: item.key, REPRO_ROLE_ENV: VERIFY_ROLE}
+    started, runs, timed_out, exit_codes = time.monotonic(), [], False, []
+    for n in range(1, metric.runs + 1):
+        folder = ctx.run_dir / COMPANIONS / f"verify-{intervention.name}{'' if n == 1 else f'-{n}'}"
+        left = max(timeout_s - (time.monotonic() - started), 1.0)
+        outcome = ctx.run_again(ctx.command, folder, max_steps=item.max_steps, env=env, change=change,
+                                timeout_s=min(left, ctx.options.timeout_s or left))  # --timeout still holds
+        runs.append(RecordedRun.load(folder))
+        exit_codes.append(outcome.exit_code)
+        timed_out = timed_out or bool(outcome.timed_out_at)
+    applied = min(max((e.get("applied") or 0 for e in r.all_events("intervention")), default=0) for r in runs)
+    after = metric.after(runs)
+    helped = metric.helped(item.before, after) if applied and after is not None and not timed_out else None
+    verified = {"intervention": intervention.name, "settings": item.settings, "metric": intervention.metric,
+                "before": item.before[metric.headline], "after": (after or {}).get(metric.headline),
+                "steps": runs[0].steps_observed, "run_dir": str(runs[0].run_dir), "helped": helped,
+                "measured": {"before": item.before, "after": after}, "applied": applied,
+                "exit_code": exit_codes[0]}
+    if len(runs) > 1:
+        verified["run_dirs"] = [str(r.run_dir) for r in runs]
+    if not applied:
+        verified["summary"] = f"{change}: never applied in the verification run (nothing it changes was used)"
+    elif timed_out:
+        verified["summary"] = f"with {change} the run was ended at the verification budget: not verified"
+    elif after is None:
+        verified["summary"] = f"with {change} the run measured nothing to compare (exit code {exit_codes[0]})"
+    else:
+        verified["summary"] = metric.sentence(change, item.before, after, helped)
+    return {"verified": verified}
+
+
+def _write(run_dir: Path, record: dict) -> None:
+    (run_dir / STATE_FILE).write_text(json.dumps(record, indent=2, default=str))

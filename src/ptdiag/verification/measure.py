@@ -1,0 +1,186 @@
+"""How each metric of ptdiag.interventions.METRICS is read from a recorded run, the main
+run (before) and a verification run (after) alike, and whether the change helped.
+
+A metric is a `Metric`: `before(run)` gives the main run's numbers (None where it did not
+measure the symptom: nothing to verify), `after(run)` the verification run's (None where it
+measured nothing to compare), `helped(before, after)` the verdict (None: the
+verification run could not tell, e.g. it ended before the step that failed), `sentence`
+the one line the report shows.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from ptdiag.events import as_number
+from ptdiag.recorded import RecordedRun
+from ptdiag.specialists.performance.measured import breakdown
+from ptdiag.specialists.reproducibility.compare import compare
+from ptdiag.specialists.reproducibility.trace import COMPANIONS, REPEAT, Trace
+
+# the DataLoader wait (its share of the step, or its time per step) that fell to at most
+# this fraction of what it was counts as removed; one where neither fell below the second
+# fraction as not helped (between: partly, which demotes nothing: workers that share a
+# loaded machine's cores with the training halve the wait, not end it). Either measure: a
+# fix that makes the step 6x faster can leave the wait's share at 53 % -> 28 % while the
+# wait itself fell 28 -> 2 ms (the compute was slower in the main run, on a loaded box)
+DATA_WAIT_HELPED_RATIO = 0.5
+DATA_WAIT_UNCHANGED_RATIO = 0.8
+# the loss must stay finite this many steps past the main run's failure, at least
+NONFINITE_MARGIN_MIN_STEPS = 10
+# the finite losses kept for the report's two curves (the last ones)
+CURVE_POINTS = 500
+# a finite loss that ended this many times above where it began still diverges
+DIVERGED_FACTOR = 100.0
+
+
+@dataclass(frozen=True)
+class Metric:
+    headline: str  # the number `verified.before`/`after` show (contract.md); the rest under `measured`
+    before: Callable[[RecordedRun], dict | None]
+    after: Callable[[list[RecordedRun]], dict | None]  # the verification runs (`runs` of them)
+    helped: Callable[[dict, dict], bool | None]
+    sentence: Callable[[str, dict, dict, bool | None], str]
+    bound: Callable[[dict, RecordedRun], int]  # the verification run's --max-steps
+    runs: int = 1  # verification runs it takes (two to show that runs repeat)
+
+
+# -- first non-finite step ---------------------------------------------------------------------
+def _losses(run: RecordedRun) -> list[tuple[int, float]]:
+    """The main rank's loss per step, from the recorder and the numerics watch together:
+    on sub-millisecond steps ptdiag's budget keeps only 1 step in N of either."""
+    proc = run.main
+    watched = [(e["step"], as_number(e.get("loss"))) for e in proc.of("numerics")] if proc else []
+    return sorted(dict([*((s, v) for s, v in watched if v is not None), *run.losses()]).items())
+
+
+def _nonfinite(run: RecordedRun) -> dict:
+    losses = _losses(run)
+    bad = next(((s, v) for s, v in losses if not math.isfinite(v)), None)
+    stop = run.stopped_by_ptdiag
+    if bad is None and stop and stop.get("by") == "numerics":  # it stops at a localised non-finite value
+        bad = (stop["step"], "non-finite")
+    finite = [v for s, v in losses if math.isfinite(v)]
+    curve = [[s, v] for s, v in losses if math.isfinite(v)][-CURVE_POINTS:]
+    return {"step": bad[0] if bad else None, "value": str(bad[1]) if bad else None,
+            "steps": run.steps_observed, "first_loss": finite[0] if finite else None,
+            "last_finite_loss": finite[-1] if finite else None, "losses": curve}
+
+
+def _diverging(found: dict) -> bool:
+    first, last = found.get("first_loss"), found.get("last_finite_loss")
+    return first is not None and last is not None and abs(last) > DIVERGED_FACTOR * max(abs(first), 1e-12)
+
+
+def _nonfinite_before(run: RecordedRun) -> dict | None:
+    found = _nonfinite(run)
+    return found if found["step"] is not None else None
+
+
+def _nonfinite_helped(before: dict, after: dict) -> bool | None:
+    if after["step"] is not None or _diverging(after):
+        return False
+    return True if after["steps"] > before["step"] else None  # ended before the failing step: can't tell
+
+
+def _nonfinite_sentence(change: str, before: dict, after: dict, helped: bool | None) -> str:
+    was = f"it was {before['value']} at step {before['step']}"
+    if helped:
+        final = f"; last loss {after['last_finite_loss']:.4g}" if after["last_finite_loss"] is not None else ""
+        return f"with {change} the loss stayed finite through step {after['steps']} ({was}){final}"
+    if helped is False and after["step"] is None:
+        return (f"with {change} the loss stayed finite through step {after['steps']} ({was}) but grew from "
+                f"{after['first_loss']:.4g} to {after['last_finite_loss']:.4g}: the run still diverges")
+    if helped is False:
+        return (f"with {change} the loss still became {after['value']} at step {after['step']} ({was}): "
+                f"this change does not remove the symptom")
+    return (f"with {change} the run ended after {after['steps']} steps, before step {before['step']} where the "
+            f"loss failed: not verified")
+
+
+def _nonfinite_bound(before: dict, run: RecordedRun) -> int:
+    return before["step"] + max(before["step"], NONFINITE_MARGIN_MIN_STEPS)
+
+
+# -- data wait share ---------------------------------------------------------------------------
+def _data_wait(run: RecordedRun) -> dict | None:
+    proc = run.main
+    rows = [r for e in proc.of("perf_steps") for r in e.get("rows", [])] if proc else []
+    found = breakdown([r for r in rows if not r.get("gpu")], None)
+    if not found or "data" not in found["phases"]:
+        return None
+    return {"data_wait_share": found["phases"]["data"]["share"], "step_ms_p50": round(1000 * found["step_s"]["p50"], 3),
+            "data_wait_ms_p50": round(1000 * found["phases"]["data"]["p50"], 3), "steps": run.steps_observed}
+
+
+def _data_wait_helped(before: dict, after: dict) -> bool | None:
+    ratio = min(after[key] / before[key] if before[key] else 1.0 for key in ("data_wait_share", "data_wait_ms_p50"))
+    return True if ratio <= DATA_WAIT_HELPED_RATIO else False if ratio >= DATA_WAIT_UNCHANGED_RATIO else None
+
+
+def _data_wait_sentence(change: str, before: dict, after: dict, helped: bool | None) -> str:
+    speed = before["step_ms_p50"] / after["step_ms_p50"] if after["step_ms_p50"] else float("inf")
+    measured = (f"the step took {after['step_ms_p50']:.1f} ms instead of {before['step_ms_p50']:.1f} ms "
+                f"({speed:.2g}x) and waited {after['data_wait_ms_p50']:.1f} ms ({after['data_wait_share']:.0%}) on "
+                f"the DataLoader instead of {before['data_wait_ms_p50']:.1f} ms ({before['data_wait_share']:.0%})")
+    verdict = {True: "", False: ": the loader still holds the step back", None: ": it helped only partly"}[helped]
+    return f"with {change} {measured}{verdict}"
+
+
+def _same_steps(before: dict, run: RecordedRun) -> int:
+    return max(run.steps_observed, 1)
+
+
+# -- two runs bit-identical ----------------------------------------------------------------------
+def _difference(one: RecordedRun, other: RecordedRun) -> dict:
+    found = compare(Trace.of(one), Trace.of(other))
+    difference = found.difference
+    return {"first_difference_step": difference.step if difference else None,
+            "stage": difference.stage if difference else None, "steps_compared": found.compared}
+
+
+def _repeat_before(run: RecordedRun) -> dict | None:
+    """The main run against the reproducibility specialist's repeat run, where they differed."""
+    repeat = run.run_dir / COMPANIONS / REPEAT
+    if not (repeat / "meta.json").exists():
+        return None
+    found = _difference(run, RecordedRun.load(repeat))
+    return found if found["first_difference_step"] is not None else None
+
+
+def _repeat_after(runs: list[RecordedRun]) -> dict:
+    return _difference(runs[0], runs[1])
+
+
+def _repeat_helped(before: dict, after: dict) -> bool | None:
+    """Never False: seeding everything cannot make runs differ, so runs that still differ
+    show another cause remains (the program re-seeds from the clock), not that the
+    unseeded generators do not matter."""
+    return True if after["first_difference_step"] is None and after["steps_compared"] >= 1 else None
+
+
+def _repeat_sentence(change: str, before: dict, after: dict, helped: bool | None) -> str:
+    was = f"without it two runs differed from step {before['first_difference_step']} ({before['stage']})"
+    if helped:
+        return f"with {change} two runs were bit-identical through step {after['steps_compared']} ({was})"
+    if after["first_difference_step"] is not None:
+        return (f"with {change} two runs still differed from step {after['first_difference_step']} "
+                f"({after['stage']}; {was}): another cause remains (see the other findings)")
+    return f"with {change} the runs took no step to compare: not verified"
+
+
+def _repeat_steps(before: dict, run: RecordedRun) -> int:
+    return max(run.steps_observed, before["first_difference_step"], 1)
+
+
+METRICS: dict[str, Metric] = {
+    # a finite verification run is the answer itself: its `after` always reads
+    "first_nonfinite_step": Metric("step", _nonfinite_before, lambda runs: _nonfinite(runs[0]), _nonfinite_helped,
+                                   _nonfinite_sentence, _nonfinite_bound),
+    "data_wait_share": Metric("data_wait_share", _data_wait, lambda runs: _data_wait(runs[0]), _data_wait_helped,
+                              _data_wait_sentence, _same_steps),
+    "repeat_identical": Metric("first_difference_step", _repeat_before, _repeat_after, _repeat_helped,
+                               _repeat_sentence, _repeat_steps, runs=2),
+}

@@ -1,0 +1,96 @@
+"""End to end: the fix a finding proposes is tried in a verification run, and the report
+says what it changed (before/after, in the direction that matters, never a timing ratio)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import PROGRAMS, PYTHON, load_report, run_ptdiag
+
+pytestmark = pytest.mark.slow
+
+
+def diagnose(workdir, symptom: str, program: str, *args: str, verify: bool = False):
+    proc = run_ptdiag(symptom, "--json", "r.json", *(["--verify"] if verify else []), "--", PYTHON,
+                      str(PROGRAMS / program), *args, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    report = load_report(workdir / "r.json")
+    return report, proc.stderr.decode(), workdir / "ptdiag-runs" / report["run_id"]
+
+
+def test_an_exploding_lr_is_verified_by_the_fix_that_removes_the_nan(workdir):
+    report, stderr, run_dir = diagnose(workdir, "loss is NaN", "nan_quick.py", "--lr", "10")
+    explosion = next(f for f in report["findings"] if f["code"] == "numerics.grad_explosion")
+    verified = explosion["verified"]
+    failed_at = verified["before"]
+    assert failed_at == report["steps_observed"]  # the main run stopped at its NaN
+    # the learning rate x0.01 removed the NaN: finite through the bound, a loss that fell
+    assert (verified["intervention"], verified["helped"], verified["after"]) == ("lr_scale", True, None)
+    assert verified["steps"] == 2 * failed_at  # the failing step plus its margin
+    after = verified["measured"]["after"]
+    assert after["last_finite_loss"] < after["first_loss"]
+    assert explosion["severity"] == "error" and "also" not in verified  # the first fix helped: one extra run
+    # a companion run like the others: its own folder and logs, one terminal line
+    assert [p.name for p in (run_dir / "companions").iterdir()] == ["verify-lr_scale"]
+    folder = run_dir / "companions" / "verify-lr_scale"
+    assert (folder / "stdout.log").exists() and (folder / "stderr.log").exists()
+    assert stderr.count("verify-lr_scale run: the command again with the learning rate x0.01 for") == 1
+    assert "verified: with the learning rate x0.01 the loss stayed finite" in stderr
+    page = (run_dir / "report.html").read_text()
+    assert "with the fix" in page and 'data-plot="verified-lr_scale-losses"' in page  # numbers and both curves
+
+
+def test_fixes_that_do_not_remove_the_nan_demote_the_finding_and_are_ranked(workdir):
+    report, stderr, _ = diagnose(workdir, "loss is NaN", "nan_quick.py", "--lr", "1000")
+    explosion = next(f for f in report["findings"] if f["code"] == "numerics.grad_explosion")
+    assert explosion["severity"] == "warning"  # an error without verification
+    tried = [explosion["verified"], *explosion["verified"]["also"]]
+    assert sorted(v["intervention"] for v in tried) == ["clip_grad_norm", "lr_scale"]
+    assert all(v["helped"] is False for v in tried)
+    by_name = {v["intervention"]: v for v in tried}
+    assert by_name["lr_scale"]["after"] > by_name["lr_scale"]["before"]  # the NaN came later, still came
+    assert by_name["clip_grad_norm"]["after"] is None  # finite, yet still diverging:
+    growth = by_name["clip_grad_norm"]["measured"]["after"]
+    assert growth["last_finite_loss"] > 100 * growth["first_loss"]
+    assert "tried, did not help: " in stderr
+
+
+def test_a_data_bound_step_is_verified_with_workers(workdir):
+    report, _, run_dir = diagnose(workdir, "training is slow", "sleepy_loader.py")
+    top = report["findings"][0]
+    assert top["code"] == "performance.dataloader_bound"
+    verified = top["verified"]
+    assert verified["intervention"] == "dataloader_workers" and verified["settings"]["num_workers"] >= 2
+    before, after = verified["measured"]["before"], verified["measured"]["after"]
+    # the loader's measured wait falls, in time and in share: the sleeps overlap with the step
+    assert after["data_wait_ms_p50"] < before["data_wait_ms_p50"] and after["data_wait_share"] < before["data_wait_share"]
+    assert verified["helped"] is True
+    assert verified["steps"] == report["steps_observed"]  # the same profiled steps
+    record = json.loads((run_dir / "verification.json").read_text())
+    assert 0 < record["wall_s"] <= record["budget_s"]
+
+
+def test_an_unseeded_run_repeats_bit_for_bit_once_seeded(workdir):
+    report, stderr, run_dir = diagnose(workdir, "results differ between runs", "repro_train.py",
+                                       "--seed", "none", "--save", "none", "--epochs", "2", verify=True)
+    unseeded = next(f for f in report["findings"] if f["code"] == "reproducibility.unseeded")
+    verified = unseeded["verified"]
+    assert verified["intervention"] == "seed_all" and verified["helped"] is True
+    assert verified["before"] is not None and verified["after"] is None  # differed; now bit-identical
+    assert verified["measured"]["after"]["steps_compared"] == report["steps_observed"]
+    assert [p.name for p in sorted((run_dir / "companions").iterdir())] == ["repeat", "verify-seed_all",
+                                                                           "verify-seed_all-2"]
+    assert len(verified["run_dirs"]) == 2
+
+
+def test_no_verify_runs_nothing_more(workdir):
+    proc = run_ptdiag("training is slow", "--no-verify", "--json", "r.json", "--", PYTHON,
+                      str(PROGRAMS / "sleepy_loader.py"), cwd=workdir)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    report = load_report(workdir / "r.json")
+    run_dir = workdir / "ptdiag-runs" / report["run_id"]
+    assert not (run_dir / "companions").exists()
+    assert all("verified" not in f for f in report["findings"])
+    assert not [n for n in report["notes"] if "verification" in n]  # asked for: nothing to explain
