@@ -101,6 +101,17 @@ CORPUS = REPO / "diagnostics" / "performance"
 def test_realistic_slow_scripts_get_their_verdict_first(workdir, case):
     report, _ = diagnose(workdir, CORPUS / case["script"], symptom=case["symptom"])
     assert report["findings"][0]["code"] == case["top"], [(f["code"], f["title"]) for f in report["findings"]]
+    if case.get("no_warnings"):
+        assert all(f["severity"] == "info" for f in report["findings"]), [(f["code"], f["title"]) for f in report["findings"]]
+    top = report["findings"][0]
+    if top["code"] == "performance.dataloader_bound":
+        # the advice carries the step its model predicts for the advised value, never below the compute
+        evidence = top["evidence"]
+        assert f"num_workers={evidence['advised_num_workers']}" in top["fix"]
+        assert evidence["predicted_step_ms"] >= evidence["compute_ms_per_step"]
+        assert evidence["predicted_step_ms"] == pytest.approx(
+            max(evidence["compute_ms_per_step"], evidence["load_ms_per_batch"] / evidence["advised_num_workers"]),
+            abs=0.01)
 
 
 

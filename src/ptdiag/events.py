@@ -123,7 +123,7 @@ EVENTS: dict[str, EventKind] = {
                          "a DataLoader's loading settings"),
     "perf_optimizer": _kind("cls nth optimizer_steps location", "a new optimizer object began stepping"),
     "perf_optimizers": _kind("objects steps alive", "optimizer objects against optimizer steps, at exit"),
-    "perf_env": _kind("cores torch_threads cuda cpu_capability", "cores and threads the training had"),
+    "perf_env": _kind("cores torch_threads cuda cpu_capability omp_num_threads local_processes", "cores and threads the training had"),
     "perf_steps": _kind("rows", "per-step phase times (data, forward, backward, optimizer, other)"),
     "perf_trace": _kind("path first_step warmup_steps steps export_s cuda", "the profiler window's trace"),
     "perf_trace_cut": _kind("step", "the profiler window ended early: the program ended, or the budget stopped it"),
