@@ -120,6 +120,7 @@ def track(
     tag: list[str] = typer.Option([], "--tag", help=TAG_HELP),
     tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help=TENSORBOARD_HELP),
     mlflow: Optional[str] = typer.Option(None, "--mlflow", help=MLFLOW_HELP),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop the training cleanly after N optimizer steps."),
     timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help="End the run after S seconds."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the summary: no progress lines."),
 ) -> int:
@@ -131,7 +132,7 @@ def track(
 
     route = Route(specialists=["tracking"], ambiguous=False, confidence=1.0,
                   reasons=[{"specialist": "tracking", "matched": ["ptdiag track"]}], notes=[])
-    return _run_and_report(None, route, json_path=json_path, html_path=html_path, store=store, max_steps=None,
+    return _run_and_report(None, route, json_path=json_path, html_path=html_path, store=store, max_steps=max_steps,
                            timeout=timeout, fail_on="never", option=[], name=name, group=group, tag=tag,
                            tensorboard=tensorboard, mlflow=mlflow, quiet=quiet)
 
