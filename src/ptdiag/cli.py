@@ -288,13 +288,14 @@ def options(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")
 
 @app.command()
 def inspect(
-    path: Path = typer.Argument(..., help="A profiler trace, CUDA memory snapshot or Flight Recorder dump folder."),
+    path: Path = typer.Argument(..., help="A profiler trace (or a folder of rank traces), CUDA memory snapshot, "
+                                          "Flight Recorder dump folder or checkpoint."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the JSON report here."),
 ) -> int:
     """Analyse an artifact you already have; its kind is detected from its content.
 
-    Examples: ptdiag inspect trace.pt.trace.json.gz   ptdiag inspect snapshot.pickle
-    ptdiag inspect fr_dumps/
+    Examples: ptdiag inspect trace.pt.trace.json.gz   ptdiag inspect traces/ (one per rank)
+    ptdiag inspect snapshot.pickle   ptdiag inspect fr_dumps/
     """
     from ptdiag.inspect import inspect_path
     from ptdiag.report import terminal
@@ -303,7 +304,7 @@ def inspect(
     report = inspect_path(path)
     if json_path is not None:
         write_report(report, json_path)
-    terminal.render(report, terminal.Console(highlight=False, soft_wrap=True))
+    terminal.render(report, terminal.stderr_console())  # stdout stays free, as for every report
     return 0
 
 
