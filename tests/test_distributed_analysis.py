@@ -208,6 +208,16 @@ def test_companion_runs_are_not_merged_as_nodes(tmp_path):
     assert job and job[0].evidence["runs"] == ["a", "b"]
 
 
+def test_the_same_command_run_again_is_not_another_node(tmp_path):
+    """torchrun's default rendezvous id, address and port are the same from one run of a
+    command to the next: a run with the same ranks is an earlier run, not a node."""
+    both = {r: _gpu_rank(r, "nccl", r, f"GPU-{r}") for r in (0, 1)}
+    _write_run(tmp_path / "a", both, {"run_id": "a", "started": 1.0})
+    again = _write_run(tmp_path / "b", both, {"run_id": "b", "started": 600.0})
+    job = [f for f in analyse(again).findings if f.code == "distributed.job"]
+    assert not job or job[0].evidence["runs"] == ["b"]
+
+
 def _sampler_passes(sampler_epochs: list[int], trained: list[bool]) -> list[dict]:
     """A rank's events over one sharded loader: a pass per entry, steps only on trained passes."""
     events = [{"ev": "dist_loader", "loader": 0, "sampler": "DistributedSampler", "sharded": True,
