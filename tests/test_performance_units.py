@@ -201,6 +201,28 @@ def test_a_loop_in_a_compute_bound_step_is_not_a_finding():
     assert finding.evidence["location"] == "train.py:20"
     gpu_busy = {"steps": {"gpu_busy_share": 0.95, "collective_share": 0.0}}
     assert detectors.launch_bound(_measured(scan=scan, host=slow, trace=gpu_busy, env={"cuda": True})) is None
+    # calls a Dataset makes inside the DataLoader are loading time, whatever the host's overhead
+    loading = dict(scan, top_lines=[dict(scan["top_lines"][0], in_loader=True)])
+    assert detectors.launch_bound(_measured(scan=loading, host=dict(host, outside_ops_share=0.3))) is None
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return torch.full((3,), float(i)) * 2; _line()  # noqa: E702
+
+
+def test_scan_knows_the_lines_a_dataloader_runs():
+    scan = CallScan(torch, device_is_cuda=False)
+    with ops_in_block(scan, functions=True):
+        for batch in torch.utils.data.DataLoader(_Rows(), batch_size=4):
+            batch.sum(); line_step = _line()  # noqa: E702
+    lines = {row["location"].split("/")[-1]: row for row in scan.summary(steps=2)["top_lines"]}
+    getitem = f"{Path(__file__).name}:{_Rows.__getitem__.__code__.co_firstlineno + 1}"
+    assert lines[getitem]["in_loader"] and lines[getitem]["calls_per_step"] == 8
+    assert not lines[f"{Path(__file__).name}:{line_step}"]["in_loader"]
 
 
 def test_compute_bound_names_the_thread_limit_with_its_numbers():

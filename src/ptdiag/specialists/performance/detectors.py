@@ -201,7 +201,8 @@ def launch_bound(m: Measured):
     # time outside ops on a CPU, the GPU's idle time on CUDA (a compute-bound step is not
     # slowed by the Python that feeds it, nor by per-sample calls in a Dataset)
     matters = (gpu_idle or 0.0) >= LOOP_GPU_IDLE_MIN if m.env.get("cuda") else overhead >= LOOP_OVERHEAD_MIN
-    loops = [line for line in scan.get("top_lines", []) if line.get("user")
+    # calls a Dataset makes inside the DataLoader are loading time, dataloader_bound's to judge
+    loops = [line for line in scan.get("top_lines", []) if line.get("user") and not line.get("in_loader")
              and line["calls_per_step"] >= LOOP_CALLS_PER_STEP] if matters else []
     batch = (m.loader or {}).get("batch_size")
     fixed = round(min(1.0, overhead + phases.get("optimizer", {}).get("share", 0.0)), 4)
