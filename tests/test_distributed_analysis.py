@@ -206,3 +206,40 @@ def test_companion_runs_are_not_merged_as_nodes(tmp_path):
     _write_run(tmp_path / "c", {1: _gpu_rank(1, "nccl", 1, "GPU-1")}, {"run_id": "c", "started": 2.0, "companion_of": "b"})
     job = [f for f in analyse(one).findings if f.code == "distributed.job"]
     assert job and job[0].evidence["runs"] == ["a", "b"]
+
+
+def test_the_same_command_run_again_is_not_another_node(tmp_path):
+    """torchrun's default rendezvous id, address and port are the same from one run of a
+    command to the next: a run with the same ranks is an earlier run, not a node."""
+    both = {r: _gpu_rank(r, "nccl", r, f"GPU-{r}") for r in (0, 1)}
+    _write_run(tmp_path / "a", both, {"run_id": "a", "started": 1.0})
+    again = _write_run(tmp_path / "b", both, {"run_id": "b", "started": 600.0})
+    job = [f for f in analyse(again).findings if f.code == "distributed.job"]
+    assert not job or job[0].evidence["runs"] == ["b"]
+
+
+def _sampler_passes(sampler_epochs: list[int], trained: list[bool]) -> list[dict]:
+    """A rank's events over one sharded loader: a pass per entry, steps only on trained passes."""
+    events = [{"ev": "dist_loader", "loader": 0, "sampler": "DistributedSampler", "sharded": True,
+               "num_replicas": 2, "shuffle": True, "batch_size": 4, "location": "train.py:30"}]
+    step = 0
+    for epoch, (sampler_epoch, steps) in enumerate(zip(sampler_epochs, trained)):
+        events.append({"ev": "dist_epoch", "loader": 0, "epoch": epoch, "sampler_epoch": sampler_epoch,
+                       "location": "train.py:40"})
+        for _ in range(3 if steps else 0):
+            step += 1
+            events.append({"ev": "step", "step": step, "loader": 0, "epoch": epoch})
+    return events
+
+
+def test_a_peek_at_the_loader_is_not_an_epoch(tmp_path):
+    # one epoch preceded by `next(iter(loader))`: two passes at sampler epoch 0, one of them trained
+    peeked = {r: _sampler_passes([0, 0], [False, True]) for r in (0, 1)}
+    run = _write_run(tmp_path / "peek", peeked)
+    assert not [f for f in analyse(run).findings if f.code == "distributed.sampler_epoch_not_set"]
+    # two epochs, each after a peek, set_epoch never called: the two trained passes are the evidence
+    stale = {r: _sampler_passes([0, 0, 0, 0], [False, True, False, True]) for r in (0, 1)}
+    found = [f for f in analyse(_write_run(tmp_path / "stale", stale)).findings
+             if f.code == "distributed.sampler_epoch_not_set"]
+    assert len(found) == 1 and found[0].evidence["epochs"] == [1, 3]
+    assert "2 epochs" in found[0].title

@@ -78,6 +78,34 @@ def program_runs(tmp_path_factory) -> dict[str, dict]:
     return reports
 
 
+TUTORIAL = Path(__file__).resolve().parents[1] / "diagnostics" / "distributed" / "snapshot_trainer.py"
+
+
+@pytest.fixture(scope="module")
+def tutorial_runs(tmp_path_factory) -> dict[str, dict]:
+    """The DDP tutorial's shape (a batch-size peek each epoch, a snapshot with EPOCHS_RUN),
+    as written and without its set_epoch call; both variants start together."""
+    root = tmp_path_factory.mktemp("ddp_tutorial")
+    variants = {"correct": [], "forgot_set_epoch": ["--forget-set-epoch"]}
+    procs = {name: _start(root / name, ["training with DDP"], _torchrun(29721 + i, TUTORIAL, "--epochs", "2", *args))
+             for i, (name, args) in enumerate(variants.items())}
+    errors = _finish(procs)
+    return {name: {"report": load_report(root / name / "r.json"), "stderr": errors[name]} for name in variants}
+
+
+def test_the_tutorial_as_written_gets_no_warning(tutorial_runs):
+    report = tutorial_runs["correct"]["report"]
+    assert report["status"] == "completed" and report["steps_observed"] == 8
+    assert [(f["code"], f["title"]) for f in report["findings"] if f["severity"] != "info"] == []
+
+
+def test_the_tutorial_without_set_epoch_is_told_so_counting_two_epochs(tutorial_runs):
+    finding = _finding(tutorial_runs["forgot_set_epoch"]["report"], "distributed.sampler_epoch_not_set")
+    assert finding["evidence"]["ranks"] == [0, 1]
+    assert finding["evidence"]["epochs"] == [1, 3]  # the loader's 2nd and 4th passes: the peeks are not epochs
+    assert "2 epochs" in finding["title"]
+
+
 def _finding(report: dict, code: str) -> dict:
     found = [f for f in report["findings"] if f["code"] == code]
     assert found, f"{code} not in {[f['code'] for f in report['findings']]}"

@@ -90,6 +90,22 @@ def test_steady_growth_without_holder_is_a_leak_and_noise_is_not():
     assert leak_finding(noisy, 0) is None
 
 
+def test_memory_ptdiags_windows_kept_is_not_the_programs_leak():
+    """A program growing 0.5 MiB a step, and ptdiag's profiler window (steps 18-22) keeping
+    60 MiB: the program's rate is 0.5 MiB a step, which is below the leak bar; reported as
+    measured it would be a 'leak' of over 2 MiB a step."""
+    mib = 2**20
+    window = {"ev": "window", "t": 22.5, "seconds": 5.0, "grew": 60 * mib, "what": "performance windows"}
+    series = [{"step": s, "t": float(s), "holders": [],
+               "rss": 1000 * mib + s * mib // 2 + (60 * mib * min(1, max(0, s - 17) / 5))} for s in range(1, 41)]
+    assert leak_finding(series, 0) is not None  # as the probe saw it, without knowing its own share
+    assert leak_finding(series, 0, [window]) is None
+    leaking = [dict(e, rss=e["rss"] + e["step"] * 4 * mib) for e in series]
+    found = leak_finding(leaking, 0, [window])
+    assert found.evidence["rate_bytes_per_step"] == int(4.5 * mib)
+    assert found.evidence["ptdiag_window_bytes"] == 60 * mib and "ptdiag's own measurement windows" in found.detail
+
+
 def test_forward_watch_counts_eval_forwards_without_backward_and_their_saved_bytes():
     model, optimizer = mem_model.build()
     events = []

@@ -168,10 +168,71 @@ def _measured(**overrides) -> Measured:
 def test_dataloader_verdict_carries_the_measured_share_and_a_worker_count():
     finding, impact = detectors.dataloader_bound(_measured())
     assert finding.evidence["data_wait_share"] == pytest.approx(0.5) and impact == pytest.approx(0.5)
-    assert "num_workers=3" in finding.fix and "persistent_workers=True" in finding.fix
+    # 50 ms to load a batch, 50 ms of the rest: one worker keeps up, and the step is the compute
+    assert "num_workers=1" in finding.fix and "persistent_workers=True" in finding.fix
+    assert finding.evidence["predicted_step_ms"] == pytest.approx(50.0)
     assert "pin_memory" not in finding.fix  # no GPU: pinning does not apply
-    busy = _measured(loader={"batch_size": 8, "num_workers": 4, "persistent_workers": True}, env={"cores": 4})
-    assert "already have all 4 cores" in detectors.dataloader_bound(busy)[0].fix
+    busy = _measured(loader={"batch_size": 8, "num_workers": 3, "persistent_workers": True}, env={"cores": 4},
+                     telemetry={"cores": 4})
+    assert "already have the 4 usable cores" in detectors.dataloader_bound(busy)[0].fix
+
+
+@pytest.mark.parametrize("cores, advised, step_ms", [(2, 1, 67.8), (4, 3, 67.8 / 3), (32, 26, 2.7)])
+def test_advised_workers_come_with_the_step_they_predict(cores, advised, step_ms):
+    """A 70.5 ms step waiting 67.8 ms on a loader without workers: 25.1 batches' worth of
+    loading per step of compute. One worker (all a 2-core box has room for) leaves the step
+    at the load time, not 2.7 ms; on 32 cores 26 workers keep up and the compute remains."""
+    plan = detectors.worker_plan(67.8, 70.5, 0, cores)
+    assert plan["advised_num_workers"] == advised and plan["workers_wanted"] == 26
+    assert plan["predicted_step_ms"] == pytest.approx(step_ms, rel=0.01)
+    assert plan["limited_by_cores"] == (cores < 27)
+
+
+def test_a_loop_in_a_compute_bound_step_is_not_a_finding():
+    """256 torch calls per step from a Dataset's __getitem__, while matmuls fill the step:
+    the Python around them costs nothing measurable, so no loop is claimed."""
+    scan = {"top_lines": [{"location": "train.py:20", "user": True, "calls_per_step": 256.0}],
+            "torch_calls_per_step": 300.0, "per_call_us": 2.0}
+    host = {"outside_ops_share": 0.04, "tiny_ops_share": 0.02, "op_time_shares": {"matmul_conv": 0.9},
+            "top_level_ops_per_step": 40}
+    assert detectors.launch_bound(_measured(scan=scan, host=host)) is None
+    slow = dict(host, outside_ops_share=0.7)
+    finding, _ = detectors.launch_bound(_measured(scan=scan, host=slow))
+    assert finding.evidence["location"] == "train.py:20"
+    gpu_busy = {"steps": {"gpu_busy_share": 0.95, "collective_share": 0.0}}
+    assert detectors.launch_bound(_measured(scan=scan, host=slow, trace=gpu_busy, env={"cuda": True})) is None
+    # calls a Dataset makes inside the DataLoader are loading time, whatever the host's overhead
+    loading = dict(scan, top_lines=[dict(scan["top_lines"][0], in_loader=True)])
+    assert detectors.launch_bound(_measured(scan=loading, host=dict(host, outside_ops_share=0.3))) is None
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return torch.full((3,), float(i)) * 2; _line()  # noqa: E702
+
+
+def test_scan_knows_the_lines_a_dataloader_runs():
+    scan = CallScan(torch, device_is_cuda=False)
+    with ops_in_block(scan, functions=True):
+        for batch in torch.utils.data.DataLoader(_Rows(), batch_size=4):
+            batch.sum(); line_step = _line()  # noqa: E702
+    lines = {row["location"].split("/")[-1]: row for row in scan.summary(steps=2)["top_lines"]}
+    getitem = f"{Path(__file__).name}:{_Rows.__getitem__.__code__.co_firstlineno + 1}"
+    assert lines[getitem]["in_loader"] and lines[getitem]["calls_per_step"] == 8
+    assert not lines[f"{Path(__file__).name}:{line_step}"]["in_loader"]
+
+
+def test_compute_bound_names_the_thread_limit_with_its_numbers():
+    host = {"outside_ops_share": 0.05, "tiny_ops_share": 0.01, "op_time_shares": {"matmul_conv": 0.9}}
+    env = {"cores": 2, "torch_threads": 1, "omp_num_threads": "1", "cuda": False}
+    finding, _ = detectors.compute_bound(_measured(host=host, env=env), [])
+    assert "on 1 torch thread(s) of the 2 cores" in finding.title
+    assert "OMP_NUM_THREADS=1 limits torch to 1 thread(s)" in finding.detail and "OMP_NUM_THREADS=2" in finding.fix
+    torchrun = dict(env, cores=4, local_processes=4)  # 4 ranks on 4 cores: one thread each is right
+    assert "thread" not in detectors.compute_bound(_measured(host=host, env=torchrun), [])[0].title
 
 
 def test_one_waiting_step_makes_no_data_bound_claim():

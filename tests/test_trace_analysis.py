@@ -146,6 +146,27 @@ def test_nccl_trace_reports_exposed_communication_quickly(analysed):
     assert seconds < MAX_SECONDS
 
 
+@pytest.mark.parametrize("path, exposed_ms, overlap, fix_words", [
+    (TRACES / "hta__trace_diff__control__control.json.gz", 87.3, 0.47, "Part of the communication is hidden"),
+    (NCCL_TRACE, 357.3, 0.0, "No collective overlaps computation"),
+])
+def test_exposed_communication_is_a_verdict_with_its_overlap(analysed, path, exposed_ms, overlap, fix_words):
+    """The 8-GPU A100 rank (87 ms of NCCL exposed, 19 % of its timeline) and the V100 rank
+    whose 357 ms of all-reduce nothing overlaps: each gets a communication verdict, whose
+    fix fits how much was hidden (neither was told only to remove host syncs)."""
+    analysis, _ = analysed(path)
+    verdict = finding(analysis, "performance.exposed_communication")
+    assert verdict.severity == "warning"
+    assert verdict.evidence["exposed_comm_ms"] == pytest.approx(exposed_ms, abs=0.1)
+    assert verdict.evidence["overlap_share"] == pytest.approx(overlap, abs=0.01)
+    assert fix_words in verdict.fix
+
+
+def test_single_gpu_traces_have_no_communication_verdict(analysed):
+    for path in TRACELENS + [NUM_WORKERS_0]:
+        assert "performance.exposed_communication" not in codes(analysed(path)[0])
+
+
 def test_cpu_only_trace_has_no_gpu_numbers(analysed):
     analysis, _ = analysed(CPU_ONLY)
     assert "gpu_timeline" not in analysis.metrics

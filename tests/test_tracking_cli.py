@@ -34,3 +34,18 @@ def test_ambiguous_symptom_runs_a_short_triage(workdir):
     assert report["route"]["ambiguous"] is True
     assert report["steps_observed"] <= 200 and report["status"] == "completed"
     assert any("triage measures the first 200" in n for n in report["route"]["notes"])
+
+
+def test_track_takes_max_steps_and_a_timeout_reports_no_negative_silence(workdir):
+    """`track --timeout` advises --max-steps: track takes it. A run ended by the time-out
+    writes its exit events after it; the silence is measured to the last event before."""
+    proc = run_ptdiag("track", "--quiet", "--max-steps", "5", "--json", "steps.json", "--", PYTHON,
+                      str(PROGRAMS / "train_forever.py"), cwd=workdir, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-800:]
+    assert load_report(workdir / "steps.json")["steps_observed"] == 5
+    run_ptdiag("track", "--quiet", "--timeout", "4", "--json", "timeout.json", "--", PYTHON,
+               str(PROGRAMS / "train_forever.py"), cwd=workdir, timeout=120)
+    report = load_report(workdir / "timeout.json")
+    ended = next(f for f in report["findings"] if f["code"] in ("ptdiag.timeout", "ptdiag.hung"))
+    assert ended["evidence"]["silent_s"] >= 0 and "-" not in ended["detail"].split("Last recorded event")[1][:3]
+    assert "--max-steps" in ended["fix"]

@@ -9,6 +9,7 @@ decide what structure cannot (an int is a counter when it is called "epoch").
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -57,6 +58,20 @@ class Item:
 
     def to_dict(self) -> dict:
         return {"key": self.key, "category": self.category, "summary": self.summary}
+
+
+def file_path(f) -> str | None:
+    """The path `torch.save`/`torch.load` wrote or read: a str/PathLike, or an open file's
+    name (`with open(path, "wb") as f: torch.save(model, f)`); None for a buffer."""
+    if isinstance(f, (str, os.PathLike)):
+        return os.fspath(f)
+    name = getattr(f, "name", None)
+    return name if isinstance(name, str) else None
+
+
+def file_label(f) -> str:
+    """How a report names the target: its path, or what kind of in-memory buffer it was."""
+    return file_path(f) or f"an in-memory {type(f).__name__}"
 
 
 def describe(obj) -> list[Item]:

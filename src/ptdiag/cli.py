@@ -123,6 +123,7 @@ def track(
     tag: list[str] = typer.Option([], "--tag", help=TAG_HELP),
     tensorboard: Optional[Path] = typer.Option(None, "--tensorboard", help=TENSORBOARD_HELP),
     mlflow: Optional[str] = typer.Option(None, "--mlflow", help=MLFLOW_HELP),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop the training cleanly after N optimizer steps."),
     timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help="End the run after S seconds."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the summary: no progress lines."),
 ) -> int:
@@ -134,7 +135,7 @@ def track(
 
     route = Route(specialists=["tracking"], ambiguous=False, confidence=1.0,
                   reasons=[{"specialist": "tracking", "matched": ["ptdiag track"]}], notes=[])
-    return _run_and_report(None, route, json_path=json_path, html_path=html_path, store=store, max_steps=None,
+    return _run_and_report(None, route, json_path=json_path, html_path=html_path, store=store, max_steps=max_steps,
                            timeout=timeout, fail_on="never", option=[], name=name, group=group, tag=tag,
                            tensorboard=tensorboard, mlflow=mlflow, quiet=quiet, verify=False, verify_budget=None)
 
@@ -301,13 +302,14 @@ def options(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")
 
 @app.command()
 def inspect(
-    path: Path = typer.Argument(..., help="A profiler trace, CUDA memory snapshot or Flight Recorder dump folder."),
+    path: Path = typer.Argument(..., help="A profiler trace (or a folder of rank traces), CUDA memory snapshot, "
+                                          "Flight Recorder dump folder or checkpoint."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Also write the JSON report here."),
 ) -> int:
     """Analyse an artifact you already have; its kind is detected from its content.
 
-    Examples: ptdiag inspect trace.pt.trace.json.gz   ptdiag inspect snapshot.pickle
-    ptdiag inspect fr_dumps/
+    Examples: ptdiag inspect trace.pt.trace.json.gz   ptdiag inspect traces/ (one per rank)
+    ptdiag inspect snapshot.pickle   ptdiag inspect fr_dumps/
     """
     from ptdiag.inspect import inspect_path
     from ptdiag.report import terminal
@@ -316,7 +318,7 @@ def inspect(
     report = inspect_path(path)
     if json_path is not None:
         write_report(report, json_path)
-    terminal.render(report, terminal.Console(highlight=False, soft_wrap=True))
+    terminal.render(report, terminal.stderr_console())  # stdout stays free, as for every report
     return 0
 
 

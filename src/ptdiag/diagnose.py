@@ -205,7 +205,8 @@ def stack_findings(run: RecordedRun, status: str) -> list[Finding]:
         frame = user_frame(text, run.meta.get("cwd"))
         if frame:
             where[name.split(".")[0]] = f"{frame[0]} in {frame[1]}"
-    silent = run.outcome.get("timed_out_at", 0) - (run.last_progress() or run.outcome.get("started", 0))
+    ended = run.outcome.get("timed_out_at", 0)
+    silent = max(0.0, ended - (run.last_progress(before=ended) or run.outcome.get("started", 0)))
     title = ("The run stopped making progress" if status == "hung" else "The run was still going at the time-out")
     return [Finding(
         code=f"ptdiag.{status}", specialist="ptdiag", severity="error" if status == "hung" else "warning",

@@ -90,7 +90,7 @@ EVENTS: dict[str, EventKind] = {
     "optimizer": _kind("cls groups params", "the primary optimizer and its hyperparameters"),
     "logged_params": _kind("source params", "the program logged hyperparameters (TensorBoard/MLflow/W&B)"),
     "scalar": _kind("source tag value logged_step step", "the program logged a scalar"),
-    "save": _kind("path keys type location step", "torch.save"),
+    "save": _kind("path keys type holds location step", "torch.save"),
     "load": _kind("path weights_only location step", "torch.load"),
     "exception": _kind("type module message location step traceback", "an exception ended the program"),
     "resources": _kind("max_rss_bytes num_threads cuda", "the process's peak memory and threads at exit"),
@@ -127,7 +127,7 @@ EVENTS: dict[str, EventKind] = {
                          "a DataLoader's loading settings"),
     "perf_optimizer": _kind("cls nth optimizer_steps location", "a new optimizer object began stepping"),
     "perf_optimizers": _kind("objects steps alive", "optimizer objects against optimizer steps, at exit"),
-    "perf_env": _kind("cores torch_threads cuda cpu_capability", "cores and threads the training had"),
+    "perf_env": _kind("cores torch_threads cuda cpu_capability omp_num_threads local_processes", "cores and threads the training had"),
     "perf_steps": _kind("rows", "per-step phase times (data, forward, backward, optimizer, other)"),
     "perf_trace": _kind("path first_step warmup_steps steps export_s cuda", "the profiler window's trace"),
     "perf_trace_cut": _kind("step", "the profiler window ended early: the program ended, or the budget stopped it"),
@@ -160,7 +160,7 @@ EVENTS: dict[str, EventKind] = {
     "repro_step": _kind("step sums input rng", "bitwise sums of parameters, input and RNG after a step"),
     "repro_env": _kind("threads interop_threads deterministic_algorithms cudnn_benchmark cudnn_deterministic cuda "
                        "tf32_matmul tf32_cudnn environ", "settings that change results"),
-    "ckpt": _kind("path step location type items bytes state_sums opt_entries opt_sum snapshot",
+    "ckpt": _kind("path step location type items bytes state_sums opt_entries opt_sum snapshot lr_scheduler",
                   "what a checkpoint held"),
 }
 

@@ -30,7 +30,7 @@ class ArtifactKind:
 
 KINDS = (
     ArtifactKind("profiler_trace", "performance", "ptdiag.specialists.performance.trace",
-                 "a torch.profiler / Kineto Chrome trace (.json or .json.gz)"),
+                 "a torch.profiler / Kineto Chrome trace (.json or .json.gz), or a folder of them (one per rank)"),
     ArtifactKind("memory_snapshot", "memory", "ptdiag.specialists.memory.snapshot",
                  "a CUDA memory snapshot pickle (torch.cuda.memory._dump_snapshot)"),
     ArtifactKind("flight_recorder", "distributed", "ptdiag.specialists.distributed.flight_recorder",

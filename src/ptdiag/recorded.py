@@ -128,9 +128,12 @@ class RecordedRun:
             first.setdefault(e["what"], e)
         return list(first.values())
 
-    def last_progress(self) -> float | None:
-        """Wall time of the last event of any process: when the run last moved."""
-        times = [p.events[-1]["t"] for p in self.processes if p.events]
+    def last_progress(self, before: float | None = None) -> float | None:
+        """Wall time of the last event of any process: when the run last moved. `before`:
+        the last one up to that time (a time-out's own exit work writes events after it)."""
+        times = [next((e["t"] for e in reversed(p.events) if before is None or e.get("t", 0) <= before), None)
+                 for p in self.processes if p.events]
+        times = [t for t in times if t is not None]
         return max(times) if times else None
 
     @cached_property

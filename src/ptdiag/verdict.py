@@ -29,7 +29,7 @@ def oom_exception(run: RecordedRun) -> dict | None:
 def _timed_out_silently(run: RecordedRun) -> bool:
     """Hung rather than merely slow: the run had stopped moving well before the time-out."""
     timed_out_at = run.outcome.get("timed_out_at")
-    last = run.last_progress()
+    last = run.last_progress(before=timed_out_at)
     if last is None:
         return True
     times = run.step_times()

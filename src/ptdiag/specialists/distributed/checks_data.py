@@ -75,13 +75,23 @@ def sampler_findings(job: Job) -> list[Finding]:
             "DistributedSampler takes num_replicas and rank from the process group: do not pass them by hand.")]
 
 
+def training_passes(view: RankView, loader: int) -> list[dict]:
+    """The passes over `loader` that are epochs: those whose batches the optimizer stepped on.
+    A pass that fed no step is a peek (`next(iter(loader))` to read the batch size, a
+    sanity check before training) and says nothing about the order epochs see. When no
+    step names the pass it trained on (steps not counted), every pass counts."""
+    passes = [e for e in view.of("dist_epoch") if e.get("loader") == loader]
+    trained = {e.get("epoch") for e in view.of("step") if e.get("loader") == loader and e.get("epoch") is not None}
+    return [e for e in passes if e.get("epoch") in trained] if trained else passes
+
+
 def set_epoch_findings(job: Job) -> list[Finding]:
     stale = {}
     for rank, view in job.ranks.items():
         loader = training_loader(view)
         if not loader or not loader.get("sharded") or loader.get("shuffle") is False:
             continue
-        passes = [e for e in view.of("dist_epoch") if e.get("loader") == loader["loader"]]
+        passes = training_passes(view, loader["loader"])
         if len(passes) >= 2 and len({e.get("sampler_epoch") for e in passes}) == 1:
             stale[rank] = passes
     if not stale:
@@ -91,8 +101,8 @@ def set_epoch_findings(job: Job) -> list[Finding]:
     return [Finding(
         code="distributed.sampler_epoch_not_set", specialist=SPECIALIST, severity="warning",
         title=f"DistributedSampler.set_epoch was never called: {len(passes)} epochs in the same order",
-        detail=f"At each of the {len(passes)} passes over the training loader (epochs "
-               f"{', '.join(str(e['epoch']) for e in passes)}) the sampler's epoch was still "
+        detail=f"At each of the {len(passes)} passes over the training loader that trained steps (passes "
+               f"{', '.join(str(e['epoch']) for e in passes)}, peeks not counted) the sampler's epoch was still "
                f"{passes[0].get('sampler_epoch')}; its shuffle is seeded by seed + epoch, so every epoch "
                f"replays the same permutation on {_ranks_text(ranks)}.",
         evidence={"rank": ranks[0], "ranks": ranks, "epochs": [e["epoch"] for e in passes],

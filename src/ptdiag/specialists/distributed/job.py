@@ -50,7 +50,10 @@ class Job:
         runs = [run.meta.get("run_id", run.run_dir.name)]
         if identity:
             for sibling in _sibling_runs(run, identity):
-                for rank, view in _rank_views(sibling).items():
+                views = _rank_views(sibling)
+                if not set(views) - set(ranks):  # the same ranks again: an earlier run of the command, not a node
+                    continue
+                for rank, view in views.items():
                     ranks.setdefault(rank, view)
                 runs.append(sibling.meta.get("run_id", sibling.run_dir.name))
         world = max([e.get("world_size") or 0 for v in ranks.values() for e in v.of("dist_env")]

@@ -20,7 +20,7 @@ def analyse(run: RecordedRun) -> Analysis:
     snapshots = snapshot_analyses(run)
     findings = oom_findings(run, snapshots) + snapshot_extra_findings(snapshots)
     for rank, proc in run.ranks.items():
-        findings += [f for f in (leak_finding(proc.of("mem_step"), rank),
+        findings += [f for f in (leak_finding(proc.of("mem_step"), rank, proc.of("window")),
                                  eval_finding(proc.of("mem_unused_forward"), proc.of("mem_saved"), rank))
                      if f is not None]
         findings += [fit_finding(e, rank) for e in proc.of("mem_fit")[-1:]]

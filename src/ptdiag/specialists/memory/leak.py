@@ -61,18 +61,23 @@ def steady_growth(t: Trend | None) -> bool:
             and t.last - t.first >= MIN_TOTAL_BYTES)
 
 
-def leak_finding(step_events: list[dict], rank: int) -> Finding | None:
-    t = trend(step_events)
+def leak_finding(step_events: list[dict], rank: int, windows: list[dict] = ()) -> Finding | None:
+    """windows: the rank's `window` events (ptdiag's own one-off measurements), whose
+    retained memory is not the program's (series.without_ptdiag)."""
+    t = trend(step_events, windows)
     held = growing_holders(step_events)
     if not held and not steady_growth(t):
         return None
     growth = (f"{t.basis} at step boundaries grew {format_bytes(int(t.slope))} per step over {t.steps} steps "
-              f"({format_bytes(t.first)} → {format_bytes(t.last)}, R²={t.r2:.2f})" if t else
-              "too few steps to measure a rate")
+              f"({format_bytes(t.first)} → {format_bytes(t.last)}, R²={t.r2:.2f})"
+              + (f", after taking out the {format_bytes(t.ptdiag_bytes)} ptdiag's own measurement windows kept "
+                 "(measured at their close) and the boundaries inside them" if t.ptdiag_bytes else "")
+              if t else "too few steps to measure a rate")
     evidence = {"rank": rank, "basis": t.basis if t else None,
                 "rate_bytes_per_step": int(t.slope) if t else None, "r2": round(t.r2, 3) if t else None,
                 "steps": t.steps if t else None, "first_bytes": t.first if t else None,
-                "last_bytes": t.last if t else None, "holders": held}
+                "last_bytes": t.last if t else None, "ptdiag_window_bytes": t.ptdiag_bytes if t else None,
+                "holders": held}
     if held:
         top = held[0]
         evidence.update(location=top["location"], holder=top["name"], kind=top["kind"])

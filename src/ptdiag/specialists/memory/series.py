@@ -21,16 +21,36 @@ class Trend:
     last: int
     slope: float  # bytes per step
     r2: float
+    ptdiag_bytes: int = 0  # host memory ptdiag's own windows kept, taken out of the series
 
 
-def boundary_series(step_events: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """(basis, [(step, bytes)]): the CUDA allocator's count when CUDA was in use, else RSS."""
+def without_ptdiag(basis: str, points: list[tuple[float, int, int]],
+                   windows: list[dict]) -> tuple[list[tuple[int, int]], int]:
+    """The program's own series: ptdiag's one-off windows (the profiler, MemTracker's step)
+    grow the host process while they run and keep some of it (the budget measures the RSS
+    they added at their close, `window.grew`). Boundaries inside a window are left out and
+    what each window kept is taken off every later boundary. CUDA counters are the
+    program's tensors only: they are kept as they are. points: (time, step, bytes)."""
+    if basis != "rss" or not windows:
+        return [(step, value) for _, step, value in points], 0
+    spans = [(w["t"] - (w.get("seconds") or 0.0), w["t"], max(0, w.get("grew") or 0)) for w in windows]
+    kept = []
+    for t, step, value in points:
+        if any(start <= t < end for start, end, _ in spans):
+            continue
+        kept.append((step, value - sum(grew for _, end, grew in spans if end <= t)))
+    return kept, sum(grew for _, _, grew in spans)
+
+
+def boundary_series(step_events: list[dict]) -> tuple[str, list[tuple[float, int, int]]]:
+    """(basis, [(time, step, bytes)]): the CUDA allocator's count when CUDA was in use, else RSS."""
     basis = "cuda_allocated" if any("cuda_allocated" in e for e in step_events) else "rss"
-    return basis, [(e["step"], e[basis]) for e in step_events if basis in e]
+    return basis, [(e.get("t", 0.0), e["step"], e[basis]) for e in step_events if basis in e]
 
 
-def trend(step_events: list[dict]) -> Trend | None:
-    basis, points = boundary_series(step_events)
+def trend(step_events: list[dict], windows: list[dict] = ()) -> Trend | None:
+    basis, timed = boundary_series(step_events)
+    points, ptdiag_bytes = without_ptdiag(basis, timed, list(windows))
     points = [p for p in points if p[0] > WARMUP_STEPS]
     if len(points) < 3:
         return None
@@ -42,4 +62,4 @@ def trend(step_events: list[dict]) -> Trend | None:
     syy = sum((v - my) ** 2 for _, v in points)
     slope = sxy / sxx if sxx else 0.0
     r2 = (sxy * sxy / (sxx * syy)) if sxx and syy else 0.0
-    return Trend(basis, n, points[0][1], points[-1][1], slope, r2)
+    return Trend(basis, n, points[0][1], points[-1][1], slope, r2, ptdiag_bytes)

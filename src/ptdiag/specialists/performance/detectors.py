@@ -8,6 +8,7 @@ only when nothing else bounds the step.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ptdiag.findings import Finding
@@ -25,12 +26,15 @@ SMALL_BATCH = 4
 FIXED_SHARE_WARN = 0.25  # small batch: batch-independent share of the step worth a warning
 TARGET_BATCH = 32  # the batch size the small-batch estimate compares with
 LOOP_MIN_IMPACT = 0.3  # a loop's own share is not measured separately: rank it as at least this
+LOOP_OVERHEAD_MIN = 0.15  # CPU: a loop is claimed only when the host's time outside/in tiny ops is this share of the step
+LOOP_GPU_IDLE_MIN = 0.30  # CUDA: ... only when the GPU idles this share of the profiled steps
 FLOAT64_CALL_SHARE = 0.20  # share of the scanned torch calls returning float64 tensors
 REBUILT_MIN_OBJECTS = 3
 REBUILT_STEPS_PER_OBJECT_MAX = 2.0
 COMPUTE_IN_OPS_SHARE = 0.75  # CPU: share of the (non-data) step spent inside ops
 FUSION_SAVING = 0.5  # assumed share of elementwise/normalisation time torch.compile removes
 ADVICE_MIN_SHARE = 0.05
+WORKERS_WORTH_IT = 1.2  # a predicted speed-up below this from workers alone: say the loading must get cheaper
 
 
 def _finding(code: str, severity: str, title: str, detail: str, evidence: dict, fix: str) -> Finding:
@@ -68,14 +72,50 @@ def dataloader_bound(m: Measured):
     if python:
         evidence.update(python_calls_per_step=m.python_calls["calls"], python_calls_capped=m.python_calls["capped"],
                         python_calls_at=m.python_calls.get("location"))
+    plan = worker_plan(wait_ms, step_ms, workers or 0, cores)
+    evidence.update(plan)
     return _finding(
         "dataloader_bound", "warning",
         f"Steps wait on the DataLoader for {share:.0%} of their time ({wait_ms:.1f} of {step_ms:.1f} ms per step)",
         f"Measured over {m.breakdown['steps']} steps: the training loop was blocked in the DataLoader's "
         f"__next__ for {share:.1%} of the step time (num_workers={workers}, {cores} usable cores). "
-        f"If loading overlapped with compute, steps would take about {step_ms - wait_ms:.1f} ms "
-        f"({step_ms / max(step_ms - wait_ms, 1e-9):.2f}x faster).{python}",
-        evidence, _loader_fix(loader, workers, cores, m.env.get("cuda"), bool(python))), share
+        + _plan_text(plan, workers or 0, cores) + python,
+        evidence, _loader_fix(loader, workers, cores, m.env.get("cuda"), bool(python), plan)), share
+
+
+def worker_plan(wait_ms: float, step_ms: float, workers: int, cores: int | None) -> dict[str, Any]:
+    """How many loader workers the measured times call for, and the step they predict.
+
+    The model: a batch takes `load` ms to make in one process; the rest of the step
+    (`compute`) does not wait on it. N workers make N batches in parallel, so a step takes
+    max(compute, load / N), if each worker has a core (at most the usable cores less the
+    training process's). With no workers the wait is the whole load; with N workers that
+    wait is what is left after overlapping, so load = N * step."""
+    compute = max(step_ms - wait_ms, 1e-6)
+    load = wait_ms if workers == 0 else workers * step_ms
+    wanted = max(1, math.ceil(load / compute - 1e-9))
+    room = max(1, (cores or 2) - 1)
+    advised = min(wanted, room)
+    predicted = max(compute, load / advised)
+    return {"load_ms_per_batch": round(load, 3), "compute_ms_per_step": round(compute, 3),
+            "workers_wanted": wanted, "advised_num_workers": advised,
+            "predicted_step_ms": round(predicted, 3), "predicted_speedup": round(step_ms / predicted, 2),
+            "limited_by_cores": wanted > room}
+
+
+def _plan_text(plan: dict[str, Any], workers: int, cores) -> str:
+    load, compute, advised = plan["load_ms_per_batch"], plan["compute_ms_per_step"], plan["advised_num_workers"]
+    basis = (f"A batch takes about {load:.1f} ms to load in one process and the rest of the step {compute:.1f} ms"
+             + ("" if workers == 0 else f" (load estimated as {workers} workers x the step)") + ". ")
+    if advised <= workers:
+        return basis + (f"{workers} workers already use the {cores} usable cores (one is the training process's): "
+                        "more workers cannot run in parallel here.")
+    need = (f"Keeping up needs about {plan['workers_wanted']} workers"
+            + (f"; this box has room for {advised} ({cores} usable cores, one for training)"
+               if plan["limited_by_cores"] else "") + ". ")
+    return basis + need + (f"With num_workers={advised} a step would take about max({compute:.1f}, {load:.1f}/{advised}) "
+                           f"= {plan['predicted_step_ms']:.1f} ms ({plan['predicted_speedup']:.2f}x faster), "
+                           "if each worker gets a core.")
 
 
 def _python_loading(calls: dict | None) -> str:
@@ -88,20 +128,21 @@ def _python_loading(calls: dict | None) -> str:
             f"(where counting stopped), the last inside the DataLoader{where}.")
 
 
-def _loader_fix(loader: dict, workers, cores, cuda, python_loading: bool) -> str:
+def _loader_fix(loader: dict, workers, cores, cuda, python_loading: bool, plan: dict[str, Any]) -> str:
     fixes = []
     if python_loading:
         fixes.append("Do the per-sample work with tensor operations instead of Python loops over elements "
                      "(or precompute it once)")
-    if not workers:
-        fixes.append(f"Load in worker processes: DataLoader(..., num_workers={max(1, (cores or 2) - 1)}) "
-                     f"(about the usable cores minus one for the training process)")
-    elif cores and workers >= cores:
-        fixes.append(f"The {workers} workers already have all {cores} cores: make per-sample work cheaper "
-                     "(cache decoded/resized data, lighter transforms, augment on the GPU)")
+    advised = plan["advised_num_workers"]
+    cheaper = ("make per-sample work cheaper (cache decoded/resized data, lighter transforms, augment on the GPU)")
+    if advised <= (workers or 0):
+        fixes.append(f"The {workers} workers already have the {cores} usable cores: {cheaper}")
     else:
-        fixes.append(f"Raise num_workers from {workers} towards {cores} and prefetch_factor above "
-                     f"{loader.get('prefetch_factor') or 2}")
+        fixes.append(f"DataLoader(..., num_workers={advised}) (predicted step {plan['predicted_step_ms']:.1f} ms)"
+                     if not workers else
+                     f"Raise num_workers from {workers} to {advised} (predicted step {plan['predicted_step_ms']:.1f} ms)")
+        if plan["predicted_speedup"] < WORKERS_WORTH_IT:
+            fixes.append(f"that alone gains little on {cores} cores: {cheaper}")
     if not loader.get("persistent_workers"):
         fixes.append("persistent_workers=True so workers survive between epochs")
     if cuda and not loader.get("pin_memory"):
@@ -149,14 +190,20 @@ def launch_bound(m: Measured):
     small that batch-independent work (the optimizer's pass over every parameter, each
     op's dispatch) is paid again for every few samples."""
     scan, host = m.scan or {}, m.host or {}
-    loops = [line for line in scan.get("top_lines", []) if line.get("user")
-             and line["calls_per_step"] >= LOOP_CALLS_PER_STEP]
     phases = (m.breakdown or {}).get("phases", {})
     # the host shares are of the step without its waits (data; other ranks in a collective):
     # scale them to the whole step
     waiting = phases.get("data", {}).get("share", 0.0) + ((m.trace or {}).get("steps") or {}).get("collective_share", 0.0)
     overhead = round((host.get("outside_ops_share", 0.0) + host.get("tiny_ops_share", 0.0))
                      * max(0.0, 1.0 - waiting), 4)
+    gpu_idle = _gpu_idle_share(m)
+    # many calls from one line are a loop; whether it costs anything is measured: the host's
+    # time outside ops on a CPU, the GPU's idle time on CUDA (a compute-bound step is not
+    # slowed by the Python that feeds it, nor by per-sample calls in a Dataset)
+    matters = (gpu_idle or 0.0) >= LOOP_GPU_IDLE_MIN if m.env.get("cuda") else overhead >= LOOP_OVERHEAD_MIN
+    # calls a Dataset makes inside the DataLoader are loading time, dataloader_bound's to judge
+    loops = [line for line in scan.get("top_lines", []) if line.get("user") and not line.get("in_loader")
+             and line["calls_per_step"] >= LOOP_CALLS_PER_STEP] if matters else []
     batch = (m.loader or {}).get("batch_size")
     fixed = round(min(1.0, overhead + phases.get("optimizer", {}).get("share", 0.0)), 4)
     small_batch = batch is not None and batch <= SMALL_BATCH and fixed >= FIXED_SHARE_WARN
@@ -168,7 +215,7 @@ def launch_bound(m: Measured):
     evidence = {"overhead_share": overhead, "outside_ops_share": host.get("outside_ops_share"),
                 "tiny_ops_share": host.get("tiny_ops_share"), "ops_per_step": host.get("top_level_ops_per_step"),
                 "torch_calls_per_step": scan.get("torch_calls_per_step"), "per_call_us": scan.get("per_call_us"),
-                "batch_size": batch, "batch_independent_share": fixed, "loops": loops[:5]}
+                "batch_size": batch, "batch_independent_share": fixed, "loops": loops[:5], "gpu_idle_share": gpu_idle}
     if loops:
         evidence["location"] = loops[0]["location"]
         title = (f"A Python loop issues {loops[0]['calls_per_step']:g} torch calls per step at "
@@ -198,6 +245,11 @@ def launch_bound(m: Measured):
         f"{host.get('top_level_ops_per_step')} ops per step from Python, {scan.get('torch_calls_per_step')} "
         f"torch calls counted per step, each costing at least {scan.get('per_call_us')} µs here whatever its size.",
         evidence, fix), impact
+
+
+def _gpu_idle_share(m: Measured) -> float | None:
+    busy = ((m.trace or {}).get("steps") or {}).get("gpu_busy_share")
+    return round(1.0 - busy, 4) if busy is not None else None
 
 
 def _batch_speedup(fixed_share: float, batch: int, target: int) -> float:
@@ -294,9 +346,12 @@ def compute_bound(m: Measured, others: list[Finding]):
     shares = host["op_time_shares"]
     gains = _cpu_gains(shares, m.env)
     top = [op["name"] for op in (m.trace or {}).get("top_cpu_ops", [])[:3]]
+    threads = next((g for g in gains if g["change"] == "threads"), None)
     return _finding(
         "compute_bound", "info",
-        f"Compute dominates: {in_ops:.0%} of the step runs inside ops (top: {', '.join(top)})",
+        f"Compute dominates: {in_ops:.0%} of the step runs inside ops (top: {', '.join(top)})"
+        + (f", on {threads['torch_threads']} torch thread(s) of the {threads['cores_per_process']} cores "
+           "this process may use" if threads else ""),
         "Op self time by kind: " + ", ".join(f"{k} {v:.0%}" for k, v in shares.items()) + ". "
         + " ".join(g["advice"] for g in gains),
         {"in_ops_share": in_ops, "op_time_shares": shares, "top_cpu_ops": (m.trace or {}).get("top_cpu_ops", [])[:5],
@@ -307,11 +362,9 @@ def compute_bound(m: Measured, others: list[Finding]):
 
 def _cpu_gains(shares: dict[str, float], env: dict[str, Any]) -> list[dict[str, Any]]:
     gains = []
-    threads, cores = env.get("torch_threads"), env.get("cores")
-    if threads and cores and threads < cores:
-        gains.append({"change": "threads", "expected_op_time_saved_share": round(1 - threads / cores, 4),
-                      "advice": f"torch uses {threads} of {cores} usable cores: torch.set_num_threads({cores}) "
-                                f"could cut op time by up to {1 - threads / cores:.0%} (ideal scaling)."})
+    threads = _threads_gain(env)
+    if threads:
+        gains.append(threads)
     fusible = shares.get("elementwise", 0.0) + shares.get("normalization", 0.0)
     if fusible >= ADVICE_MIN_SHARE:
         gains.append({"change": "torch.compile", "expected_op_time_saved_share": round(fusible * FUSION_SAVING, 4),
@@ -324,6 +377,28 @@ def _cpu_gains(shares: dict[str, float], env: dict[str, Any]) -> list[dict[str, 
                       "advice": f"Matmul/conv ops take {conv:.0%} of op time on a CPU with AMX: "
                                 "torch.autocast('cpu', dtype=torch.bfloat16) should halve them."})
     return gains
+
+
+def _threads_gain(env: dict[str, Any]) -> dict[str, Any] | None:
+    """torch computing on fewer threads than the cores this process may use (its CPU
+    affinity, shared with the other processes torchrun started on the node)."""
+    threads, cores = env.get("torch_threads"), env.get("cores")
+    if not threads or not cores:
+        return None
+    processes = env.get("local_processes") or 1
+    per_process = max(1, cores // processes)
+    if threads >= per_process:
+        return None
+    saved = 1 - threads / per_process
+    omp = env.get("omp_num_threads")
+    shared = f", shared by {processes} processes on this node" if processes > 1 else ""
+    cause = (f"OMP_NUM_THREADS={omp} limits torch to {threads} thread(s)" if omp and str(threads) == str(omp).strip()
+             else f"torch.get_num_threads() is {threads}")
+    return {"change": "threads", "torch_threads": threads, "cores": cores, "cores_per_process": per_process,
+            "omp_num_threads": omp, "expected_op_time_saved_share": round(saved, 4),
+            "advice": f"{cause} while this process may use {cores} cores (os.sched_getaffinity{shared}): "
+                      f"OMP_NUM_THREADS={per_process} (or torch.set_num_threads({per_process})) could cut op time "
+                      f"by up to {saved:.0%} (ideal scaling)."}
 
 
 DETECTORS = (optimizer_recreated, float64, dataloader_bound, launch_bound, host_sync, rank_imbalance)

@@ -162,7 +162,8 @@ def _complete_steps_only(loaded: dict[str, Any]) -> tuple[dict[str, Any], int]:
     if not steps:
         return loaded, 0
     last = max(steps, key=lambda e: e.get("ts", 0))
-    return {**loaded, "traceEvents": [e for e in events if e is not last]}, len(steps) - 1
+    # the events are read from the file again (read_trace streams them): the last step is known by its fields
+    return {**loaded, "traceEvents": events.without(lambda e: e == last)}, len(steps) - 1
 
 
 def _train_loader(proc: ProcessEvents) -> dict[str, Any] | None:

@@ -34,16 +34,20 @@ KIND = "profiler_trace"
 SNIFF_BYTES = 64 * 1024
 # Any of these in the opening bytes, next to "traceEvents", marks a torch.profiler trace
 # rather than some other Chrome trace (browser, JAX, Perfetto exports).
+TRACE_SUFFIXES = (".json", ".json.gz")
 KINETO_MARKERS = (b'"schemaVersion"', b'"deviceProperties"', b'"distributedInfo"',
                   b'"cpu_op"', b'"Operator"', b'"python_function"', b'"ProfilerStep#',
                   b'"cuda_runtime"', b'"Runtime"', b'"kernel"', b'"Kernel"')
 
 
 def sniff(path: Path) -> bool:
-    """True for a Chrome-trace JSON (optionally gzip) written by torch.profiler / Kineto.
+    """True for a Chrome-trace JSON (optionally gzip) written by torch.profiler / Kineto,
+    or a folder holding such traces (one per rank, as each rank of a job writes its own).
 
     Reads only the first SNIFF_BYTES of (decompressed) content, never the whole file.
     """
+    if path.is_dir():
+        return bool(rank_traces(path))
     try:
         with open(path, "rb") as raw:
             is_gzip = raw.read(2) == b"\x1f\x8b"
@@ -57,10 +61,34 @@ def sniff(path: Path) -> bool:
     return any(marker in head for marker in KINETO_MARKERS)
 
 
+def rank_traces(folder: Path) -> list[Path]:
+    """The profiler traces directly in a folder, by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(TRACE_SUFFIXES) and sniff(p))
+
+
 def inspect(path: Path) -> Analysis:
-    """Load and analyse a trace file; TraceError if it is not a readable profiler trace."""
-    analysis = analyse_trace(read_trace(Path(path)))
+    """Analyse a trace file, or a folder of rank traces; TraceError if not readable."""
+    path = Path(path)
+    if path.is_dir():
+        from ptdiag.specialists.performance.trace_per_rank import inspect_ranks
+
+        return inspect_ranks(rank_traces(path))
+    analysis = judged(read_trace(path))
     analysis.artifacts["input"] = str(path)
+    return analysis
+
+
+def judged(trace: dict[str, Any]) -> Analysis:
+    """A trace's analysis with the verdicts a recorded run's report gives from the same
+    trace: the host-side ones (CPU compute-bound, per-op overhead) as well as the GPU
+    timeline's, from what the trace alone measured (no step breakdown, no call scan)."""
+    from ptdiag.specialists.performance import detectors, trace_cpu
+    from ptdiag.specialists.performance.measured import Measured
+
+    analysis = analyse_trace(trace)
+    measured = Measured(trace=analysis.metrics, trace_findings=analysis.findings, host=trace_cpu.host_metrics(trace),
+                        env={"cuda": "gpu_timeline" in analysis.metrics})
+    analysis.findings = sort_findings(detectors.detect(measured))
     return analysis
 
 

@@ -19,17 +19,12 @@ that arrives early therefore shows a long span, the last one to arrive a short o
 
 from __future__ import annotations
 
-import gzip
-import json
 import re
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-
-class TraceError(ValueError):
-    """The file is not a readable PyTorch profiler trace (corrupt, truncated, or other JSON)."""
+from ptdiag.specialists.performance.trace_stream import StreamedEvents, TraceError, read_streamed
 
 
 # Event category (lower-cased) -> the kind of span it is.
@@ -113,26 +108,22 @@ class TraceEvents:
 
 
 def read_trace(path: Path) -> dict[str, Any]:
-    """Load a Chrome-trace JSON file, gzip-compressed or plain; TraceError if unreadable."""
-    try:
-        with open(path, "rb") as raw:
-            magic = raw.read(2)
-        opener = gzip.open if magic == b"\x1f\x8b" else open
-        with opener(path, "rb") as stream:
-            trace = json.load(stream)
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TraceError(f"not a readable trace file ({type(exc).__name__}: {exc})") from exc
-    return trace
+    """A Chrome-trace JSON file, gzip-compressed or plain, without holding it in memory:
+    its top-level keys before "traceEvents" are read now, the events are streamed from the
+    file each time they are iterated (trace_stream.StreamedEvents; the keys after the
+    list are filled in as a pass reaches them). TraceError if it is not readable."""
+    return read_streamed(Path(path))
 
 
 def collect_events(trace: Any) -> TraceEvents:
-    """Sort a loaded trace's complete ("X") events into kernels, copies, CPU ops and steps."""
-    if not isinstance(trace, dict) or not isinstance(trace.get("traceEvents"), list):
+    """Sort a trace's complete ("X") events into kernels, copies, CPU ops and steps."""
+    if not isinstance(trace, dict) or not isinstance(trace.get("traceEvents"), (list, StreamedEvents)):
         raise TraceError("not a PyTorch profiler trace: no 'traceEvents' list at the top level")
-    events = TraceEvents(rank=_rank(trace), event_count=len(trace["traceEvents"]))
+    events = TraceEvents()
     gpu = events.gpu.by_kind()
     launched: set[Any] = set()
     for event in trace["traceEvents"]:
+        events.event_count += 1
         if not isinstance(event, dict):
             raise TraceError(f"not a PyTorch profiler trace: an event is a {type(event).__name__}")
         if event.get("ph") != "X":
@@ -163,6 +154,8 @@ def collect_events(trace: Any) -> TraceEvents:
             events.gpu_unlinked.by_kind()[kind].extend(s for s in spans if s.correlation not in launched)
             spans[:] = [s for s in spans if s.correlation in launched]
     events.steps.sort(key=lambda s: s.start)
+    # after the pass: a streamed trace's keys after the events list are known only now
+    events.rank = _rank(trace)
     events.devices = _devices(trace, {k.pid for k in events.gpu.kernels})
     return events
 

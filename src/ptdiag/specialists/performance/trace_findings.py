@@ -36,6 +36,25 @@ TF32_MIN_COMPUTE_CAPABILITY = 8.0
 # Advice is given only for kernel groups taking at least this share of GPU time.
 ADVICE_MIN_SHARE = 0.05
 
+# Exposed communication: collectives nothing overlaps, at least this share of the GPU timeline.
+EXPOSED_COMM_SHARE_MIN = 0.10
+COMM_OVERLAP_NONE = 0.05  # below this share of communication hidden, nothing overlaps it
+COMM_FIX_NO_OVERLAP = (
+    "No collective overlaps computation: they are issued after the work that could hide them. Let DDP "
+    "all-reduce gradient buckets during backward (wrap the model in DistributedDataParallel instead of "
+    "all-reducing gradients after backward; no blocking .wait()/barrier/.item() between backward and the "
+    "optimizer step); with torch.distributed calls of your own, use async_op=True and wait just before the "
+    "result is needed. Then shrink what is sent: DDP's bf16 compression hook "
+    "(model.register_comm_hook(None, default_hooks.bf16_compress_hook)), and fewer syncs per sample "
+    "(a larger per-GPU batch, or gradient accumulation with no_sync() on all but the last micro-batch).")
+COMM_FIX_PARTIAL = (
+    "Part of the communication is hidden by backward, the rest is not: start buckets earlier and send less. "
+    "DDP: a smaller bucket_cap_mb for the first buckets, gradient_as_bucket_view=True, static_graph=True "
+    "(and no find_unused_parameters when every parameter gets a gradient); FSDP: backward_prefetch="
+    "BACKWARD_PRE and forward_prefetch=True. Send less: the bf16 compression hook, fewer syncs per sample "
+    "(larger per-GPU batch, gradient accumulation with no_sync()). Compare ranks (`ptdiag inspect DIR` with "
+    "every rank's trace): a late rank makes the others' collectives long.")
+
 # What each DataLoader iterator says about the workers, and what to change.
 DATALOADER_FIXES = {
     "_SingleProcessDataLoaderIter": (
@@ -61,10 +80,40 @@ def trace_findings(metrics: dict[str, Any], iterators: list[str],
     """All verdicts the measured metrics support, most important first."""
     found = [
         dataloader_bound(metrics, iterators),
+        exposed_communication(metrics),
         gpu_idle(metrics),
         compute_bound(metrics, devices),
     ]
     return [finding for finding in found if finding is not None]
+
+
+def exposed_communication(metrics: dict[str, Any]) -> Finding | None:
+    """Collective kernels (NCCL/RCCL) that no computation overlaps: the step waits for them.
+    The overlap is the share of communication time that computation hid; none at all means
+    the collectives are issued after the work they could hide behind (a manual all-reduce
+    after backward, a blocking collective), partial overlap is DDP/FSDP's bucketing at work."""
+    timeline = metrics.get("gpu_timeline")
+    if not timeline or not timeline.get("communication_ms") or not timeline.get("total_ms"):
+        return None
+    exposed, comm, total = timeline["exposed_comm_ms"], timeline["communication_ms"], timeline["total_ms"]
+    share = exposed / total
+    if share < EXPOSED_COMM_SHARE_MIN:
+        return None
+    overlap = 1.0 - exposed / comm
+    steps = metrics.get("steps") or {}
+    per_step = f" ({exposed / steps['count']:.1f} ms per profiled step)" if steps.get("count") else ""
+    evidence = {"exposed_comm_ms": exposed, "communication_ms": comm, "timeline_ms": total,
+                "exposed_comm_share": round(share, 4), "overlap_share": round(overlap, 4),
+                "computation_ms": timeline.get("computation_ms"), "rank": timeline.get("rank")}
+    return Finding(
+        code="performance.exposed_communication", specialist=SPECIALIST, severity="warning",
+        title=f"Communication the GPU waits for: {exposed:.0f} ms of collectives not overlapped "
+              f"({share:.0%} of the GPU timeline, {overlap:.0%} of communication hidden)",
+        detail=f"On rank {timeline.get('rank')}'s GPU timeline of {total:.0f} ms, collective kernels ran {comm:.0f} ms; "
+               f"computation overlapped {comm - exposed:.0f} ms of it, so {exposed:.0f} ms{per_step} is exposed: "
+               "nothing else runs on the GPU while it lasts.",
+        evidence=evidence,
+        fix=COMM_FIX_NO_OVERLAP if overlap < COMM_OVERLAP_NONE else COMM_FIX_PARTIAL)
 
 
 def dataloader_bound(metrics: dict[str, Any], iterators: list[str]) -> Finding | None:
@@ -130,7 +179,8 @@ def gpu_idle(metrics: dict[str, Any]) -> Finding | None:
             f"{data_share:.1%} of the time; kernels last {mean_kernel_us:.1f} µs on average."
         ),
         evidence=evidence,
-        fix=_idle_fix(idle_share, data_share, mean_kernel_us, evidence["top_cpu_ops_by_self_time"]),
+        fix=_idle_fix(idle_share, data_share, mean_kernel_us, evidence["top_cpu_ops_by_self_time"],
+                      distributed=bool(metrics["gpu_timeline"].get("communication_ms"))),
     )
 
 
@@ -190,7 +240,7 @@ def _gpu_window(metrics: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _idle_fix(idle_share: float, data_share: float, mean_kernel_us: float,
-              top_ops: list[str]) -> str:
+              top_ops: list[str], distributed: bool = False) -> str:
     if data_share >= idle_share / 2:
         return ("Most of the idle time is the training loop waiting for data: see "
                 "performance.dataloader_bound (more DataLoader workers, pinned memory).")
@@ -200,7 +250,10 @@ def _idle_fix(idle_share: float, data_share: float, mean_kernel_us: float,
                 "graphs) or fuse small ops.")
     return ("The CPU side does not keep the GPU fed. Remove host-device synchronisations in "
             "the step (.item(), .cpu(), printing tensors) and look at the top CPU ops by self "
-            f"time: {', '.join(top_ops) or 'none recorded'}.")
+            f"time: {', '.join(top_ops) or 'none recorded'}."
+            + (" In a distributed job the GPU also idles while this rank's host waits for the others "
+               "(a slower rank, data loading on one rank): compare every rank's trace (`ptdiag inspect DIR`)."
+               if distributed else ""))
 
 
 def _compute_gains(breakdown: dict[str, Any], devices: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,7 +1,8 @@
 """What an exact resume from a checkpoint taken at step s needs, measured on the run.
 
 Only state the run showed it uses is required: optimizer state when the optimizer held
-some at the save, the scheduler when the learning rate changed during the run, a
+some at the save, the scheduler when the learning rate changed during the run and an LR
+scheduler object drove it (an LR the program computes from its step needs the step), a
 generator's state when the training drew from it, the position in the epoch when the
 save fell in the middle of one. Weights and the epoch/step counter are always needed.
 """
@@ -33,7 +34,10 @@ def needs(trace: Trace, ckpt: dict) -> list[Need]:
         found.append(Need("optimizer", f"{name} held state for {ckpt['opt_entries']} parameters at step {step} "
                                        "(momentum buffers or moment estimates)"))
     change = _lr_change(trace)
-    if change:
+    if change and ckpt.get("lr_scheduler") is False:
+        found[1] = Need("counter", f"{found[1].why}; the learning rate changed during the run ({change}) with no "
+                                   "LR scheduler object: the program computes it, from the step it resumes at")
+    elif change:
         found.append(Need("scheduler", f"the learning rate changed during the run ({change})"))
     for kind, first in sorted(trace.consumed().items()):
         why = f"the training draws from it (its state moved between steps {first - 1} and {first})"

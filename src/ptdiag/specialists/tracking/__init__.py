@@ -10,9 +10,10 @@ from ptdiag.recorded import RecordedRun
 from ptdiag.specialists.tracking import record
 from ptdiag.specialists.tracking.metrics import tracked_metrics
 
-# A checkpoint holding any of these keys says what produced it (config, progress).
-METADATA_KEYS = frozenset({"epoch", "step", "global_step", "iteration", "config", "cfg", "args",
-                           "hparams", "hyper_parameters", "hyperparameters", "run_id", "lr"})
+# A checkpoint holding one of these (checkpoint_contents' categories, found under any key
+# name and in nested dicts: EPOCHS_RUN, iter_num, {"meta": {"global_step": ...}}) says
+# what produced it.
+SAYS_WHAT_PRODUCED_IT = frozenset({"counter", "metadata"})
 # Whether the recorder can see hyperparameters logged to TensorBoard/MLflow/W&B at all:
 # without that hook, "logged no config" cannot be told from "logged it unseen".
 
@@ -35,8 +36,7 @@ def _recorded(run: RecordedRun) -> Finding:
             f"seeds ({', '.join(seeds)})" if seeds else "no seeds (the program set none)",
             "git state" if git else "no git state (not a git work tree)",
             "environment" + (" and installed packages" if (run.run_dir / "packages.json").exists() else ""),
-            f"data ({data.get('dataset')}, {data.get('length')} samples, inputs {data.get('fingerprint')})"
-            if data else "no data identity (no DataLoader or forward pass seen)",
+            _data_text(data),
             f"{run.steps_observed} steps of loss and step time"]
     if logged:
         kept.append(f"{len(logged)} metrics the script logged ({', '.join(sorted(logged)[:5])})")
@@ -48,6 +48,20 @@ def _recorded(run: RecordedRun) -> Finding:
                   "git": bool(git), "steps": run.steps_observed, "data": data,
                   "logged_metrics": sorted(logged), "failure": record.failure(run)},
         fix="")
+
+
+def _data_text(data: dict) -> str:
+    """Only what was seen: a program without a DataLoader has inputs but no dataset."""
+    if not data:
+        return "no data identity (no DataLoader or forward pass seen)"
+    parts = []
+    if data.get("dataset"):
+        parts.append(data["dataset"] + (f", {data['length']} samples" if data.get("length") is not None else ""))
+    else:
+        parts.append("no DataLoader")
+    if data.get("fingerprint"):
+        parts.append(f"inputs {data['fingerprint']}")
+    return f"data ({', '.join(parts)})"
 
 
 def _dirty_tree(run: RecordedRun) -> list[Finding]:
@@ -87,8 +101,7 @@ def _config_not_logged(run: RecordedRun) -> list[Finding]:
 def _checkpoints_without_metadata(run: RecordedRun) -> list[Finding]:
     """torch.save calls whose object cannot say what produced it: a bare module/tensor,
     or a dict holding only state (no epoch/step, no config)."""
-    bare = [e for e in run.all_events("save")
-            if e.get("keys") is None or not METADATA_KEYS & set(e.get("keys") or [])]
+    bare = [e for e in run.all_events("save") if not SAYS_WHAT_PRODUCED_IT & set(e.get("holds") or {})]
     if not bare:
         return []
     first = bare[0]
@@ -97,13 +110,22 @@ def _checkpoints_without_metadata(run: RecordedRun) -> list[Finding]:
         code="tracking.ckpt_no_metadata", specialist="tracking", severity="warning",
         title=f"{len(bare)} checkpoint save(s) hold no config or progress: "
               f"{paths[0]}{' and others' if len(paths) > 1 else ''}",
-        detail=f"First at step {first.get('step')} ({first.get('location')}): saved a "
-               f"{first.get('type')} with keys {(first.get('keys') or [])[:8]}; nothing in it says which "
-               "hyperparameters, epoch or code produced it.",
+        detail=f"First at step {first.get('step')} ({first.get('location')}): saved {_saved_object(first)}; "
+               "nothing in it says which hyperparameters, epoch or code produced it.",
         evidence={"paths": paths[:10], "location": first.get("location"), "step": first.get("step"),
                   "keys": (first.get("keys") or [])[:20], "saves": len(bare)},
         fix="Save a dict: {'model': model.state_dict(), 'optimizer': optimizer.state_dict(), "
             f"'epoch': epoch, 'step': step, 'config': vars(args), 'ptdiag_run': '{run.meta.get('run_id', '')}'}}.")]
+
+
+def _saved_object(save: dict) -> str:
+    """A dict by its keys; a whole module as what it is (pickled code and weights)."""
+    if save.get("keys") is not None:
+        return f"a {save.get('type')} with keys {save['keys'][:8]}"
+    if "(whole object)" in (save.get("holds") or {}).get("model", []):
+        return (f"the whole {save.get('type')} module (torch.save(model): pickled class and weights, "
+                "loadable only with weights_only=False)")
+    return f"a {save.get('type')}"
 
 
 def _runs_matching(run: RecordedRun) -> list[Finding]:

@@ -211,7 +211,9 @@ class Plugin(ProbePlugin):
             self.telemetry.start(self._device_index() if self._cuda else None)
         capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: None)()
         self.probe.emit("perf_env", cores=usable_cores(), torch_threads=torch.get_num_threads(),
-                        cuda=self._cuda, cpu_capability=capability)
+                        cuda=self._cuda, cpu_capability=capability,
+                        omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
+                        local_processes=_int(os.environ.get("LOCAL_WORLD_SIZE")))
 
     def _device_index(self) -> int:
         """The model's CUDA device as an index (`cuda` alone means the current device)."""
@@ -370,3 +372,10 @@ class Plugin(ProbePlugin):
                         alive=len(self._optimizers))
         if self.telemetry is not None:
             self.probe.emit("perf_telemetry", **self.telemetry.stop())
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text else None
+    except ValueError:
+        return None

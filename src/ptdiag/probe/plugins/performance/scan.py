@@ -33,6 +33,7 @@ from ptdiag.location import PTDIAG_DIR as LOCATION_PTDIAG_DIR
 from ptdiag.location import format_location, is_ptdiag_work, is_user_file
 from ptdiag.probe.instruments import OpObserver
 from ptdiag.probe.instruments.ops import op_caller
+from ptdiag.probe.plugins.performance.python_calls import LOADER_FILE
 
 # Tensor method / torch function name -> what it does to the host.
 SYNC_CALLS = {
@@ -100,6 +101,16 @@ FP64_BENCH_SIZE = 192
 _is_user_file = lru_cache(maxsize=4096)(is_user_file)
 
 
+def _in_loader(frame) -> bool:
+    """Whether a DataLoader's iteration is on the stack (a Dataset's __getitem__ run by
+    the loader in the training process): looked up once per line, the first time it calls."""
+    while frame is not None:
+        if frame.f_code.co_filename.replace("\\", "/").endswith(LOADER_FILE):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _callers(frame):
     """(direct caller, first frame outside torch, innermost user frame) of a torch call.
 
@@ -151,6 +162,7 @@ class CallScan(OpObserver):
         self.torch, self.device_is_cuda = torch, device_is_cuda
         self.by_sync_debug = False  # torch reports the syncs (on_sync): the table is not used
         self.calls: Counter = Counter()  # (direct caller line, is user code) -> torch calls
+        self.loading: dict = {}  # line -> whether its first call ran inside a DataLoader's iteration
         self.syncs: dict[tuple, list] = defaultdict(lambda: [0, 0.0])  # (call, line) -> [n, s]
         self.float64: Counter = Counter()  # line -> calls returning float64 tensors
         self.total_calls = 0
@@ -171,6 +183,8 @@ class CallScan(OpObserver):
             return
         self.total_calls += 1
         line = _where(direct)
+        if self.calls[(line, _is_user_file(direct.f_code.co_filename))] == 0:
+            self.loading[line] = _in_loader(direct)
         self.calls[(line, _is_user_file(direct.f_code.co_filename))] += 1
         if sync and user is direct:  # the program's own line, not a library's (data pipeline)
             entry = self.syncs[(name, line)]
@@ -202,7 +216,8 @@ class CallScan(OpObserver):
         return {
             "steps": steps,
             "torch_calls_per_step": round(self.total_calls / per, 1),
-            "top_lines": [{"location": loc, "user": user, "calls_per_step": round(n / per, 1)}
+            "top_lines": [{"location": loc, "user": user, "calls_per_step": round(n / per, 1),
+                           "in_loader": self.loading.get(loc, False)}
                           for (loc, user), n in self.calls.most_common(TOP_LINES)],
             "syncs": sorted(({"call": call, "location": loc, "per_step": round(n / per, 2),
                               "ms_per_step": round(1000 * s / per, 4), "what": SYNC_CALLS.get(call, SYNC_OTHER)}

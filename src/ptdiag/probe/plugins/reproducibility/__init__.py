@@ -169,12 +169,14 @@ class Plugin(ProbePlugin):
     def on_save(self, obj, f, location) -> None:
         torch = self._torch_module()
         items = checkpoint_contents.describe(obj)
-        path = os.path.abspath(os.fspath(f)) if isinstance(f, (str, os.PathLike)) else None
+        named = checkpoint_contents.file_path(f)
+        path = os.path.abspath(named) if named else None
         entries, opt_sums = self._optimizer_state(self._optimizer) if self._optimizer is not None else (0, [])
         self._saves += 1
         self.probe.emit(
-            "ckpt", path=path if path else repr(f), step=self.probe.step, location=location,
-            type=type(obj).__name__, items=[i.to_dict() for i in items],
+            "ckpt", path=path if path else checkpoint_contents.file_label(f), step=self.probe.step,
+            location=location, type=type(obj).__name__, items=[i.to_dict() for i in items],
+            lr_scheduler=_has_lr_scheduler(self._optimizer) if self._optimizer is not None else None,
             bytes=os.path.getsize(path) if path and os.path.isfile(path) else None,
             state_sums=[int(s) for s in torch.stack(self._bit_sums(torch)).tolist()] if self._tensors else None,
             opt_entries=entries, opt_sum=_total(torch.stack(opt_sums).tolist()) if opt_sums else 0,
@@ -221,6 +223,13 @@ def _tf32(precision, legacy_flag) -> bool | None:
         return bool(legacy_flag())
     except RuntimeError:
         return None
+
+
+def _has_lr_scheduler(optimizer) -> bool:
+    """Whether a torch LR scheduler drives this optimizer: every LRScheduler wraps the
+    optimizer's `step` and marks the wrapper. Without one, a changing LR is computed by
+    the program itself (nanoGPT's from its iteration count)."""
+    return hasattr(getattr(optimizer, "step", None), "_wrapped_by_lr_sched")
 
 
 def _lrs(optimizer) -> list:

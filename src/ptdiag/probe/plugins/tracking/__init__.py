@@ -8,11 +8,11 @@ CUDA: a non-blocking copy to host plus an event, read once the event has complet
 from __future__ import annotations
 
 import math
-import os
 import time
 import weakref
 from collections import deque
 
+from ptdiag.checkpoint_contents import categories, describe, file_label
 from ptdiag.location import user_location_of_traceback
 from ptdiag.probe import gpu
 from ptdiag.probe.plugin import Plugin as ProbePlugin
@@ -249,12 +249,14 @@ class Plugin(ProbePlugin):
                         logged_step=step, step=self.probe.step)
 
     def on_save(self, obj, f, location) -> None:
+        """What the saved object holds, by checkpoint_contents' reading (nested dicts and
+        any counter name included), so the analysis can tell whether it says its progress."""
         keys = sorted(str(k) for k in obj) if isinstance(obj, dict) else None
-        self.probe.emit("save", path=os.fspath(f) if isinstance(f, (str, os.PathLike)) else repr(f),
-                        keys=keys, type=type(obj).__name__, location=location, step=self.probe.step)
+        self.probe.emit("save", path=file_label(f), keys=keys, type=type(obj).__name__,
+                        holds=categories(describe(obj)), location=location, step=self.probe.step)
 
     def on_load(self, f, location, kwargs) -> None:
-        self.probe.emit("load", path=os.fspath(f) if isinstance(f, (str, os.PathLike)) else repr(f),
+        self.probe.emit("load", path=file_label(f),
                         weights_only=kwargs.get("weights_only"), location=location, step=self.probe.step)
 
     def on_exception(self, exc_type, exc, tb) -> None:
