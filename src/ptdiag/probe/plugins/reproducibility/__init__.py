@@ -14,6 +14,11 @@ the resume check will start from, `audit` turns on
 non-deterministic ops it warns about. Only the audit run behaves differently from the
 program alone (deterministic kernels, filled uninitialised memory), which is why it is
 a separate run and never one of the two that are compared.
+
+Run for its cheap checks only (a triage: the seeding and checkpoint audits), it keeps
+no hook on the model and takes no checksum of the weights: per step only the
+generators' states (hashed once the step ended), and for each `torch.save` what it
+holds.
 """
 
 from __future__ import annotations
@@ -98,9 +103,11 @@ class Plugin(ProbePlugin):
     def on_model(self, module) -> None:
         torch = self._torch_module()
         named = list(module.named_parameters()) + list(module.named_buffers())
-        self._tensors = [t for _, t in named]
         self.probe.emit("repro_names", names=[n for n, _ in named],
                         dtypes=[str(t.dtype).replace("torch.", "") for _, t in named])
+        if self.cheap:
+            return
+        self._tensors = [t for _, t in named]
         self._emit_sums(self._pending.push(torch, (0, None, False), self._bit_sums(torch)))
         self.probe.model_hooks.before_forward(module, self._capture_forward, FORWARD_CAPTURE)
 
@@ -110,13 +117,17 @@ class Plugin(ProbePlugin):
         if self._at_forward is not None:
             return
         batch = next((a for a in args if isinstance(a, self._torch_module().Tensor)), None)
-        live = [(i, ref()) for i, ref in self._loaders if ref() is not None]
-        self._at_forward = (fingerprint.rng_fingerprints(live),
+        self._at_forward = (fingerprint.rng_fingerprints(self._live_loaders()),
                             fingerprint.bit_sum(self._torch, batch) if batch is not None else None)
+
+    def _live_loaders(self) -> list:
+        return [(i, ref()) for i, ref in self._loaders if ref() is not None]
 
     def on_step_begin(self, step, optimizer) -> None:
         if step == 1:
             self._optimizer = optimizer
+            if self.cheap:
+                return
             entries, opt_sums = self._optimizer_state(optimizer)
             self._emit_sums(self._pending.push(self._torch_module(), ("begin", entries, [_lrs(optimizer)]),
                                                opt_sums))
@@ -125,6 +136,12 @@ class Plugin(ProbePlugin):
         torch = self._torch_module()
         rng, batch_sum = self._at_forward or ({}, None)
         self._at_forward = None
+        if self.cheap:  # the next step's forward finds the generators as this step left them
+            self.probe.emit("repro_step", step=step, sums=None, input=None, rng=rng)
+            self._at_forward = (fingerprint.rng_fingerprints(self._live_loaders()), None)
+            if step == 1:
+                self._emit_environment(torch)
+            return
         sums = self._bit_sums(torch) + ([batch_sum] if batch_sum is not None else [])
         self._emit_sums(self._pending.push(torch, (step, rng, batch_sum is not None), sums))
         if step == 1:
@@ -170,7 +187,11 @@ class Plugin(ProbePlugin):
         torch = self._torch_module()
         items = checkpoint_contents.describe(obj)
         path = os.path.abspath(os.fspath(f)) if isinstance(f, (str, os.PathLike)) else None
-        entries, opt_sums = self._optimizer_state(self._optimizer) if self._optimizer is not None else (0, [])
+        optimizer = self._optimizer
+        if self.cheap:  # what the checkpoint holds, not the checksums a resume check compares
+            entries, opt_sums = (len(optimizer.state) if optimizer is not None else 0), []
+        else:
+            entries, opt_sums = self._optimizer_state(optimizer) if optimizer is not None else (0, [])
         self._saves += 1
         self.probe.emit(
             "ckpt", path=path if path else repr(f), step=self.probe.step, location=location,
