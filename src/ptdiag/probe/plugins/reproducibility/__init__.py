@@ -16,9 +16,10 @@ program alone (deterministic kernels, filled uninitialised memory), which is why
 a separate run and never one of the two that are compared.
 
 Run for its cheap checks only (a triage: the seeding and checkpoint audits), it keeps
-no hook on the model and takes no checksum of the weights: per step only the
-generators' states (hashed once the step ended), and for each `torch.save` what it
-holds.
+no hook on the model and takes no checksum of the weights: only the generators' states,
+hashed as a step ends at steps 1-3 and then at powers of two (hashing them costs
+~0.1-0.2 ms, too much for every sub-millisecond step; "drawn from during training" needs
+only two states that differ), and for each `torch.save` what it holds.
 """
 
 from __future__ import annotations
@@ -136,9 +137,11 @@ class Plugin(ProbePlugin):
         torch = self._torch_module()
         rng, batch_sum = self._at_forward or ({}, None)
         self._at_forward = None
-        if self.cheap:  # the next step's forward finds the generators as this step left them
-            self.probe.emit("repro_step", step=step, sums=None, input=None, rng=rng)
-            self._at_forward = (fingerprint.rng_fingerprints(self._live_loaders()), None)
+        if self.cheap:  # the next audited step's forward finds the generators as this step left them
+            if rng:
+                self.probe.emit("repro_step", step=step, sums=None, input=None, rng=rng)
+            if _audited(step + 1):
+                self._at_forward = (fingerprint.rng_fingerprints(self._live_loaders()), None)
             if step == 1:
                 self._emit_environment(torch)
             return
@@ -242,6 +245,11 @@ def _tf32(precision, legacy_flag) -> bool | None:
         return bool(legacy_flag())
     except RuntimeError:
         return None
+
+
+def _audited(step: int) -> bool:
+    """The steps whose generator states a cheap audit takes: 1-3, then powers of two."""
+    return step <= 3 or step & (step - 1) == 0
 
 
 def _lrs(optimizer) -> list:
