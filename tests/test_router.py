@@ -238,7 +238,10 @@ def test_with_evidence_adds_the_post_mortem_with_a_note():
     ("oom", 2, "memory")])
 def test_with_evidence_status_map(status, world_size, added):
     after = with_evidence(route("how do I log hyperparameters to tensorboard?"), status, world_size)
-    assert after.specialists[-1] == added and len(after.notes) == 1
+    assert after.specialists[-1] == added and "post-mortem" in after.notes[0]
+    # several ranks: distributed's cheap checks too, unless its post-mortem is already there
+    assert after.cheap_checks == (["distributed"] if world_size > 1 and added != "distributed" else [])
+    assert len(after.notes) == 1 + len(after.cheap_checks)
 
 
 def test_with_evidence_leaves_planned_and_quiet_runs_alone():
@@ -256,8 +259,10 @@ def test_with_evidence_refuses_bad_input(status, world_size):
 def test_route_round_trips_through_the_contract_dict():
     plan = route(CANONICAL[5][0])
     data = plan.to_dict()
-    assert list(data) == ["specialists", "ambiguous", "confidence", "reasons", "notes"]
+    assert list(data) == ["specialists", "ambiguous", "confidence", "reasons", "notes", "cheap_checks"]
     assert Route.from_dict(data) == plan
+    # a route recorded before cheap checks existed still reads
+    assert Route.from_dict({k: v for k, v in data.items() if k != "cheap_checks"}) == plan
 
 
 @pytest.mark.parametrize("data, message", [
@@ -266,6 +271,8 @@ def test_route_round_trips_through_the_contract_dict():
     ({"specialists": ["memory", "memory"], "ambiguous": False, "confidence": 0.5}, "repeat"),
     ({"ambiguous": False}, "lacks"),
     ({"specialists": ["memory"], "ambiguous": False, "confidence": 0.5, "reasons": [{"matched": []}]}, "reason"),
+    ({"specialists": ["memory"], "ambiguous": False, "confidence": 0.5, "cheap_checks": ["memory"]}, "already planned"),
+    ({"specialists": ["memory"], "ambiguous": False, "confidence": 0.5, "cheap_checks": ["seeds"]}, "unknown"),
 ])
 def test_route_from_bad_dict_is_refused(data, message):
     with pytest.raises(ValueError, match=message):

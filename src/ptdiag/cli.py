@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import traceback
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -87,15 +88,15 @@ def diagnose(
 
     The command's output, exit code, argv and working directory are exactly as without
     ptdiag; the report goes to stderr (and to --json PATH)."""
-    from ptdiag.router import Route, fixed_route, route as route_text, triage_steps
+    from ptdiag.router import fixed_route, route as route_text, triage_steps
 
     if fail_on not in FAIL_ON:
         raise UsageProblem(f"--fail-on must be one of {', '.join(FAIL_ON)}, not {fail_on!r}")
     route = fixed_route([s.strip() for s in only.split(",") if s.strip()], "--only") if only else route_text(symptom)
     if route.ambiguous and max_steps is None and triage_steps():
         max_steps = triage_steps()
-        route = Route(route.specialists, route.ambiguous, route.confidence, route.reasons,
-                      route.notes + [f"the triage measures the first {max_steps} optimizer steps (--max-steps changes it)"])
+        route = replace(route, notes=route.notes + [f"the triage measures the first {max_steps} optimizer steps "
+                                                    "(--max-steps changes it)"])
     if target_memory:
         key = "target_memory" if target_memory[:1].isdigit() else "target"
         option = [*option, f"memory.{key}={target_memory}"]
@@ -141,12 +142,10 @@ def track(
 
 
 def _with_specialist(route, name: str, why: str):
-    from ptdiag.router import Route
-
     if name in route.specialists:
         return route
-    return Route(route.specialists + [name], route.ambiguous, route.confidence, route.reasons,
-                 route.notes + [f"{name} added: {why}"])
+    return replace(route, specialists=route.specialists + [name], notes=route.notes + [f"{name} added: {why}"],
+                   cheap_checks=[n for n in route.cheap_checks if n != name])
 
 
 def _run_and_report(symptom, route, *, json_path, html_path, store, max_steps, timeout, fail_on, option, name,

@@ -126,7 +126,7 @@ def start_run(store: RunStore, symptom: str | None, command: list[str], route: R
 
 
 def plan_for(route: Route, options: Options, run_dir: Path) -> dict:
-    return {"specialists": route.specialists, "max_steps": options.max_steps,
+    return {"specialists": route.specialists, "cheap": route.cheap_checks, "max_steps": options.max_steps,
             "options": options.specialist_options, "env": child_env(route.specialists, run_dir)}
 
 
@@ -160,7 +160,7 @@ def analyse_run(run_dir: Path) -> Report:
     notes: list[str] = []
     artifacts_found: dict[str, str] = {}
     metrics_found: dict = {}
-    for name in dict.fromkeys([*route.specialists, "tracking"]):
+    for name in dict.fromkeys([*route.specialists, *route.cheap_checks, "tracking"]):
         analysis = specialist_analysis(name, run)
         if analysis is None:
             notes.append(f"{name}: this version has no analysis of its own yet; "

@@ -47,22 +47,22 @@ def activate() -> None:
         when_imported("torch.distributed", probe_ranks_that_start(_start_quietly))
 
 
-def _start(rank: int):
+def _start(rank: int, world_size: int | None = None):
     global _probe
     from ptdiag.probe.core import Probe
 
     plan = json.loads(os.environ.get("PTDIAG_PLAN", "{}"))
-    _probe = Probe(Path(os.environ["PTDIAG_RUN_DIR"]), plan, rank)
+    _probe = Probe(Path(os.environ["PTDIAG_RUN_DIR"]), plan, rank, world_size)
     _probe.install()
     return _probe
 
 
-def _start_quietly(rank: int):
+def _start_quietly(rank: int, world_size: int | None = None):
     """Started from inside the program's init_process_group call: a failure to start is
     ptdiag's, and must not become the program's."""
     if _probe is not None:
         return None
     try:
-        return _start(rank)
+        return _start(rank, world_size)
     except Exception:
         return None

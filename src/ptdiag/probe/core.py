@@ -32,10 +32,11 @@ STACK_DUMP_SIGNAL = signal.SIGUSR2  # SIGUSR1 is often taken (SLURM pre-emption,
 
 
 def load_plugins(probe: "Probe", specialists: list[str]) -> list[Plugin]:
-    """Tracking always records; each planned specialist adds its in-process part, if any;
-    a verification run's intervention comes last (probe.interventions)."""
+    """Tracking always records; each planned specialist (or one run for its cheap checks
+    only, `probe.cheap`) adds its in-process part, if any; a verification run's
+    intervention comes last (probe.interventions)."""
     plugins = []
-    for name in ["tracking", *[s for s in specialists if s != "tracking"]]:
+    for name in dict.fromkeys(["tracking", *specialists, *probe.cheap]):
         module_name = f"ptdiag.probe.plugins.{name}"
         if importlib.util.find_spec(module_name) is None:
             continue
@@ -43,11 +44,25 @@ def load_plugins(probe: "Probe", specialists: list[str]) -> list[Plugin]:
     return plugins + interventions.plugins(probe)
 
 
+def cheap_checks(plan: dict, world_size: int | None) -> frozenset[str]:
+    """The specialists this process runs for their cheap checks only: the plan's (a
+    triage's), plus distributed's whenever the job has several ranks, whatever the words
+    said (a problem seen only with several processes is distributed's first)."""
+    planned = set(plan.get("specialists", []))
+    cheap = set(plan.get("cheap", [])) - planned
+    if (world_size or 1) > 1 and "distributed" not in planned:
+        cheap.add("distributed")
+    return frozenset(cheap)
+
+
 class Probe:
-    def __init__(self, run_dir: Path, plan: dict, rank: int) -> None:
+    def __init__(self, run_dir: Path, plan: dict, rank: int, world_size: int | None = None) -> None:
+        """`world_size`: the job's number of ranks when the launcher knows it before the
+        environment says (an mp.spawn worker's process group); else WORLD_SIZE."""
         self.run_dir = run_dir
         self.plan = plan
         self.rank = rank
+        self.cheap = cheap_checks(plan, world_size or _env_int("WORLD_SIZE"))
         self.step = 0
         self.max_steps: int | None = plan.get("max_steps")
         self.options: dict = plan.get("options", {})  # per specialist: {"memory": {"target_memory": "16GiB"}}

@@ -302,14 +302,14 @@ def _distributed(probe: "Probe", dist) -> None:
         _after_init_process_group(dist, lambda: probe.call("on_dist_init", _dist_info(dist)))
 
 
-def probe_ranks_that_start(start: Callable[[int], "Probe | None"]) -> Callable:
+def probe_ranks_that_start(start: Callable[[int, int], "Probe | None"]) -> Callable:
     """For a multiprocessing child (a DataLoader worker, or a training worker of
-    `mp.spawn`): the one that starts a process group is a rank; `start(rank)` probes it
-    from there on. Workers that never start one stay untouched."""
+    `mp.spawn`): the one that starts a process group is a rank; `start(rank, world_size)`
+    probes it from there on. Workers that never start one stay untouched."""
 
     def install(dist) -> None:
         def started() -> None:
-            probe = start(dist.get_rank())
+            probe = start(dist.get_rank(), dist.get_world_size())
             if probe is not None:
                 probe.call("on_dist_init", _dist_info(dist))
 

@@ -75,6 +75,12 @@ class Plugin:
     def __init__(self, probe: "Probe") -> None:
         self.probe = probe
 
+    @property
+    def cheap(self) -> bool:
+        """Run for the cheap checks only (a triage's audit, distributed in a job with
+        several ranks): whatever costs per step or per module call stays off."""
+        return self.name in self.probe.cheap
+
 
 def raised_by_signal_handler(exc: BaseException) -> bool:
     """Whether a Python signal handler raised this while a hook happened to run: such an

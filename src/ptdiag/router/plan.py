@@ -27,13 +27,19 @@ class Route:
     confidence: float
     reasons: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # specialists that run only their cheap checks beside the plan (a triage's
+    # reproducibility/distributed/tracking audits; distributed's for a run with several
+    # ranks): no second run, no per-step checksums, no hooks left on the model
+    cheap_checks: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        unknown = [name for name in self.specialists if name not in SPECIALISTS]
+        unknown = [name for name in self.specialists + self.cheap_checks if name not in SPECIALISTS]
         if unknown:
             raise RouteError(f"unknown specialist(s) {unknown}; known: {list(SPECIALISTS)}")
         if len(set(self.specialists)) != len(self.specialists):
             raise RouteError(f"specialists repeat in the plan: {self.specialists}")
+        if set(self.cheap_checks) & set(self.specialists) or len(set(self.cheap_checks)) != len(self.cheap_checks):
+            raise RouteError(f"cheap checks {self.cheap_checks} repeat or are already planned: {self.specialists}")
         if not 0.0 <= self.confidence <= 1.0:
             raise RouteError(f"confidence must be within 0..1, not {self.confidence}")
         for reason in self.reasons:
@@ -48,6 +54,7 @@ class Route:
             "confidence": self.confidence,
             "reasons": [dict(reason, matched=list(reason["matched"])) for reason in self.reasons],
             "notes": list(self.notes),
+            "cheap_checks": list(self.cheap_checks),
         }
 
     @classmethod
@@ -63,6 +70,7 @@ class Route:
             confidence=float(data["confidence"]),
             reasons=[dict(reason) for reason in data.get("reasons", [])],
             notes=list(data.get("notes", [])),
+            cheap_checks=list(data.get("cheap_checks", [])),
         )
 
 

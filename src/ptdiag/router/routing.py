@@ -87,7 +87,7 @@ def _learned_route(evidence: Evidence, model: Model) -> Route:
         notes.append(table.notes["unsure"].format(specialist=best, probability=probs[best]))
         top = max(evidence.scores.values(), default=0.0)
         confidence = round(min(table.ambiguous_confidence_cap, _strength(top, table)), 2)
-        return Route(list(table.triage_plan), True, confidence, [], notes + [table.notes["triage"]])
+        return _triage(table, confidence, notes)
     reasons = [{"specialist": name, "matched": _matched(name, signals, table),
                 "words": model.drivers(evidence.words, feats, name), "probability": round(probs[name], 2),
                 "score": round(evidence.scores.get(name, 0.0), 2)} for name in plan]
@@ -179,12 +179,19 @@ def _rule_route(evidence: Evidence) -> Route:
         notes += [table.notes["too_weak"].format(specialist=name, matched=_quoted(_matched(name, signals, table)))
                   for name in ranked]
         confidence = round(min(table.ambiguous_confidence_cap, _strength(top, table)), 2)
-        return Route(list(table.triage_plan), True, confidence, [], notes + [table.notes["triage"]])
+        return _triage(table, confidence, notes)
 
     plan = _plan(ranked, naming, signals, table, notes)
     reasons = [{"specialist": name, "matched": _matched(name, signals, table),
                 "score": round(scores[name], 2)} for name in plan if name in scores]
     return Route(plan, False, _confidence(plan, scores, table), reasons, notes)
+
+
+def _triage(table: SymptomTable, confidence: float, notes: list[str]) -> Route:
+    """Words that name no symptom: the triage plan measures, and the cheap checks of the
+    specialists the words may have missed run beside it."""
+    return Route(list(table.triage_plan), True, confidence, [], notes + [table.notes["triage"]],
+                 cheap_checks=list(table.triage_cheap))
 
 
 def _without_proposed_fixes(signals: list[Match], table: SymptomTable, notes: list[str]) -> list[Match]:

@@ -103,6 +103,8 @@ class SymptomTable:
 
         self.triage_plan = _specialist_list(data["triage"]["plan"], "triage.plan")
         self.triage_steps = int(data["triage"].get("steps", 0)) or None
+        self.triage_cheap = [name for name in _specialist_list(data["triage"].get("cheap", []), "triage.cheap")
+                             if name not in self.triage_plan]
         self.notes: dict[str, str] = {key: data["notes"][key] for key in NOTE_KEYS}
 
         self.ignore_regexes = [_compile(p, "text.ignore_patterns", lower_case_text=False)
@@ -138,6 +140,10 @@ class SymptomTable:
             )
             for rule in evidence["rules"]
         ]
+        several = evidence["several_ranks"]
+        self.several_ranks = EvidenceRule(status="", note=several["note"],
+                                          specialist=_specialist(several["specialist"], "evidence.several_ranks"),
+                                          min_world_size=int(several["min_world_size"]))
         for rule in self.evidence_rules:
             if rule.status not in self.statuses:
                 raise SymptomTableError(f"evidence rule for unknown status {rule.status!r}")

@@ -10,6 +10,10 @@ checksums at a few steps, compared across ranks by the analysis),
 `dist_step` (time in backward vs outside it). Collectives go to the live state file
 (`live.py`), written by a watchdog thread, so a hung rank's position survives.
 Per step the cost is a few clock reads and one event line.
+
+Run for its cheap checks only (a triage, or a job with several ranks whose words named
+another specialist): the launch, device, sampler and set_epoch facts, the first batches'
+fingerprints (then the model's hooks come off), no replica checksums.
 """
 
 from __future__ import annotations
@@ -102,7 +106,8 @@ class Plugin(ProbePlugin):
                         job=job_identity(env, info.get("world_size")))
         self.live.start_watchdog()
         wanted = self.consistency
-        if self.world > 1 and (wanted == "on" or (wanted == "auto" and self.world <= CONSISTENCY_MAX_WORLD)):
+        if self.world > 1 and not self.cheap and (wanted == "on" or
+                                                  (wanted == "auto" and self.world <= CONSISTENCY_MAX_WORLD)):
             self.check = True
 
     def on_model(self, module) -> None:
@@ -123,7 +128,7 @@ class Plugin(ProbePlugin):
                         cuda=_cuda_device(torch, param.device if param is not None else None),
                         batchnorm=bn[:20], n_batchnorm=len(bn), n_sync_batchnorm=sync_bn,
                         reducer_params=_reducer_param_names(inner))
-        if wrapper == "DistributedDataParallel":
+        if wrapper == "DistributedDataParallel" and not self.cheap:
             self.probe.model_hooks.before_forward(module, self._ddp_forward, FORWARD_CHECKS)
         self.probe.model_hooks.before_forward(inner, self._model_forward, FORWARD_CHECKS)
 
@@ -168,6 +173,8 @@ class Plugin(ProbePlugin):
             found = fingerprint(args)
             if found:
                 self.probe.emit("dist_batch", n=self.fingerprinted, step=self.probe.step + 1, **found)
+            if self.cheap and self.fingerprinted == FINGERPRINT_FORWARDS:
+                self.probe.model_hooks.unsubscribe(FORWARD_CHECKS)  # nothing more to take from the model
         if self.check_pending is not None and via_ddp:
             step, self.check_pending = self.check_pending, None
             first = self.checksums is None or self.checksums.module is not module

@@ -14,6 +14,12 @@ the resume check will start from, `audit` turns on
 non-deterministic ops it warns about. Only the audit run behaves differently from the
 program alone (deterministic kernels, filled uninitialised memory), which is why it is
 a separate run and never one of the two that are compared.
+
+Run for its cheap checks only (a triage: the seeding and checkpoint audits), it keeps
+no hook on the model and takes no checksum of the weights: only the generators' states,
+hashed as a step ends at steps 1-3 and then at powers of two (hashing them costs
+~0.1-0.2 ms, too much for every sub-millisecond step; "drawn from during training" needs
+only two states that differ), and for each `torch.save` what it holds.
 """
 
 from __future__ import annotations
@@ -98,9 +104,11 @@ class Plugin(ProbePlugin):
     def on_model(self, module) -> None:
         torch = self._torch_module()
         named = list(module.named_parameters()) + list(module.named_buffers())
-        self._tensors = [t for _, t in named]
         self.probe.emit("repro_names", names=[n for n, _ in named],
                         dtypes=[str(t.dtype).replace("torch.", "") for _, t in named])
+        if self.cheap:
+            return
+        self._tensors = [t for _, t in named]
         self._emit_sums(self._pending.push(torch, (0, None, False), self._bit_sums(torch)))
         self.probe.model_hooks.before_forward(module, self._capture_forward, FORWARD_CAPTURE)
 
@@ -110,13 +118,17 @@ class Plugin(ProbePlugin):
         if self._at_forward is not None:
             return
         batch = next((a for a in args if isinstance(a, self._torch_module().Tensor)), None)
-        live = [(i, ref()) for i, ref in self._loaders if ref() is not None]
-        self._at_forward = (fingerprint.rng_fingerprints(live),
+        self._at_forward = (fingerprint.rng_fingerprints(self._live_loaders()),
                             fingerprint.bit_sum(self._torch, batch) if batch is not None else None)
+
+    def _live_loaders(self) -> list:
+        return [(i, ref()) for i, ref in self._loaders if ref() is not None]
 
     def on_step_begin(self, step, optimizer) -> None:
         if step == 1:
             self._optimizer = optimizer
+            if self.cheap:
+                return
             entries, opt_sums = self._optimizer_state(optimizer)
             self._emit_sums(self._pending.push(self._torch_module(), ("begin", entries, [_lrs(optimizer)]),
                                                opt_sums))
@@ -125,6 +137,14 @@ class Plugin(ProbePlugin):
         torch = self._torch_module()
         rng, batch_sum = self._at_forward or ({}, None)
         self._at_forward = None
+        if self.cheap:  # the next audited step's forward finds the generators as this step left them
+            if rng:
+                self.probe.emit("repro_step", step=step, sums=None, input=None, rng=rng)
+            if _audited(step + 1):
+                self._at_forward = (fingerprint.rng_fingerprints(self._live_loaders()), None)
+            if step == 1:
+                self._emit_environment(torch)
+            return
         sums = self._bit_sums(torch) + ([batch_sum] if batch_sum is not None else [])
         self._emit_sums(self._pending.push(torch, (step, rng, batch_sum is not None), sums))
         if step == 1:
@@ -171,7 +191,11 @@ class Plugin(ProbePlugin):
         items = checkpoint_contents.describe(obj)
         named = checkpoint_contents.file_path(f)
         path = os.path.abspath(named) if named else None
-        entries, opt_sums = self._optimizer_state(self._optimizer) if self._optimizer is not None else (0, [])
+        optimizer = self._optimizer
+        if self.cheap:  # what the checkpoint holds, not the checksums a resume check compares
+            entries, opt_sums = (len(optimizer.state) if optimizer is not None else 0), []
+        else:
+            entries, opt_sums = self._optimizer_state(optimizer) if optimizer is not None else (0, [])
         self._saves += 1
         self.probe.emit(
             "ckpt", path=path if path else checkpoint_contents.file_label(f), step=self.probe.step,
@@ -230,6 +254,11 @@ def _has_lr_scheduler(optimizer) -> bool:
     optimizer's `step` and marks the wrapper. Without one, a changing LR is computed by
     the program itself (nanoGPT's from its iteration count)."""
     return hasattr(getattr(optimizer, "step", None), "_wrapped_by_lr_sched")
+
+
+def _audited(step: int) -> bool:
+    """The steps whose generator states a cheap audit takes: 1-3, then powers of two."""
+    return step <= 3 or step & (step - 1) == 0
 
 
 def _lrs(optimizer) -> list:
