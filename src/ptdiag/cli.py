@@ -67,7 +67,7 @@ def diagnose(
     html_path: Optional[Path] = typer.Option(None, "--html", help="Also write the HTML report here (report.html is always in the run dir)."),
     store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP),
     only: Optional[str] = typer.Option(None, "--only", help="Run these specialists instead of the router's plan (comma-separated)."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop the training cleanly after N optimizer steps."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", min=1, help="Stop the training cleanly after N training steps (optimizer steps, or hand-written updates)."),
     timeout: Optional[float] = typer.Option(None, "--timeout", min=0.1, help="End the run after S seconds, dumping every rank's stacks."),
     fail_on: str = typer.Option("never", "--fail-on", help="Exit 3 when a finding of this severity or worse is found: never, error, warning."),
     option: list[str] = typer.Option([], "--option", "-o", help="specialist.key=value for one specialist (repeatable), e.g. -o reproducibility.steps=20; `ptdiag options` lists them."),

@@ -188,7 +188,7 @@ def runs_compare(
     rtol: float = typer.Option(1e-6, "--rtol", min=0.0, help="Losses differ when |a-b| > rtol * max(1, |a|)."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> int:
-    """Side by side: config, seeds, git, environment, packages, data and metrics that differ,
+    """Side by side: command line, config, seeds, git, environment, packages, data and metrics that differ,
     and the first step where the loss curves part.
 
     Example: ptdiag runs compare 20261122-0130 20261122-0142
@@ -208,7 +208,7 @@ def runs_compare(
     from rich.table import Table
 
     console = _console()
-    for section in ("config", "seeds", "git", "environment", "packages", "data", "metrics"):
+    for section in ("command", "config", "seeds", "git", "environment", "packages", "data", "metrics"):
         table = Table(section, *[f"{n or ''} {r}".strip() for r, n in zip(result["runs"], result["names"])],
                       box=None, title_justify="left")
         for key, values in result[section].items():

@@ -83,11 +83,17 @@ EVENTS: dict[str, EventKind] = {
     "data_identity": _kind("inputs batch fingerprint", "the first training batch's shapes and a hash of it"),
     "dataloader": _kind("loader batch_size num_workers pin_memory drop_last persistent_workers dataset dataset_len "
                         "sampler", "a DataLoader was built"),
-    "step": _kind("step dt data_s lr loader epoch", "the primary optimizer finished a step"),
+    "step": _kind("step dt data_s lr loader epoch",
+                  "a training step ended: the primary optimizer's, or a hand-written update (probe/steps.py)"),
     "step_skipped": _kind("step reason counted", "a GradScaler skipped the primary optimizer's step (counted: "
                           "a fused optimizer's step the probe counted as `step`, skipped on the device)"),
     "loss": _kind("step value finite skipped", "the loss passed to backward in that step"),
-    "optimizer": _kind("cls groups params", "the primary optimizer and its hyperparameters"),
+    "other_loss": _kind("step optimizer cls value finite",
+                        "the loss of another optimizer's step (a GAN's second), after primary step `step`"),
+    "optimizer": _kind("cls groups defaults params",
+                       "the primary optimizer and its hyperparameters (groups at its first step; defaults as built)"),
+    "config": _kind("source values", "a config the program held at its first step (dataclass, CfgNode, "
+                                     "DictConfig, settings dict, globals set by --key=value)"),
     "logged_params": _kind("source params", "the program logged hyperparameters (TensorBoard/MLflow/W&B)"),
     "scalar": _kind("source tag value logged_step step", "the program logged a scalar"),
     "save": _kind("path keys type holds location step", "torch.save"),

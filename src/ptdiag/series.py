@@ -12,12 +12,13 @@ new source of a plot is a table entry:
                                    recorder's "step" events: the data wait and the rest of the step
     "memory"          memory       "mem_step"   {step, rss, cuda_allocated, cuda_reserved}
     "rank_step_time"  tracking     "step"       {step, dt} of every rank, when there are several
+    "lr"              tracking     "step"       {step, lr: [per parameter group]}: the schedule (rank 0)
 
 Shapes (JSON; points are [x, y], a non-finite y is the string "nan"/"inf" in report.json):
     {"loss": {"points": [...], "first_nonfinite": {step, value, rank, epoch} | null},
      "grad_norm": {"total": [...], "groups": [[...], ...]},
      "step_time": {"steps": [...], "parts": {phase: [seconds per step]}, "phases_measured": bool},
-     "memory": {field: [...]}, "rank_step_time": {rank: [...]}}
+     "memory": {field: [...]}, "rank_step_time": {rank: [...]}, "lr": {"points": [...]}}
 A series that was not recorded is absent. Each is bounded as the plots draw it (min and max
 of each bucket of a long line, averages of a long run of bars), so report.json stays small.
 """
@@ -46,13 +47,21 @@ def _line(points: list[tuple[float, float]]) -> list[list[float]]:
 
 def plot_series(run: RecordedRun) -> dict[str, Any]:
     found = {"loss": _loss(run), "grad_norm": _grad_norms(run), "step_time": _step_time(run),
-             "memory": _memory(run), "rank_step_time": _rank_step_times(run)}
+             "memory": _memory(run), "rank_step_time": _rank_step_times(run), "lr": _lr(run)}
     return {key: value for key, value in found.items() if value}
 
 
 def _loss(run: RecordedRun) -> dict | None:
     points = run.losses()
     return {"points": _line(points), "first_nonfinite": run.first_nonfinite_loss()} if points else None
+
+
+def _lr(run: RecordedRun) -> dict | None:
+    """The first parameter group's learning rate per step: the schedule (warm-up, decay)
+    that the configured LR in the run's params does not show."""
+    events = run.main.of(RECORDER_STEP_EVENT) if run.main else []
+    points = [(e["step"], v) for e in events if e.get("lr") and (v := as_number(e["lr"][0])) is not None]
+    return {"points": _line(points)} if points else None
 
 
 def _grad_norms(run: RecordedRun) -> dict | None:

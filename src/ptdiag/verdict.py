@@ -179,8 +179,9 @@ def run_findings(run: RecordedRun, status: str) -> list[Finding]:
         fix = ("Find the op that overflows: ptdiag \"gradients overflow in fp16\" --only numerics -- <command>; "
                "bfloat16 autocast (no GradScaler needed) avoids float16's 65504 limit.")
     else:
-        title = "The command ran but no optimizer step was seen"
-        fix = ("Point ptdiag at the command that trains (optimizer.step() is called), "
+        title = "The command ran but no training step was seen (no optimizer step, no parameter update after backward)"
+        fix = ("Point ptdiag at the command that trains (optimizer.step() is called, or parameters are updated "
+               "after backward()), "
                "e.g. ptdiag \"...\" -- python train.py; for frameworks, run their training entry point.")
     return [Finding(
         code="ptdiag.no_training_observed", specialist="ptdiag", severity="warning", title=title,

@@ -27,6 +27,7 @@ from ptdiag.probe.event_log import EventWriter
 from ptdiag.probe.instruments import Instruments
 from ptdiag.probe.model_hooks import ModelHooks
 from ptdiag.probe.plugin import Dispatcher, Plugin
+from ptdiag.probe.steps import WATCH as HAND_WRITTEN_WATCH, HandWrittenSteps
 
 STACK_DUMP_SIGNAL = signal.SIGUSR2  # SIGUSR1 is often taken (SLURM pre-emption, Lightning)
 
@@ -77,6 +78,7 @@ class Probe:
         self.model_hooks = ModelHooks(self.switch_off, self.log_error, self.budget.charge)
         self.dispatcher = Dispatcher(load_plugins(self, plan.get("specialists", [])), self.log_error,
                                      self.budget.charge)
+        self.hand_written = HandWrittenSteps(self.model_hooks, self._hand_written_step)  # steps without torch.optim
 
     # -- plumbing shared by patches and plugins -------------------------------------------
     def emit(self, event: str, /, **fields: Any) -> None:
@@ -145,6 +147,13 @@ class Probe:
     def _at_exit(self) -> None:
         """ptdiag's last work in the process; a failure of it is logged, never printed as
         'Exception ignored in atexit callback' on the program's stderr."""
+        self.max_steps = None  # the program is ending: nothing left to stop
+        try:
+            self.hand_written.at_exit()  # the last hand-written update, if any
+        except SystemExit:
+            pass  # a plugin's stop at that step: the program is ending anyway, the rest below must run
+        except Exception:
+            self.log_error(f"the last hand-written update was not looked at:\n{traceback.format_exc()}")
         self.call("on_exit")
         try:
             self.instruments.close_all()
@@ -202,7 +211,32 @@ class Probe:
         ref, scale = self._scaled_loss
         return scale if ref is not None and ref() is loss else None
 
-    # -- the step ---------------------------------------------------------------------------
+    # -- the step (what one is: probe/steps.py) ----------------------------------------------
+    def backward_called(self, loss) -> None:
+        """The program called backward on `loss` (patches: torch.autograd.backward)."""
+        self._watch_hand_written(self.hand_written.backward_begins)
+        self.call("on_backward", loss)
+
+    def backward_returned(self, loss) -> None:
+        self.call("on_backward_end", loss)
+        self._watch_hand_written(self.hand_written.backward_ended, loss)
+
+    def _watch_hand_written(self, what: Callable, *args) -> None:
+        """The hand-written update watch, guarded: its fault costs it, never the program."""
+        if self.hand_written.ended or gpu.capturing():  # inert inside a CUDA graph capture (probe/gpu.py)
+            return
+        start = time.perf_counter()
+        try:
+            what(*args)
+        except SystemExit:
+            raise  # Probe.stop at --max-steps
+        except Exception as exc:
+            self.hand_written.optimizer_stepped()  # ends the watch
+            self.log_error(f"the hand-written update watch raised:\n{traceback.format_exc()}")
+            self.switch_off(HAND_WRITTEN_WATCH, f"{type(exc).__name__}: {exc}"[:300])
+        finally:
+            self.budget.charge(HAND_WRITTEN_WATCH, time.perf_counter() - start)  # ptdiag's cost, measured
+
     def is_primary(self, optimizer) -> bool:
         """Steps count for the primary optimizer: the first one, or a later one over the
         same parameters. A script that builds a new optimizer every step still takes steps
@@ -218,13 +252,24 @@ class Probe:
         return False
 
     def optimizer_stepping(self, optimizer) -> None:
+        self.hand_written.optimizer_stepped()  # before a closure's backward passes (LBFGS) run inside step()
         if self.is_primary(optimizer):
             self.call("on_step_begin", self.step + 1, optimizer)
 
     def optimizer_stepped(self, optimizer) -> None:
+        self.hand_written.optimizer_stepped()
         self.call("on_any_optimizer_step", optimizer)
         if not self.is_primary(optimizer):
             return
+        self._step_taken(optimizer)
+
+    def _hand_written_step(self, update) -> None:
+        """A step of a program that updates its parameters by hand (probe/steps.py): the
+        plugins see it as they see an optimizer's, `update` standing for the optimizer."""
+        self.call("on_step_begin", self.step + 1, update)
+        self._step_taken(update)
+
+    def _step_taken(self, optimizer) -> None:
         self.step += 1
         self.call("on_step", self.step, optimizer)
         self.events.flush_each = False

@@ -46,17 +46,19 @@ def _optimizer_step_begin(probe: "Probe", torch) -> None:
 
 
 def _backward(probe: "Probe", torch) -> None:
-    """Tensor.backward calls torch.autograd.backward, so one wrapper sees both spellings."""
+    """Tensor.backward calls torch.autograd.backward, so one wrapper sees both spellings.
+    Always installed: a program that updates its parameters by hand takes its steps
+    after backward (probe/steps.py)."""
 
     def make(original):
         def backward(tensors, *args, **kwargs):
             loss = tensors[0] if isinstance(tensors, (list, tuple)) and len(tensors) == 1 else tensors
             loss = loss if isinstance(loss, torch.Tensor) else None
             if loss is not None:
-                probe.call("on_backward", loss)
+                probe.backward_called(loss)
             result = original(tensors, *args, **kwargs)
             if loss is not None:
-                probe.call("on_backward_end", loss)
+                probe.backward_returned(loss)
             return result
 
         return backward
@@ -459,8 +461,8 @@ def _numpy_seed(probe: "Probe", numpy) -> None:
 # (module to wait for, hooks the patch feeds, installer). An empty hook tuple: always.
 PATCHES = (
     ("torch", (), _optimizer_steps),
-    ("torch", ("on_step_begin",), _optimizer_step_begin),
-    ("torch", ("on_backward",), _backward),
+    ("torch", (), _optimizer_step_begin),  # always: it ends the hand-written update watch (steps.py)
+    ("torch", (), _backward),
     ("torch", ("on_dataloader", "on_loader_iter", "on_batch", "on_batch_indices"), _dataloader),
     ("torch", ("on_dataloader_args",), _dataloader_args),
     ("torch", ("on_backward", "on_step_skipped"), _grad_scaler),  # on_backward: probe.loss_scale

@@ -55,7 +55,7 @@ def _render_route(c: Console, report: Report) -> None:
 
 def _render_run(c: Console, report: Report) -> None:
     m = report.metrics
-    parts = [f"exit code {report.exit_code}", f"{report.steps_observed} optimizer steps"]
+    parts = [f"exit code {report.exit_code}", f"{report.steps_observed} training steps"]
     if m.get("step_time_s"):
         st = m["step_time_s"]
         parts.append(f"step time p50 {st['p50']:.3g} s, p90 {st['p90']:.3g} s")

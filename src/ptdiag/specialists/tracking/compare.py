@@ -27,6 +27,7 @@ def compare_runs(records: list[dict], run_dirs: list[Path], rtol: float = DEFAUL
         "runs": [r["run_id"] for r in records],
         "names": [r.get("name") for r in records],
         "status": [r.get("status") for r in records],
+        "command": differing([{"argv": _argv(r.get("command"))} for r in records]),
         "config": differing([r.get("params") or {} for r in records]),
         "seeds": differing([{k: v.get("value") for k, v in (r.get("seeds") or {}).items()} for r in records]),
         "git": _git(records, run_dirs),
@@ -121,6 +122,14 @@ def _metrics(record_: dict) -> dict:
     for tag, summary in (metrics.get("logged") or {}).items():
         found[f"logged.{tag}.last"] = summary.get("last")
     return found
+
+
+def _argv(command) -> str | None:
+    """The command line as one string (a shell-quoted join): runs that differ only in an
+    argument show it, whatever style of config that argument fed."""
+    import shlex
+
+    return shlex.join(command) if isinstance(command, list) else command
 
 
 def _flat(data: dict) -> dict:

@@ -23,8 +23,9 @@ def conditions_in(words: str, known_keys: set[str]) -> list[Condition]:
     found = []
     for match in _PAIR.finditer(words):
         key = match["key"].strip().lower()
-        key = next((ALIASES[a] for a in sorted(ALIASES, key=len, reverse=True)
-                    if key.endswith(a)), key.split()[-1] if key.split() else key)
+        last = key.split()[-1] if key.split() else key
+        key = last if last in known_keys else next(  # a script's own name first (nanoGPT's learning_rate)
+            (ALIASES[a] for a in sorted(ALIASES, key=len, reverse=True) if key.endswith(a)), last)
         if key in known_keys:
             value = float(match["value"])
             found.append(Condition("params", key, "=", int(value) if value.is_integer() else value))

@@ -12,8 +12,11 @@ STORE_FACTS = "store_facts.json"
 
 
 def params(run: RecordedRun) -> dict:
-    """Hyperparameters: argparse names as the script defines them, then optimizer.*,
-    dataloader.* (the training loader) and model.*."""
+    """Hyperparameters: argparse names as the script defines them; then the config the
+    program held at its first step (config objects and dicts flattened with dots, globals a
+    `--key=value` set) and what it logged to MLflow/W&B/TensorBoard, under their own names,
+    the first source of a name winning; then optimizer.*, dataloader.* (the training
+    loader) and model.*."""
     main = run.main
     if main is None:
         return {}
@@ -21,11 +24,15 @@ def params(run: RecordedRun) -> dict:
     args = main.first("args")
     if args:
         found.update(args["values"])
+    for event in main.of("config") + main.of("logged_params"):
+        for key, value in (event.get("values") or event.get("params") or {}).items():
+            found.setdefault(key, value)
     optimizer = main.first("optimizer")
     if optimizer:
         found["optimizer.name"] = optimizer["cls"]
         for key, value in (optimizer["groups"][0] if optimizer["groups"] else {}).items():
             found[f"optimizer.{key}"] = value
+        found["optimizer.lr"] = configured_lr(optimizer)
         if len(optimizer["groups"]) > 1:
             found["optimizer.param_groups"] = len(optimizer["groups"])
     used = {e.get("loader") for e in main.of("step")}
@@ -40,6 +47,32 @@ def params(run: RecordedRun) -> dict:
         found["model.params"] = model["params"]
         found["model.dtype"] = model["dtype"]
         found["model.device"] = model["device"]
+    return found
+
+
+def configured_lr(optimizer: dict):
+    """The learning rate the program configured, not the schedule's value at the first
+    step (a warm-up's first, 1e-5 for 6e-4): the first group's `max_lr` (OneCycleLR's
+    peak, which it starts at a fraction of), else its `initial_lr` (where a torch LR
+    scheduler keeps the LR it was given), else the LR the optimizer was built with
+    (`defaults`; a loop that sets each group's LR by hand, as nanoGPT does, leaves it
+    alone), else the first group's LR."""
+    group = optimizer["groups"][0] if optimizer.get("groups") else {}
+    for value in (group.get("max_lr"), group.get("initial_lr"), (optimizer.get("defaults") or {}).get("lr"),
+                  group.get("lr")):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+    return group.get("lr")
+
+
+def other_losses(run: RecordedRun) -> dict[str, list[tuple[int, float]]]:
+    """The losses of other optimizers' steps (a GAN's generator), per optimizer:
+    "optimizer 2 (Adam)" -> (primary step, loss)."""
+    main = run.main
+    found: dict[str, list[tuple[int, float]]] = {}
+    for event in main.of("other_loss") if main else []:
+        found.setdefault(f"optimizer {event['optimizer']} ({event['cls']})", []).append(
+            (event["step"], float(event["value"])))
     return found
 
 

@@ -262,7 +262,9 @@ def _audited(step: int) -> bool:
 
 
 def _lrs(optimizer) -> list:
-    return [g["lr"] if isinstance(g["lr"], (int, float)) else float(g["lr"]) for g in optimizer.param_groups]
+    """Each group's learning rate; None where there is none (a hand-written update's)."""
+    return [g["lr"] if isinstance(g["lr"], (int, float)) or g["lr"] is None else float(g["lr"])
+            for g in optimizer.param_groups]
 
 
 def _total(values: list) -> int:

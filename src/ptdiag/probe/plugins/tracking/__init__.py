@@ -1,13 +1,20 @@
 """The passive recorder: what every run keeps, with no change to the user's code.
 
-Per optimizer step it writes the step time, the time spent waiting for data, the epoch,
-the learning rates and the loss. The loss is read without a host synchronisation on
-CUDA: a non-blocking copy to host plus an event, read once the event has completed.
+Per training step (probe/steps.py) it writes the step time, the time spent waiting for
+data, the epoch, the learning rates and the loss; at the first step, the program's
+configuration as it holds it (config.py). The loss is read without a host synchronisation
+on CUDA: a non-blocking copy to host plus an event, read once the event has completed.
+
+Which backward passes a step's loss is made of: those since the previous step (gradient
+accumulation: their sum, see LossReader); an optimizer that evaluates a closure inside `step()` (LBFGS)
+takes the closure's first loss, the one `step()` returns; the backward passes before a
+step of another optimizer (a GAN's generator) are that optimizer's, written apart.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import time
 import weakref
 from collections import deque
@@ -16,8 +23,9 @@ from ptdiag.checkpoint_contents import categories, describe, file_label
 from ptdiag.location import user_location_of_traceback
 from ptdiag.probe import gpu
 from ptdiag.probe.plugin import Plugin as ProbePlugin
-from ptdiag.probe.plugins.tracking import footprint
+from ptdiag.probe.plugins.tracking import config, footprint
 from ptdiag.probe.plugins.tracking.fused_skips import FusedSkips
+from ptdiag.probe.steps import HandWrittenUpdate
 
 MAX_ARGS_EVENTS = 5  # a program that parses arguments in a loop is not worth more
 
@@ -47,14 +55,16 @@ class LossReader:
         self._pending: deque = deque()
 
     def push(self, step: int, losses: list, skipped: bool = False) -> list[tuple[int, float, bool]]:
-        """The mean of a step's losses, `(tensor, its stream or None on CPU)` (several
-        backward passes: gradient accumulation); `skipped`: a GradScaler dropped the update
-        these backward passes were for."""
+        """The sum of a step's losses, `(tensor, its stream or None on CPU)`: the update
+        follows the gradient of their sum. Gradient accumulation scales each micro-step's
+        loss by 1/N, so the sum is the mean loss, as nanoGPT and the Hugging Face Trainer
+        report it; a GAN discriminator's real and fake losses add up to its loss.
+        `skipped`: a GradScaler dropped the update these backward passes were for."""
         ready = self.poll()
         if not losses:
             return ready
         if all(t.device.type == "cpu" for t, _ in losses):
-            ready.append((step, sum(float(t) for t, _ in losses) / len(losses), skipped))
+            ready.append((step, sum(float(t) for t, _ in losses), skipped))
             return ready
         import torch
 
@@ -62,8 +72,8 @@ class LossReader:
         with torch.cuda.device(stream.device), torch.cuda.stream(stream):
             for other in {s for _, s in losses if s is not None and s != stream}:
                 stream.wait_stream(other)
-            mean = torch.stack([t.float().to(stream.device) for t, _ in losses]).mean()
-            host = mean.to("cpu", non_blocking=True)
+            total = torch.stack([t.float().to(stream.device) for t, _ in losses]).sum()
+            host = total.to("cpu", non_blocking=True)
             event = torch.cuda.Event()
             event.record(stream)
         self._pending.append((step, host, event, skipped))
@@ -85,6 +95,8 @@ class Plugin(ProbePlugin):
         super().__init__(probe)
         self._args_events = 0
         self._losses: list = []
+        self._before_step: int | None = None  # how many losses came before the primary's step() began
+        self._others: dict[int, tuple] = {}  # id of another optimizer -> (its number: 2, 3, ...; its class; reader)
         self._loss_reader = LossReader()
         self._fused_skips = FusedSkips()
         self._data_wait = 0.0
@@ -188,21 +200,42 @@ class Plugin(ProbePlugin):
             self._emit_loss(loss_step, value, skipped)
         self.probe.emit("step_skipped", step=self.probe.step + 1, reason="GradScaler: inf/NaN gradients")
 
+    def on_step_begin(self, step, optimizer) -> None:
+        self._before_step = len(self._losses)
+
+    def on_any_optimizer_step(self, optimizer) -> None:
+        """Another optimizer's step (a GAN's second): the losses since the last step were
+        its own, not the primary's."""
+        if self.probe.is_primary(optimizer) or not self._losses:
+            return
+        if id(optimizer) not in self._others:
+            self._others[id(optimizer)] = (len(self._others) + 2, type(optimizer).__name__, LossReader())
+        number, cls, reader = self._others[id(optimizer)]
+        losses, self._losses = self._losses, []
+        for step, value, _ in reader.push(self.probe.step, losses):
+            self._emit_other_loss(number, cls, step, value)
+
+    def _emit_other_loss(self, number: int, cls: str, step: int, value: float) -> None:
+        self.probe.emit("other_loss", step=step, optimizer=number, cls=cls, value=value, finite=math.isfinite(value))
+
     def on_step(self, step, optimizer) -> None:
         now = time.perf_counter()
         dt = None if self._last_step_time is None else now - self._last_step_time
         self._last_step_time = now
         self._read_fused_skips(step, optimizer)  # every step, shed or not: the count of updates depends on it
+        if step == 1:
+            self._record_config()
         if not self.probe.budget.records(step):  # the budget shed: this step's lines are not kept
             self._data_wait = 0.0
             self._losses = []
+            self._before_step = None
             return
         self._describe(optimizer)
         self.probe.emit("step", step=step, dt=dt, data_s=self._data_wait,
                         lr=[_scalar(g.get("lr")) for g in optimizer.param_groups],
                         loader=self._batch_from[0], epoch=self._batch_from[1])
         self._data_wait = 0.0
-        losses, self._losses = self._losses, []
+        losses, self._losses = self._step_losses(), []
         for loss_step, value, skipped in self._loss_reader.push(step, losses):
             self._emit_loss(loss_step, value, skipped)
 
@@ -218,6 +251,35 @@ class Plugin(ProbePlugin):
         self.probe.emit("step_skipped", step=step, counted=True,
                         reason="GradScaler with a fused optimizer: inf/NaN gradients, the update was skipped on the device")
 
+    def _step_losses(self) -> list:
+        """The losses of the step that ended: those before step() began, else (a closure
+        evaluated inside it) the closure's first."""
+        before, self._before_step = self._before_step, None
+        if before is None or before == len(self._losses):
+            return self._losses
+        return self._losses[:before] or self._losses[before:before + 1]
+
+    def _record_config(self) -> None:
+        """The program's config at its first step; a failure costs only the config, never
+        the recorder's steps."""
+        try:
+            self._emit_config()
+        except Exception:
+            import traceback
+
+            self.probe.log_error(f"the program's config was not read:\n{traceback.format_exc()}")
+
+    def _emit_config(self) -> None:
+        from ptdiag.environment import REDACTED, is_secret_name
+
+        # a program that parsed its command line with argparse set no globals from it: a
+        # global that shares an option's name (word_language_model's `lr`) is its own
+        overrides = sys.argv[1:] if not self._args_events else []
+        for source, values in config.program_config(sys._getframe(2), overrides):
+            # a secret is a string: a number named like one (bos_token_id) is kept
+            values = {k: REDACTED if is_secret_name(k) and isinstance(v, str) and v else v for k, v in values.items()}
+            self.probe.emit("config", source=source, values=values)
+
     def _emit_loss(self, step: int, value: float, skipped: bool) -> None:
         extra = {"skipped": True} if skipped else {}
         self.probe.emit("loss", step=step, value=value, finite=math.isfinite(value), **extra)
@@ -226,20 +288,27 @@ class Plugin(ProbePlugin):
         """The optimizer's class and hyperparameters, said when they change: a program that
         builds a new optimizer every step has it said once, not every step."""
         ref, said = self._described
-        if ref is not None and ref() is optimizer:
-            return
+        if isinstance(optimizer, HandWrittenUpdate) or (ref is not None and ref() is optimizer):
+            return  # a hand-written update has no hyperparameters of its own to say
         groups = [{k: _scalar(v) for k, v in g.items() if k != "params" and not isinstance(v, (list, dict))}
                   for g in optimizer.param_groups]
+        defaults = {k: _scalar(v) for k, v in getattr(optimizer, "defaults", {}).items()
+                    if not isinstance(v, (list, dict))}
         description = (type(optimizer).__name__, groups)
         self._described = (weakref.ref(optimizer), description)
         if description != said:
-            self.probe.emit("optimizer", cls=description[0], groups=groups,
+            self.probe.emit("optimizer", cls=description[0], groups=groups, defaults=defaults,
                             params=sum(p.numel() for g in optimizer.param_groups for p in g["params"]))
 
     def on_log_params(self, source, params) -> None:
+        """Hyperparameters as the program logged them: a dict, an argparse Namespace
+        (`wandb.init(config=args)`) or a config object, nested ones flattened with dots."""
         from ptdiag.environment import REDACTED, is_secret_name
 
-        values = {str(k): REDACTED if is_secret_name(str(k)) else v for k, v in dict(params).items()}
+        if not isinstance(params, dict) and config.settings_of(params) is None:
+            params = vars(params) if hasattr(params, "__dict__") else {}
+        values = {k: REDACTED if is_secret_name(k) and isinstance(v, str) and v else v
+                  for k, v in config.flatten(params).items()}
         self.probe.emit("logged_params", source=source, params=values)
 
     def on_log_scalar(self, source, tag, value, step) -> None:
@@ -272,6 +341,9 @@ class Plugin(ProbePlugin):
             self._emit_loss(step, value, skipped)
         for step in self._fused_skips.poll(wait=True):
             self._emit_fused_skip(step)
+        for number, cls, reader in self._others.values():
+            for step, value, _ in reader.poll(wait=True):
+                self._emit_other_loss(number, cls, step, value)
         self.probe.emit("resources", **footprint.at_exit())
         if self.probe.rank == 0:
             footprint.write_packages(self.probe.run_dir)
