@@ -33,6 +33,16 @@ def run_ptdiag(*args: str, cwd: Path, timeout: float = 240, env: dict | None = N
                           timeout=timeout, **kwargs)
 
 
+def recorded_steps(switched_off: list[dict], steps: int) -> list[int]:
+    """The steps whose lines the recorder wrote: every one, until ptdiag's budget shed them
+    to 1 step in N (a `switched_off` entry, the report's or the event's: from the step after
+    the one it names). A loaded box makes steps look costlier, so tests allow for it."""
+    strides = [(s["step"], int(s["what"].rsplit(" ", 1)[-1])) for s in switched_off
+               if s["what"].startswith("the recorder's per-step lines")]
+    return [step for step in range(1, steps + 1)
+            if step % max([n for after, n in strides if after < step], default=1) == 0]
+
+
 def load_report(path: Path) -> dict:
     return json.loads(path.read_text())
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, load_report, run_ptdiag
+from conftest import PYTHON, load_report, recorded_steps, run_ptdiag
 
 pytestmark = pytest.mark.slow
 
@@ -196,6 +196,8 @@ def test_lightning_trainer_inside_a_session(workdir):
     assert out["params"]["optimizer.name"] == "Adam" and out["params"]["lr"] == 1e-3
     assert out["params"]["dataloader.batch_size"] == 8
     assert out["stopped_steps"] == 5 and out["stopped_status"] == "completed"
-    losses = [json.loads(l)["value"] for p in (Path(out["dir"]) / "events").glob("*.jsonl")
-              for l in p.read_text().splitlines() if '"ev":"loss"' in l]
-    assert len(losses) == 16 and all(math.isfinite(v) for v in losses)
+    events = [json.loads(line) for p in (Path(out["dir"]) / "events").glob("*.jsonl")
+              for line in p.read_text().splitlines()]
+    losses = {e["step"]: e["value"] for e in events if e["ev"] == "loss"}
+    assert sorted(losses) == recorded_steps([e for e in events if e["ev"] == "switched_off"], 16)
+    assert all(math.isfinite(v) for v in losses.values())

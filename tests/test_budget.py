@@ -16,7 +16,7 @@ import subprocess
 
 import pytest
 
-from conftest import PROGRAMS, PYTHON, load_report, run_ptdiag
+from conftest import PROGRAMS, PYTHON, load_report, recorded_steps, run_ptdiag
 from ptdiag.events import read_events
 from ptdiag.probe import budget as budget_module
 from ptdiag.probe.budget import CHECK_STEPS, STEP_SHARE, WARMUP_STEPS, Budget
@@ -167,15 +167,6 @@ def _run_program(workdir, script: str, *args: str, ptdiag: list[str] | None = No
     return {**json.loads(times.read_text()), "report": report, "events": events, "run_dir": run_dir}
 
 
-def _recorded_steps(report: dict, steps: int) -> list[int]:
-    """The steps whose lines the recorder wrote: every one, until the budget shed them to 1
-    step in N (said in `switched_off`, from the step after the one named)."""
-    strides = [(s["step"], int(s["what"].rsplit(" ", 1)[-1])) for s in report["switched_off"]
-               if s["what"].startswith("the recorder's per-step lines")]
-    return [step for step in range(1, steps + 1)
-            if step % max([n for after, n in strides if after < step], default=1) == 0]
-
-
 def _windows(events: list[dict]) -> list[str]:
     return [e["what"] for e in events if e["ev"] == "window"]
 
@@ -210,7 +201,7 @@ def test_optimizer_rebuilt_every_step_takes_every_step_and_one_breakdown(workdir
     run = _run_program(workdir, "budget_optimizer_rebuilt.py", "--steps", "48", ptdiag=TRIAGE)
     report, events = run["report"], run["events"]
     assert report["steps_observed"] == 48
-    assert [e["step"] for e in events if e["ev"] == "step"] == _recorded_steps(report, 48)
+    assert [e["step"] for e in events if e["ev"] == "step"] == recorded_steps(report.get("switched_off", []), 48)
     assert len([e for e in events if e["ev"] == "mem_breakdown"]) == 1
     assert sorted(_windows(events)) == ["memory breakdown (MemTracker)", "performance windows"]
     assert any(f["code"] == "performance.optimizer_recreated" for f in report["findings"])
