@@ -196,3 +196,14 @@ def test_full_store_disk_is_one_line(workdir, full_disk):
     err = proc.stderr.decode()
     assert proc.returncode == 2 and "No space left on device" in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_program_without_torch_leaves_no_probe_error(workdir):
+    """Every plugin of the triage and the reproducibility/distributed cheap checks end
+    cleanly in a process that never imports torch (numerics' on_exit used to read a
+    loss region made only at torch's import)."""
+    proc = run_ptdiag("something is wrong with my training", "--no-verify", "--json", "r.json", "--",
+                      PYTHON, "-c", "print('no torch here')", cwd=workdir)
+    assert proc.returncode == 0 and proc.stdout == b"no torch here\n"
+    run_dir = workdir / "ptdiag-runs" / load_report(workdir / "r.json")["run_id"]
+    assert not (run_dir / "probe-errors.log").exists(), (run_dir / "probe-errors.log").read_text()

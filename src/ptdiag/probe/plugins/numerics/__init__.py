@@ -161,6 +161,8 @@ class Plugin(ProbePlugin):
                                                                      STEP_CAPTURE)
 
     def _leave_region(self) -> None:
+        if self._region is None:  # torch never imported: nothing was watched
+            return
         self._region.leave()
         if self._region_end is not None:
             self._region_end.remove()
