@@ -19,6 +19,12 @@ FIXTURES = REPO.parent / "shared" / "fixtures"
 PYTHON = sys.executable
 # Small and stable on a 2-core box (facts.md): one thread, tiny images, few samples.
 FAST_SAMPLE_ARGS = ["--threads", "1", "--samples", "64", "--image-size", "16"]
+# Verification runs (a companion run per verified finding) are on by default for users; in
+# the suite only tests/test_verification_e2e.py and those that pass --verify run them: every
+# other diagnosis would cost one more training run (CI's 15-minute budget on a loaded box).
+# Processes the tests start inherit it (torchrun jobs started with Popen too).
+os.environ["PTDIAG_VERIFY"] = "0"
+DEFAULT_VERIFY = {"PTDIAG_VERIFY": ""}  # env= for a run that keeps ptdiag's own default
 
 
 def ptdiag_cmd(*args: str) -> list[str]:

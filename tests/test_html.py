@@ -103,7 +103,11 @@ def test_nan_run_page_has_verdict_first_then_findings_then_the_marked_loss_curve
     assert order == sorted(order)
     parsed = Elements(page)
     assert parsed.of("h1") and report.findings[0].title in "".join(parsed.text)
-    plots = [a["data-plot"] for a in parsed.of("svg")]
+    charts = [a["data-plot"] for a in parsed.of("svg")]
+    # a verified finding's own chart (both runs' losses) stands in the findings, before the plots
+    verified = [c for c in charts if c.startswith("verified-")]
+    assert charts[:len(verified)] == verified
+    plots = charts[len(verified):]
     assert plots[:1] == ["loss"] and "step_time" in plots and set(plots) <= PLOT_IDS
     # each plot is there exactly when its data was recorded; otherwise a line says so
     assert ("grad_norm" in plots) == bool(html_series.grad_norms(report.series)) != ("Gradient norm: not recorded" in page)

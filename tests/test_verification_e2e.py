@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from conftest import PROGRAMS, PYTHON, load_report, run_ptdiag
+from conftest import DEFAULT_VERIFY, PROGRAMS, PYTHON, load_report, run_ptdiag
 
 pytestmark = pytest.mark.slow
 
 
 def diagnose(workdir, symptom: str, program: str, *args: str, verify: bool = False):
     proc = run_ptdiag(symptom, "--json", "r.json", *(["--verify"] if verify else []), "--", PYTHON,
-                      str(PROGRAMS / program), *args, cwd=workdir)
+                      str(PROGRAMS / program), *args, cwd=workdir, env=DEFAULT_VERIFY)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     report = load_report(workdir / "r.json")
     return report, proc.stderr.decode(), workdir / "ptdiag-runs" / report["run_id"]

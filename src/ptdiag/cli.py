@@ -74,7 +74,7 @@ def diagnose(
     resume_cmd: Optional[str] = typer.Option(None, "--resume-cmd", help="Check that this command resumes the run exactly from its checkpoint (reproducibility), e.g. \"python train.py --resume ckpt.pt\"."),
     resume_step: Optional[int] = typer.Option(None, "--resume-step", min=1, help="The step whose checkpoint --resume-cmd resumes from [default: the first save]."),
     repeat: Optional[bool] = typer.Option(None, "--repeat/--no-repeat", help="Run the command a second time to prove it repeats (reproducibility) [default: when reproducibility is planned]."),
-    verify: Optional[bool] = typer.Option(None, "--verify/--no-verify", help="Try the fix of each top finding that has an intervention in a short companion run and report what changed (`ptdiag options` lists them) [default: when the run took under 3 minutes on one node]."),
+    verify: Optional[bool] = typer.Option(None, "--verify/--no-verify", envvar="PTDIAG_VERIFY", help="Try the fix of each top finding that has an intervention in a short companion run and report what changed (`ptdiag options` lists them) [default: when the run took under 3 minutes on one node; PTDIAG_VERIFY=0/1 sets it for every run]."),
     verify_budget: Optional[float] = typer.Option(None, "--verify-budget", min=1.0, help="At most S seconds of verification runs in all [default: 3x the run, at least 60]."),
     target_memory: Optional[str] = typer.Option(None, "--target-memory", help="Will it fit: a memory size (16GiB) or a GPU preset (V100-16GB); same as -o memory.target_memory=/memory.target=."),
     name: Optional[str] = typer.Option(None, "--name", help=NAME_HELP),
