@@ -101,6 +101,9 @@ class Context:
         self.env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [str(REPO / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
         self.env.pop("PTDIAG_STORE", None)
+        # verification runs (one more training run per verified finding) prove no GPU path:
+        # off, so the checks stay within their minutes
+        self.env["PTDIAG_VERIFY"] = "0"
 
     def run(self, command: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
         try:
