@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import PROGRAMS, PYTHON, run_ptdiag
+from conftest import PROGRAMS, PYTHON, ptdiag_cmd, run_ptdiag
 
 BAD_INPUTS = [
     (["loss is NaN", "python", "train.py"], "no command after '--'"),
@@ -86,3 +87,15 @@ def test_env_command(workdir):
     data = json.loads(proc.stdout)
     assert data["torch"]["torch"].startswith("2.")
     assert data["host"]
+
+
+def test_a_reader_that_closed_the_pipe_ends_ptdiag_quietly(workdir):
+    """`ptdiag route ... | head -0`: no traceback and no 'Exception ignored' on stderr."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run(ptdiag_cmd("route", "loss is NaN", "--json"), stdout=write,
+                              stderr=subprocess.PIPE, cwd=workdir, timeout=60)
+    finally:
+        os.close(write)
+    assert proc.returncode == 1 and proc.stderr == b""

@@ -7,6 +7,7 @@ pydantic, ~80 ms): the router must answer within 150 ms, interpreter start inclu
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from ptdiag import __version__
@@ -54,6 +55,20 @@ def _fast_route(head: list[str]) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """A reader that closed the pipe early (`ptdiag runs list | head`) ends ptdiag quietly,
+    as Python's docs advise: no traceback, and no second error when Python flushes stdout
+    at exit."""
+    try:
+        try:
+            _main(argv)
+        finally:
+            sys.stdout.flush()  # here, where a closed pipe is still caught below
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+
+
+def _main(argv: list[str] | None) -> None:
     head, command = split_argv(sys.argv[1:] if argv is None else list(argv))
     if head[:1] == ["--version"]:
         print(f"ptdiag {__version__}")
