@@ -81,8 +81,11 @@ def story(run: RecordedRun, rank: int, onset_step: int, growth_per_step: float, 
     else:
         clause, sentence = "", "No learning rate was reported (the weights are updated by hand) nor configured."
     if rose and safe:
-        fix = (f"The learning rate schedule raised it x{cause / start:.3g}: keep it at or below {safe:.3g}, the last "
-               f"value before the explosion (x{cause / safe:.3g} lower than {cause:.3g}).")
+        # not `safe`, the last value before the onset: capped there, the ResNet lr sample still
+        # diverged (2.5 -> 2907 in 3 steps); capped where it started, it trained (verification)
+        fix = (f"The learning rate schedule raised it x{cause / start:.3g}: keep it near {start:.3g}, where the run "
+               f"started (even {safe:.3g}, the last value before the explosion, may be too high): lower the "
+               f"peak the schedule reaches.")
     elif cause and adaptive:
         fix = (f"Lower the learning rate (it was {cause:.3g}{named}): {optimizer(run, rank)} moves each weight by "
                f"about the learning rate per step whatever the gradient's size, so clipping cannot hold this back.")
