@@ -85,5 +85,7 @@ def test_timeout_of_a_hung_nccl_job_reports_its_flight_recorder(workdir):
     finding = next(f for f in report["findings"] if f["code"] == "distributed.collective_mismatch"
                    and f["evidence"].get("collective", "").startswith("nccl:"))
     assert sorted(finding["evidence"]["ranks"]) == [12, 14]
+    # ended by --timeout before its first step: not "the command failed before training"
+    assert not [f for f in report["findings"] if f["code"] == "ptdiag.command_failed"]
     run_dir = next((workdir / "ptdiag-runs").glob("2*"))
     assert not list((run_dir / FLIGHT_RECORDER_DIR).glob("*.pipe"))

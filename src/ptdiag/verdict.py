@@ -157,6 +157,8 @@ def run_findings(run: RecordedRun, status: str) -> list[Finding]:
     ptdiag.crashed when it failed part-way (where, with which error)."""
     if run.steps_observed:
         return _crash_finding(run) if status == "crashed" else []
+    if status in ("interrupted", "timeout", "hung", "diverged"):  # ended by ptdiag or the user, not failed
+        return []
     exit_code = run.outcome.get("exit_code", 0)
     if status in ("crashed", "killed", "oom") or exit_code != 0:
         exc = run.exceptions[-1] if run.exceptions else None
@@ -170,8 +172,6 @@ def run_findings(run: RecordedRun, status: str) -> list[Finding]:
             evidence={"exit_code": exit_code, "last_error": last_error,
                       "location": exc.get("location") if exc else None},
             fix="Run the command without ptdiag to see its own error output above, and fix that first.")]
-    if status in ("interrupted", "timeout", "hung", "diverged"):
-        return []
     seen = _what_was_seen(run)
     skipped = len(run.all_events("step_skipped"))
     if skipped:  # training ran, but a GradScaler dropped every update
