@@ -159,6 +159,8 @@ NAN_BEFORE = {"step": 14, "value": "inf", "steps": 14, "first_loss": 1.1, "last_
     ({"step": None, "value": None, "steps": 28, "first_loss": 1.1, "last_finite_loss": 0.67}, True),
     ({"step": 16, "value": "nan", "steps": 16, "first_loss": 1.1, "last_finite_loss": 9e30}, False),
     ({"step": None, "value": None, "steps": 28, "first_loss": 1.1, "last_finite_loss": 3e7}, False),  # diverges
+    # real nanoGPT at --learning_rate=1000, the LR x0.01: finite, but 4.19 -> 258.8 is no training
+    ({"step": None, "value": None, "steps": 28, "first_loss": 4.19, "last_finite_loss": 258.8}, False),
     ({"step": None, "value": None, "steps": 9, "first_loss": 1.1, "last_finite_loss": 0.9}, None),  # ended early
 ])
 def test_a_nan_fix_helps_only_when_the_loss_stays_finite_and_bounded_past_the_failure(after, helped):
