@@ -80,6 +80,7 @@ def story(run: RecordedRun, rank: int, onset_step: int, growth_per_step: float, 
                     f"with {setting[0]}={setting[1]:.4g}.")
     else:
         clause, sentence = "", "No learning rate was reported (the weights are updated by hand) nor configured."
+    was = (f"it was {cause:.3g}" + (f", configured {setting[0]}={setting[1]:.4g}" if named else "")) if cause else ""
     if rose and safe:
         # not `safe`, the last value before the onset: capped there, the ResNet lr sample still
         # diverged (2.5 -> 2907 in 3 steps); capped where it started, it trained (verification)
@@ -87,10 +88,10 @@ def story(run: RecordedRun, rank: int, onset_step: int, growth_per_step: float, 
                f"started (even {safe:.3g}, the last value before the explosion, may be too high): lower the "
                f"peak the schedule reaches.")
     elif cause and adaptive:
-        fix = (f"Lower the learning rate (it was {cause:.3g}{named}): {optimizer(run, rank)} moves each weight by "
+        fix = (f"Lower the learning rate ({was}): {optimizer(run, rank)} moves each weight by "
                f"about the learning rate per step whatever the gradient's size, so clipping cannot hold this back.")
     elif cause:
-        fix = f"Lower the learning rate (it was {cause:.3g}{named}) by at least x{max(min(growth_per_step, 10), 2):.2g}."
+        fix = f"Lower the learning rate ({was}) by at least x{max(min(growth_per_step, 10), 2):.2g}."
     else:
         fix = "Lower the learning rate of the hand-written update" + (
             f" ({setting[0]}={setting[1]:.4g})." if setting else ".")
