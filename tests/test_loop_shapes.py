@@ -112,6 +112,44 @@ def test_an_optimizer_step_ends_the_watch(watch):
     assert steps == [] and watcher.ended
 
 
+def test_gradients_from_autograd_grad_then_an_update_by_hand_are_a_step(watch):
+    """`torch.autograd.grad(loss, params)` puts nothing in `.grad`: the parameters it was
+    asked for are the ones watched (a MAML meta-update, `p -= lr * g`)."""
+    watcher, steps = watch
+    model = torch.nn.Linear(3, 2)
+    params = list(model.parameters())
+    loss = model(torch.randn(4, 3)).pow(2).mean()
+    watcher.backward_begins()
+    grads = torch.autograd.grad(loss, params)
+    watcher.backward_ended(loss, params)
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            p -= 0.1 * g
+    model(torch.randn(1, 3))
+    assert len(steps) == 1 and steps[0].param_groups[0]["params"] == params
+
+
+@pytest.mark.parametrize("call, counted", [
+    ("scalar loss to parameters", True),
+    ("create_graph (an inner step, a penalty)", False),
+    ("to an input (a saliency map)", False),
+    ("a vector output", False),
+])
+def test_which_autograd_grad_calls_may_be_an_update(call, counted):
+    from ptdiag.probe.patches import _training_gradient
+
+    model = torch.nn.Linear(3, 2)
+    x = torch.randn(4, 3, requires_grad=True)
+    out = model(x)
+    outputs, inputs, kwargs = {
+        "scalar loss to parameters": (out.sum(), list(model.parameters()), {}),
+        "create_graph (an inner step, a penalty)": (out.sum(), list(model.parameters()), {"create_graph": True}),
+        "to an input (a saliency map)": ([out.sum()], [x], {}),
+        "a vector output": (out, list(model.parameters()), {}),
+    }[call]
+    assert (_training_gradient(torch, outputs, inputs, (), kwargs) is not None) == counted
+
+
 class MinCfg:
     """minGPT's CfgNode: settings as attributes, nested."""
 
