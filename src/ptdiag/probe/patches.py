@@ -70,12 +70,14 @@ def _autograd_grad(probe: "Probe", torch) -> None:
     """A loop may take its gradients with torch.autograd.grad and update the parameters by
     hand (`p -= lr * g`): such a call is a backward pass of the loss to the probe when its
     output is one scalar, some inputs are parameters, and it builds no graph of its own
-    (create_graph: a meta-learning inner step or a gradient penalty, not an update). ptdiag's
-    own calls (the numerics replay) are not the program's."""
+    (create_graph: a meta-learning inner step or a gradient penalty, not an update), until an
+    optimizer steps: then steps are the optimizer's and such gradients are not its (a
+    first-order MAML's inner steps). ptdiag's own calls (the numerics replay) are not the
+    program's."""
 
     def make(original):
         def grad(outputs, inputs, *args, **kwargs):
-            loss = _training_gradient(torch, outputs, inputs, args, kwargs)
+            loss = None if probe.hand_written.ended else _training_gradient(torch, outputs, inputs, args, kwargs)
             if loss is None or sys._getframe(1).f_globals.get("__name__", "").startswith("ptdiag."):
                 return original(outputs, inputs, *args, **kwargs)
             params = [t for t in ([inputs] if isinstance(inputs, torch.Tensor) else inputs)
