@@ -150,6 +150,26 @@ def test_which_autograd_grad_calls_may_be_an_update(call, counted):
     assert (_training_gradient(torch, outputs, inputs, (), kwargs) is not None) == counted
 
 
+def test_autograd_grad_of_a_parameters_generator_is_seen_and_still_computed():
+    """`torch.autograd.grad(loss, model.parameters())`: the generator is read once, by the
+    wrapper, and torch gets every parameter (a consumed generator would give it none)."""
+    import types
+
+    from ptdiag.probe.patches import _autograd_grad
+
+    seen = []
+    probe = types.SimpleNamespace(hand_written=types.SimpleNamespace(ended=False),
+                                  backward_called=lambda loss: seen.append("called"),
+                                  backward_returned=lambda loss, params: seen.append(len(params)))
+    fake = types.SimpleNamespace(autograd=types.SimpleNamespace(grad=torch.autograd.grad), Tensor=torch.Tensor,
+                                 nn=torch.nn)
+    _autograd_grad(probe, fake)
+    model = torch.nn.Linear(3, 2)
+    grads = fake.autograd.grad(model(torch.randn(4, 3)).sum(), model.parameters())
+    assert [g.shape for g in grads] == [p.shape for p in model.parameters()]
+    assert seen == ["called", 2]
+
+
 class MinCfg:
     """minGPT's CfgNode: settings as attributes, nested."""
 

@@ -77,6 +77,8 @@ def _autograd_grad(probe: "Probe", torch) -> None:
 
     def make(original):
         def grad(outputs, inputs, *args, **kwargs):
+            if not isinstance(inputs, (torch.Tensor, list, tuple)):
+                inputs = tuple(inputs)  # `model.parameters()`: a generator, read once here
             loss = None if probe.hand_written.ended else _training_gradient(torch, outputs, inputs, args, kwargs)
             if loss is None or sys._getframe(1).f_globals.get("__name__", "").startswith("ptdiag."):
                 return original(outputs, inputs, *args, **kwargs)

@@ -33,7 +33,8 @@ STEP_CAPTURE = "numerics step capture"  # the model's hooks: each step's inputs 
 def _import_torch_parts() -> None:
     """The watch's parts are torch code (dispatch modes, pytree): they are imported with
     torch, never before it (the probe starts before the program imports anything)."""
-    global torch, watch, BatchLedger, poisoned_indices, all_finite, float_tensors, replay, cuda_indices, rng_state, LossRegion, between
+    global torch, watch, BatchLedger, poisoned_indices, all_finite, float_tensors, replay, cuda_indices, rng_state
+    global LossRegion, between
     import torch
 
     from ptdiag.probe.plugins.numerics import watch

@@ -12,10 +12,10 @@ During the replay:
 - anomaly mode (without its NaN check) keeps each node's forward traceback, so a backward
   op maps back to the user's forward line;
 - the RNG is forked, and set to its state when the step's forward began where that was
-  captured (numerics' pre-hook on the model, held between a watched forward and the next):
-  dropout then draws the step's own numbers. Where it was not captured (the run's first
-  forward, a step after an unwatched one) and the replay drew random numbers, the result
-  says so: its values are not exactly the step's.
+  captured (numerics' pre-hook on the model, held from the previous step's backward to the
+  next forward with gradients): dropout then draws the step's own numbers. Where it was not
+  captured (the run's first forward, a step after an unwatched one) and the replay drew
+  random numbers, the result says so: its values are not exactly the step's.
 """
 
 from __future__ import annotations
