@@ -49,3 +49,23 @@ def test_gpt_style_checkpoints_are_judged_by_what_they_hold(tmp_path):
     assert "whole Sequential module" in bare["detail"] and "keys" not in bare["detail"]
     recorded = found["tracking.run_recorded"]["detail"]
     assert "None" not in recorded and "data (no DataLoader, inputs " in recorded
+
+
+@pytest.mark.parametrize("saved, severity", [
+    ({"w": torch.ones(2)}, "info"),  # model.state_dict(): weights for inference, PyTorch's recipe
+    ({"model": {"w": torch.ones(2)}, "optimizer": {"state": {}, "param_groups": []}}, "warning"),  # a resume without progress
+])
+def test_weights_alone_are_an_export_noted_a_checkpoint_without_progress_is_warned(tmp_path, saved, severity):
+    import json
+
+    from ptdiag.probe.event_log import EventWriter
+    from ptdiag.recorded import RecordedRun
+    from ptdiag.specialists.tracking import analyse
+
+    (tmp_path / "meta.json").write_text(json.dumps({"run_id": "r", "plan": {}}))
+    writer = EventWriter(tmp_path / "events" / "rank0.p100.jsonl")
+    writer.write("save", path="model.pt", keys=sorted(saved), type="dict", holds=categories(describe(saved)),
+                 location="train.py:9", step=3)
+    writer.close()
+    found = [f for f in analyse(RecordedRun.load(tmp_path)).findings if f.code == "tracking.ckpt_no_metadata"]
+    assert [f.severity for f in found] == [severity]

@@ -259,3 +259,24 @@ def test_verification_runs_by_default_only_for_short_single_node_runs():
     assert "took 400 s" in why_not(None, _Run([0]), 400.0)
     assert why_not(True, _Run([0, 1]), 400.0) is None
     assert why_not(False, _Run([0]), 1.0) == "--no-verify"
+
+
+class _Events:
+    def __init__(self, optimizer_events):
+        self._events = optimizer_events
+
+    def all_events(self, kind):
+        return self._events if kind == "optimizer" else []
+
+
+def test_optimizer_step_fixes_are_not_run_where_the_weights_are_updated_by_hand():
+    """word_language_model's `p.data.add_(p.grad, alpha=-lr)`: the LR and clipping fixes act
+    at an optimizer's step, so their two runs measured nothing ('never applied')."""
+    from ptdiag.verification import inapplicable
+
+    scale = interventions.BY_NAME["lr_scale"]
+    reason = inapplicable(scale, {"factor": 0.01}, _Events([]))
+    assert "by hand" in reason and "x0.01" in reason
+    assert inapplicable(scale, {"factor": 0.01}, _Events([{"cls": "SGD"}])) is None
+    workers = interventions.BY_NAME["dataloader_workers"]
+    assert inapplicable(workers, {"num_workers": 2, "pin_memory": "auto"}, _Events([])) is None

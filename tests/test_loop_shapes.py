@@ -112,6 +112,64 @@ def test_an_optimizer_step_ends_the_watch(watch):
     assert steps == [] and watcher.ended
 
 
+def test_gradients_from_autograd_grad_then_an_update_by_hand_are_a_step(watch):
+    """`torch.autograd.grad(loss, params)` puts nothing in `.grad`: the parameters it was
+    asked for are the ones watched (a MAML meta-update, `p -= lr * g`)."""
+    watcher, steps = watch
+    model = torch.nn.Linear(3, 2)
+    params = list(model.parameters())
+    loss = model(torch.randn(4, 3)).pow(2).mean()
+    watcher.backward_begins()
+    grads = torch.autograd.grad(loss, params)
+    watcher.backward_ended(loss, params)
+    with torch.no_grad():
+        for p, g in zip(params, grads):
+            p -= 0.1 * g
+    model(torch.randn(1, 3))
+    assert len(steps) == 1 and steps[0].param_groups[0]["params"] == params
+
+
+@pytest.mark.parametrize("call, counted", [
+    ("scalar loss to parameters", True),
+    ("create_graph (an inner step, a penalty)", False),
+    ("to an input (a saliency map)", False),
+    ("a vector output", False),
+])
+def test_which_autograd_grad_calls_may_be_an_update(call, counted):
+    from ptdiag.probe.patches import _training_gradient
+
+    model = torch.nn.Linear(3, 2)
+    x = torch.randn(4, 3, requires_grad=True)
+    out = model(x)
+    outputs, inputs, kwargs = {
+        "scalar loss to parameters": (out.sum(), list(model.parameters()), {}),
+        "create_graph (an inner step, a penalty)": (out.sum(), list(model.parameters()), {"create_graph": True}),
+        "to an input (a saliency map)": ([out.sum()], [x], {}),
+        "a vector output": (out, list(model.parameters()), {}),
+    }[call]
+    assert (_training_gradient(torch, outputs, inputs, (), kwargs) is not None) == counted
+
+
+def test_autograd_grad_of_a_parameters_generator_is_seen_and_still_computed():
+    """`torch.autograd.grad(loss, model.parameters())`: the generator is read once, by the
+    wrapper, and torch gets every parameter (a consumed generator would give it none)."""
+    import types
+
+    from ptdiag.probe.patches import _autograd_grad
+
+    seen = []
+    probe = types.SimpleNamespace(hand_written=types.SimpleNamespace(ended=False),
+                                  backward_called=lambda loss: seen.append("called"),
+                                  backward_returned=lambda loss, params: seen.append(len(params)))
+    fake = types.SimpleNamespace(autograd=types.SimpleNamespace(grad=torch.autograd.grad), Tensor=torch.Tensor,
+                                 nn=torch.nn)
+    _autograd_grad(probe, fake)
+    model = torch.nn.Linear(3, 2)
+    grads = fake.autograd.grad(model(torch.randn(4, 3)).sum(), model.parameters())
+    assert [g.shape for g in grads] == [p.shape for p in model.parameters()]
+    assert seen == ["called", 2]
+
+
 class MinCfg:
     """minGPT's CfgNode: settings as attributes, nested."""
 

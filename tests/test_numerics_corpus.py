@@ -25,5 +25,7 @@ def test_corpus_script_is_localised(workdir, script):
     assert (top["code"], ev["step"], ev["module"], ev["op"]) == (want["code"], want["step"], want["module"], want["op"])
     if "node" in want:
         assert ev["node"] == want["node"]
+    if "replay_random_draws" in want:  # a dropout step fails by its own masks only: replayed with them
+        assert ev["replay_random_draws"] == want["replay_random_draws"]
     (line,) = [i for i, text in enumerate((CORPUS / script).read_text().splitlines(), 1) if want["line"] in text]
     assert ev["location"].endswith(f"{script}:{line}")

@@ -203,3 +203,43 @@ def test_a_model_with_more_modules_than_watched_is_watched_at_its_shallowest_lev
     monkeypatch.setattr(watch, "MAX_WATCHED_MODULES", 4)
     model = nn.Sequential(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
     assert watch.ModuleOutputs(model, hooks).names == ["", "0", "1", "0.0"]
+
+
+class DropLogMean(nn.Module):
+    """log of the mean of dropped-out positive units: -inf exactly when dropout zeroes all of
+    a row, so whether a forward fails depends on its dropout draws only."""
+
+    def __init__(self):
+        super().__init__()
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        return torch.log(self.drop(x.exp()).mean(dim=1))
+
+
+def _dropout_replays(rng):
+    from ptdiag.probe.plugins.numerics.localise import rng_state
+
+    torch.manual_seed(5)  # this step's draws zero a whole row; the draws after it do not
+    model, x = DropLogMean(), torch.zeros(4, 2)
+    state = rng_state(torch, [])
+    out = model(x)
+    owner = ModelHooks(lambda what, why: None, lambda message: None)
+    try:
+        found = replay(model, (x,), {}, None, [torch.ones_like(out)], list(model.parameters()), owner,
+                       state if rng else None)
+    finally:
+        owner.close()
+    return out, found
+
+
+def test_the_replay_draws_the_steps_own_dropout_masks():
+    out, found = _dropout_replays(rng=True)
+    assert not torch.isfinite(out).all()  # the step itself failed
+    assert (found["phase"], found["op"], found["rng"]) == ("forward", "aten::log", "the step's")
+
+
+def test_a_replay_without_the_steps_rng_state_says_its_draws_differ():
+    out, found = _dropout_replays(rng=False)
+    assert not torch.isfinite(out).all()
+    assert found["rng"] == "other" and found["phase"] is None  # the next draws zero no row: not repeated

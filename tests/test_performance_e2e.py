@@ -80,6 +80,19 @@ def test_healthy_run_is_profiled_stopped_early_and_not_blamed(workdir):
     assert {f["code"] for f in again["findings"]} & judged == {f["code"] for f in report["findings"]} & judged
 
 
+def test_a_short_max_steps_still_gets_a_profiled_verdict(workdir):
+    """The default windows (13 steps) shrink to end by --max-steps 6: imagenet's ResNet-18
+    run so on the CPU ended inside the profiler and was told 'No problem found'."""
+    proc = run_ptdiag("training is slow", "--max-steps", "6", "--json", "r.json", "--", PYTHON,
+                      str(SAMPLES / "resnet_healthy.py"), *TINY, cwd=workdir)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    report = load_report(workdir / "r.json")
+    assert report["steps_observed"] == 6
+    assert not any("ended inside the profiler window" in n for n in report["metrics"].get("notes", []))
+    codes = {f["code"] for f in report["findings"]}
+    assert codes & {"performance.compute_bound", "performance.launch_bound"}, codes
+
+
 def test_a_stop_before_the_users_max_steps_is_announced(workdir):
     """Performance ends the training once its windows are recorded, well before the
     --max-steps the user gave: the report and the terminal say so, and how to keep it running."""

@@ -391,3 +391,68 @@ def test_a_missing_or_unreadable_rank_trace_is_a_note_naming_the_rank(tmp_path):
 def test_a_single_process_run_has_no_per_rank_table(tmp_path):
     analysis = _analyse(_ddp_run_dir(tmp_path, {0: _gloo_rank_trace(0, 56.0, 0.0)}))
     assert "trace_per_rank" not in analysis.metrics and analysis.metrics["profiled_steps"]["count"] == 3
+
+
+# -- the windows in the user's steps --------------------------------------------------------
+
+def _performance_plugin(tmp_path, **plan):
+    from ptdiag.probe.core import Probe
+    from ptdiag.probe.plugins.performance import Plugin
+
+    probe = Probe(tmp_path, {"specialists": ["performance"], **plan}, 0)
+    return probe, Plugin(probe)
+
+
+@pytest.mark.parametrize("max_steps", [5, 6, 9])
+def test_windows_end_by_a_short_max_steps(tmp_path, max_steps):
+    """A --max-steps shorter than the windows shortens them, so the profiler records whole
+    steps before the stop (imagenet's ResNet-18 with --max-steps 6 got 'No problem found')."""
+    probe, plugin = _performance_plugin(tmp_path, max_steps=max_steps)
+    try:
+        assert plugin.stop_at <= max_steps and plugin.profile_end <= max_steps
+        assert plugin.skip >= 2 and plugin.profile_steps >= 1
+    finally:
+        probe.events.close()
+
+
+def test_windows_keep_their_options_when_max_steps_leaves_room(tmp_path):
+    probe, plugin = _performance_plugin(tmp_path, max_steps=100)
+    try:
+        assert (plugin.skip, plugin.profile_steps, plugin.scan_steps, plugin.tail_steps) == (4, 3, 2, 3)
+    finally:
+        probe.events.close()
+
+
+class _Window:
+    closed, allowance = False, 1 << 20
+
+    def grown(self):
+        return 1 << 30  # far beyond the allowance
+
+    def close(self, abandoned=None):
+        self.closed = True
+
+
+class _Profiler:
+    open = True
+
+    def close(self):
+        self.open = False
+
+
+def test_the_first_recorded_step_is_not_cut_when_its_calls_fit(tmp_path):
+    """The budget's growth check waits for the first recorded step to end when the counted
+    step's calls said it fits: cut inside it, the trace holds no step to analyse."""
+    probe, plugin = _performance_plugin(tmp_path)
+    try:
+        plugin._window, plugin._profiler, plugin._grown_before_recording = _Window(), _Profiler(), 0
+        plugin._first_step_fits = True
+        probe.step = plugin.skip + 1  # inside step skip+2, the first recorded one
+        plugin._keep_profile_in_budget()
+        assert plugin._profiler is not None
+        probe.step = plugin.skip + 2  # it ended: the check applies
+        plugin._keep_profile_in_budget()
+        assert plugin._profiler is None
+        assert "performance profiler window" in probe._switched_off
+    finally:
+        probe.events.close()

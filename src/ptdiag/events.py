@@ -59,7 +59,7 @@ def _kind(fields: str, doc: str) -> EventKind:
 
 _MEMORY_SAMPLE = "rss peak_rss cuda_allocated cuda_reserved cuda_peak cuda_total"
 _CULPRIT_OP = ("op overload dtype input_abs_max output_abs_max output_nan output_inf module user_line library_line "
-               "node forward_user_line forward_library_line fp32_abs_max params")
+               "node forward_user_line forward_library_line fp32_abs_max params rng")
 _BAD_BATCH = "rows batch_size shape nan inf indices epoch batch dataset"
 
 EVENTS: dict[str, EventKind] = {

@@ -36,6 +36,9 @@ class Intervention:
     metric: str  # a key of METRICS
     # evidence of the finding -> settings measured there (the rest keep their defaults)
     from_evidence: Callable[[dict], dict] = lambda evidence: {}
+    # "optimizer": applied at a torch.optim optimizer's step, so nothing in a program that
+    # updates its weights by hand (verification does not run it there, and says why)
+    acts_on: str | None = None
 
     def settings_for(self, evidence: dict) -> dict[str, Any] | None:
         """Its settings for a finding with this evidence; None where a setting without a
@@ -73,18 +76,19 @@ INTERVENTIONS: tuple[Intervention, ...] = (
                               "at the value the run started with (the program's schedule raised it)",
         "the learning rate capped at {max_lr:g}",
         verifies=("numerics.grad_explosion",),
-        defaults={"max_lr": None}, metric="first_nonfinite_step", from_evidence=_lr_before_the_rise),
+        defaults={"max_lr": None}, acts_on="optimizer", metric="first_nonfinite_step",
+        from_evidence=_lr_before_the_rise),
     Intervention(
         "lr_scale", "numerics", "the learning rate of every parameter group scaled right before each optimizer "
                                 "step (on top of the program's own schedule)",
         "the learning rate x{factor:g}",
         verifies=("numerics.grad_explosion",),
-        defaults={"factor": 0.01}, metric="first_nonfinite_step"),
+        defaults={"factor": 0.01}, acts_on="optimizer", metric="first_nonfinite_step"),
     Intervention(
         "clip_grad_norm", "numerics", "gradients clipped to a total norm before each optimizer step",
         "gradients clipped at {max_norm:.3g}",
         verifies=("numerics.grad_explosion",),
-        defaults={"max_norm": 1.0}, metric="first_nonfinite_step",
+        defaults={"max_norm": 1.0}, acts_on="optimizer", metric="first_nonfinite_step",
         from_evidence=lambda e: {"max_norm": e.get("clip_at")}),
     Intervention(
         "seed_all", "reproducibility", "torch (every device), python and numpy seeded when torch is imported, "

@@ -217,9 +217,10 @@ class Probe:
         self._watch_hand_written(self.hand_written.backward_begins)
         self.call("on_backward", loss)
 
-    def backward_returned(self, loss) -> None:
+    def backward_returned(self, loss, params: list | None = None) -> None:
+        """`params`: the parameters torch.autograd.grad returned gradients for (none: backward)."""
         self.call("on_backward_end", loss)
-        self._watch_hand_written(self.hand_written.backward_ended, loss)
+        self._watch_hand_written(self.hand_written.backward_ended, loss, params)
 
     def _watch_hand_written(self, what: Callable, *args) -> None:
         """The hand-written update watch, guarded: its fault costs it, never the program."""

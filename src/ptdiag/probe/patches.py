@@ -66,6 +66,44 @@ def _backward(probe: "Probe", torch) -> None:
     _replace(torch.autograd, "backward", make)
 
 
+def _autograd_grad(probe: "Probe", torch) -> None:
+    """A loop may take its gradients with torch.autograd.grad and update the parameters by
+    hand (`p -= lr * g`): such a call is a backward pass of the loss to the probe when its
+    output is one scalar, some inputs are parameters, and it builds no graph of its own
+    (create_graph: a meta-learning inner step or a gradient penalty, not an update), until an
+    optimizer steps: then steps are the optimizer's and such gradients are not its (a
+    first-order MAML's inner steps). ptdiag's own calls (the numerics replay) are not the
+    program's."""
+
+    def make(original):
+        def grad(outputs, inputs, *args, **kwargs):
+            if not isinstance(inputs, (torch.Tensor, list, tuple)):
+                inputs = tuple(inputs)  # `model.parameters()`: a generator, read once here
+            loss = None if probe.hand_written.ended else _training_gradient(torch, outputs, inputs, args, kwargs)
+            if loss is None or sys._getframe(1).f_globals.get("__name__", "").startswith("ptdiag."):
+                return original(outputs, inputs, *args, **kwargs)
+            params = [t for t in ([inputs] if isinstance(inputs, torch.Tensor) else inputs)
+                      if isinstance(t, torch.nn.Parameter)]
+            probe.backward_called(loss)
+            result = original(outputs, inputs, *args, **kwargs)
+            probe.backward_returned(loss, params)
+            return result
+
+        return grad
+
+    _replace(torch.autograd, "grad", make)
+
+
+def _training_gradient(torch, outputs, inputs, args, kwargs):
+    """The scalar loss of a torch.autograd.grad call that may be an update's gradient, or None."""
+    create_graph = kwargs.get("create_graph", args[2] if len(args) > 2 else False)
+    loss = outputs[0] if isinstance(outputs, (list, tuple)) and len(outputs) == 1 else outputs
+    if create_graph or not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        return None
+    inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    return loss if any(isinstance(t, torch.nn.Parameter) for t in inputs) else None
+
+
 def _dataloader(probe: "Probe", torch) -> None:
     from torch.utils.data import dataloader as dl
 
@@ -463,6 +501,7 @@ PATCHES = (
     ("torch", (), _optimizer_steps),
     ("torch", (), _optimizer_step_begin),  # always: it ends the hand-written update watch (steps.py)
     ("torch", (), _backward),
+    ("torch", (), _autograd_grad),  # always, like backward: hand-written updates from autograd.grad's gradients
     ("torch", ("on_dataloader", "on_loader_iter", "on_batch", "on_batch_indices"), _dataloader),
     ("torch", ("on_dataloader_args",), _dataloader_args),
     ("torch", ("on_backward", "on_step_skipped"), _grad_scaler),  # on_backward: probe.loss_scale

@@ -6,8 +6,9 @@ A step is one update of the model's parameters:
   closures such as LBFGS, GANs, Lightning, the Hugging Face Trainer, Accelerate), a step
   of the primary optimizer (`Probe.is_primary`): torch's global optimizer hooks see it;
 - in a program that never does (hand-written updates after `backward()`, such as
-  `p.data.add_(p.grad, alpha=-lr)` in pytorch/examples' word_language_model), a
-  `backward()` of the loss after which the parameters that received its gradients have
+  `p.data.add_(p.grad, alpha=-lr)` in pytorch/examples' word_language_model, or after
+  `torch.autograd.grad(loss, params)` with `p -= lr * g`), a `backward()` (or that
+  `autograd.grad` call) of the loss after which the parameters that received its gradients have
   changed by the time the model runs forward again, or the next `backward()` begins, or
   the program ends. Several backward passes before one change (gradient accumulation)
   are one step; backward passes that change nothing (saliency maps, evaluation of
@@ -66,12 +67,17 @@ class HandWrittenSteps:
             self._resolve()
             self._snapshot = None  # unchanged: that backward pass accumulated (or updated nothing)
 
-    def backward_ended(self, loss) -> None:
+    def backward_ended(self, loss, gradients_of: list | None = None) -> None:
+        """`gradients_of`: the parameters torch.autograd.grad returned gradients for (they
+        land in no `.grad`); None after backward()."""
         if self.ended:
             return
-        if not self._params:
-            self._params = [weakref.ref(p) for p in _graph_leaves(loss)]
-        params = [p for ref in self._params if (p := ref()) is not None and p.grad is not None]
+        if gradients_of is not None:
+            params = gradients_of
+        else:
+            if not self._params:
+                self._params = [weakref.ref(p) for p in _graph_leaves(loss)]
+            params = [p for ref in self._params if (p := ref()) is not None and p.grad is not None]
         if not params:
             return
         watched = sorted(params, key=lambda p: p.numel())[:WATCHED]

@@ -123,6 +123,10 @@ def after_run(ctx, areas: list[str]) -> None:
             finding = json.dumps(finding_key(item.finding))
             if finding in helped:
                 continue  # one extra run per finding when its first fix works
+            reason = inapplicable(item.intervention, item.settings, run)
+            if reason:
+                results.append({"finding": finding_key(item.finding), "skipped": reason})
+                continue
             if item.key not in done:
                 left = budget - (time.monotonic() - started)
                 done[item.key] = (_verify(ctx, item, left) if left > 0 else
@@ -132,6 +136,16 @@ def after_run(ctx, areas: list[str]) -> None:
                 helped.add(finding)
     _write(ctx.run_dir, {"budget_s": round(budget, 1), "wall_s": round(time.monotonic() - started, 3),
                          "bare_wall_s": round(wall, 3), "results": results})
+
+
+def inapplicable(intervention: interventions.Intervention, settings: dict, run: RecordedRun) -> str | None:
+    """Why the intervention cannot act in this program (None: it can): an optimizer-step
+    intervention where no torch.optim optimizer stepped (word_language_model's `p.data.add_`:
+    two verification runs measured nothing, "never applied")."""
+    if intervention.acts_on == "optimizer" and not run.all_events("optimizer"):
+        return (f"{intervention.describe(settings)} acts at a torch.optim optimizer's step, and this program "
+                "updates its weights by hand (no optimizer stepped): change its own setting to try the fix")
+    return None
 
 
 def _verify(ctx, item: Planned, timeout_s: float) -> dict:

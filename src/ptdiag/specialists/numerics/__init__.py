@@ -161,6 +161,32 @@ def _surfaced(finding: Finding) -> Finding:
                        "overflow elsewhere.")
 
 
+def _diverged(run: RecordedRun, rank: int) -> Finding | None:
+    """The loss grew tenfold and stayed there, with no NaN and no gradient explosion."""
+    losses = _losses(run, rank)
+    found = history.loss_divergence(losses)
+    if found is None:
+        return None
+    norms = [(s, n) for s, n in ((e["step"], e.get("norm")) for e in _watch(run, rank)) if _is_finite(n)]
+    calm = [n for s, n in norms if s < found["onset_step"]] or [n for _, n in norms[:1]]
+    norm_growth = history.growth(norms)
+    lr = lr_story(run, rank, found["onset_step"], found["growth"], history.quantile(calm, rules.CLIP_QUANTILE)
+                  if calm else 0.0)
+    path = _trajectory(losses, None)
+    return Finding(
+        code="numerics.loss_diverged", specialist=SPECIALIST, severity="error",
+        title=(f"The loss diverged{lr.clause}: {found['first']:.3g} at step {found['first_step']} → "
+               f"{found['last_median']:.3g} (median of the last {found['last_steps']} steps), x{found['growth']:.3g}"),
+        detail=(f"The loss passed {rules.LOSS_GROWTH_FACTOR:g}x its first value at step {found['onset_step']} and "
+                f"stayed there: {path}. It never went non-finite"
+                + (f", and the gradient norm grew only x{norm_growth:.3g}, not an explosion" if norm_growth else "")
+                + f". {lr.sentence}"),
+        evidence={"step": found["onset_step"], "rank": rank, "module": None, "op": None, "location": None,
+                  **found, "norm_growth": norm_growth, **lr.evidence,
+                  "loss_history": losses[-12:]},
+        fix=lr.fix)
+
+
 def _loss_flat(run: RecordedRun, rank: int) -> Finding | None:
     flat = history.loss_flat(_losses(run, rank))
     if flat is None:
@@ -234,7 +260,7 @@ def analyse(run: RecordedRun) -> Analysis:
         if loss:
             findings.append(loss)
     if failed_at is None and explosion is None:
-        findings += [f for f in (_loss_flat(run, rank),) if f]
+        findings += [f for f in (_diverged(run, rank) or _loss_flat(run, rank),) if f]
     spikes_until = explosion.evidence["step"] if explosion else failed_at
     findings += [f for f in (_spikes(run, rank, spikes_until), _scale_collapse(run, rank, amp)) if f]
     metrics = {}

@@ -26,7 +26,21 @@ def location(event: dict) -> str | None:
 
 def _evidence(event: dict, rank: int, **extra) -> dict:
     return {"step": event["step"], "module": event.get("module"), "op": event.get("op"),
-            "location": location(event), "rank": rank, **extra}
+            "location": location(event), "rank": rank, "replay_random_draws": event.get("rng"), **extra}
+
+
+REPLAY_DRAWS = {
+    "the step's": " Its random draws (dropout) were the step's own: the RNG was set to its state when the "
+                  "step's forward began.",
+    "other": " Its random draws (dropout) were not the step's: the RNG's state when the step's forward began "
+             "was not captured (the run's first forward, or a step after one not watched), so its values are "
+             "not exactly the step's.",
+}
+
+
+def _draws(event: dict) -> str:
+    """What the replay's random draws (dropout) were, when it made any."""
+    return REPLAY_DRAWS.get(event.get("rng"), "")
 
 
 def is_fp16_overflow(event: dict) -> bool:
@@ -41,7 +55,7 @@ def forward_finding(event: dict, rank: int, severity: str = "error") -> Finding:
         title=f"First non-finite value produced by {module} ({op}) at step {event['step']}",
         detail=(f"Replaying step {event['step']} op by op: {op} returned {_what(event)} from inputs without it "
                 f"(largest finite |input| {_num(event.get('input_abs_max'))}) in {module}{where}. "
-                f"Every op before it was finite."),
+                f"Every op before it was finite." + _draws(event)),
         evidence=_evidence(event, rank, dtype=event.get("dtype"), input_abs_max=event.get("input_abs_max"),
                            library_line=event.get("library_line"), call_line=event.get("call_line")),
         fix=rules.FORWARD_FIXES.get(op, rules.FORWARD_DEFAULT_FIX))
@@ -60,7 +74,8 @@ def backward_finding(event: dict, rank: int) -> Finding:
         detail=(f"The loss and the model's outputs were finite at step {event['step']}, the gradients were not. "
                 f"Replaying the backward op by op: {op} inside {node} returned {_what(event)} from finite inputs; "
                 f"the forward op it differentiates was called at {event.get('forward_user_line') or event.get('forward_library_line') or 'an unknown line'}. "
-                f"Parameters with non-finite gradients (nearest the failure first): {shown or 'none recorded'}."),
+                f"Parameters with non-finite gradients (nearest the failure first): {shown or 'none recorded'}."
+                + _draws(event)),
         evidence=_evidence(event, rank, node=node, params=params[:rules.PARAMS_SHOWN], params_count=len(params),
                            forward_location=event.get("forward_user_line"), custom_function=custom),
         fix=fix)
@@ -136,8 +151,11 @@ def watched_finding(event: dict, rank: int) -> Finding:
         title=f"First non-finite output seen in {modules[0] or 'the model top level'} at step {event['step']}",
         detail=(f"Watch mode flagged these module outputs as non-finite in step {event['step']}, innermost first: "
                 f"{', '.join(m or '(top level)' for m in modules[:rules.PARAMS_SHOWN])}. Replaying the step did not "
-                f"reproduce it, so no op is named: the model's forward is not repeatable from its inputs "
-                f"(a non-deterministic op, state changed by the first forward, or data-dependent control flow)."),
+                f"reproduce it, so no op is named: "
+                + ("its random draws (dropout) were not the step's (the RNG's state when the step's forward began "
+                   "was not captured)." if event.get("rng") == "other" else
+                   "the model's forward is not repeatable from its inputs (a non-deterministic op, state changed "
+                   "by the first forward, or data-dependent control flow).")),
         evidence=_evidence(event, rank, module=modules[0], nonfinite_modules=modules[:rules.PARAMS_SHOWN]),
         fix="Run that module's forward on the step's inputs with torch.autograd.detect_anomaly or print its "
             "input ranges; look for log, division, sqrt or exp in it.")

@@ -78,6 +78,24 @@ def explosion(norms: list[tuple[int, float]], before_step: int | None = None,
                      clip_at=quantile(calm, rules.CLIP_QUANTILE), history=series)
 
 
+def loss_divergence(losses: list[tuple[int, float]]) -> dict | None:
+    """A finite loss that left its start for good: the median of its last steps at least
+    LOSS_GROWTH_FACTOR x its first value (a spike comes back down; this does not). With an
+    adaptive optimizer at a far too high learning rate the gradient norm stays bounded (Adam
+    moves each weight by about the LR whatever the gradient), so no explosion is seen."""
+    finite = [(s, v) for s, v in ((s, _finite(v)) for s, v in losses) if v is not None]
+    if len(finite) < rules.DIVERGED_MIN_STEPS or len(finite) < len(losses) or finite[0][1] <= 0:
+        return None
+    first_step, first = finite[0]
+    last = [v for _, v in finite[-rules.DIVERGED_LAST_STEPS:]]
+    level = statistics.median(last)
+    if level < rules.LOSS_GROWTH_FACTOR * first:
+        return None
+    onset = next(s for s, v in finite if v >= rules.LOSS_GROWTH_FACTOR * first)
+    return {"first_step": first_step, "first": first, "onset_step": onset, "last_median": level,
+            "last_steps": len(last), "growth": level / first, "steps": len(finite)}
+
+
 def loss_flat(losses: list[tuple[int, float]]) -> dict | None:
     """A loss that does not move: the same value at every step (within float noise), or,
     over a longer run, never once below its first value and within a narrow band of it

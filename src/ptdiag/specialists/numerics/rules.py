@@ -13,6 +13,10 @@ CLIP_QUANTILE = 0.99
 # a loss this many times its first value (with the norm growing) is an explosion even
 # before BASELINE_STEPS calm steps were seen
 LOSS_GROWTH_FACTOR = 10.0
+# a loss diverged (no NaN, no explosion): the median of its last DIVERGED_LAST_STEPS at
+# least LOSS_GROWTH_FACTOR x its first, over at least DIVERGED_MIN_STEPS steps
+DIVERGED_MIN_STEPS = 8
+DIVERGED_LAST_STEPS = 5
 # the run's configuration keys that name the learning rate (first found wins), for a
 # hand-written update that no optimizer reports
 LR_KEYS = ("lr", "learning_rate", "learning-rate", "base_lr", "optimizer.lr")

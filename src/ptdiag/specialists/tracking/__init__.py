@@ -106,8 +106,12 @@ def _checkpoints_without_metadata(run: RecordedRun) -> list[Finding]:
         return []
     first = bare[0]
     paths = sorted({e["path"] for e in bare})
+    # the model's weights alone (`torch.save(model.state_dict(), path)`, PyTorch's recipe for
+    # inference; minGPT's adder and pytorch/examples save their best model so) are an export,
+    # not a checkpoint to resume: a note, not a warning on a correct program
+    weights_only = all(set(e.get("holds") or {}) == {"model"} for e in bare)
     return [Finding(
-        code="tracking.ckpt_no_metadata", specialist="tracking", severity="warning",
+        code="tracking.ckpt_no_metadata", specialist="tracking", severity="info" if weights_only else "warning",
         title=f"{len(bare)} checkpoint save(s) hold no config or progress: "
               f"{paths[0]}{' and others' if len(paths) > 1 else ''}",
         detail=f"First at step {first.get('step')} ({first.get('location')}): saved {_saved_object(first)}; "

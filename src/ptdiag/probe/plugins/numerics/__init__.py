@@ -33,12 +33,13 @@ STEP_CAPTURE = "numerics step capture"  # the model's hooks: each step's inputs 
 def _import_torch_parts() -> None:
     """The watch's parts are torch code (dispatch modes, pytree): they are imported with
     torch, never before it (the probe starts before the program imports anything)."""
-    global torch, watch, BatchLedger, poisoned_indices, all_finite, float_tensors, replay, LossRegion, between
+    global torch, watch, BatchLedger, poisoned_indices, all_finite, float_tensors, replay, cuda_indices, rng_state
+    global LossRegion, between
     import torch
 
     from ptdiag.probe.plugins.numerics import watch
     from ptdiag.probe.plugins.numerics.batches import BatchLedger, poisoned_indices
-    from ptdiag.probe.plugins.numerics.localise import all_finite, float_tensors, replay
+    from ptdiag.probe.plugins.numerics.localise import all_finite, cuda_indices, float_tensors, replay, rng_state
     from ptdiag.probe.plugins.numerics.loss_graph import between
     from ptdiag.probe.plugins.numerics.loss_region import LossRegion
 
@@ -69,10 +70,14 @@ class Plugin(ProbePlugin):
         self._stop_due = False
         self._clear_step()
         self._inputs = None
+        self._rng = None  # the RNG state when the captured forward began (localise.rng_state), if known
+        self._rng_at_forward = None  # read when the next forward begins (_await_next_forward)
+        self._rng_hook = None
         self._call_line = None
         self._autocast = None
         self._device_type = "cpu"
         self._device = None  # the model's
+        self._rng_devices: list[int] = []  # the CUDA devices of its parameters (localise.cuda_indices)
         self._amp_seen = False
         self._read_every = 1  # steps between two watched steps (the budget raises it)
         # backward passes read: the analysis's clock where the program updates its weights
@@ -122,6 +127,7 @@ class Plugin(ProbePlugin):
         self._model = module
         self._device = next(module.parameters()).device
         self._device_type = self._device.type
+        self._rng_devices = cuda_indices(module.parameters())
         hooks = self.probe.model_hooks
         self._outputs = watch.ModuleOutputs(unwrapped(module), hooks)  # first: its sums are not the loss's ops
         hooks.after_forward(module, self._after_forward, STEP_CAPTURE)
@@ -133,9 +139,11 @@ class Plugin(ProbePlugin):
             return None
         if self._stop_due:  # the failing step never reached the optimizer (GradScaler skipped it)
             self._halt()
+        rng, self._rng_at_forward = self._rng_at_forward, None  # this forward's own, or none
         if not self._watched():
             return None
         self._inputs = (args, kwargs)
+        self._rng = rng
         self._call_line = user_location(1)
         self._autocast = autocast_state(torch, self._device_type)
         if self._autocast and not self._amp_seen:
@@ -159,6 +167,20 @@ class Plugin(ProbePlugin):
         if self._region_end is None:
             self._region_end = self.probe.model_hooks.before_forward(model, lambda *_: self._leave_region(),
                                                                      STEP_CAPTURE)
+
+    def _await_next_forward(self) -> None:
+        """Keep the RNG's state when the model's next forward with gradients begins, for the
+        replay (its dropout draws from it), by a pre-hook held only until then: the run's
+        first forward has none (on_model fires inside it)."""
+        if self._rng_hook is None and self._model is not None:
+            self._rng_hook = self.probe.model_hooks.before_forward(self._model, self._forward_begins, STEP_CAPTURE)
+
+    def _forward_begins(self, *_) -> None:
+        if self._replaying or not torch.is_grad_enabled():
+            return
+        self._rng_at_forward = rng_state(torch, self._rng_devices)
+        self._rng_hook.remove()
+        self._rng_hook = None
 
     def _leave_region(self) -> None:
         if self._region is None:  # torch never imported: nothing was watched
@@ -207,6 +229,8 @@ class Plugin(ProbePlugin):
         failed = not reading.loss_finite or (not reading.grads_finite and reading.scale is None)
         if failed:
             self._localise(step, reading)
+        else:
+            self._await_next_forward()
         self._clear_step()
 
     def _graph_facts(self, step: int, groups: list[list]) -> None:
@@ -255,7 +279,7 @@ class Plugin(ProbePlugin):
             self._replaying = self._outputs.paused = True
             try:
                 found = replay(model, args, kwargs, self._autocast, self._grad_outs, list(model.parameters()),
-                               self.probe.model_hooks)
+                               self.probe.model_hooks, self._rng)
             finally:
                 self._replaying = self._outputs.paused = False
         else:

@@ -11,7 +11,11 @@ During the replay:
   autograd nodes each module created, so a backward op maps back to its module;
 - anomaly mode (without its NaN check) keeps each node's forward traceback, so a backward
   op maps back to the user's forward line;
-- the RNG is forked (dropout draws the same numbers the program would have drawn next).
+- the RNG is forked, and set to its state when the step's forward began where that was
+  captured (numerics' pre-hook on the model, held from the previous step's backward to the
+  next forward with gradients): dropout then draws the step's own numbers. Where it was not
+  captured (the run's first forward, a step after an unwatched one) and the replay drew
+  random numbers, the result says so: its values are not exactly the step's.
 """
 
 from __future__ import annotations
@@ -177,47 +181,78 @@ def _buffers_kept(model):
                 buffer.copy_(copy)
 
 
-def replay(model, args, kwargs, autocast: dict | None, grad_outputs: list | None, params: list, hooks) -> dict:
+def cuda_indices(params) -> list[int]:
+    """The CUDA devices the parameters are on: the generators a forward of theirs draws from."""
+    return sorted({p.device.index for p in params if p.device.type == "cuda"})
+
+
+def rng_state(torch_module, devices: list[int]) -> dict | None:
+    """The CPU generator's state and each CUDA device's, to replay a forward's random draws;
+    None while a CUDA graph is being captured (its generator is the graph's then)."""
+    if devices and torch_module.cuda.is_current_stream_capturing():
+        return None
+    return {"cpu": torch_module.get_rng_state(), "cuda": [torch_module.cuda.get_rng_state(d) for d in devices]}
+
+
+def _set_rng_state(state: dict, devices: list[int]) -> None:
+    torch.set_rng_state(state["cpu"])
+    for device, cuda in zip(devices, state["cuda"]):
+        torch.cuda.set_rng_state(cuda, device)
+
+
+def _same_rng(a: dict | None, b: dict | None) -> bool:
+    return a is not None and b is not None and torch.equal(a["cpu"], b["cpu"]) and \
+        all(torch.equal(x, y) for x, y in zip(a["cuda"], b["cuda"]))
+
+
+def replay(model, args, kwargs, autocast: dict | None, grad_outputs: list | None, params: list, hooks,
+           rng: dict | None = None) -> dict:
     """Run the captured step again op by op; what was first non-finite, where.
 
     Returns {"phase": "forward" | "backward", ...} for an op found, {"phase": "gradient_in"}
     when the gradient reaching the model's output was already non-finite, or
     {"phase": None} when the replay stayed finite (the loss computation outside the model).
+    Each carries "rng": "the step's" (its forward's random draws replayed), "other" (the
+    replay drew random numbers from a state other than the step's) or None (it drew none).
     """
     stop_code = replay.__code__
     tracker = ModuleTracker(model, hooks)
-    devices = sorted({p.device.index for p in params if p.device.type == "cuda"})
+    devices = cuda_indices(params)
     with contextlib.ExitStack() as stack:
         stack.enter_context(_buffers_kept(model))
         stack.enter_context(torch.random.fork_rng(devices=devices))
+        if rng is not None:
+            _set_rng_state(rng, devices)
         stack.enter_context(torch.autograd.set_detect_anomaly(True, check_nan=False))
         stack.enter_context(torch.enable_grad())
         stack.enter_context(tracker)
         stack.enter_context(model_context.autocast(torch, autocast))
         forward = FirstNonFinite(tracker, stop_code, "forward")
+        before = rng_state(torch, devices)
         with ops_in_block(forward):
             output = model(*args, **kwargs)
+        drew = not _same_rng(before, rng_state(torch, devices))
+        said = {"rng": ("the step's" if rng is not None else "other") if drew else None}
         if forward.found:
-            return forward.found
+            return {**forward.found, **said}
         outputs = [t for t in float_tensors(output) if t.requires_grad]
         if not grad_outputs or len(grad_outputs) != len(outputs):
-            return {"phase": None, "reason": "no gradient of the model's output was captured"}
+            return {"phase": None, "reason": "no gradient of the model's output was captured", **said}
         # outputs the loss did not use (an RNN's returned hidden state) got no gradient
         outputs, grad_outputs = ([t for t, g in zip(outputs, grad_outputs) if g is not None],
                                  [g for g in grad_outputs if g is not None])
         if not outputs:
-            return {"phase": None, "reason": "no gradient of the model's output was captured"}
+            return {"phase": None, "reason": "no gradient of the model's output was captured", **said}
         outputs, grad_outputs = _downstream_only(outputs, grad_outputs)
         if not all_finite(grad_outputs):
-            return {"phase": "gradient_in"}
+            return {"phase": "gradient_in", **said}
         wanted = [p for p in params if p.requires_grad]
         backward = FirstNonFinite(tracker, stop_code, "backward")
         with ops_in_block(backward):
             grads = torch.autograd.grad(outputs, wanted, grad_outputs, allow_unused=True)
         if backward.found:
-            backward.found["params"] = nonfinite_grads(tracker, model, wanted, grads)
-            return backward.found
-        return {"phase": None, "reason": "the replayed forward and backward stayed finite"}
+            return {**backward.found, "params": nonfinite_grads(tracker, model, wanted, grads), **said}
+        return {"phase": None, "reason": "the replayed forward and backward stayed finite", **said}
 
 
 def _downstream_only(outputs: list, grad_outputs: list) -> tuple[list, list]:
