@@ -25,7 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "diagnostics/routing/real_reports.jsonl"
-EXCLUDE = ROOT.parent / "shared/routing_exclude.sha256"
+# the shared exclude list: beside the checkout (../shared) or the project's shared folder
+EXCLUDE_PLACES = (ROOT.parent / "shared/routing_exclude.sha256", Path("/work/shared/routing_exclude.sha256"))
 SHORT = {"mem": "memory", "perf": "performance", "num": "numerics", "dist": "distributed",
          "rep": "reproducibility", "trk": "tracking"}
 SPECIALISTS = set(SHORT.values())
@@ -50,19 +51,26 @@ def source_group(source: str) -> str:
     return source_key(source).split("/")[0]
 
 
-def excluded_hashes(path: Path = EXCLUDE) -> set[str]:
-    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+def excluded_hashes() -> set[str]:
+    """The held-out threads' hashes (first column of each line); refusing to run without
+    the list is safer than adding a thread that judges the router."""
+    for path in EXCLUDE_PLACES:
+        if path.exists():
+            return {line.split()[0].lower() for line in path.read_text().splitlines() if line.strip()}
+    raise SystemExit(f"routing_corpus_add: no exclude list at {' or '.join(map(str, EXCLUDE_PLACES))}")
 
 
 def is_excluded(source: str, hashes: set[str]) -> bool:
-    return hashlib.sha256(source_key(source).encode()).hexdigest() in hashes
+    """Listed as written, or as its lower-cased spelling (GitHub names are case-blind)."""
+    key = source_key(source)
+    return any(hashlib.sha256(k.encode()).hexdigest() in hashes for k in {key, key.lower()})
 
 
 def main() -> int:
     hashes = excluded_hashes()
     known = set()
     if CORPUS.exists():
-        known = {source_key(json.loads(line)["source"]) for line in CORPUS.read_text().splitlines() if line}
+        known = {source_key(json.loads(line)["source"]).lower() for line in CORPUS.read_text().splitlines() if line}
     added, refused = [], []
     for line in sys.stdin.read().splitlines():
         if not line.strip():
@@ -81,10 +89,10 @@ def main() -> int:
         if is_excluded(source, hashes):
             refused.append(("excluded", source))
             continue
-        if source_key(source) in known:
+        if source_key(source).lower() in known:
             refused.append(("duplicate", source))
             continue
-        known.add(source_key(source))
+        known.add(source_key(source).lower())
         text = text.replace("\\n", "\n")
         added.append({"text": text, "expected": names, "vague": vague, "source": source,
                       "group": source_group(source)})
