@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -67,6 +68,10 @@ def test_breakdown_times_each_phase_and_flushes_in_batches():
         parts = row["data"] + row["forward"] + row["backward"] + row["optimizer"] + row["other"]
         assert parts == pytest.approx(row["dt"], abs=1e-5)
     assert [r["step"] for r in rows if r.get("instrumented")] == [3]
+    # only the instrumented step reads the kernel's run delay (a CPU wait, never negative)
+    waits = [r for r in rows if "runq" in r]
+    if sys.platform.startswith("linux"):
+        assert [r["step"] for r in waits] == [3] and 0 <= waits[0]["runq"] <= waits[0]["dt"] + 1e-3
     summary = breakdown(rows, batch=32)
     assert summary["steps"] == len(rows) - 1 and 3 not in summary["steps_used"]
     used = [r for r in rows if r["step"] in summary["steps_used"]]

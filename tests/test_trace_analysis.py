@@ -279,3 +279,27 @@ def test_interval_arithmetic():
     assert coverage.covered(1, 6) == pytest.approx(3.0)
     assert coverage.covered(-5, 100) == pytest.approx(6.0)
     assert coverage.covered(3.5, 4.5) == 0.0
+
+
+def _ddp_rank_metrics(work_ms: list[float], collective_ms: list[float]) -> dict:
+    """A CPU rank's trace metrics: its steps' wall time = own work + time in collectives."""
+    per_step = [{"step": k + 1, "ms": w + c, "data_wait_ms": 0.0, "collective_ms": c}
+                for k, (w, c) in enumerate(zip(work_ms, collective_ms))]
+    return {"steps": {"per_step": per_step, "data_wait_share": 0.0, "collective_share": 0.5}}
+
+
+def test_a_rank_held_off_the_cpu_is_not_a_straggler():
+    """Rank 1's steps take 12 ms longer outside its collectives and rank 0 waits for it, step
+    after step: a straggler by wall time. When the probe measured that rank 1's thread waited
+    those 12 ms for a CPU (a loaded 2-core box), its own work is rank 0's and nobody is blamed."""
+    fast = _ddp_rank_metrics([2.0, 2.0, 2.0], [14.0, 14.0, 14.0])
+    slow = _ddp_rank_metrics([14.0, 14.0, 14.0], [2.0, 2.0, 2.0])
+    by_wall = {0: rank_row(fast, None), 1: rank_row(slow, None)}
+    assert imbalance(by_wall)["rank"] == 1
+    held_off = {0: rank_row(fast, None, {1: 0.1, 2: 0.0, 3: 0.2}),
+                1: rank_row(slow, None, {1: 12.0, 2: 12.5, 3: 11.8})}
+    assert held_off[1]["cpu_wait_ms_p50"] == 12.0 and held_off[1]["work_ms_p50"] == pytest.approx(2.0, abs=0.3)
+    assert imbalance(held_off) is None
+    # a short wait for a CPU does not hide real extra work
+    working = {0: rank_row(fast, None, {1: 0.1, 2: 0.0, 3: 0.2}), 1: rank_row(slow, None, {1: 1.0, 2: 0.5, 3: 1.5})}
+    assert imbalance(working)["rank"] == 1 and imbalance(working)["work_ms"] == pytest.approx(13.0, abs=0.1)

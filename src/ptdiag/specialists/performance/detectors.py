@@ -280,7 +280,9 @@ def rank_imbalance(m: Measured):
         f"rank {slow} does: they wait for it. "
         f"Per rank (step / in collectives / own work, ms): "
         + ", ".join(f"{rank}: {row['step_ms_p50']:.1f} / {row['collective_ms_p50']:.1f} / {row['work_ms_p50']:.1f}"
-                    for rank, row in rows.items()) + ".",
+                    for rank, row in rows.items()) + "."
+        + (" Own work leaves out the time each rank's thread waited for a CPU."
+           if any("cpu_wait_ms_p50" in row for row in rows.values()) else ""),
         {**found, "per_rank": {str(rank): row for rank, row in rows.items()}},
         f"Look at what rank {slow} does that the others do not: its data loading (workers, storage), work on that "
         "rank only inside the step (logging, evaluation, checkpointing), fewer CPU threads or a slower or shared "

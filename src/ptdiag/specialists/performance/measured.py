@@ -144,7 +144,8 @@ def _read_traces(run: RecordedRun, found: Measured) -> None:
             continue
         host = trace_cpu.host_metrics(loaded)
         found.per_rank[rank] = {"trace": event["path"], "first_step": event.get("first_step"),
-                                **trace_ranks.rank_row(analysis.metrics, host)}
+                                **trace_ranks.rank_row(analysis.metrics, host,
+                                                       _cpu_waits(proc, event.get("first_step")))}
         if proc is run.main:
             found.trace_path = str(path)
             found.trace = analysis.metrics
@@ -192,3 +193,13 @@ def _quantiles(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     return {"p50": round(statistics.median(ordered), 6),
             "p90": round(ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))], 6)}
+
+
+def _cpu_waits(proc, first_step: int | None) -> dict[int, float]:
+    """Per profiled step (the trace's ProfilerStep number: training step first_step + k),
+    the ms the rank's training thread waited for a CPU (the breakdown's `runq`)."""
+    if first_step is None:
+        return {}
+    return {row["step"] - first_step: 1000.0 * row["runq"]
+            for event in proc.of("perf_steps") for row in event.get("rows", [])
+            if row.get("runq") is not None and not row.get("gpu")}

@@ -9,7 +9,8 @@ profiled step times come out equal and say nothing by themselves. What differs i
 long each rank has a collective in flight (trace_steps: gloo keeps its range open until
 every rank has contributed; on GPUs, NCCL kernels no computation overlaps): a rank that
 arrives early waits there, the rank the others wait for hardly at all. A rank's own work
-is its step minus that time.
+is its step minus that time, and minus the time its thread waited for a CPU where the
+probe measured it (a rank the machine held off the CPU is not doing more work).
 """
 
 from __future__ import annotations
@@ -35,9 +36,16 @@ MIN_CONSISTENT_STEPS = 2
 GPU_SHARES = ("busy", "idle", "computation", "exposed_comm")
 
 
-def rank_row(metrics: dict[str, Any], host: dict[str, Any] | None) -> dict[str, Any]:
+def rank_row(metrics: dict[str, Any], host: dict[str, Any] | None,
+             cpu_wait_ms: dict[int, float] | None = None) -> dict[str, Any]:
     """metrics["trace_per_rank"][rank]: one rank's profiled window in a few numbers (ms,
-    medians over its profiled steps; shares of the step or of the GPU timeline)."""
+    medians over its profiled steps; shares of the step or of the GPU timeline).
+
+    `cpu_wait_ms`: per profiled step, the time the rank's training thread was ready but
+    waited for a CPU (the probe's run delay; absent for a trace alone). It is not the
+    rank's work: on a machine with more runnable threads than cores one rank can be held
+    off the CPU step after step and would look like a straggler."""
+    waits = cpu_wait_ms or {}
     steps = metrics.get("steps") or {}
     per_step = steps.get("per_step", [])
     row: dict[str, Any] = {"steps": len(per_step)}
@@ -47,9 +55,12 @@ def rank_row(metrics: dict[str, Any], host: dict[str, Any] | None) -> dict[str, 
     if per_step and "collective_ms" in per_step[0]:
         row["collective_ms_p50"] = _median(s["collective_ms"] for s in per_step)
         row["collective_share"] = steps["collective_share"]
-        row["work_ms_p50"] = _median(s["ms"] - s["collective_ms"] for s in per_step)
-        row["work_ms_per_step"] = {str(s["step"]): round(s["ms"] - s["collective_ms"], 3)
-                                   for s in per_step if s.get("step") is not None}
+        work = [(s.get("step"), max(0.0, s["ms"] - s["collective_ms"] - waits.get(s.get("step"), 0.0)))
+                for s in per_step]
+        row["work_ms_p50"] = _median(ms for _, ms in work)
+        row["work_ms_per_step"] = {str(step): round(ms, 3) for step, ms in work if step is not None}
+        if waits:
+            row["cpu_wait_ms_p50"] = _median(waits.get(s.get("step"), 0.0) for s in per_step)
     timeline = metrics.get("gpu_timeline")
     if timeline and timeline["total_ms"] > 0:
         row["gpu_shares"] = {k: round(timeline[f"{k}_ms"] / timeline["total_ms"], 4) for k in GPU_SHARES}

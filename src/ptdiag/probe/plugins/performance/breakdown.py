@@ -8,6 +8,12 @@ are also marked with CUDA events on the current stream of the model's device (no
 current device: a rank on cuda:k may never have called set_device); their elapsed times are read
 only once the GPU has passed them (`Event.query()`), never with a host synchronisation.
 Rows are buffered and written a batch at a time to keep the event log off the hot path.
+
+Inside the profiler/scan windows a row also carries `runq`: the seconds the step's thread
+was ready to run but waited for a CPU (the kernel's run delay). On a machine with more
+runnable threads than cores a rank can be held off the CPU step after step; its wall time
+then looks like more work (a straggler) where it is the machine's, and the analysis takes
+that wait out before comparing ranks.
 """
 
 from __future__ import annotations
@@ -20,6 +26,17 @@ from ptdiag.probe import gpu
 
 FLUSH_EVERY = 32  # rows per perf_steps event
 GPU_PENDING_MAX = 64  # steps of CUDA events kept waiting before the oldest are dropped
+SCHEDSTAT = "/proc/thread-self/schedstat"  # "<on-CPU ns> <run delay ns> <timeslices>" (Linux)
+
+
+def run_delay_s() -> float | None:
+    """The calling thread's total wait for a CPU so far, in seconds; None where the kernel
+    does not say (not Linux, or no schedstat): about 10 us, read only in the windows."""
+    try:
+        with open(SCHEDSTAT, "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class StepBreakdown:
@@ -31,6 +48,7 @@ class StepBreakdown:
         self._phase = dict.fromkeys(PHASES, 0.0)
         self._started: dict[str, float] = {}
         self._gpu: GpuPhases | None = None
+        self._run_delay: float | None = None  # run_delay_s() at the last step's end, in and before the windows
         self.instrumented: set[int] = set()  # steps inside a profiler/scan window
 
     def use_cuda(self, device) -> None:
@@ -67,16 +85,25 @@ class StepBreakdown:
             dt = now - self._last_end
             row = {"step": step, "dt": dt, "data": self._data, **self._phase}
             row["other"] = max(0.0, dt - self._data - sum(self._phase.values()))
+            waited = self._waited_for_cpu() if step in self.instrumented else None
+            if waited is not None:
+                row["runq"] = waited
             self._rows.append(self._flagged({k: round(v, 7) if isinstance(v, float) else v for k, v in row.items()}))
         if self._gpu is not None:
             self._gpu.step_end(step)
             self._rows.extend(map(self._flagged, self._gpu.ready()))
         self._last_end = now
+        self._run_delay = run_delay_s() if step + 1 in self.instrumented else None
         self._started.clear()  # a phase still open at the step's end was cut short
         self._data = 0.0
         self._phase = dict.fromkeys(PHASES, 0.0)
         if len(self._rows) >= FLUSH_EVERY:
             self.flush()
+
+    def _waited_for_cpu(self) -> float | None:
+        """This step's run delay: the counter now less the one read at the last step's end."""
+        before, now = self._run_delay, run_delay_s()
+        return round(now - before, 7) if before is not None and now is not None else None
 
     def _flagged(self, row: dict) -> dict:
         """A host or GPU row of a step inside a profiler/scan window says so: the analysis
