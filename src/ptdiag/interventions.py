@@ -22,6 +22,9 @@ METRICS = {
     "first_nonfinite_step": "the first step whose loss was not finite (none: finite to the end)",
     "data_wait_share": "the share of the step the loop waited on the DataLoader, and the step time p50",
     "repeat_identical": "the first step where two runs differ (none: bit-identical), in two runs with the change",
+    "step_time": "the step time p50 and its phases (data wait, forward, backward, optimizer)",
+    "shards_disjoint": "the share of a rank's sample indices another rank also drew in the same pass of the training loader",
+    "epoch_order": "whether a rank's training loader drew its indices in the same order at two epochs",
 }
 
 
@@ -54,6 +57,13 @@ def _loader_workers(evidence: dict) -> dict:
     with the training process) and at most 4 (a verification, not a tuning sweep)."""
     cores = evidence.get("cores") or 2
     return {"num_workers": max(2, min(4, cores - 1))}
+
+
+def _threads_advised(evidence: dict) -> dict:
+    """The threads compute_bound found this process may use (its share of the cores), where
+    torch ran on fewer; nothing where that was not the finding's advice."""
+    gain = next((g for g in evidence.get("expected_gains") or [] if g.get("change") == "threads"), None)
+    return {"num_threads": gain.get("cores_per_process")} if gain else {}
 
 
 def _lr_before_the_rise(evidence: dict) -> dict:
@@ -97,8 +107,29 @@ INTERVENTIONS: tuple[Intervention, ...] = (
         "dataloader_workers", "performance", "DataLoaders built with worker processes",
         "num_workers={num_workers}",
         verifies=("performance.dataloader_bound",),
-        defaults={"num_workers": 2, "pin_memory": "auto"}, metric="data_wait_share",
+        defaults={"num_workers": 2, "pin_memory": "auto", "persistent_workers": True}, metric="data_wait_share",
         from_evidence=_loader_workers),
+    # -- performance, distributed: the step's threads, the loader's sampler -----------------------
+    Intervention(
+        "torch_threads", "performance", "torch.set_num_threads(n) as soon as torch is imported (what "
+                                        "OMP_NUM_THREADS=n does)",
+        "torch.set_num_threads({num_threads})",
+        verifies=("performance.compute_bound",),
+        defaults={"num_threads": None}, metric="step_time", from_evidence=_threads_advised),
+    Intervention(
+        "distributed_sampler", "distributed", "each DataLoader whose sampler is of the training loader's kind "
+                                              "(RandomSampler or SequentialSampler, no batch_sampler) built with a "
+                                              "DistributedSampler over the ranks instead, shuffling as the loader "
+                                              "did, its set_epoch called before each pass",
+        "a DistributedSampler in place of the {sampler}",
+        verifies=("distributed.no_distributed_sampler",),
+        defaults={"sampler": None}, metric="shards_disjoint", from_evidence=lambda e: {"sampler": e.get("sampler")}),
+    Intervention(
+        "sampler_set_epoch", "distributed", "DistributedSampler.set_epoch(n) called before the n-th pass over "
+                                            "each DataLoader that has one (n counts passes from 0)",
+        "set_epoch called before each pass over the loader",
+        verifies=("distributed.sampler_epoch_not_set",),
+        defaults={}, metric="epoch_order"),
 )
 BY_NAME = {i.name: i for i in INTERVENTIONS}
 AREAS = tuple(dict.fromkeys(i.area for i in INTERVENTIONS))

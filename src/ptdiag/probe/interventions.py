@@ -118,6 +118,8 @@ class LoaderWorkers(Applied):
             arguments["pin_memory"] = bool(arguments.get("pin_memory")) or self._torch.cuda.is_available()
         else:
             arguments["pin_memory"] = bool(pin)
+        if self.settings.get("persistent_workers"):  # workers kept between epochs (they need workers)
+            arguments["persistent_workers"] = True
         self._applied()
 
 
@@ -142,6 +144,91 @@ class Seeded(Applied):
 
 PLUGINS = {"lr_cap": CapLR, "lr_scale": ScaleLR, "clip_grad_norm": ClipGradNorm, "dataloader_workers": LoaderWorkers,
            "seed_all": Seeded}
+
+
+# -- performance and distributed: threads, the loader's sampler -----------------------------------
+class Threads(Applied):
+    """torch.set_num_threads(n) when torch is imported, before the program's first op
+    (a program that sets its own count later keeps it: the finding came from that count)."""
+
+    def on_torch_import(self, torch) -> None:
+        torch.set_num_threads(int(self.settings["num_threads"]))
+        self._applied()
+
+
+def _distributed_sampler_of(loader):
+    sampler = getattr(loader, "sampler", None)
+    if not hasattr(sampler, "set_epoch"):
+        sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
+    return sampler if hasattr(sampler, "set_epoch") else None
+
+
+class SetEpoch(Applied):
+    """set_epoch(n) on a loader's DistributedSampler before its n-th pass: before the
+    iterator exists, since one with workers draws its first indices as it starts."""
+
+    counts_passes = True  # `applied` counts the passes (ShardedSampler's: the samplers it built)
+
+    def on_loader_iter_begin(self, loader, epoch) -> None:
+        sampler = self._sampler(loader)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+            if self.counts_passes:
+                self._applied()
+
+    def _sampler(self, loader):
+        return _distributed_sampler_of(loader)
+
+
+class ShardedSampler(SetEpoch):
+    """A DistributedSampler over the ranks in place of the sampler of the training loader's
+    kind (the finding's `sampler`), shuffling where the loader shuffled; set_epoch called
+    on it at each pass, as the fix says. Loaders with a batch_sampler, a sampler of
+    another kind or an iterable data set are left as they are."""
+
+    counts_passes = False
+
+    def __init__(self, probe, intervention, settings) -> None:
+        super().__init__(probe, intervention, settings)
+        self._torch = None
+        self._ours: set[int] = set()  # id() of the samplers it built
+
+    def on_torch_import(self, torch) -> None:
+        self._torch = torch
+
+    def on_dataloader_args(self, arguments) -> None:
+        from torch.utils.data import DistributedSampler, IterableDataset, RandomSampler, SequentialSampler
+
+        dataset, sampler = arguments.get("dataset"), arguments.get("sampler")
+        if arguments.get("batch_sampler") is not None or isinstance(dataset, IterableDataset):
+            return
+        shuffle = bool(arguments.get("shuffle")) or isinstance(sampler, RandomSampler)
+        kind = type(sampler).__name__ if sampler is not None else "RandomSampler" if shuffle else "SequentialSampler"
+        if kind != self.settings["sampler"] or not isinstance(sampler, (type(None), RandomSampler, SequentialSampler)):
+            return
+        replicas, rank = self._ranks()
+        if replicas < 2:
+            return
+        built = DistributedSampler(dataset, num_replicas=replicas, rank=rank, shuffle=shuffle)
+        self._ours.add(id(built))
+        arguments["sampler"] = built
+        if "shuffle" in arguments:
+            arguments["shuffle"] = False  # a sampler excludes shuffle=True
+        self._applied()
+
+    def _ranks(self) -> tuple[int, int]:
+        """The process group's size and this rank; torchrun's environment before it exists."""
+        dist = self._torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_world_size(), dist.get_rank()
+        return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+
+    def _sampler(self, loader):
+        sampler = _distributed_sampler_of(loader)
+        return sampler if id(sampler) in self._ours else None
+
+
+PLUGINS.update({"torch_threads": Threads, "sampler_set_epoch": SetEpoch, "distributed_sampler": ShardedSampler})
 
 
 def plugins(probe) -> list[Plugin]:
