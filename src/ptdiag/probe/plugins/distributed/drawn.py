@@ -6,8 +6,9 @@ one's order. They are what a verification run with a DistributedSampler, or with
 set_epoch called, is measured by (ptdiag.verification.measure_shards): shards disjoint
 across ranks, a different order at each epoch.
 
-One `dist_indices` event per pass over a loader, for its first PASSES_KEPT passes (a
-peek, then two epochs), each with at most INDICES_KEPT indices: written when the next
+One `dist_indices` event per pass over a loader, for its first PASSES_KEPT passes (two
+epochs, each after a peek such as the DDP tutorial's next(iter(loader)) for the batch
+size, and room to spare), each with at most INDICES_KEPT indices: written when the next
 pass begins or at exit. Per batch the cost is a list extend.
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-PASSES_KEPT = 3
+PASSES_KEPT = 6
 INDICES_KEPT = 1024
 
 
