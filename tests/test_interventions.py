@@ -276,9 +276,14 @@ def test_threads_come_from_the_compute_bound_advice_only():
 
 
 def test_torch_runs_on_the_threads_asked_for(tmp_path):
-    code = "import json, torch\nprint(json.dumps({'threads': torch.get_num_threads()}))\n"
+    code = ("import json, torch\nat_import = torch.get_num_threads()\n"
+            "torch.set_num_threads(1)  # the program's own count, the finding's cause\n"
+            "model = torch.nn.Linear(2, 1)\nopt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+            "model(torch.ones(1, 2)).sum().backward()\nopt.step()\n"
+            "print(json.dumps({'at_import': at_import, 'threads': torch.get_num_threads()}))\n")
     out, events = run_with(code, tmp_path, interventions.encode("torch_threads", {"num_threads": 3}))
-    assert out["threads"] == 3 and [e for e in events if e["ev"] == "intervention"][-1]["applied"] == 1
+    assert out == {"at_import": 3, "threads": 3}
+    assert [e for e in events if e["ev"] == "intervention"][-1]["applied"] == 2  # at import, after the program's
 
 
 SHARDED = """
@@ -368,3 +373,52 @@ def test_a_step_time_verdict_leaves_a_band_a_busy_machine_moves_through():
     sentence = metric.sentence("torch.set_num_threads(2)", before, {**before, "step_ms_p50": 60.0, "torch_threads": 2},
                                True)
     assert "60.0 ms instead of 100.0 ms (1.7x) on 2 torch threads instead of 1" in sentence
+
+
+EVALUATED = """
+import json, torch
+model = torch.nn.Linear(2, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+def evaluate(x):
+    return model(x)  # EVAL LINE
+
+
+model(torch.ones(1, 2)).sum().backward()  # training: recorded
+opt.step()
+model.eval()
+kept = evaluate(torch.ones(1, 2))
+elsewhere = model(torch.ones(1, 2))
+try:
+    evaluate("not a tensor")  # the forward raises at that line: recording must come back on
+except TypeError:
+    pass
+model.train()
+print(json.dumps({"kept": kept.requires_grad, "elsewhere": elsewhere.requires_grad,
+                  "after": torch.is_grad_enabled(), "training": model(torch.ones(1, 2)).requires_grad}))
+"""
+
+
+def test_evaluation_forwards_at_the_findings_line_record_no_graph(tmp_path):
+    program = tmp_path / "evaluate.py"
+    program.write_text(EVALUATED)
+    line = next(i for i, text in enumerate(EVALUATED.splitlines(), 1) if "# EVAL LINE" in text)
+    asked = interventions.encode("eval_no_grad", {"location": f"{program}:{line}", "training": False})
+    out, events = run_with(f"exec(compile(open({str(program)!r}).read(), {str(program)!r}, 'exec'))", tmp_path, asked)
+    # only the eval forwards at that line; recording back on after them, also after the one that raised
+    assert out == {"kept": False, "elsewhere": True, "after": True, "training": True}
+    assert [e for e in events if e["ev"] == "intervention"][-1]["applied"] == 2
+
+
+def test_an_evaluation_fix_helps_when_no_forward_at_the_line_records_a_graph():
+    metric = METRICS["unused_forwards"]
+    site = "train.py:31 (eval)"
+    before = {"forwards": 6, "location": "train.py:31", "training": False, "forwards_by_line": {site: 6},
+              "saved_bytes_by_line": {site: 1070592}}
+    after = {"forwards": 0, "forwards_by_line": {}, "saved_bytes_by_line": {site: 0}}
+    assert metric.helped(before, after) is True
+    assert "kept 0 B for backward instead of 1.02 MiB" in metric.sentence("no_grad", before, after, True)
+    # the same count at another line or mode is another finding's, not this one's
+    assert metric.helped(before, {**after, "forwards_by_line": {"train.py:31 (training)": 6}}) is True
+    assert metric.helped(before, {**after, "forwards_by_line": {site: 6}}) is False

@@ -25,6 +25,8 @@ METRICS = {
     "step_time": "the step time p50 and its phases (data wait, forward, backward, optimizer)",
     "shards_disjoint": "the share of a rank's sample indices another rank also drew in the same pass of the training loader",
     "epoch_order": "whether a rank's training loader drew its indices in the same order at two epochs",
+    "unused_forwards": "the forwards that recorded an autograd graph no backward used, at the finding's line, "
+                       "and the peak memory",
 }
 
 
@@ -130,6 +132,15 @@ INTERVENTIONS: tuple[Intervention, ...] = (
         "set_epoch called before each pass over the loader",
         verifies=("distributed.sampler_epoch_not_set",),
         defaults={}, metric="epoch_order"),
+    # -- memory ------------------------------------------------------------------------------------
+    Intervention(
+        "eval_no_grad", "memory", "the model's forwards called from the finding's line, in the finding's mode "
+                                  "(eval or training), run under torch.no_grad() (recording back on right after, "
+                                  "also when the forward raised)",
+        "the forwards at {location} under torch.no_grad()",
+        verifies=("memory.eval_without_no_grad",),
+        defaults={"location": None, "training": None}, metric="unused_forwards",
+        from_evidence=lambda e: {"location": e.get("location"), "training": e.get("training_mode")}),
 )
 BY_NAME = {i.name: i for i in INTERVENTIONS}
 AREAS = tuple(dict.fromkeys(i.area for i in INTERVENTIONS))

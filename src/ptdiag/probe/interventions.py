@@ -17,6 +17,7 @@ import os
 
 from ptdiag import interventions
 from ptdiag.events import INTERVENTION_ENV, jsonable
+from ptdiag.location import user_location
 from ptdiag.probe.imports import when_imported
 from ptdiag.probe.plugin import Plugin
 
@@ -148,12 +149,30 @@ PLUGINS = {"lr_cap": CapLR, "lr_scale": ScaleLR, "clip_grad_norm": ClipGradNorm,
 
 # -- performance and distributed: threads, the loader's sampler -----------------------------------
 class Threads(Applied):
-    """torch.set_num_threads(n) when torch is imported, before the program's first op
-    (a program that sets its own count later keeps it: the finding came from that count)."""
+    """torch.set_num_threads(n) when torch is imported, and again at the model's first
+    forward and each optimizer step where the program set its own count since (the
+    finding often comes from a torch.set_num_threads(1) of the program's: a verification
+    that let it stand would measure nothing). `applied` counts the times it set it."""
+
+    def __init__(self, probe, intervention, settings) -> None:
+        super().__init__(probe, intervention, settings)
+        self._torch = None
 
     def on_torch_import(self, torch) -> None:
-        torch.set_num_threads(int(self.settings["num_threads"]))
-        self._applied()
+        self._torch = torch
+        self._set()
+
+    def on_model(self, module) -> None:
+        self._set()
+
+    def on_step_begin(self, step, optimizer) -> None:
+        self._set()
+
+    def _set(self) -> None:
+        threads = int(self.settings["num_threads"])
+        if self._torch.get_num_threads() != threads:
+            self._torch.set_num_threads(threads)
+            self._applied()
 
 
 def _distributed_sampler_of(loader):
@@ -228,7 +247,42 @@ class ShardedSampler(SetEpoch):
         return sampler if id(sampler) in self._ours else None
 
 
-PLUGINS.update({"torch_threads": Threads, "sampler_set_epoch": SetEpoch, "distributed_sampler": ShardedSampler})
+# -- memory: evaluation forwards without a graph ----------------------------------------------------
+class EvalNoGrad(Applied):
+    """The model's forwards called from the finding's line in the finding's mode run with
+    gradient recording off: switched off in the model's pre-hook, back on in its
+    post-hook (an always-call one: a forward that raised does not leave it off). Only
+    where recording was on: a forward the program already wrapped is left alone."""
+
+    WHAT = "intervention: evaluation forwards under no_grad"
+
+    def __init__(self, probe, intervention, settings) -> None:
+        super().__init__(probe, intervention, settings)
+        self._torch = None
+        self._switched: list[bool] = []  # per forward in flight: whether this one turned recording off
+
+    def on_torch_import(self, torch) -> None:
+        self._torch = torch
+
+    def on_model(self, module) -> None:
+        self.probe.model_hooks.before_forward(module, self._before, self.WHAT)
+        self.probe.model_hooks.after_forward(module, self._after, self.WHAT, always=True)
+
+    def _before(self, module, args) -> None:
+        switch = (module.training == bool(self.settings["training"]) and self._torch.is_grad_enabled()
+                  and user_location() == self.settings["location"])
+        if switch:
+            self._torch.set_grad_enabled(False)
+            self._applied()
+        self._switched.append(switch)
+
+    def _after(self, module, args, kwargs, output) -> None:
+        if self._switched and self._switched.pop():
+            self._torch.set_grad_enabled(True)
+
+
+PLUGINS.update({"torch_threads": Threads, "sampler_set_epoch": SetEpoch, "distributed_sampler": ShardedSampler,
+                "eval_no_grad": EvalNoGrad})
 
 
 def plugins(probe) -> list[Plugin]:

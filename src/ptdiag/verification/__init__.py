@@ -38,8 +38,9 @@ COMPANIONS = "companions"  # the folder of the run dir that holds every companio
 AUTO_MAX_BARE_S = 180.0
 # the specialists whose findings are verified by default; the others' (reproducibility:
 # two more runs on top of its repeat) with --verify. Distributed: one run of the main
-# run's steps, on one node (why_not), judged from indices, not times
-DEFAULT_AREAS = ("numerics", "performance", "distributed")
+# run's steps, on one node (why_not), judged from indices, not times; memory: one run of
+# the main run's steps, judged from the graphs recorded
+DEFAULT_AREAS = ("numerics", "performance", "distributed", "memory")
 BUDGET_FACTOR = 3.0
 BUDGET_MIN_S = 60.0
 MAX_FINDINGS = 3  # the top findings that get verification runs
