@@ -47,7 +47,9 @@ def test_every_intervention_is_applied_measured_and_verifies_documented_codes():
         assert intervention.metric in interventions.METRICS and intervention.metric in METRICS
         assert intervention.verifies and all(f"`{c.split('.', 1)[1]}`" in documented for c in intervention.verifies)
         settings = intervention.settings_for({"clip_at": 2.0, "lr_start": 0.1, "lr_before_onset": 1.0, "cores": 4,
-                                              "sampler": "RandomSampler", "expected_gains": [
+                                              "sampler": "RandomSampler", "location": "train.py:3",
+                                              "training_mode": False, "causes": [{"kind": "ops"}],
+                                              "expected_gains": [
                                                   {"change": "threads", "cores_per_process": 2}]})
         assert intervention.describe(settings)  # the phrase takes its own settings
 
@@ -422,3 +424,18 @@ def test_an_evaluation_fix_helps_when_no_forward_at_the_line_records_a_graph():
     # the same count at another line or mode is another finding's, not this one's
     assert metric.helped(before, {**after, "forwards_by_line": {"train.py:31 (training)": 6}}) is True
     assert metric.helped(before, {**after, "forwards_by_line": {site: 6}}) is False
+
+
+def test_deterministic_kernels_are_tried_only_where_the_computation_itself_differed(tmp_path):
+    deterministic = interventions.BY_NAME["deterministic_algorithms"]
+    assert deterministic.settings_for({"causes": [{"kind": "ops", "ops": []}]}) == {"cublas_workspace": ":4096:8"}
+    assert deterministic.settings_for({"causes": [{"kind": "environment", "setting": "cudnn_benchmark"}]})
+    assert deterministic.settings_for({"causes": [{"kind": "unseeded", "rng": "torch"}]}) is None  # seeding's to fix
+    code = ("import json, os, torch\ntorch.backends.cudnn.benchmark = True  # the program's own\n"
+            "torch.nn.Linear(2, 1)(torch.ones(1, 2))\n"
+            "print(json.dumps({'on': torch.are_deterministic_algorithms_enabled(), "
+            "'benchmark': torch.backends.cudnn.benchmark, 'cublas': os.environ.get('CUBLAS_WORKSPACE_CONFIG')}))\n")
+    out, events = run_with(code, tmp_path, interventions.encode("deterministic_algorithms",
+                                                                {"cublas_workspace": ":4096:8"}))
+    assert out == {"on": True, "benchmark": False, "cublas": ":4096:8"}
+    assert [e for e in events if e["ev"] == "intervention"][-1]["applied"] == 2  # at import, after the program's

@@ -68,6 +68,18 @@ def _threads_advised(evidence: dict) -> dict:
     return {"num_threads": gain.get("cores_per_process")} if gain else {}
 
 
+# causes of reproducibility.nondeterministic that deterministic kernels remove (determinism.py)
+COMPUTATION_CAUSES = ("ops", "computation", "cublas_workspace")
+
+
+def _computation_differed(evidence: dict) -> dict:
+    """Deterministic kernels are the fix only where the runs differed in the computation
+    itself (not in a generator, a seed or the data order)."""
+    causes = evidence.get("causes") or []
+    computation = any(c.get("kind") in COMPUTATION_CAUSES or c.get("setting") == "cudnn_benchmark" for c in causes)
+    return {"cublas_workspace": ":4096:8"} if computation else {}
+
+
 def _lr_before_the_rise(evidence: dict) -> dict:
     """The LR the run started at, where the program's schedule raised it before the
     explosion (the explosion's evidence: lr_start below lr_before_onset): capped there,
@@ -132,6 +144,14 @@ INTERVENTIONS: tuple[Intervention, ...] = (
         "set_epoch called before each pass over the loader",
         verifies=("distributed.sampler_epoch_not_set",),
         defaults={}, metric="epoch_order"),
+    # -- reproducibility -------------------------------------------------------------------------
+    Intervention(
+        "deterministic_algorithms", "reproducibility", "torch.use_deterministic_algorithms(True, warn_only=True), "
+                                                       "cuDNN deterministic and not benchmarking, "
+                                                       "CUBLAS_WORKSPACE_CONFIG set, from when torch is imported",
+        "deterministic algorithms on (CUBLAS_WORKSPACE_CONFIG={cublas_workspace})",
+        verifies=("reproducibility.nondeterministic",),
+        defaults={"cublas_workspace": None}, metric="repeat_identical", from_evidence=_computation_differed),
     # -- memory ------------------------------------------------------------------------------------
     Intervention(
         "eval_no_grad", "memory", "the model's forwards called from the finding's line, in the finding's mode "

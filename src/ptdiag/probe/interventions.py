@@ -124,6 +124,15 @@ class LoaderWorkers(Applied):
         self._applied()
 
 
+def deterministic_kernels(torch, cublas_workspace: str) -> None:
+    """The kernels that have a deterministic implementation made to use it (warn_only: an
+    op without one still runs, as in the program), cuDNN's too, and cuBLAS given the
+    workspace its deterministic mode needs (read when cuBLAS starts, later)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", cublas_workspace)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+
+
 class Seeded(Applied):
     """What a program that seeds nothing would call first: every generator seeded, and
     the kernels that have a deterministic implementation made to use it (warn_only: an op
@@ -134,11 +143,9 @@ class Seeded(Applied):
         import random
 
         seed = int(self.settings["seed"])
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts, later
         torch.manual_seed(seed)  # every device's generator too
         random.seed(seed)
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        deterministic_kernels(torch, ":4096:8")
         when_imported("numpy", self.probe.guarded(lambda probe, numpy: numpy.random.seed(seed)))
         self._applied()
 
@@ -281,7 +288,27 @@ class EvalNoGrad(Applied):
             self._torch.set_grad_enabled(True)
 
 
-PLUGINS.update({"torch_threads": Threads, "sampler_set_epoch": SetEpoch, "distributed_sampler": ShardedSampler,
+# -- reproducibility: deterministic kernels ---------------------------------------------------------
+class Deterministic(Applied):
+    """Deterministic kernels (deterministic_kernels) when torch is imported, and again at
+    the model's first forward where the program turned cudnn.benchmark on since."""
+
+    def __init__(self, probe, intervention, settings) -> None:
+        super().__init__(probe, intervention, settings)
+        self._torch = None
+
+    def on_torch_import(self, torch) -> None:
+        self._torch = torch
+        deterministic_kernels(torch, self.settings["cublas_workspace"])
+        self._applied()
+
+    def on_model(self, module) -> None:
+        if self._torch.backends.cudnn.benchmark or not self._torch.are_deterministic_algorithms_enabled():
+            deterministic_kernels(self._torch, self.settings["cublas_workspace"])
+            self._applied()
+
+
+PLUGINS.update({"deterministic_algorithms": Deterministic, "torch_threads": Threads, "sampler_set_epoch": SetEpoch, "distributed_sampler": ShardedSampler,
                 "eval_no_grad": EvalNoGrad})
 
 
