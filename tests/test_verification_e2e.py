@@ -69,8 +69,11 @@ def test_a_data_bound_step_is_verified_with_workers(workdir):
     assert after["data_wait_ms_p50"] < before["data_wait_ms_p50"] and after["data_wait_share"] < before["data_wait_share"]
     assert verified["helped"] is True
     assert verified["steps"] == report["steps_observed"]  # the same profiled steps
+    assert after["phases_ms"]["data"] < before["phases_ms"]["data"]  # the breakdowns the HTML pairs
     record = json.loads((run_dir / "verification.json").read_text())
     assert 0 < record["wall_s"] <= record["budget_s"]
+    page = (run_dir / "report.html").read_text()
+    assert 'data-plot="verified-dataloader_workers-phases_ms"' in page and "data wait, after" in page
 
 
 def test_an_unseeded_run_repeats_bit_for_bit_once_seeded(workdir):
