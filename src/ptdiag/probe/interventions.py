@@ -14,6 +14,7 @@ DataLoader was built) is reported as not verified rather than as not helping.
 from __future__ import annotations
 
 import os
+import weakref
 
 from ptdiag import interventions
 from ptdiag.events import INTERVENTION_ENV, jsonable
@@ -217,7 +218,7 @@ class ShardedSampler(SetEpoch):
     def __init__(self, probe, intervention, settings) -> None:
         super().__init__(probe, intervention, settings)
         self._torch = None
-        self._ours: set[int] = set()  # id() of the samplers it built
+        self._ours: weakref.WeakSet = weakref.WeakSet()  # the samplers it built
 
     def on_torch_import(self, torch) -> None:
         self._torch = torch
@@ -236,7 +237,7 @@ class ShardedSampler(SetEpoch):
         if replicas < 2:
             return
         built = DistributedSampler(dataset, num_replicas=replicas, rank=rank, shuffle=shuffle)
-        self._ours.add(id(built))
+        self._ours.add(built)
         arguments["sampler"] = built
         if "shuffle" in arguments:
             arguments["shuffle"] = False  # a sampler excludes shuffle=True
@@ -251,7 +252,7 @@ class ShardedSampler(SetEpoch):
 
     def _sampler(self, loader):
         sampler = _distributed_sampler_of(loader)
-        return sampler if id(sampler) in self._ours else None
+        return sampler if sampler is not None and sampler in self._ours else None
 
 
 # -- memory: evaluation forwards without a graph ----------------------------------------------------
