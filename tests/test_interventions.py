@@ -45,10 +45,12 @@ def test_every_intervention_is_applied_measured_and_verifies_documented_codes():
     assert set(PLUGINS) == set(interventions.BY_NAME)
     for intervention in interventions.INTERVENTIONS:
         assert intervention.metric in interventions.METRICS and intervention.metric in METRICS
-        assert intervention.verifies and all(f"`{c.split('.', 1)[1]}`" in documented for c in intervention.verifies)
+        assert intervention.verifies and all(f"`{c.split('.', 1)[1]}`" in documented or f"`{c}`" in documented
+                                             for c in intervention.verifies)  # a contract code, or an added one
         settings = intervention.settings_for({"clip_at": 2.0, "lr_start": 0.1, "lr_before_onset": 1.0, "cores": 4,
                                               "sampler": "RandomSampler", "location": "train.py:3",
                                               "training_mode": False, "causes": [{"kind": "ops"}],
+                                              "estimated_peak_bytes": 2e8, "budget_bytes": 1e8, "largest_batch": 30,
                                               "expected_gains": [
                                                   {"change": "threads", "cores_per_process": 2}]})
         assert intervention.describe(settings)  # the phrase takes its own settings
@@ -439,3 +441,17 @@ def test_deterministic_kernels_are_tried_only_where_the_computation_itself_diffe
                                                                 {"cublas_workspace": ":4096:8"}))
     assert out == {"on": True, "benchmark": False, "cublas": ":4096:8"}
     assert [e for e in events if e["ev"] == "intervention"][-1]["applied"] == 2  # at import, after the program's
+
+
+def test_a_smaller_batch_is_tried_only_where_the_estimate_does_not_fit_and_some_batch_does(tmp_path):
+    smaller = interventions.BY_NAME["loader_batch_size"]
+    over = {"estimated_peak_bytes": 184e6, "budget_bytes": 157e6, "largest_batch": 62}
+    assert smaller.settings_for(over) == {"batch_size": 62}
+    assert smaller.settings_for({**over, "estimated_peak_bytes": 100e6}) is None  # it fits already
+    assert smaller.settings_for({**over, "largest_batch": 0}) is None  # nothing fits: not a batch size matter
+    code = ("import json\nfrom torch.utils.data import DataLoader\ndata = list(range(8))\n"
+            "loaders = [DataLoader(data, 8), DataLoader(data, batch_size=2), DataLoader(data, batch_size=None)]\n"
+            "print(json.dumps({'sizes': [d.batch_size for d in loaders], 'first': next(iter(loaders[0])).tolist()}))\n")
+    out, events = run_with(code, tmp_path, interventions.encode("loader_batch_size", {"batch_size": 3}))
+    assert out == {"sizes": [3, 2, None], "first": [0, 1, 2]}  # only the larger one, same order
+    assert [e for e in events if e["ev"] == "intervention"][-1]["applied"] == 1

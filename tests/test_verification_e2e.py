@@ -133,3 +133,23 @@ def test_an_evaluation_without_no_grad_records_no_graph_once_wrapped(workdir):
     assert before["saved_bytes_by_line"][line] > 0 and after["saved_bytes_by_line"].get(line, 0) == 0
     assert verified["applied"] == 6 and finding["severity"] == "warning"
     assert "verify-eval_no_grad run: the command again with the forwards at" in stderr
+
+
+def test_the_batch_the_fit_estimate_names_is_measured_on_a_real_step(workdir):
+    """The estimate (fake execution) named a batch that fits; the verification run steps at
+    that batch and MemTracker measures the real peak against the same target. Measured
+    here: batch 62 estimated at 156.9 MB, measured at 161.7 MB, over the 157.3 MB target:
+    the verdict is whatever the measurement says, so only its consistency is asserted."""
+    proc = run_ptdiag("memory grows every step until OOM", "--only", "memory", "-o", "memory.target_memory=150MiB",
+                      "--max-steps", "1", "--json", "r.json", "--", PYTHON, str(SAMPLES / "resnet_oom.py"),
+                      "--bug", "too_big", *FAST_SAMPLE_ARGS, "--epochs", "1", "--batch-size", "8",
+                      "--samples", "128", "--image-size", "32", cwd=workdir, env=DEFAULT_VERIFY)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    finding = next(f for f in load_report(workdir / "r.json")["findings"] if f["code"] == "memory.fit")
+    verified, largest = finding["verified"], finding["evidence"]["largest_batch"]
+    assert verified["intervention"] == "loader_batch_size" and verified["settings"] == {"batch_size": largest}
+    before, after = verified["measured"]["before"], verified["measured"]["after"]
+    assert (before["batch_size"], after["batch_size"], after["peak_from"]) == (128, largest, "measured")
+    assert after["measured_peak_bytes"] < before["estimated_peak_bytes"]  # the smaller batch peaks lower
+    assert verified["helped"] is (after["measured_peak_bytes"] <= after["budget_bytes"] == 150 * 2**20)
+    assert verified["steps"] == 2  # to MemTracker's step, past the main run's --max-steps 1

@@ -27,6 +27,7 @@ METRICS = {
     "epoch_order": "whether a rank's training loader drew its indices in the same order at two epochs",
     "unused_forwards": "the forwards that recorded an autograd graph no backward used, at the finding's line, "
                        "and the peak memory",
+    "step_peak": "a training step's peak memory, measured by MemTracker on real tensors, against --target-memory",
 }
 
 
@@ -78,6 +79,13 @@ def _computation_differed(evidence: dict) -> dict:
     causes = evidence.get("causes") or []
     computation = any(c.get("kind") in COMPUTATION_CAUSES or c.get("setting") == "cudnn_benchmark" for c in causes)
     return {"cublas_workspace": ":4096:8"} if computation else {}
+
+
+def _batch_that_fits(evidence: dict) -> dict:
+    """The largest batch the fit estimate says fits, where the program's does not (and
+    some batch does: at 0 nothing fits, and a smaller batch is not the fix)."""
+    peak, budget, largest = (evidence.get(k) for k in ("estimated_peak_bytes", "budget_bytes", "largest_batch"))
+    return {"batch_size": largest} if peak and budget and peak > budget and largest else {}
 
 
 def _lr_before_the_rise(evidence: dict) -> dict:
@@ -161,6 +169,12 @@ INTERVENTIONS: tuple[Intervention, ...] = (
         verifies=("memory.eval_without_no_grad",),
         defaults={"location": None, "training": None}, metric="unused_forwards",
         from_evidence=lambda e: {"location": e.get("location"), "training": e.get("training_mode")}),
+    Intervention(
+        "loader_batch_size", "memory", "each DataLoader built with a batch size of at most the one given (the "
+                                       "program's other arguments kept)",
+        "the DataLoader's batch size at most {batch_size}",
+        verifies=("memory.fit",),
+        defaults={"batch_size": None}, metric="step_peak", from_evidence=_batch_that_fits),
 )
 BY_NAME = {i.name: i for i in INTERVENTIONS}
 AREAS = tuple(dict.fromkeys(i.area for i in INTERVENTIONS))

@@ -309,7 +309,20 @@ class Deterministic(Applied):
             self._applied()
 
 
-PLUGINS.update({"deterministic_algorithms": Deterministic, "torch_threads": Threads, "sampler_set_epoch": SetEpoch, "distributed_sampler": ShardedSampler,
+class LoaderBatchSize(Applied):
+    """Each DataLoader built with a batch size of at most `batch_size`; one that batches
+    by a batch_sampler, or not at all (batch_size=None), is left as it is."""
+
+    def on_dataloader_args(self, arguments) -> None:
+        cap = int(self.settings["batch_size"])
+        if arguments.get("batch_sampler") is not None or ("batch_size" in arguments and arguments["batch_size"] is None):
+            return
+        if arguments.get("batch_size", 1) > cap:
+            arguments["batch_size"] = cap
+            self._applied()
+
+
+PLUGINS.update({"deterministic_algorithms": Deterministic, "loader_batch_size": LoaderBatchSize, "torch_threads": Threads, "sampler_set_epoch": SetEpoch, "distributed_sampler": ShardedSampler,
                 "eval_no_grad": EvalNoGrad})
 
 

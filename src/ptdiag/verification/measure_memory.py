@@ -10,6 +10,7 @@ the RSS holds freed memory the allocator keeps).
 
 from __future__ import annotations
 
+from ptdiag.options import settings
 from ptdiag.recorded import RecordedRun
 from ptdiag.specialists.memory.snapshot_findings import format_bytes
 from ptdiag.verification.measure import Metric
@@ -71,7 +72,54 @@ def _past_the_last_step(before: dict, run: RecordedRun) -> int:
     return run.steps_observed + 1
 
 
+# -- a step's peak against the target ------------------------------------------------------------
+def _step_peak(run: RecordedRun) -> dict | None:
+    """The fit estimate (mem_fit) and, where MemTracker broke a real step down
+    (mem_breakdown, at -o memory.breakdown_step), that step's measured peak."""
+    proc = run.main
+    fit = proc.first("mem_fit") if proc else None
+    if not fit or fit.get("error"):
+        return None
+    breakdowns = proc.of("mem_breakdown")
+    measured = max((kinds.get("Total", 0) for kinds in breakdowns[-1]["peak"].values()), default=None) \
+        if breakdowns else None
+    return {"peak_bytes": measured if measured is not None else fit["peak_bytes"],
+            "peak_from": "measured" if measured is not None else "estimated",
+            "measured_peak_bytes": measured, "estimated_peak_bytes": fit["peak_bytes"],
+            "budget_bytes": fit["budget_bytes"], "target": fit.get("target"), "batch_size": fit.get("batch_size"),
+            "steps": run.steps_observed}
+
+
+def _peak_before(run: RecordedRun) -> dict | None:
+    found = _step_peak(run)
+    return found if found and found["peak_bytes"] > found["budget_bytes"] else None
+
+
+def _peak_after(runs: list[RecordedRun]) -> dict | None:
+    found = _step_peak(runs[0])
+    return found if found and found["peak_from"] == "measured" else None  # the fix is judged on a real step
+
+
+def _peak_helped(before: dict, after: dict) -> bool:
+    return after["measured_peak_bytes"] <= after["budget_bytes"]
+
+
+def _peak_sentence(change: str, before: dict, after: dict, helped: bool | None) -> str:
+    was = f"at batch {before['batch_size']} it was {before['peak_from']} at {format_bytes(before['peak_bytes'])}"
+    verdict = "fits in" if helped else "still does not fit in"
+    return (f"with {change} a training step peaked at {format_bytes(after['measured_peak_bytes'])} measured "
+            f"(batch {after['batch_size']}): {verdict} {after['target']} ({format_bytes(after['budget_bytes'])}; {was})")
+
+
+def _to_the_breakdown_step(before: dict, run: RecordedRun) -> int:
+    """Far enough for MemTracker's step (-o memory.breakdown_step, 2 by default): the main
+    run may have stopped before it (a fit check with --max-steps 1)."""
+    step = settings("memory", ((run.meta.get("plan") or {}).get("options") or {}).get("memory") or {})["breakdown_step"]
+    return max(run.steps_observed, step, 1)
+
+
 METRICS: dict[str, Metric] = {
     "unused_forwards": Metric("forwards", _before, lambda runs: _unused(runs[0]), _helped, _sentence,
                               _past_the_last_step),
+    "step_peak": Metric("peak_bytes", _peak_before, _peak_after, _peak_helped, _peak_sentence, _to_the_breakdown_step),
 }
