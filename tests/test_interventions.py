@@ -455,3 +455,14 @@ def test_a_smaller_batch_is_tried_only_where_the_estimate_does_not_fit_and_some_
     out, events = run_with(code, tmp_path, interventions.encode("loader_batch_size", {"batch_size": 3}))
     assert out == {"sizes": [3, 2, None], "first": [0, 1, 2]}  # only the larger one, same order
     assert [e for e in events if e["ev"] == "intervention"][-1]["applied"] == 1
+
+
+def test_a_smaller_batch_helps_when_its_measured_step_fits_and_partly_when_only_lower():
+    metric = METRICS["step_peak"]
+    before = {"peak_bytes": 184e6, "peak_from": "estimated", "batch_size": 128, "budget_bytes": 157e6}
+    after = {"measured_peak_bytes": 150e6, "budget_bytes": 157e6, "batch_size": 62, "target": "150MiB"}
+    assert metric.helped(before, after) is True
+    assert metric.helped(before, {**after, "measured_peak_bytes": 162e6}) is None  # lower, still over
+    assert metric.helped(before, {**after, "measured_peak_bytes": 190e6}) is False
+    assert "lower, but still does not fit in 150MiB" in metric.sentence(
+        "batch 62", before, {**after, "measured_peak_bytes": 162e6}, None)

@@ -100,13 +100,18 @@ def _peak_after(runs: list[RecordedRun]) -> dict | None:
     return found if found and found["peak_from"] == "measured" else None  # the fix is judged on a real step
 
 
-def _peak_helped(before: dict, after: dict) -> bool:
-    return after["measured_peak_bytes"] <= after["budget_bytes"]
+def _peak_helped(before: dict, after: dict) -> bool | None:
+    """Fits: helped. Over the target yet lower than before: partly (None, nothing demoted:
+    the step does not fit at the program's batch either way, the batch must only be
+    smaller still). Not lower: not helped."""
+    if after["measured_peak_bytes"] <= after["budget_bytes"]:
+        return True
+    return None if after["measured_peak_bytes"] < before["peak_bytes"] else False
 
 
 def _peak_sentence(change: str, before: dict, after: dict, helped: bool | None) -> str:
     was = f"at batch {before['batch_size']} it was {before['peak_from']} at {format_bytes(before['peak_bytes'])}"
-    verdict = "fits in" if helped else "still does not fit in"
+    verdict = {True: "fits in", None: "lower, but still does not fit in", False: "still does not fit in"}[helped]
     return (f"with {change} a training step peaked at {format_bytes(after['measured_peak_bytes'])} measured "
             f"(batch {after['batch_size']}): {verdict} {after['target']} ({format_bytes(after['budget_bytes'])}; {was})")
 
