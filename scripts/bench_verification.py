@@ -21,12 +21,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PROGRAMS, SAMPLES = REPO / "tests" / "programs", REPO / "sample_models"
 FAST = ["--threads", "1", "--samples", "64", "--image-size", "16"]
+TORCHRUN = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]  # after sys.executable
 CASES = {
     "nan_quick --lr 10 (the LR fix helps)": ("loss is NaN", [str(PROGRAMS / "nan_quick.py"), "--lr", "10"]),
     "nan_quick --lr 1000 (no fix helps: both tried)": ("loss is NaN", [str(PROGRAMS / "nan_quick.py"), "--lr", "1000"]),
     "sleepy_loader (workers help)": ("training is slow", [str(PROGRAMS / "sleepy_loader.py")]),
     "resnet_nan --bug lr": ("loss is NaN", [str(SAMPLES / "resnet_nan.py"), "--bug", "lr", "--epochs", "8", *FAST]),
     "resnet_slow --bug dataloader": ("training is slow", [str(SAMPLES / "resnet_slow.py"), "--bug", "dataloader", *FAST]),
+    "threads_mlp --threads 1 (set_num_threads)": ("training is slow", [str(PROGRAMS / "threads_mlp.py")]),
+    "resnet_oom --bug eval_no_grad (no_grad)": ("memory grows every step until OOM", [
+        str(SAMPLES / "resnet_oom.py"), "--bug", "eval_no_grad", *FAST, "--epochs", "1", "--batch-size", "8",
+        "--samples", "48"]),
+    "ddp_sampler --bug no_sampler, 2 ranks (DistributedSampler)": ("training with DDP", [
+        *TORCHRUN, "--master_port", "29791", str(PROGRAMS / "ddp_sampler.py"), "--bug", "no_sampler"]),
+    "ddp_sampler --bug no_set_epoch, 2 ranks (set_epoch)": ("training with DDP", [
+        *TORCHRUN, "--master_port", "29792", str(PROGRAMS / "ddp_sampler.py"), "--bug", "no_set_epoch"]),
 }
 
 

@@ -91,6 +91,26 @@ def test_memory_peak_breakdown_is_read_from_the_finding():
     assert [a["data-plot"] for a in page.of("svg")] == ["memory_peak"]
 
 
+def test_a_verified_performance_fix_shows_both_step_breakdowns_side_by_side():
+    """Each phase's bar before and after, in a pair; every word from the run escaped."""
+    measured = {"before": {"step_ms_p50": 36.5, "data_wait_share": 0.8, "phases_ms": {"data": 23.8, "forward": 5.0}},
+                "after": {"step_ms_p50": 6.2, "data_wait_share": 0.16, "phases_ms": {"data": 1.0, "forward": 5.1}}}
+    finding = Finding("performance.dataloader_bound", "performance", "warning", "waits", evidence={})
+    finding.verified = {"intervention": "dataloader_workers", "settings": {"num_workers": 2}, "helped": True,
+                        "summary": f"with {SCRIPT_PAYLOAD} the step took 6.2 ms", "measured": measured,
+                        "run_dir": DIR_PAYLOAD, "steps": 13}
+    report = Report(run_id="r1", symptom=None, command=None, route={}, status="completed", exit_code=0,
+                    steps_observed=13, findings=[finding])
+    page = Elements(render_html(report))
+    chart = next(a for a in page.of("svg") if a["data-plot"] == "verified-dataloader_workers-phases_ms")
+    assert chart is not None and not page.of("script") and page.event_handlers() == []
+    text = "".join(page.text)
+    for row in ("data wait, before", "23.8 ms", "data wait, after", "1 ms", "forward, before", "forward, after"):
+        assert row in text
+    assert SCRIPT_PAYLOAD in text and DIR_PAYLOAD in text  # shown as the text it was
+    assert "phases_ms" not in text  # drawn, not tabled
+
+
 # -- pages from real recorded runs ------------------------------------------------------------
 
 @pytest.mark.slow

@@ -18,7 +18,8 @@ from ptdiag.findings import Finding
 from ptdiag.launch.runner import child_environment
 from ptdiag.probe.interventions import PLUGINS
 from ptdiag.verification import attach as attaching
-from ptdiag.verification import measure, why_not
+from ptdiag.verification import measure, measure_shards, measure_step, why_not
+from ptdiag.verification.metrics import METRICS
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -43,9 +44,15 @@ def test_every_intervention_is_applied_measured_and_verifies_documented_codes():
     documented = (DOCS / "finding_codes.md").read_text()
     assert set(PLUGINS) == set(interventions.BY_NAME)
     for intervention in interventions.INTERVENTIONS:
-        assert intervention.metric in interventions.METRICS and intervention.metric in measure.METRICS
-        assert intervention.verifies and all(f"`{c.split('.', 1)[1]}`" in documented for c in intervention.verifies)
-        settings = intervention.settings_for({"clip_at": 2.0, "lr_start": 0.1, "lr_before_onset": 1.0, "cores": 4})
+        assert intervention.metric in interventions.METRICS and intervention.metric in METRICS
+        assert intervention.verifies and all(f"`{c.split('.', 1)[1]}`" in documented or f"`{c}`" in documented
+                                             for c in intervention.verifies)  # a contract code, or an added one
+        settings = intervention.settings_for({"clip_at": 2.0, "lr_start": 0.1, "lr_before_onset": 1.0, "cores": 4,
+                                              "sampler": "RandomSampler", "location": "train.py:3",
+                                              "training_mode": False, "causes": [{"kind": "ops"}],
+                                              "estimated_peak_bytes": 2e8, "budget_bytes": 1e8, "largest_batch": 30,
+                                              "expected_gains": [
+                                                  {"change": "threads", "cores_per_process": 2}]})
         assert intervention.describe(settings)  # the phrase takes its own settings
 
 
@@ -69,7 +76,8 @@ def test_a_malformed_or_unknown_request_applies_nothing(text):
 
 def test_a_request_round_trips_with_the_defaults_filled_in():
     intervention, settings = interventions.decode(interventions.encode("dataloader_workers", {"num_workers": 3}))
-    assert intervention.name == "dataloader_workers" and settings == {"num_workers": 3, "pin_memory": "auto"}
+    assert intervention.name == "dataloader_workers"
+    assert settings == {"num_workers": 3, "pin_memory": "auto", "persistent_workers": True}
 
 
 # -- applied inside the program ------------------------------------------------------------------
@@ -130,10 +138,11 @@ def test_dataloaders_get_workers_however_the_program_spelled_its_arguments(tmp_p
             "DataLoader(data, batch_size=2, num_workers=6)]\n"
             "batches = [b.tolist() for b in loaders[0]]\n"
             "print(json.dumps({'workers': [d.num_workers for d in loaders], 'pin': loaders[0].pin_memory, "
+            "'persistent': loaders[0].persistent_workers, "
             "'batches': batches}))\n")
     out, events = run_with(code, tmp_path, interventions.encode("dataloader_workers", {"num_workers": 2}))
     assert out["workers"] == [2, 2, 6]  # a loader given more keeps them
-    assert out["pin"] is False  # auto: only where CUDA is available
+    assert out["pin"] is False and out["persistent"] is True  # pinned: only where CUDA is available
     assert out["batches"] == [[0, 1], [2, 3], [4, 5], [6, 7]]  # same data, same order
     assert [e for e in events if e["ev"] == "intervention"][-1]["applied"] == 3
 
@@ -280,3 +289,201 @@ def test_optimizer_step_fixes_are_not_run_where_the_weights_are_updated_by_hand(
     assert inapplicable(scale, {"factor": 0.01}, _Events([{"cls": "SGD"}])) is None
     workers = interventions.BY_NAME["dataloader_workers"]
     assert inapplicable(workers, {"num_workers": 2, "pin_memory": "auto"}, _Events([])) is None
+
+
+# -- performance and distributed: threads, the loader's sampler ------------------------------------
+def test_threads_come_from_the_compute_bound_advice_only():
+    threads = interventions.BY_NAME["torch_threads"]
+    assert threads.settings_for({"expected_gains": [{"change": "torch.compile"},
+                                                    {"change": "threads", "cores_per_process": 4}]}) == {"num_threads": 4}
+    assert threads.settings_for({"expected_gains": [{"change": "torch.compile"}]}) is None  # threads were not the advice
+    assert interventions.BY_NAME["distributed_sampler"].settings_for({}) is None  # which loader: not measured
+
+
+def test_torch_runs_on_the_threads_asked_for(tmp_path):
+    code = ("import json, torch\nat_import = torch.get_num_threads()\n"
+            "torch.set_num_threads(1)  # the program's own count, the finding's cause\n"
+            "model = torch.nn.Linear(2, 1)\nopt = torch.optim.SGD(model.parameters(), lr=0.1)\n"
+            "model(torch.ones(1, 2)).sum().backward()\nopt.step()\n"
+            "print(json.dumps({'at_import': at_import, 'threads': torch.get_num_threads()}))\n")
+    out, events = run_with(code, tmp_path, interventions.encode("torch_threads", {"num_threads": 3}))
+    assert out == {"at_import": 3, "threads": 3}
+    assert [e for e in events if e["ev"] == "intervention"][-1]["applied"] == 2  # at import, after the program's
+
+
+SHARDED = """
+import json, os
+os.environ.update(WORLD_SIZE="2", RANK="1")  # torchrun's environment, no process group: the sampler reads it
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
+data = list(range(10))
+train = DataLoader(data, 2, True)  # shuffle given by position
+evaluation = DataLoader(data, batch_size=2)
+weighted = DataLoader(data, batch_size=2, sampler=torch.utils.data.WeightedRandomSampler([1.0] * 10, 10))
+epochs = [[i for b in train for i in b.tolist()] for _ in range(2)]
+print(json.dumps({"kinds": [type(d.sampler).__name__ for d in (train, evaluation, weighted)],
+                  "rank": train.sampler.rank, "epochs": epochs, "epoch": train.sampler.epoch}))
+"""
+
+
+def test_the_training_loaders_sampler_is_replaced_by_a_distributed_one_that_changes_epoch(tmp_path):
+    out, events = run_with(SHARDED, tmp_path, interventions.encode("distributed_sampler", {"sampler": "RandomSampler"}))
+    # only the loader of the finding's kind; a weighted sampler's weights are not dropped
+    assert out["kinds"] == ["DistributedSampler", "SequentialSampler", "WeightedRandomSampler"]
+    assert out["rank"] == 1 and out["epoch"] == 1  # set_epoch before each pass
+    first, second = out["epochs"]
+    assert len(first) == 5 and sorted(first) != list(range(10)) and first != second  # half the data, a new order
+    assert [e for e in events if e["ev"] == "intervention"][-1]["applied"] == 1  # one sampler built
+
+
+def test_set_epoch_is_called_before_each_pass_even_with_workers(tmp_path):
+    code = ("import json, torch\nfrom torch.utils.data import DataLoader, DistributedSampler\n"
+            "data = list(range(12))\nsampler = DistributedSampler(data, num_replicas=2, rank=0, shuffle=True)\n"
+            "loader = DataLoader(data, batch_size=3, sampler=sampler, num_workers=1)\n"
+            "epochs = [[i for b in loader for i in b.tolist()] for _ in range(2)]\n"
+            "print(json.dumps({'epochs': epochs, 'epoch': sampler.epoch}))\n")
+    plain, _ = run_with(code, tmp_path / "plain", None)
+    assert plain["epochs"][0] == plain["epochs"][1]  # the bug: every epoch replays the first's order
+    out, events = run_with(code, tmp_path / "fixed", interventions.encode("sampler_set_epoch", {}))
+    assert out["epochs"][0] == plain["epochs"][0] and out["epochs"][1] != out["epochs"][0]
+    assert out["epoch"] == 1 and [e for e in events if e["ev"] == "intervention"][-1]["applied"] == 2
+
+
+def _ranks_drew(tmp_path: Path, drawn: dict[int, list[list[int]]], n: int = 8):
+    """A run dir whose ranks' training loader drew these indices, pass by pass."""
+    from ptdiag.recorded import RecordedRun
+
+    (tmp_path / "events").mkdir(parents=True)
+    for rank, passes in drawn.items():
+        lines = [{"ev": "start", "rank": rank, "pid": 10 + rank},
+                 {"ev": "dist_loader", "loader": 0, "sampler": "RandomSampler", "sharded": False},
+                 {"ev": "dist_loader", "loader": 1, "sampler": "SequentialSampler", "sharded": False},
+                 *({"ev": "step", "step": e + 1, "loader": 0, "epoch": e} for e in range(len(passes))),
+                 *({"ev": "dist_indices", "loader": 0, "epoch": e, "n": n, "indices": p, "complete": True,
+                    "truncated": False} for e, p in enumerate(passes)),
+                 {"ev": "dist_indices", "loader": 1, "epoch": 0, "n": n, "indices": list(range(n)), "complete": True,
+                  "truncated": False},  # the evaluation loader: every rank reads all of it, not the training data
+                 {"ev": "exit", "steps": len(passes)}]
+        (tmp_path / "events" / f"rank{rank}.p{10 + rank}.jsonl").write_text("".join(json.dumps(e) + "\n" for e in lines))
+    return RecordedRun.load(tmp_path)
+
+
+def test_shards_are_disjoint_when_no_index_is_drawn_twice_but_the_padding():
+    metric = measure_shards.METRICS["shards_disjoint"]
+    before = {"shared_share": 1.0, "shared_indices": 4, "rank": 0, "drawn": 4, "ranks": 2, "padding": 0}
+    assert metric.helped(before, {**before, "shared_share": 0.0, "shared_indices": 0}) is True
+    # 9 samples on 2 ranks: the sampler pads to 10, one index drawn twice
+    assert metric.helped(before, {**before, "shared_share": 0.2, "shared_indices": 1, "padding": 1}) is True
+    assert metric.helped(before, {**before, "shared_share": 0.5, "shared_indices": 2, "padding": 1}) is False
+
+
+def test_shards_and_epoch_order_are_read_from_the_training_loaders_indices(tmp_path):
+    same = _ranks_drew(tmp_path / "same", {0: [[3, 1, 2, 0], [3, 1, 2, 0]], 1: [[3, 1, 2, 0], [3, 1, 2, 0]]}, n=4)
+    shards, order = measure_shards.METRICS["shards_disjoint"], measure_shards.METRICS["epoch_order"]
+    assert shards.before(same)["shared_share"] == 1.0 and order.before(same)["ranks_repeating"] == 2
+    fixed = _ranks_drew(tmp_path / "fixed", {0: [[5, 1, 6, 0], [2, 4, 0, 6]], 1: [[3, 7, 2, 4], [1, 5, 3, 7]]})
+    after = shards.after([fixed])
+    assert (after["shared_indices"], after["padding"], after["ranks"]) == (0, 0, 2)
+    assert shards.before(fixed) is None  # nothing shared: nothing to verify
+    assert order.after([fixed])["ranks_repeating"] == 0 and order.before(fixed) is None
+    assert "disjoint shards" in shards.sentence("a DistributedSampler", shards.before(same), after, True)
+
+
+def test_a_step_time_verdict_leaves_a_band_a_busy_machine_moves_through():
+    metric = measure_step.METRICS["step_time"]
+    before = {"step_ms_p50": 100.0, "torch_threads": 1, "phases_ms": {}, "steps": 10}
+    assert metric.helped(before, {**before, "step_ms_p50": 60.0, "torch_threads": 2}) is True
+    assert metric.helped(before, {**before, "step_ms_p50": 90.0}) is None
+    assert metric.helped(before, {**before, "step_ms_p50": 101.0}) is False
+    sentence = metric.sentence("torch.set_num_threads(2)", before, {**before, "step_ms_p50": 60.0, "torch_threads": 2},
+                               True)
+    assert "60.0 ms instead of 100.0 ms (1.7x) on 2 torch threads instead of 1" in sentence
+
+
+EVALUATED = """
+import json, torch
+model = torch.nn.Linear(2, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+def evaluate(x):
+    return model(x)  # EVAL LINE
+
+
+model(torch.ones(1, 2)).sum().backward()  # training: recorded
+opt.step()
+model.eval()
+kept = evaluate(torch.ones(1, 2))
+elsewhere = model(torch.ones(1, 2))
+try:
+    evaluate("not a tensor")  # the forward raises at that line: recording must come back on
+except TypeError:
+    pass
+model.train()
+print(json.dumps({"kept": kept.requires_grad, "elsewhere": elsewhere.requires_grad,
+                  "after": torch.is_grad_enabled(), "training": model(torch.ones(1, 2)).requires_grad}))
+"""
+
+
+def test_evaluation_forwards_at_the_findings_line_record_no_graph(tmp_path):
+    program = tmp_path / "evaluate.py"
+    program.write_text(EVALUATED)
+    line = next(i for i, text in enumerate(EVALUATED.splitlines(), 1) if "# EVAL LINE" in text)
+    asked = interventions.encode("eval_no_grad", {"location": f"{program}:{line}", "training": False})
+    out, events = run_with(f"exec(compile(open({str(program)!r}).read(), {str(program)!r}, 'exec'))", tmp_path, asked)
+    # only the eval forwards at that line; recording back on after them, also after the one that raised
+    assert out == {"kept": False, "elsewhere": True, "after": True, "training": True}
+    assert [e for e in events if e["ev"] == "intervention"][-1]["applied"] == 2
+
+
+def test_an_evaluation_fix_helps_when_no_forward_at_the_line_records_a_graph():
+    metric = METRICS["unused_forwards"]
+    site = "train.py:31 (eval)"
+    before = {"forwards": 6, "location": "train.py:31", "training": False, "forwards_by_line": {site: 6},
+              "saved_bytes_by_line": {site: 1070592}}
+    after = {"forwards": 0, "forwards_by_line": {}, "saved_bytes_by_line": {site: 0}}
+    assert metric.helped(before, after) is True
+    assert "kept 0 B for backward instead of 1.02 MiB" in metric.sentence("no_grad", before, after, True)
+    # the same count at another line or mode is another finding's, not this one's
+    assert metric.helped(before, {**after, "forwards_by_line": {"train.py:31 (training)": 6}}) is True
+    assert metric.helped(before, {**after, "forwards_by_line": {site: 6}}) is False
+
+
+def test_deterministic_kernels_are_tried_only_where_the_computation_itself_differed(tmp_path):
+    deterministic = interventions.BY_NAME["deterministic_algorithms"]
+    assert deterministic.settings_for({"causes": [{"kind": "ops", "ops": []}]}) == {"cublas_workspace": ":4096:8"}
+    assert deterministic.settings_for({"causes": [{"kind": "environment", "setting": "cudnn_benchmark"}]})
+    assert deterministic.settings_for({"causes": [{"kind": "unseeded", "rng": "torch"}]}) is None  # seeding's to fix
+    code = ("import json, os, torch\ntorch.backends.cudnn.benchmark = True  # the program's own\n"
+            "torch.nn.Linear(2, 1)(torch.ones(1, 2))\n"
+            "print(json.dumps({'on': torch.are_deterministic_algorithms_enabled(), "
+            "'benchmark': torch.backends.cudnn.benchmark, 'cublas': os.environ.get('CUBLAS_WORKSPACE_CONFIG')}))\n")
+    out, events = run_with(code, tmp_path, interventions.encode("deterministic_algorithms",
+                                                                {"cublas_workspace": ":4096:8"}))
+    assert out == {"on": True, "benchmark": False, "cublas": ":4096:8"}
+    assert [e for e in events if e["ev"] == "intervention"][-1]["applied"] == 2  # at import, after the program's
+
+
+def test_a_smaller_batch_is_tried_only_where_the_estimate_does_not_fit_and_some_batch_does(tmp_path):
+    smaller = interventions.BY_NAME["loader_batch_size"]
+    over = {"estimated_peak_bytes": 184e6, "budget_bytes": 157e6, "largest_batch": 62}
+    assert smaller.settings_for(over) == {"batch_size": 62}
+    assert smaller.settings_for({**over, "estimated_peak_bytes": 100e6}) is None  # it fits already
+    assert smaller.settings_for({**over, "largest_batch": 0}) is None  # nothing fits: not a batch size matter
+    code = ("import json\nfrom torch.utils.data import DataLoader\ndata = list(range(8))\n"
+            "loaders = [DataLoader(data, 8), DataLoader(data, batch_size=2), DataLoader(data, batch_size=None)]\n"
+            "print(json.dumps({'sizes': [d.batch_size for d in loaders], 'first': next(iter(loaders[0])).tolist()}))\n")
+    out, events = run_with(code, tmp_path, interventions.encode("loader_batch_size", {"batch_size": 3}))
+    assert out == {"sizes": [3, 2, None], "first": [0, 1, 2]}  # only the larger one, same order
+    assert [e for e in events if e["ev"] == "intervention"][-1]["applied"] == 1
+
+
+def test_a_smaller_batch_helps_when_its_measured_step_fits_and_partly_when_only_lower():
+    metric = METRICS["step_peak"]
+    before = {"peak_bytes": 184e6, "peak_from": "estimated", "batch_size": 128, "budget_bytes": 157e6}
+    after = {"measured_peak_bytes": 150e6, "budget_bytes": 157e6, "batch_size": 62, "target": "150MiB"}
+    assert metric.helped(before, after) is True
+    assert metric.helped(before, {**after, "measured_peak_bytes": 162e6}) is None  # lower, still over
+    assert metric.helped(before, {**after, "measured_peak_bytes": 190e6}) is False
+    assert "lower, but still does not fit in 150MiB" in metric.sentence(
+        "batch 62", before, {**after, "measured_peak_bytes": 162e6}, None)

@@ -111,3 +111,7 @@ def test_ptdiag_options_lists_every_option(workdir):
     assert listed["memory"][0] == {"name": "breakdown_step", "type": "int", "default": 2,
                                    "help": OPTIONS["memory"][0].help}
     assert "ptdiag options" in run_ptdiag("--help", cwd=workdir, timeout=60).stdout.decode()
+    from ptdiag.interventions import INTERVENTIONS  # every fix verification can try, in both listings
+
+    assert all(f"  {i.name} (" in text and ", ".join(i.verifies) in text for i in INTERVENTIONS)
+    assert [i["name"] for i in listed["interventions"]] == [i.name for i in INTERVENTIONS]

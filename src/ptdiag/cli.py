@@ -294,7 +294,8 @@ def options(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")
     typer.echo("interventions (--verify: each tried in a companion run for the findings it verifies):")
     for i in INTERVENTIONS:
         settings = ", ".join(f"{k}={v}" for k, v in i.defaults.items())
-        typer.echo(f"  {i.name} ({settings}; from the finding's evidence where it measured them)")
+        typer.echo(f"  {i.name} " + (f"({settings}; from the finding's evidence where it measured them)"
+                                     if settings else "(no settings)"))
         typer.echo(f"       {i.changes}; verifies {', '.join(i.verifies)}; measures {METRICS[i.metric]}")
     return 0
 

@@ -152,6 +152,8 @@ EVENTS: dict[str, EventKind] = {
                          "a DataLoader's sampler and how it shards"),
     "dist_epoch": _kind("loader epoch sampler_epoch location", "a pass over a DataLoader began"),
     "dist_batch": _kind("n step fp shape", "a fingerprint of an early training batch"),
+    "dist_indices": _kind("loader epoch n indices complete truncated",
+                          "the sample indices a rank drew in one of a loader's first passes (n: the data set's length)"),
     "dist_checksums": _kind("step sums norms tensors", "this rank's float64 sum and norm of every parameter "
                                                        "and buffer (their kinds and names on its first check)"),
     "dist_no_grad": _kind("step names count", "DDP parameters that got no gradient"),

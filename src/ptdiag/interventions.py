@@ -22,6 +22,12 @@ METRICS = {
     "first_nonfinite_step": "the first step whose loss was not finite (none: finite to the end)",
     "data_wait_share": "the share of the step the loop waited on the DataLoader, and the step time p50",
     "repeat_identical": "the first step where two runs differ (none: bit-identical), in two runs with the change",
+    "step_time": "the step time p50 and its phases (data wait, forward, backward, optimizer)",
+    "shards_disjoint": "the share of a rank's sample indices another rank also drew in the same pass of the training loader",
+    "epoch_order": "whether a rank's training loader drew its indices in the same order at two epochs",
+    "unused_forwards": "the forwards that recorded an autograd graph no backward used, at the finding's line, "
+                       "and the peak memory",
+    "step_peak": "a training step's peak memory, measured by MemTracker on real tensors, against --target-memory",
 }
 
 
@@ -57,6 +63,32 @@ def _loader_workers(evidence: dict) -> dict:
     with the training process) and at most 4 (a verification, not a tuning sweep)."""
     cores = evidence.get("cores") or 2
     return {"num_workers": max(2, min(4, cores - 1))}
+
+
+def _threads_advised(evidence: dict) -> dict:
+    """The threads compute_bound found this process may use (its share of the cores), where
+    torch ran on fewer; nothing where that was not the finding's advice."""
+    gain = next((g for g in evidence.get("expected_gains") or [] if g.get("change") == "threads"), None)
+    return {"num_threads": gain.get("cores_per_process")} if gain else {}
+
+
+# causes of reproducibility.nondeterministic that deterministic kernels remove (determinism.py)
+COMPUTATION_CAUSES = ("ops", "computation", "cublas_workspace")
+
+
+def _computation_differed(evidence: dict) -> dict:
+    """Deterministic kernels are the fix only where the runs differed in the computation
+    itself (not in a generator, a seed or the data order)."""
+    causes = evidence.get("causes") or []
+    computation = any(c.get("kind") in COMPUTATION_CAUSES or c.get("setting") == "cudnn_benchmark" for c in causes)
+    return {"cublas_workspace": ":4096:8"} if computation else {}
+
+
+def _batch_that_fits(evidence: dict) -> dict:
+    """The largest batch the fit estimate says fits, where the program's does not (and
+    some batch does: at 0 nothing fits, and a smaller batch is not the fix)."""
+    peak, budget, largest = (evidence.get(k) for k in ("estimated_peak_bytes", "budget_bytes", "largest_batch"))
+    return {"batch_size": largest} if peak and budget and peak > budget and largest else {}
 
 
 def _lr_before_the_rise(evidence: dict) -> dict:
@@ -101,8 +133,52 @@ INTERVENTIONS: tuple[Intervention, ...] = (
         "dataloader_workers", "performance", "DataLoaders built with worker processes",
         "num_workers={num_workers}",
         verifies=("performance.dataloader_bound",),
-        defaults={"num_workers": 2, "pin_memory": "auto"}, metric="data_wait_share",
+        defaults={"num_workers": 2, "pin_memory": "auto", "persistent_workers": True}, metric="data_wait_share",
         from_evidence=_loader_workers),
+    # -- performance, distributed: the step's threads, the loader's sampler -----------------------
+    Intervention(
+        "torch_threads", "performance", "torch.set_num_threads(n) as soon as torch is imported (what "
+                                        "OMP_NUM_THREADS=n does)",
+        "torch.set_num_threads({num_threads})",
+        verifies=("performance.compute_bound",),
+        defaults={"num_threads": None}, metric="step_time", from_evidence=_threads_advised),
+    Intervention(
+        "distributed_sampler", "distributed", "each DataLoader whose sampler is of the training loader's kind "
+                                              "(RandomSampler or SequentialSampler, no batch_sampler) built with a "
+                                              "DistributedSampler over the ranks instead, shuffling as the loader "
+                                              "did, its set_epoch called before each pass",
+        "a DistributedSampler in place of the {sampler}",
+        verifies=("distributed.no_distributed_sampler",),
+        defaults={"sampler": None}, metric="shards_disjoint", from_evidence=lambda e: {"sampler": e.get("sampler")}),
+    Intervention(
+        "sampler_set_epoch", "distributed", "DistributedSampler.set_epoch(n) called before the n-th pass over "
+                                            "each DataLoader that has one (n counts passes from 0)",
+        "set_epoch called before each pass over the loader",
+        verifies=("distributed.sampler_epoch_not_set",),
+        defaults={}, metric="epoch_order"),
+    # -- reproducibility -------------------------------------------------------------------------
+    Intervention(
+        "deterministic_algorithms", "reproducibility", "torch.use_deterministic_algorithms(True, warn_only=True), "
+                                                       "cuDNN deterministic and not benchmarking, "
+                                                       "CUBLAS_WORKSPACE_CONFIG set, from when torch is imported",
+        "deterministic algorithms on (CUBLAS_WORKSPACE_CONFIG={cublas_workspace})",
+        verifies=("reproducibility.nondeterministic",),
+        defaults={"cublas_workspace": None}, metric="repeat_identical", from_evidence=_computation_differed),
+    # -- memory ------------------------------------------------------------------------------------
+    Intervention(
+        "eval_no_grad", "memory", "the model's forwards called from the finding's line, in the finding's mode "
+                                  "(eval or training), run under torch.no_grad() (recording back on right after, "
+                                  "also when the forward raised)",
+        "the forwards at {location} under torch.no_grad()",
+        verifies=("memory.eval_without_no_grad",),
+        defaults={"location": None, "training": None}, metric="unused_forwards",
+        from_evidence=lambda e: {"location": e.get("location"), "training": e.get("training_mode")}),
+    Intervention(
+        "loader_batch_size", "memory", "each DataLoader built with a batch size of at most the one given (the "
+                                       "program's other arguments kept)",
+        "the DataLoader's batch size at most {batch_size}",
+        verifies=("memory.fit",),
+        defaults={"batch_size": None}, metric="step_peak", from_evidence=_batch_that_fits),
 )
 BY_NAME = {i.name: i for i in INTERVENTIONS}
 AREAS = tuple(dict.fromkeys(i.area for i in INTERVENTIONS))

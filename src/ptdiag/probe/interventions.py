@@ -14,9 +14,11 @@ DataLoader was built) is reported as not verified rather than as not helping.
 from __future__ import annotations
 
 import os
+import weakref
 
 from ptdiag import interventions
 from ptdiag.events import INTERVENTION_ENV, jsonable
+from ptdiag.location import user_location
 from ptdiag.probe.imports import when_imported
 from ptdiag.probe.plugin import Plugin
 
@@ -118,7 +120,18 @@ class LoaderWorkers(Applied):
             arguments["pin_memory"] = bool(arguments.get("pin_memory")) or self._torch.cuda.is_available()
         else:
             arguments["pin_memory"] = bool(pin)
+        if self.settings.get("persistent_workers"):  # workers kept between epochs (they need workers)
+            arguments["persistent_workers"] = True
         self._applied()
+
+
+def deterministic_kernels(torch, cublas_workspace: str) -> None:
+    """The kernels that have a deterministic implementation made to use it (warn_only: an
+    op without one still runs, as in the program), cuDNN's too, and cuBLAS given the
+    workspace its deterministic mode needs (read when cuBLAS starts, later)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", cublas_workspace)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
 
 
 class Seeded(Applied):
@@ -131,17 +144,186 @@ class Seeded(Applied):
         import random
 
         seed = int(self.settings["seed"])
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # read when cuBLAS starts, later
         torch.manual_seed(seed)  # every device's generator too
         random.seed(seed)
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        deterministic_kernels(torch, ":4096:8")
         when_imported("numpy", self.probe.guarded(lambda probe, numpy: numpy.random.seed(seed)))
         self._applied()
 
 
 PLUGINS = {"lr_cap": CapLR, "lr_scale": ScaleLR, "clip_grad_norm": ClipGradNorm, "dataloader_workers": LoaderWorkers,
            "seed_all": Seeded}
+
+
+# -- performance and distributed: threads, the loader's sampler -----------------------------------
+class Threads(Applied):
+    """torch.set_num_threads(n) when torch is imported, and again at the model's first
+    forward and each optimizer step where the program set its own count since (the
+    finding often comes from a torch.set_num_threads(1) of the program's: a verification
+    that let it stand would measure nothing). `applied` counts the times it set it."""
+
+    def __init__(self, probe, intervention, settings) -> None:
+        super().__init__(probe, intervention, settings)
+        self._torch = None
+
+    def on_torch_import(self, torch) -> None:
+        self._torch = torch
+        self._set()
+
+    def on_model(self, module) -> None:
+        self._set()
+
+    def on_step_begin(self, step, optimizer) -> None:
+        self._set()
+
+    def _set(self) -> None:
+        threads = int(self.settings["num_threads"])
+        if self._torch.get_num_threads() != threads:
+            self._torch.set_num_threads(threads)
+            self._applied()
+
+
+def _distributed_sampler_of(loader):
+    sampler = getattr(loader, "sampler", None)
+    if not hasattr(sampler, "set_epoch"):
+        sampler = getattr(getattr(loader, "batch_sampler", None), "sampler", None)
+    return sampler if hasattr(sampler, "set_epoch") else None
+
+
+class SetEpoch(Applied):
+    """set_epoch(n) on a loader's DistributedSampler before its n-th pass: before the
+    iterator exists, since one with workers draws its first indices as it starts."""
+
+    counts_passes = True  # `applied` counts the passes (ShardedSampler's: the samplers it built)
+
+    def on_loader_iter_begin(self, loader, epoch) -> None:
+        sampler = self._sampler(loader)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+            if self.counts_passes:
+                self._applied()
+
+    def _sampler(self, loader):
+        return _distributed_sampler_of(loader)
+
+
+class ShardedSampler(SetEpoch):
+    """A DistributedSampler over the ranks in place of the sampler of the training loader's
+    kind (the finding's `sampler`), shuffling where the loader shuffled; set_epoch called
+    on it at each pass, as the fix says. Loaders with a batch_sampler, a sampler of
+    another kind or an iterable data set are left as they are."""
+
+    counts_passes = False
+
+    def __init__(self, probe, intervention, settings) -> None:
+        super().__init__(probe, intervention, settings)
+        self._torch = None
+        self._ours: weakref.WeakSet = weakref.WeakSet()  # the samplers it built
+
+    def on_torch_import(self, torch) -> None:
+        self._torch = torch
+
+    def on_dataloader_args(self, arguments) -> None:
+        from torch.utils.data import DistributedSampler, IterableDataset, RandomSampler, SequentialSampler
+
+        dataset, sampler = arguments.get("dataset"), arguments.get("sampler")
+        if arguments.get("batch_sampler") is not None or isinstance(dataset, IterableDataset):
+            return
+        shuffle = bool(arguments.get("shuffle")) or isinstance(sampler, RandomSampler)
+        kind = type(sampler).__name__ if sampler is not None else "RandomSampler" if shuffle else "SequentialSampler"
+        if kind != self.settings["sampler"] or not isinstance(sampler, (type(None), RandomSampler, SequentialSampler)):
+            return
+        replicas, rank = self._ranks()
+        if replicas < 2:
+            return
+        built = DistributedSampler(dataset, num_replicas=replicas, rank=rank, shuffle=shuffle)
+        self._ours.add(built)
+        arguments["sampler"] = built
+        if "shuffle" in arguments:
+            arguments["shuffle"] = False  # a sampler excludes shuffle=True
+        self._applied()
+
+    def _ranks(self) -> tuple[int, int]:
+        """The process group's size and this rank; torchrun's environment before it exists."""
+        dist = self._torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_world_size(), dist.get_rank()
+        return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+
+    def _sampler(self, loader):
+        sampler = _distributed_sampler_of(loader)
+        return sampler if sampler is not None and sampler in self._ours else None
+
+
+# -- memory: evaluation forwards without a graph ----------------------------------------------------
+class EvalNoGrad(Applied):
+    """The model's forwards called from the finding's line in the finding's mode run with
+    gradient recording off: switched off in the model's pre-hook, back on in its
+    post-hook (an always-call one: a forward that raised does not leave it off). Only
+    where recording was on: a forward the program already wrapped is left alone."""
+
+    WHAT = "intervention: evaluation forwards under no_grad"
+
+    def __init__(self, probe, intervention, settings) -> None:
+        super().__init__(probe, intervention, settings)
+        self._torch = None
+        self._switched: list[bool] = []  # per forward in flight: whether this one turned recording off
+
+    def on_torch_import(self, torch) -> None:
+        self._torch = torch
+
+    def on_model(self, module) -> None:
+        self.probe.model_hooks.before_forward(module, self._before, self.WHAT)
+        self.probe.model_hooks.after_forward(module, self._after, self.WHAT, always=True)
+
+    def _before(self, module, args) -> None:
+        switch = (module.training == bool(self.settings["training"]) and self._torch.is_grad_enabled()
+                  and user_location() == self.settings["location"])
+        if switch:
+            self._torch.set_grad_enabled(False)
+            self._applied()
+        self._switched.append(switch)
+
+    def _after(self, module, args, kwargs, output) -> None:
+        if self._switched and self._switched.pop():
+            self._torch.set_grad_enabled(True)
+
+
+# -- reproducibility: deterministic kernels ---------------------------------------------------------
+class Deterministic(Applied):
+    """Deterministic kernels (deterministic_kernels) when torch is imported, and again at
+    the model's first forward where the program turned cudnn.benchmark on since."""
+
+    def __init__(self, probe, intervention, settings) -> None:
+        super().__init__(probe, intervention, settings)
+        self._torch = None
+
+    def on_torch_import(self, torch) -> None:
+        self._torch = torch
+        deterministic_kernels(torch, self.settings["cublas_workspace"])
+        self._applied()
+
+    def on_model(self, module) -> None:
+        if self._torch.backends.cudnn.benchmark or not self._torch.are_deterministic_algorithms_enabled():
+            deterministic_kernels(self._torch, self.settings["cublas_workspace"])
+            self._applied()
+
+
+class LoaderBatchSize(Applied):
+    """Each DataLoader built with a batch size of at most `batch_size`; one that batches
+    by a batch_sampler, or not at all (batch_size=None), is left as it is."""
+
+    def on_dataloader_args(self, arguments) -> None:
+        cap = int(self.settings["batch_size"])
+        if arguments.get("batch_sampler") is not None or ("batch_size" in arguments and arguments["batch_size"] is None):
+            return
+        if arguments.get("batch_size", 1) > cap:
+            arguments["batch_size"] = cap
+            self._applied()
+
+
+PLUGINS.update({"deterministic_algorithms": Deterministic, "loader_batch_size": LoaderBatchSize, "torch_threads": Threads, "sampler_set_epoch": SetEpoch, "distributed_sampler": ShardedSampler,
+                "eval_no_grad": EvalNoGrad})
 
 
 def plugins(probe) -> list[Plugin]:

@@ -114,6 +114,7 @@ def _dataloader(probe: "Probe", torch) -> None:
     # batches come back in the order their indices were drawn: the oldest is the next.
     pending: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
     wants_indices = probe.dispatcher.wants("on_batch_indices")
+    wants_iter_begin = probe.dispatcher.wants("on_loader_iter_begin")
 
     def make_init(original):
         def __init__(self, *args, **kwargs):
@@ -124,8 +125,10 @@ def _dataloader(probe: "Probe", torch) -> None:
 
     def make_iter(original):
         def __iter__(self):
-            iterator = original(self)
             epoch = epochs.get(self, -1) + 1
+            if wants_iter_begin:
+                probe.call("on_loader_iter_begin", self, epoch)
+            iterator = original(self)
             epochs[self] = epoch
             try:
                 loader_of[iterator] = self
@@ -502,7 +505,7 @@ PATCHES = (
     ("torch", (), _optimizer_step_begin),  # always: it ends the hand-written update watch (steps.py)
     ("torch", (), _backward),
     ("torch", (), _autograd_grad),  # always, like backward: hand-written updates from autograd.grad's gradients
-    ("torch", ("on_dataloader", "on_loader_iter", "on_batch", "on_batch_indices"), _dataloader),
+    ("torch", ("on_dataloader", "on_loader_iter_begin", "on_loader_iter", "on_batch", "on_batch_indices"), _dataloader),
     ("torch", ("on_dataloader_args",), _dataloader_args),
     ("torch", ("on_backward", "on_step_skipped"), _grad_scaler),  # on_backward: probe.loss_scale
     ("torch", ("on_model",), _first_model),

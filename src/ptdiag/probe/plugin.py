@@ -44,6 +44,8 @@ HOOKS: dict[str, Hook] = {
     "on_dataloader_args": _hook("arguments", "a DataLoader is about to be built with these arguments (name -> value, "
                                              "bound to its signature); only a verification run's intervention changes them"),
     "on_dataloader": _hook("loader", "a DataLoader was built"),
+    "on_loader_iter_begin": _hook("loader, epoch", "iteration over a DataLoader is about to begin, before its sampler "
+                                                   "is read; only a verification run's intervention changes the loader"),
     "on_loader_iter": _hook("loader, epoch", "iteration over a DataLoader began (epoch counts from 0)"),
     "on_batch": _hook("loader, wait_s", "a batch was handed to the program after wait_s seconds"),
     "on_batch_indices": _hook("loader, indices", "the sampler's indices of that batch (None when not knowable)"),

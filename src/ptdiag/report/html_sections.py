@@ -18,7 +18,8 @@ from urllib.parse import quote
 from ptdiag.findings import SEVERITIES, Finding
 from ptdiag.report.model import Report, verifications
 from ptdiag.report.people import number
-from ptdiag.report.svg import Marker, Series, line_chart
+from ptdiag.report.html_series import PHASES
+from ptdiag.report.svg import PALETTE, Marker, Series, horizontal_bars, line_chart
 
 LONG_VALUE_CHARS = 300  # longer values fold into <details> (open when printed)
 # artifact key -> (what it is, how to open it); {path} is the link's relative path
@@ -105,19 +106,40 @@ def _curves(name: str, before: dict, after: dict) -> str:
     return "".join(charts)
 
 
+# measured breakdowns drawn as bars, each part's before and after in a pair: key -> title
+BREAKDOWNS = {"phases_ms": "Step time p50 by phase (ms): this run (before) and with the fix (after)"}
+PHASE_LABELS = dict(PHASES)
+
+
+def _breakdowns(name: str, before: dict, after: dict) -> str:
+    """Both runs' step-time phases, pair by pair: what the fix moved, and what it left."""
+    charts = []
+    for key, title in BREAKDOWNS.items():
+        if not (isinstance(before.get(key), dict) and isinstance(after.get(key), dict)):
+            continue
+        items = [(f"{PHASE_LABELS.get(part, part)}, {side}", float(ms))
+                 for part in dict.fromkeys([*before[key], *after[key]])
+                 for side, ms in (("before", before[key].get(part) or 0.0), ("after", after[key].get(part) or 0.0))
+                 if isinstance(ms, (int, float))]
+        charts.append(horizontal_bars(f"verified-{name}-{key}", title, items, value_format=lambda v: f"{v:.3g} ms",
+                                      colours=PALETTE[:2]))
+    return "".join(charts)
+
+
 def _verification(label: str, verified: dict) -> str:
     """The fix tried in a verification run: its sentence, then what it measured before and
     after side by side, and where the run's output is."""
     measured = verified.get("measured") or {}
     before, after = measured.get("before") or {}, measured.get("after") or {}
     rows = "".join(f"<tr><th>{text(k)}</th><td>{value(before.get(k))}</td><td>{value(after.get(k))}</td></tr>"
-                   for k in dict.fromkeys([*before, *after]) if k not in CURVES)
+                   for k in dict.fromkeys([*before, *after]) if k not in CURVES and k not in BREAKDOWNS)
     helped = {True: "helped", False: "not-helped"}.get(verified.get("helped"), "unknown")
     return (f'<div class="verified {helped}"><p><strong>{text(label.capitalize())}:</strong> '
             f'{text(verified.get("summary", ""))}</p>'
             + (f'<table class="before-after"><tr><th></th><th>this run</th><th>with the fix</th></tr>{rows}</table>'
                if rows else "")
             + _curves(verified.get("intervention", ""), before, after)
+            + _breakdowns(verified.get("intervention", ""), before, after)
             + f'<p class="run-dir">{text(verified.get("intervention"))} {value(verified.get("settings"))} · '
               f'{text(verified.get("steps"))} steps · {text(verified.get("run_dir"))}</p></div>')
 

@@ -225,8 +225,9 @@ def stacked_bars(plot_id: str, title: str, x: Sequence[float], parts: dict[str, 
 
 
 def horizontal_bars(plot_id: str, title: str, items: Sequence[tuple[str, float]], *,
-                    value_format: Callable[[float], str] = number) -> str:
-    """Named amounts side by side, e.g. what the memory peak was made of."""
+                    value_format: Callable[[float], str] = number, colours: Sequence[str] = PALETTE) -> str:
+    """Named amounts side by side, e.g. what the memory peak was made of; row i in
+    colours[i % len(colours)] (two colours: pairs of rows, before and after)."""
     items = [(name, value) for name, value in items if math.isfinite(value) and value >= 0]
     if not items:
         return ""
@@ -240,7 +241,7 @@ def horizontal_bars(plot_id: str, title: str, items: Sequence[tuple[str, float]]
         w = (WIDTH - label_w - 120) * value / largest
         parts.append(f'<text class="tick" x="{label_w - 8}" y="{y + 15}" text-anchor="end">{escape(name)}</text>'
                      f'<rect class="bar" x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{row - 8}" '
-                     f'fill="{PALETTE[i % len(PALETTE)]}"/>'
+                     f'fill="{colours[i % len(colours)]}"/>'
                      f'<text class="tick" x="{label_w + w + 6:.1f}" y="{y + 15}">{escape(value_format(value))}</text>')
     parts.append("</svg>")
     return "".join(parts)

@@ -32,13 +32,15 @@ from ptdiag.findings import Finding
 from ptdiag.recorded import RecordedRun
 from ptdiag.specialists import analyse as specialist_analysis
 from ptdiag.verification.attach import STATE_FILE
-from ptdiag.verification.measure import METRICS
+from ptdiag.verification.metrics import METRICS
 
 COMPANIONS = "companions"  # the folder of the run dir that holds every companion run
 AUTO_MAX_BARE_S = 180.0
 # the specialists whose findings are verified by default; the others' (reproducibility:
-# two more runs on top of its repeat) with --verify
-DEFAULT_AREAS = ("numerics", "performance")
+# two more runs on top of its repeat) with --verify. Distributed: one run of the main
+# run's steps, on one node (why_not), judged from indices, not times; memory: one run of
+# the main run's steps, judged from the graphs recorded
+DEFAULT_AREAS = ("numerics", "performance", "distributed", "memory")
 BUDGET_FACTOR = 3.0
 BUDGET_MIN_S = 60.0
 MAX_FINDINGS = 3  # the top findings that get verification runs

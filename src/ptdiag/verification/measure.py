@@ -107,14 +107,25 @@ def _nonfinite_bound(before: dict, run: RecordedRun) -> int:
 
 
 # -- data wait share ---------------------------------------------------------------------------
-def _data_wait(run: RecordedRun) -> dict | None:
+def step_breakdown(run: RecordedRun) -> dict | None:
+    """The performance specialist's step breakdown of the main rank's steps (host clocks)."""
     proc = run.main
     rows = [r for e in proc.of("perf_steps") for r in e.get("rows", [])] if proc else []
-    found = breakdown([r for r in rows if not r.get("gpu")], None)
+    return breakdown([r for r in rows if not r.get("gpu")], None)
+
+
+def phases_ms(found: dict) -> dict[str, float]:
+    """Each phase's p50 in ms, in the order of a step: the HTML draws both runs' side by side."""
+    return {phase: round(1000 * times["p50"], 3) for phase, times in found["phases"].items()}
+
+
+def _data_wait(run: RecordedRun) -> dict | None:
+    found = step_breakdown(run)
     if not found or "data" not in found["phases"]:
         return None
     return {"data_wait_share": found["phases"]["data"]["share"], "step_ms_p50": round(1000 * found["step_s"]["p50"], 3),
-            "data_wait_ms_p50": round(1000 * found["phases"]["data"]["p50"], 3), "steps": run.steps_observed}
+            "data_wait_ms_p50": round(1000 * found["phases"]["data"]["p50"], 3), "steps": run.steps_observed,
+            "phases_ms": phases_ms(found)}
 
 
 def _data_wait_helped(before: dict, after: dict) -> bool | None:

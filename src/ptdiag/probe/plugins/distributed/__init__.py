@@ -3,8 +3,9 @@ replicas, the collectives and the step's phases, written to the rank's event log
 
 Events (all `dist_*`): `dist_env` (launch environment, backend, device, job identity),
 `dist_model` (DDP arguments, BatchNorm layers, parameter names in DDP's index order),
-`dist_loader` / `dist_epoch` (sampler and its epoch at each pass), `dist_batch` (a
-fingerprint of the first training batches), `dist_no_grad` (parameters without a
+`dist_loader` / `dist_epoch` (sampler and its epoch at each pass), `dist_indices` (the
+sample indices of the first passes, drawn.py), `dist_batch` (a fingerprint of the first
+training batches), `dist_no_grad` (parameters without a
 gradient at the first optimizer steps), `dist_checksums` (this rank's parameter and buffer
 checksums at a few steps, compared across ranks by the analysis),
 `dist_step` (time in backward vs outside it). Collectives go to the live state file
@@ -27,6 +28,7 @@ from ptdiag.events import FLIGHT_RECORDER_DIR
 from ptdiag.probe import gpu
 from ptdiag.probe.plugin import Plugin as ProbePlugin
 from ptdiag.probe.plugins.distributed.consistency import Checksums, is_check_step
+from ptdiag.probe.plugins.distributed.drawn import DrawnIndices
 from ptdiag.probe.plugins.distributed.fingerprint import fingerprint
 from ptdiag.probe.plugins.distributed.live import LiveState
 
@@ -83,6 +85,7 @@ class Plugin(ProbePlugin):
         self.loaders: dict[int, int] = {}  # id(loader) -> index, counted as tracking counts
         self.samplers: dict[int, object] = {}  # loader index -> its sharding sampler
         self.fingerprinted = 0
+        self.drawn = DrawnIndices(probe.emit)
         self.check_pending: int | None = None
         self.via_ddp = False
         self.t_step = self.t_backward = None
@@ -157,6 +160,11 @@ class Plugin(ProbePlugin):
         if sampler is not None:
             self.probe.emit("dist_epoch", loader=index, epoch=epoch,
                             sampler_epoch=_plain(getattr(sampler, "epoch", None)), location=user_location(1))
+        if self.world > 1 and index is not None:
+            self.drawn.pass_began(index, epoch, _length(loader.dataset))
+
+    def on_batch_indices(self, loader, indices) -> None:
+        self.drawn.batch(self.loaders.get(id(loader)), indices)
 
     # -- forward: fingerprints and the consistency check -------------------------------------
     def _ddp_forward(self, module, args) -> None:
@@ -213,10 +221,12 @@ class Plugin(ProbePlugin):
         self.live.leave()
 
     def on_exception(self, exc_type, exc, tb) -> None:
+        self.drawn.close_all()
         if self.dist is not None:
             self.live.flush(final=True)
 
     def on_exit(self) -> None:
+        self.drawn.close_all()
         if self.dist is not None:
             self.live.flush(final=True)
 
@@ -226,6 +236,13 @@ def job_identity(env: dict, world_size) -> str | None:
     if not env.get("MASTER_ADDR"):
         return None
     return f"{env.get('TORCHELASTIC_RUN_ID') or 'none'}@{env['MASTER_ADDR']}:{env.get('MASTER_PORT')}/{world_size}"
+
+
+def _length(dataset) -> int | None:
+    try:
+        return len(dataset)
+    except Exception:  # an iterable or unsized dataset: no length to pad shards to
+        return None
 
 
 def _plain(value):
