@@ -148,6 +148,83 @@ def test_window_growth_beyond_the_programs_own():
     assert window.over(excluding=950, expansion=3) is True
 
 
+# -- what a shed leaves of the hooks: nothing on the steps not watched ----------------------------
+def _global_hooks() -> int:
+    from torch.nn.modules import module
+
+    return len(module._global_forward_pre_hooks) + len(module._global_forward_hooks)
+
+
+def _plugin(tmp_path, name: str):
+    """The plugin `name` of a probe in this process, with torch imported and the model seen."""
+    import importlib
+
+    import torch
+
+    from ptdiag.probe.core import Probe
+
+    probe = Probe(tmp_path, {"specialists": [name]}, 0)
+    plugin = importlib.import_module(f"ptdiag.probe.plugins.{name}").Plugin(probe)
+    plugin.on_torch_import(torch)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    plugin.on_model(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    return probe, plugin, model, optimizer
+
+
+def _watched_steps(probe, plugin, model, optimizer, steps) -> list[int]:
+    """The steps among `steps` whose forward ran with ptdiag's hooks on the modules."""
+    import torch
+
+    watched = []
+    for step in steps:
+        probe.step = step - 1
+        plugin.on_step(step - 1, optimizer)  # the end of the step before: the next one's hooks are set
+        if _global_hooks():
+            watched.append(step)
+        model(torch.ones(2, 4)).sum().backward()
+    return watched
+
+
+def test_numerics_sampled_leaves_the_modules_alone_between_watched_steps(tmp_path):
+    """Shed to 1 step in 4, the numerics watch's hooks are parked on the 3 steps between:
+    the program's module calls take torch's fast path there, as without ptdiag."""
+    probe, plugin, model, optimizer = _plugin(tmp_path, "numerics")
+    try:
+        assert _global_hooks() == 1  # the step capture (and the module watch) after each forward
+        plugin._shedding(4)()  # the budget's second shed: the module watch stays, 1 step in 4
+        assert _watched_steps(probe, plugin, model, optimizer, range(2, 14)) == [5, 9, 13]
+    finally:
+        probe.model_hooks.close()
+        probe.events.close()
+
+
+def test_memory_forward_watch_shed_leaves_the_modules_alone(tmp_path):
+    probe, plugin, model, optimizer = _plugin(tmp_path, "memory")
+    try:
+        assert _global_hooks() == 2  # the forward watch: before and after the model's forward
+        plugin._shedding(None)()  # the budget's shed of the forward watch (memory.SHEDDING)
+        assert _global_hooks() == 0
+    finally:
+        probe.model_hooks.close()
+        probe.events.close()
+
+
+def test_performance_times_the_forward_only_on_the_steps_it_keeps(tmp_path):
+    """The recorder shed to 1 step in 4: the phase breakdown keeps those rows only, and the
+    forward's timing hooks are parked on the others (off the profiler's and scan's steps)."""
+    probe, plugin, model, optimizer = _plugin(tmp_path, "performance")
+    try:
+        probe.budget.stride = 4
+        plugin.stop_when_done = False
+        after_windows = plugin.stop_at + 1
+        steps = range(after_windows, after_windows + 8)
+        assert _watched_steps(probe, plugin, model, optimizer, steps) == [s for s in steps if s % 4 == 0]
+    finally:
+        probe.model_hooks.close()
+        probe.events.close()
+
+
 # -- the three programs, bare and under ptdiag ---------------------------------------------------
 def _run_program(workdir, script: str, *args: str, ptdiag: list[str] | None = None) -> dict:
     """Run a budget program bare (ptdiag None) or under ptdiag with these arguments; its

@@ -101,8 +101,13 @@ class Plugin(ProbePlugin):
         return self.probe.step % self._read_every == 0
 
     def _outputs_follow_the_sampling(self) -> None:
+        """Before the next step: its hooks on the model are live only if it is watched (the
+        steps between cost the program's module calls nothing: ModelHooks.set_active)."""
         if self._outputs is not None and not self._replaying:
-            self._outputs.paused = not self._watched()
+            watched = self._watched()
+            self._outputs.paused = not watched
+            for what in (STEP_CAPTURE, watch.WHAT):
+                self.probe.model_hooks.set_active(what, watched)
 
     def _clear_step(self) -> None:
         self._out_nodes: set = set()

@@ -157,6 +157,7 @@ class Plugin(ProbePlugin):
     def on_step(self, step, optimizer) -> None:
         self.breakdown.end("optimizer")
         self.breakdown.step_end(step, self.probe.budget.records(step))
+        self._time_forward(step + 1)
         if step == 1:
             self._start_telemetry()
         if step > self.stop_at:
@@ -192,6 +193,14 @@ class Plugin(ProbePlugin):
             if over <= 0:
                 return
             setattr(self, name, max(least, getattr(self, name) - over))
+
+    def _time_forward(self, step: int) -> None:
+        """The model's forward is timed on the steps whose row is kept; between them its
+        hooks are parked (ModelHooks.set_active), so the program's module calls cost
+        nothing. On CUDA every step's device row is kept: its forward is always timed."""
+        if not self._cuda:
+            self.probe.model_hooks.set_active(FORWARD_TIMING, self.probe.budget.records(step)
+                                              or step in self.breakdown.instrumented)
 
     def _schedule(self, profile_steps: int) -> None:
         """The windows' step numbers: step `skip` counted, the profiler's warm-up at skip+1,
