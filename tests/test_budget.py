@@ -182,7 +182,10 @@ def _watched_steps(probe, plugin, model, optimizer, steps) -> list[int]:
         plugin.on_step(step - 1, optimizer)  # the end of the step before: the next one's hooks are set
         if _global_hooks():
             watched.append(step)
-        model(torch.ones(2, 4)).sum().backward()
+        loss = model(torch.ones(2, 4)).sum()
+        plugin.on_backward(loss)  # numerics leaves its watch of the loss computation here
+        loss.backward()
+        plugin.on_backward_end(loss)
     return watched
 
 
@@ -223,6 +226,65 @@ def test_performance_times_the_forward_only_on_the_steps_it_keeps(tmp_path):
     finally:
         probe.model_hooks.close()
         probe.events.close()
+
+
+def test_a_profiler_window_cut_before_one_step_is_taken_again_smaller_then_said(tmp_path, monkeypatch):
+    """The window's memory bound (`-o performance.window_memory`, here 1 byte) is reached in
+    the first profiled step: no trace to analyse, so the profiler is taken again, one step,
+    without Python stacks or shapes; cut again, the analysis says it cannot tell what bounds
+    the step and what it measured, never a silent report. Real torch profiler, real steps;
+    the process's size is made to grow 1 MiB per look, so the cut comes at the first look."""
+    import json as json_module
+
+    import torch
+
+    from ptdiag.probe.core import Probe
+    from ptdiag.probe.plugins import performance
+    from ptdiag.recorded import RecordedRun
+    from ptdiag.specialists.performance import analyse
+
+    sizes = iter(range(100 << 20, 1 << 40, 1 << 20))
+    monkeypatch.setattr(budget_module, "rss", lambda: next(sizes))
+    (tmp_path / "meta.json").write_text(json_module.dumps({"plan": {"specialists": ["performance"]}}))
+    options = {"window_memory": "1B", "scan_steps": 0, "telemetry": "no", "stop": "no", "skip": 2, "profile_steps": 2}
+    probe = Probe(tmp_path, {"specialists": ["performance"], "options": {"performance": options}}, 0)
+    probe.emit("start", pid=0, ppid=0, rank=0, local_rank=None, world_size=None, node_rank=None, cwd=str(tmp_path),
+               executable="python")
+    plugin = performance.Plugin(probe)
+    plugin.on_torch_import(torch)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    plugin.on_model(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    try:
+        for step in range(1, 13):
+            plugin.on_batch(None, 0.0)
+            loss = model(torch.randn(4, 8)).pow(2).mean()
+            plugin.on_backward(loss)
+            loss.backward()
+            plugin.on_backward_end(loss)
+            plugin.on_step_begin(step, optimizer)
+            optimizer.step()
+            probe.step = step
+            plugin.on_step(step, optimizer)
+        plugin.on_exit()
+    finally:
+        probe.model_hooks.close()
+        probe.events.close()
+    events = [e for p in (tmp_path / "events").glob("*.jsonl") for e in read_events(p)]
+    cuts = [(e["step"], e["budget"], e["profiled"]) for e in events if e["ev"] == "perf_trace_cut"]
+    assert cuts == [(3, True, 0), (5, True, 0)]  # in the first profiled step, 4, then in 6 on the second try
+    offs = {e["what"]: e["why"] for e in events if e["ev"] == "switched_off"}
+    assert "taken again from step 6, one step, without Python stacks or shapes" in offs[performance.FULL_SCOPE]
+    assert "before its first profiled step ended: no trace to analyse" in offs[performance.PROFILER]
+    assert [e["first_step"] for e in events if e["ev"] == "perf_trace"] == [3, 5]
+    assert _windows(events) == ["performance windows"]
+    analysis = analyse(RecordedRun.load(tmp_path))
+    [finding] = analysis.findings
+    assert finding.code == "performance.not_profiled" and finding.severity == "info"
+    assert finding.evidence["attempts"] == 2 and finding.evidence["cut_step"] == 6
+    assert finding.evidence["allowance_bytes"] == 1 and "forward" in finding.evidence["phase_shares"]
+    assert "What was measured: a step takes" in finding.detail and "window_memory" in finding.fix
+    assert any("memory budget cut the profiler trace at step 6" in note for note in analysis.metrics["notes"])
 
 
 # -- the three programs, bare and under ptdiag ---------------------------------------------------

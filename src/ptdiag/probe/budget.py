@@ -68,11 +68,11 @@ class Sheddable:
 class Window:
     """One one-off measurement, open until `close()`."""
 
-    def __init__(self, budget: "Budget", what: str) -> None:
+    def __init__(self, budget: "Budget", what: str, allowance: int | None = None) -> None:
         self.budget, self.what = budget, what
         self.rss_before = rss()
         self.peak_before = max(peak_rss(), self.rss_before)
-        self.allowance = int(self.rss_before * WINDOW_GROWTH)
+        self.allowance = int(self.rss_before * WINDOW_GROWTH) if allowance is None else allowance
         self.step_before = budget.steps
         self._started = time.perf_counter()
         self.closed = False
@@ -189,12 +189,13 @@ class Budget:
             return
 
     # -- one-off windows -----------------------------------------------------------------------
-    def window(self, what: str) -> Window | None:
-        """Open the one-off window `what`, or None when it already ran in this process."""
+    def window(self, what: str, allowance: int | None = None) -> Window | None:
+        """Open the one-off window `what`, or None when it already ran in this process.
+        `allowance`: the bytes it may grow the process by, when the user set them."""
         if what in self._ran:
             return None
         self._ran.add(what)
-        window = Window(self, what)
+        window = Window(self, what, allowance)
         self._open.append(window)
         self._window_in_step = True
         return window

@@ -33,6 +33,7 @@ from ptdiag.probe.plugin import Plugin as ProbePlugin
 from ptdiag.probe.plugins.performance.breakdown import StepBreakdown
 from ptdiag.probe.plugins.performance.python_calls import BYTES_PER_EVENT, PythonCalls
 from ptdiag.probe.plugins.performance.telemetry import Telemetry, usable_cores
+from ptdiag.sizes import parse_size
 
 NEW_OPTIMIZER_EVENTS = 5  # new optimizer objects described one by one; the rest are counted
 TRACE_NAME = "trace.json.gz"
@@ -41,6 +42,7 @@ PROFILER = "performance profiler window"
 SCAN = "performance call scan"
 SYNC_DEBUG = "performance scan's CUDA sync debug mode"
 STACKS = "performance profiler's Python stacks"
+FULL_SCOPE = "performance profiler's stacks and shapes"  # given up when they fill the window before one step ends
 WINDOWS = "performance windows"  # the budget's one-off window: the call count, the profiler, the scan
 # What the profiler holds once it stops, per byte the process grew while it recorded: an
 # op event takes ~0.4 KB while recorded and ~4-6 KB once processed (measured: torch 2.14, CPU)
@@ -92,6 +94,10 @@ class Plugin(ProbePlugin):
         stop = options["stop"]
         self.stop_when_done = stop == "yes" or (stop == "auto" and not others)
         self.tail_steps = options["tail_steps"]  # bare steps after the windows, before the stop
+        self.window_memory = parse_size(options["window_memory"]) if options["window_memory"] else None
+        self._shapes = True  # the profiler records input shapes (not in the smaller scope of a second try)
+        self._stacks = False  # the profiler under way records Python stacks
+        self._again = False  # the profiler was cut before one step ended: taken again at this step's end
         self.breakdown = StepBreakdown(probe.emit)
         self._fit_into(probe.max_steps)
         self._schedule(self.profile_steps)
@@ -162,6 +168,10 @@ class Plugin(ProbePlugin):
             self._start_telemetry()
         if step > self.stop_at:
             return
+        if self._again:  # a second try, in the smaller scope: warm-up at the next step, one step recorded
+            self._again = False
+            self.skip, self._grown_before_recording = step, None
+            self._schedule(1)
         if step == self.skip - 1 and self.profile_steps:
             self._count_python_calls()
         elif step == self.skip and self.profile_steps:
@@ -209,7 +219,7 @@ class Plugin(ProbePlugin):
         self.profile_end = self.skip + 1 + profile_steps if profile_steps else self.skip
         self.scan_end = self.profile_end + self.scan_steps
         self.stop_at = self.scan_end + self.tail_steps
-        self.breakdown.instrumented = set(range(self.skip, self.scan_end + 1))
+        self.breakdown.instrumented |= set(range(self.skip, self.scan_end + 1))
 
     def on_exit(self) -> None:
         self._finish()
@@ -269,9 +279,9 @@ class Plugin(ProbePlugin):
 
         if self._open_window() is None:
             return
-        with_stack = self._fit_stacks()
+        with_stack = self._stacks = self._fit_stacks()
         self._profiler = self.probe.instruments.profile(
-            PROFILER, self.probe.run_dir / "kineto.log", activities=activities, record_shapes=True,
+            PROFILER, self.probe.run_dir / "kineto.log", activities=activities, record_shapes=self._shapes,
             with_stack=with_stack, on_trace_ready=save,
             schedule=schedule(wait=0, warmup=1, active=self.profile_steps, repeat=1))
         if self._profiler is None and not self.scan_steps:
@@ -282,13 +292,13 @@ class Plugin(ProbePlugin):
         profiler.close()
         del profiler
         _return_freed_memory()
-        if not self.scan_steps:
+        if not self.scan_steps and not self._again:
             self._close_window()
 
     # -- the budget: the windows' memory -------------------------------------------------------
     def _open_window(self):
         if self._window is None:
-            self._window = self.probe.budget.window(WINDOWS)
+            self._window = self.probe.budget.window(WINDOWS, self.window_memory)
         return self._window if self._window is not None and not self._window.closed else None
 
     def _close_window(self, abandoned: str | None = None) -> None:
@@ -352,11 +362,20 @@ class Plugin(ProbePlugin):
         recorded = window.grown() - before - pace
         if before + recorded * RECORDING_EXPANSION <= window.allowance:
             return
-        self.probe.emit("perf_trace_cut", step=self.probe.step)
+        profiled = self.probe.step - self.skip - 1  # the recorded steps that ended before this one
+        self.probe.emit("perf_trace_cut", step=self.probe.step, budget=True, profiled=profiled)
+        beyond = (f"stopped at step {self.probe.step + 1}: its events would grow the process beyond ptdiag's "
+                  f"budget ({window.allowance >> 20} MiB) once processed")
+        self._again = not profiled and (self._stacks or self._shapes)
         self._stop_profiler()
-        self.probe.switch_off(PROFILER, f"stopped at step {self.probe.step + 1}: its events would grow the process "
-                                        f"beyond ptdiag's budget ({window.allowance >> 20} MiB) once processed; "
-                                        "the trace holds the steps before")
+        if self._again:  # nothing to analyse yet: once more, without what made it large
+            self._shapes = False
+            self.probe.switch_off(FULL_SCOPE, f"{beyond}, before its first profiled step ended; taken again from "
+                                              f"step {self.probe.step + 3}, one step, without Python stacks or shapes")
+        elif not profiled:
+            self.probe.switch_off(PROFILER, f"{beyond}, before its first profiled step ended: no trace to analyse")
+        else:
+            self.probe.switch_off(PROFILER, f"{beyond}; the trace holds the steps before")
 
     def _start_scan(self) -> None:
         from ptdiag.probe.plugins.performance import scan
@@ -399,7 +418,8 @@ class Plugin(ProbePlugin):
         if self._scan is not None:
             self._stop_scan(max(1, self.probe.step - self.profile_end))
         if self._profiler is not None:  # the program ended inside the window
-            self.probe.emit("perf_trace_cut", step=self.probe.step)
+            self.probe.emit("perf_trace_cut", step=self.probe.step, budget=False,
+                            profiled=max(0, self.probe.step - self.skip - 1))
             self._stop_profiler()
         self._close_window()
         self.breakdown.flush(wait_gpu=self._cuda)
