@@ -7,7 +7,10 @@ synchronisations, per-line torch calls and float64. These windows are one one-of
 of the probe's budget, bounded in memory: the profiler records Python stacks over as many
 steps as the counted step's calls fit (none: no stacks), and is stopped early, its trace
 kept, when what it recorded would grow the process beyond the budget once processed (it
-is looked at in every hook of the step). Throughout:
+is looked at in every hook of the step). A profiler stopped so before its first recorded
+step ended has nothing to analyse: it is taken again once, one step, without Python stacks
+or shapes; cut again, the analysis says it cannot tell (`performance.not_profiled`).
+Throughout:
 background telemetry (telemetry.py) and a count of optimizer objects (a new one every
 step is a bug: each starts with empty state).
 When performance is the only question asked, the run is stopped once both windows are
@@ -16,7 +19,8 @@ recorded; the analysis then reads everything back from the run dir.
 Options (`-o performance.KEY=VALUE`): skip (steps before the profiler's warm-up step, at
 least 2: the last of them is the counted one),
 profile_steps, scan_steps, tail_steps (bare steps after the windows before the stop),
-stop (auto | yes | no), profile (yes | no), telemetry (yes | no).
+stop (auto | yes | no), profile (yes | no), telemetry (yes | no), window_memory (the
+windows' memory bound, a size such as 2GiB; default 15% of the process).
 """
 
 from __future__ import annotations
