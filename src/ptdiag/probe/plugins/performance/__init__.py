@@ -175,7 +175,9 @@ class Plugin(ProbePlugin):
         if self._again:  # a second try, in the smaller scope: warm-up at the next step, one step recorded
             self._again = False
             self.skip, self._grown_before_recording = step, None
+            first_try = self.breakdown.instrumented
             self._schedule(1)
+            self.breakdown.instrumented |= first_try  # its steps stay out of the typical step too
         if step == self.skip - 1 and self.profile_steps:
             self._count_python_calls()
         elif step == self.skip and self.profile_steps:
@@ -223,7 +225,7 @@ class Plugin(ProbePlugin):
         self.profile_end = self.skip + 1 + profile_steps if profile_steps else self.skip
         self.scan_end = self.profile_end + self.scan_steps
         self.stop_at = self.scan_end + self.tail_steps
-        self.breakdown.instrumented |= set(range(self.skip, self.scan_end + 1))
+        self.breakdown.instrumented = set(range(self.skip, self.scan_end + 1))
 
     def on_exit(self) -> None:
         self._finish()
