@@ -42,6 +42,7 @@ from ptdiag.sizes import parse_size
 NEW_OPTIMIZER_EVENTS = 5  # new optimizer objects described one by one; the rest are counted
 TRACE_NAME = "trace.json.gz"
 FORWARD_TIMING = "performance forward timing"  # the model's hooks: where each forward begins and ends
+PHASE_HOOKS = ("on_batch", "on_backward", "on_backward_end", "on_step_begin")  # the other phase boundaries
 PROFILER = "performance profiler window"
 SCAN = "performance call scan"
 SYNC_DEBUG = "performance scan's CUDA sync debug mode"
@@ -211,12 +212,14 @@ class Plugin(ProbePlugin):
             setattr(self, name, max(least, getattr(self, name) - over))
 
     def _time_forward(self, step: int) -> None:
-        """The model's forward is timed on the steps whose row is kept; between them its
-        hooks are parked (ModelHooks.set_active), so the program's module calls cost
-        nothing. On CUDA every step's device row is kept: its forward is always timed."""
+        """The phases are timed on the steps whose row is kept (and in the windows, whose
+        hooks also keep the profiler within budget); between them the model's hooks and the
+        phase hooks are parked (ModelHooks.set_active, Dispatcher.set_active), so the
+        program's module calls cost nothing. On CUDA every step's device row is kept."""
         if not self._cuda:
-            self.probe.model_hooks.set_active(FORWARD_TIMING, self.probe.budget.records(step)
-                                              or step in self.breakdown.instrumented)
+            timed = self.probe.budget.records(step) or step in self.breakdown.instrumented
+            self.probe.model_hooks.set_active(FORWARD_TIMING, timed)
+            self.probe.dispatcher.set_active(self.name, PHASE_HOOKS, timed)
 
     def _schedule(self, profile_steps: int) -> None:
         """The windows' step numbers: step `skip` counted, the profiler's warm-up at skip+1,
