@@ -43,7 +43,6 @@ class Measured:
     notes: list[str] = field(default_factory=list)
     unprofiled: dict[str, Any] | None = None  # the main rank's profiler window, cut by ptdiag's budget before one step
 
-
     @property
     def step_s(self) -> float | None:
         return self.breakdown["step_s"]["p50"] if self.breakdown else None

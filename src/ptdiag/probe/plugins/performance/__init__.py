@@ -168,7 +168,7 @@ class Plugin(ProbePlugin):
     def on_step(self, step, optimizer) -> None:
         self.breakdown.end("optimizer")
         self.breakdown.step_end(step, self.probe.budget.records(step))
-        self._time_forward(step + 1)
+        self._time_phases(step + 1)
         if step == 1:
             self._start_telemetry()
         if step > self.stop_at:
@@ -211,7 +211,7 @@ class Plugin(ProbePlugin):
                 return
             setattr(self, name, max(least, getattr(self, name) - over))
 
-    def _time_forward(self, step: int) -> None:
+    def _time_phases(self, step: int) -> None:
         """The phases are timed on the steps whose row is kept (and in the windows, whose
         hooks also keep the profiler within budget); between them the model's hooks and the
         phase hooks are parked (ModelHooks.set_active, Dispatcher.set_active), so the
