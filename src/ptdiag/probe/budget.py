@@ -5,7 +5,7 @@ Dispatcher calls and each model-hook callback (`charge`, by owner: a plugin's na
 instrument's, which begins with its plugin's: "numerics module watch"). At each primary
 optimizer step it sets that against the program's own time for the step (the step's
 wall time less ptdiag's). Every CHECK_STEPS steps outside one-off windows it takes ptdiag's
-share of those steps, each step's cost capped at the period's second largest (`_share`:
+share of those steps, each step's cost capped at the period's second largest (`_capped_sum`:
 one step where a hook was preempted does not shed; work done on sampled steps only, 1 step
 in 4, still counts at its mean); above STEP_SHARE, the costliest owner that can shed work sheds
 some (a check sampled, fewer modules watched, a check switched off), and
@@ -51,14 +51,13 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * MAXRSS_UNIT
 
 
-def _share(period: list[tuple[float, dict]]) -> float:
-    """ptdiag's time over a period's steps against the program's, each step's counted at
-    most as the period's second costliest: a median would miss work done on 1 step in 4
-    (the recorder's lines once shed: ~100 µs on a 0.6 ms step, 5% of the run and 0% of the
-    median step), a plain sum would count one step whose hook was preempted."""
-    ours = [sum(spent.values()) for _, spent in period]
-    cap = sorted(ours)[-2] if len(ours) > 1 else ours[0]
-    return sum(min(cost, cap) for cost in ours) / sum(program for program, _ in period)
+def _capped_sum(costs: list[float]) -> float:
+    """A period's costs, step by step, each counted at most as the period's second largest:
+    a median would miss work done on 1 step in 4 (the recorder's lines once shed: ~100 µs on
+    a 0.6 ms step, 5% of the run and 0% of the median step), a plain sum would count one
+    step whose hook was preempted on a loaded box (1 ms for the recorder's lines)."""
+    cap = sorted(costs)[-2] if len(costs) > 1 else costs[0]
+    return sum(min(cost, cap) for cost in costs)
 
 
 class Sheddable:
@@ -179,14 +178,14 @@ class Budget:
 
     def _check(self) -> None:
         period, self._period = self._period, []
-        share = _share(period)
+        share = _capped_sum([sum(spent.values()) for _, spent in period]) / sum(program for program, _ in period)
         if share <= STEP_SHARE:
             return
-        cost: dict[str, float] = {}  # plugin -> seconds per step
-        for _, spent in period:
+        by_step: dict[str, list[float]] = {}  # plugin -> its seconds in each step of the period
+        for i, (_, spent) in enumerate(period):
             for owner, seconds in spent.items():
-                plugin = owner.split(" ", 1)[0]
-                cost[plugin] = cost.get(plugin, 0.0) + seconds / len(period)
+                by_step.setdefault(owner.split(" ", 1)[0], [0.0] * len(period))[i] += seconds
+        cost = {plugin: _capped_sum(seconds) / len(period) for plugin, seconds in by_step.items()}  # per step
         candidates = sorted(self._sheddable, key=lambda s: -sum(cost.get(o, 0.0) for o in s.owners))
         step_ms = statistics.median(program for program, _ in period) * 1000
         for candidate in candidates:
