@@ -111,6 +111,29 @@ def test_one_slow_step_does_not_shed():
     assert offs == []
 
 
+def test_one_preempted_hook_does_not_make_its_owner_the_costliest():
+    """On a loaded box the recorder's lines once took 1 ms of a step: the numerics watch,
+    8% of every step, still sheds first."""
+    budget, clock, _, offs = make()
+    budget.sheddable(("numerics",), [("numerics a", lambda: None)])
+    steps(budget, clock, WARMUP_STEPS + CHECK_STEPS - 1, 0.001, {"numerics": 0.00008, "tracking": 0.00001})
+    steps(budget, clock, 1, 0.001, {"numerics": 0.00008, "tracking": 0.001})
+    assert [what for what, _ in offs] == ["numerics a"]
+
+
+def test_work_done_on_one_step_in_four_counts_at_its_mean():
+    """A check sampled to 1 step in 4 (the recorder's lines once shed: ~100 µs on those
+    steps of a 0.6 ms step) costs nothing on the median step and 7.5% of the run here: its
+    mean is what the budget weighs."""
+    budget, clock, _, offs = make()
+    budget.sheddable(("numerics",), [("numerics a", lambda: None)])
+    steps(budget, clock, WARMUP_STEPS, 0.001, {})
+    for _ in range(CHECK_STEPS // 4):
+        steps(budget, clock, 3, 0.001, {"numerics": 0.0})
+        steps(budget, clock, 1, 0.001, {"numerics": 0.0003})
+    assert [what for what, _ in offs] == ["numerics a"] and "took 7.5%" in offs[0][1]
+
+
 def test_a_window_runs_once_and_its_steps_are_not_charged():
     budget, clock, events, offs = make()
     budget.sheddable(("performance",), [("performance a", lambda: pytest.fail("a window's cost was charged"))])
@@ -146,6 +169,145 @@ def test_window_growth_beyond_the_programs_own():
     window.rss_before -= 1000  # the process grew 1000 bytes since the window opened
     assert window.over(excluding=950) is False  # 950 of them the program's own pace
     assert window.over(excluding=950, expansion=3) is True
+
+
+# -- what a shed leaves of the hooks: nothing on the steps not watched ----------------------------
+def _global_hooks() -> int:
+    from torch.nn.modules import module
+
+    return len(module._global_forward_pre_hooks) + len(module._global_forward_hooks)
+
+
+def _plugin(tmp_path, name: str):
+    """The plugin `name` of a probe in this process, with torch imported and the model seen."""
+    import importlib
+
+    import torch
+
+    from ptdiag.probe.core import Probe
+
+    probe = Probe(tmp_path, {"specialists": [name]}, 0)
+    plugin = importlib.import_module(f"ptdiag.probe.plugins.{name}").Plugin(probe)
+    plugin.on_torch_import(torch)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    plugin.on_model(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    return probe, plugin, model, optimizer
+
+
+def _watched_steps(probe, plugin, model, optimizer, steps) -> list[int]:
+    """The steps among `steps` whose forward ran with ptdiag's hooks on the modules."""
+    import torch
+
+    watched = []
+    for step in steps:
+        probe.step = step - 1
+        plugin.on_step(step - 1, optimizer)  # the end of the step before: the next one's hooks are set
+        if _global_hooks():
+            watched.append(step)
+        loss = model(torch.ones(2, 4)).sum()
+        plugin.on_backward(loss)  # numerics leaves its watch of the loss computation here
+        loss.backward()
+        plugin.on_backward_end(loss)
+    return watched
+
+
+def test_numerics_sampled_leaves_the_modules_alone_between_watched_steps(tmp_path):
+    """Shed to 1 step in 4, the numerics watch's hooks are parked on the 3 steps between:
+    the program's module calls take torch's fast path there, as without ptdiag."""
+    probe, plugin, model, optimizer = _plugin(tmp_path, "numerics")
+    try:
+        assert _global_hooks() == 1  # the step capture (and the module watch) after each forward
+        plugin._shedding(4)()  # the budget's second shed: the module watch stays, 1 step in 4
+        assert _watched_steps(probe, plugin, model, optimizer, range(2, 14)) == [5, 9, 13]
+    finally:
+        probe.model_hooks.close()
+        probe.events.close()
+
+
+def test_memory_forward_watch_shed_leaves_the_modules_alone(tmp_path):
+    probe, plugin, model, optimizer = _plugin(tmp_path, "memory")
+    try:
+        assert _global_hooks() == 2  # the forward watch: before and after the model's forward
+        plugin._shedding(None)()  # the budget's shed of the forward watch (memory.SHEDDING)
+        assert _global_hooks() == 0
+    finally:
+        probe.model_hooks.close()
+        probe.events.close()
+
+
+def test_performance_times_the_forward_only_on_the_steps_it_keeps(tmp_path):
+    """The recorder shed to 1 step in 4: the phase breakdown keeps those rows only, and the
+    forward's timing hooks are parked on the others (off the profiler's and scan's steps)."""
+    probe, plugin, model, optimizer = _plugin(tmp_path, "performance")
+    try:
+        probe.budget.stride = 4
+        plugin.stop_when_done = False
+        after_windows = plugin.stop_at + 1
+        steps = range(after_windows, after_windows + 8)
+        assert _watched_steps(probe, plugin, model, optimizer, steps) == [s for s in steps if s % 4 == 0]
+    finally:
+        probe.model_hooks.close()
+        probe.events.close()
+
+
+def test_a_profiler_window_cut_before_one_step_is_taken_again_smaller_then_said(tmp_path, monkeypatch):
+    """The window's memory bound (`-o performance.window_memory`, here 1 byte) is reached in
+    the first profiled step: no trace to analyse, so the profiler is taken again, one step,
+    without Python stacks or shapes; cut again, the analysis says it cannot tell what bounds
+    the step and what it measured, never a silent report. Real torch profiler, real steps;
+    the process's size is made to grow 1 MiB per look, so the cut comes at the first look."""
+    import json as json_module
+
+    import torch
+
+    from ptdiag.probe.core import Probe
+    from ptdiag.probe.plugins import performance
+    from ptdiag.recorded import RecordedRun
+    from ptdiag.specialists.performance import analyse
+
+    sizes = iter(range(100 << 20, 1 << 40, 1 << 20))
+    monkeypatch.setattr(budget_module, "rss", lambda: next(sizes))
+    (tmp_path / "meta.json").write_text(json_module.dumps({"plan": {"specialists": ["performance"]}}))
+    options = {"window_memory": "1B", "scan_steps": 0, "telemetry": "no", "stop": "no", "skip": 2, "profile_steps": 2}
+    probe = Probe(tmp_path, {"specialists": ["performance"], "options": {"performance": options}}, 0)
+    probe.emit("start", pid=0, ppid=0, rank=0, local_rank=None, world_size=None, node_rank=None, cwd=str(tmp_path),
+               executable="python")
+    plugin = performance.Plugin(probe)
+    plugin.on_torch_import(torch)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    plugin.on_model(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    try:
+        for step in range(1, 13):
+            plugin.on_batch(None, 0.0)
+            loss = model(torch.randn(4, 8)).pow(2).mean()
+            plugin.on_backward(loss)
+            loss.backward()
+            plugin.on_backward_end(loss)
+            plugin.on_step_begin(step, optimizer)
+            optimizer.step()
+            probe.step = step
+            plugin.on_step(step, optimizer)
+        plugin.on_exit()
+    finally:
+        probe.model_hooks.close()
+        probe.events.close()
+    events = [e for p in (tmp_path / "events").glob("*.jsonl") for e in read_events(p)]
+    cuts = [(e["step"], e["budget"], e["profiled"]) for e in events if e["ev"] == "perf_trace_cut"]
+    assert cuts == [(3, True, 0), (5, True, 0)]  # in the first profiled step, 4, then in 6 on the second try
+    offs = {e["what"]: e["why"] for e in events if e["ev"] == "switched_off"}
+    assert "taken again from step 6, one step, without Python stacks or shapes" in offs[performance.FULL_SCOPE]
+    assert "before its first profiled step ended: no trace to analyse" in offs[performance.PROFILER]
+    assert [e["first_step"] for e in events if e["ev"] == "perf_trace"] == [3, 5]
+    assert _windows(events) == ["performance windows"]
+    analysis = analyse(RecordedRun.load(tmp_path))
+    [finding] = analysis.findings
+    assert finding.code == "performance.not_profiled" and finding.severity == "info"
+    assert finding.evidence["attempts"] == 2 and finding.evidence["cut_step"] == 6
+    assert finding.evidence["allowance_bytes"] == 1 and "forward" in finding.evidence["phase_shares"]
+    assert "What was measured: a step takes" in finding.detail and "window_memory" in finding.fix
+    assert any("memory budget cut the profiler trace at step 6" in note for note in analysis.metrics["notes"])
 
 
 # -- the three programs, bare and under ptdiag ---------------------------------------------------

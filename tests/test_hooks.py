@@ -73,3 +73,39 @@ def test_the_declarations_are_what_the_probe_calls_with():
                 seen.setdefault(node.args[0].value, set()).add(len(node.args) - 1)
     assert set(seen) == set(HOOKS)
     assert {hook: counts for hook, counts in seen.items() if counts != {len(HOOKS[hook].params)}} == {}
+
+
+class Counter(Plugin):
+    def __init__(self, probe, name: str, calls: list, fail: bool = False) -> None:
+        super().__init__(probe)
+        self.name, self.calls, self.fail = name, calls, fail
+
+    def on_batch(self, loader, wait_s) -> None:
+        self.calls.append(self.name)
+        if self.fail:
+            raise RuntimeError("ptdiag's own bug")
+
+    def on_step(self, step, optimizer) -> None:
+        self.calls.append(f"{self.name} step")
+
+
+def test_a_parked_hook_is_not_called_until_put_back_in_plugin_order(tmp_path):
+    """A plugin whose per-step work is sampled parks its hooks between the steps it keeps;
+    a subscriber that raised stays out when the others come back."""
+    probe = Probe(tmp_path, {"specialists": []}, 0)
+    calls: list = []
+    dispatcher = Dispatcher([Counter(probe, "a", calls), Counter(probe, "b", calls), Counter(probe, "c", calls, True)],
+                            probe.log_error)
+    dispatcher.call("on_batch", None, 0.0)
+    assert calls == ["a", "b", "c"]
+    dispatcher.set_active("a", ("on_batch",), False)
+    dispatcher.set_active("a", ("on_batch",), False)  # idempotent
+    calls.clear()
+    dispatcher.call("on_batch", None, 0.0)
+    dispatcher.call("on_step", 1, None)
+    assert calls == ["b", "a step", "b step", "c step"]  # c raised: left out since
+    dispatcher.set_active("a", ("on_batch",), True)
+    calls.clear()
+    dispatcher.call("on_batch", None, 0.0)
+    assert calls == ["a", "b"] and dispatcher.wants("on_batch")
+    probe.events.close()

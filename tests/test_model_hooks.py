@@ -218,3 +218,38 @@ def test_callbacks_are_charged_to_their_instrument(owner):
     owner.hooks.after_forward(model, lambda *a: None, "numerics module watch")
     model(torch.ones(1, 4))  # the first call after the forward is one of those timed
     assert set(owner.charged) == {"numerics step capture", "numerics module watch"}
+
+
+def test_a_parked_instrument_leaves_torchs_hooks_until_put_back(owner):
+    """The steps a sampled instrument does not watch cost the program's module calls
+    nothing: its subscriptions and, with nothing else subscribed, torch's global hooks go."""
+    model, seen = _model(), []
+    owner.hooks.before_forward(model, lambda m, args: seen.append("before"), "sampled")
+    _watch_every_module(owner.hooks, model, seen)
+    owner.hooks.after_forward(model, lambda *a: seen.append("kept"), "other")
+    owner.hooks.set_active("test watch", False)
+    owner.hooks.set_active("sampled", False)
+    owner.hooks.set_active("sampled", False)  # idempotent
+    model(torch.ones(1, 4))
+    assert seen == ["kept"]
+    owner.hooks.unsubscribe("other")
+    assert not nn_module._global_forward_hooks and not nn_module._global_forward_pre_hooks
+    late = owner.hooks.after_forward(model[0], lambda *a: seen.append("late"), "test watch")  # waits, parked
+    model(torch.ones(1, 4))
+    assert seen == ["kept"] and not nn_module._global_forward_hooks
+    late.remove()
+    owner.hooks.set_active("sampled", True)
+    owner.hooks.set_active("test watch", True)
+    seen.clear()
+    model(torch.ones(1, 4))
+    assert seen == ["before", "0", "1", "2", ""]
+
+
+def test_a_module_freed_while_parked_is_not_put_back(owner):
+    model = _model()
+    owner.hooks.after_forward(model, lambda *a: None, "sampled")
+    owner.hooks.set_active("sampled", False)
+    del model
+    gc.collect()
+    owner.hooks.set_active("sampled", True)
+    assert not nn_module._global_forward_hooks

@@ -54,7 +54,8 @@ def test_a_wrong_key_or_value_is_one_line_naming_the_valid_ones(specialist, key,
 
 def test_settings_fill_the_declared_defaults():
     assert settings("performance", {"skip": "2"}) == {"skip": 2, "profile_steps": 3, "profile": True, "scan_steps": 2,
-                                                      "tail_steps": 3, "stop": "auto", "telemetry": True}
+                                                      "tail_steps": 3, "stop": "auto", "telemetry": True,
+                                                      "window_memory": None}
     assert settings("tracking", {}) == {}
     assert parse_all({"memory": {"target": "A100-80GB"}}) == {"memory": {"target": "A100-80GB"}}
 

@@ -80,6 +80,14 @@ def test_an_instrument_switched_off_on_two_ranks_is_listed_once(tmp_path):
     assert rendered(report).count(report.notes[0]) == 1
 
 
+def test_a_switched_off_item_named_with_its_article_keeps_it():
+    from ptdiag.report.model import switched_off_sentence
+
+    sentence = switched_off_sentence({"what": "the recorder's per-step lines: now 1 step in 4", "step": 26,
+                                      "why": "ptdiag's per-step work took 12% of the step"})
+    assert sentence.startswith("ptdiag switched off the recorder's per-step lines: now 1 step in 4 at step 26: ")
+
+
 def test_a_run_ptdiag_left_alone_has_neither_field(tmp_path):
     report = report_of(recorded(tmp_path, {0: [("step", {"step": 1})]}))
     data = report.to_dict()

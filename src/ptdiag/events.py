@@ -136,7 +136,9 @@ EVENTS: dict[str, EventKind] = {
     "perf_env": _kind("cores torch_threads cuda cpu_capability omp_num_threads local_processes", "cores and threads the training had"),
     "perf_steps": _kind("rows", "per-step phase times (data, forward, backward, optimizer, other)"),
     "perf_trace": _kind("path first_step warmup_steps steps export_s cuda", "the profiler window's trace"),
-    "perf_trace_cut": _kind("step", "the profiler window ended early: the program ended, or the budget stopped it"),
+    "perf_trace_cut": _kind("step budget profiled", "the profiler window ended early: the program ended, or the "
+                                                    "budget stopped it (`budget`); `profiled`: its recorded steps "
+                                                    "that had ended"),
     "perf_python_calls": _kind("step calls capped location in_loader",
                                "the Python calls of the step before the profiler, counted up to what stacks afford"),
     "perf_scan": _kind("first_step steps torch_calls_per_step top_lines syncs float64_calls_per_step "

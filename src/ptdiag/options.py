@@ -113,6 +113,8 @@ OPTIONS: dict[str, tuple[Option, ...]] = {
         Option("stop", "choice", "auto", "end the training after the windows (auto: when performance is the "
                                          "only specialist in the plan)", choices=("auto", "yes", "no")),
         Option("telemetry", "bool", True, "sample CPU/GPU utilisation in a thread"),
+        Option("window_memory", "size", None, "the most the profiler and scan windows may grow the process by "
+                                              "(default: 15% of its size when they open)"),
     ),
     "numerics": (
         Option("stop", "bool", True, "end the training once the first non-finite value is localised"),

@@ -27,6 +27,12 @@ forward raised, with kwargs and output None. Subscribed while a hook runs, a cal
 starts with the module's next call for `before` (as torch's own pre-hooks do) and with
 this call's end for `after`.
 
+Parked. An instrument that watches only some steps (a sampled check, the steps the
+recorder keeps) parks its subscriptions between them (`set_active(what, False)`): they
+leave the tables, and with nothing else subscribed torch's global hooks go too, so the
+program's module calls on those steps take torch's fast path, as without ptdiag.
+`set_active(what, True)` puts them back (modules freed meanwhile are left out).
+
 Cost: while subscriptions exist, every module call takes torch's hook path (about a
 microsecond) and one dictionary look-up; a subscribed one also the tracing checks and
 the callback. The time callbacks take is charged to the probe's budget by instrument:
@@ -86,6 +92,7 @@ class ModelHooks:
         self._post_counts: dict[str, list[int]] = {}  # what -> [its after-forward callbacks, those timed]
         self._alive: dict[int, weakref.ref] = {}  # module id -> the weak reference that forgets it
         self._handles: dict[str, tuple] = {}  # "pre"/"post" -> (the kind registered, torch's handle, its dict)
+        self._parked: dict[str, list[tuple]] = {}  # what -> [(table, module id, entry, weak reference)] set aside
         self.off: set[str] = set()  # instruments switched off for the run
 
     # -- subscribing -------------------------------------------------------------------------
@@ -124,6 +131,29 @@ class ModelHooks:
         sheds it): the modules it watched cost nothing more."""
         self._remove_everywhere(lambda entry: entry[1] == what)
 
+    def set_active(self, what: str, active: bool) -> None:
+        """Park (False) or put back (True) every subscription of instrument `what`, for the
+        steps it does not watch (see the module's doc). Idempotent; between module calls."""
+        if not active and what not in self._parked:
+            parked = [("_any_pre", None, entry, None) for entry in self._any_pre if entry[1] == what]
+            for table in ("_pre", "_post"):
+                parked += [(table, key, entry, self._alive.get(key))
+                           for key, entries in getattr(self, table).items() for entry in entries if entry[1] == what]
+            self._remove_everywhere(lambda entry: entry[1] == what)
+            self._parked[what] = parked
+        elif active and what in self._parked:
+            for table, key, entry, ref in self._parked.pop(what):
+                if key is None:
+                    self._any_pre = (*self._any_pre, entry)
+                elif ref is not None and ref() is not None:  # else the module was freed meanwhile
+                    self._alive.setdefault(key, ref)
+                    self._store(table, key, (*getattr(self, table).get(key, ()), entry))
+                    if table == "_post":
+                        counts = self._post_counts.setdefault(what, [0, 0])
+                        counts[0] += 1
+                        counts[1] += entry[3]
+            self._sync()
+
     def hook_ids(self) -> set[int]:
         """The ids of ptdiag's global hooks in torch's hook dicts (for torch's own checks)."""
         return {handle.id for _, handle, _ in self._handles.values()}
@@ -136,6 +166,7 @@ class ModelHooks:
         self._alive.clear()
         self._always.clear()
         self._post_counts.clear()
+        self._parked.clear()
         self._sync()
 
     # -- calling plugins ---------------------------------------------------------------------
@@ -212,6 +243,16 @@ class ModelHooks:
     def _add(self, table: str, module, entry: tuple) -> Subscription | None:
         if entry[1] in self.off:
             return None
+        if entry[1] in self._parked:  # its instrument is parked: the new subscription waits with it
+            key = None if module is None else id(module)
+            ref = None if module is None else (self._alive.get(key)
+                                               or weakref.ref(module, lambda _, key=key: self._forget(key)))
+            self._parked[entry[1]].append((table, key, entry, ref))
+            if table == "_post":  # counted again when put back
+                counts = self._post_counts[entry[1]]
+                counts[0] -= 1
+                counts[1] -= entry[3]
+            return Subscription(self, table, key, entry)
         if module is None:
             self._any_pre = (*self._any_pre, entry)
             key = None
@@ -232,6 +273,8 @@ class ModelHooks:
         return timed
 
     def _remove(self, table: str, key: int | None, drop: Callable[[tuple], bool]) -> None:
+        for what, parked in self._parked.items():  # a parked subscription removed, or its instrument ended
+            self._parked[what] = [p for p in parked if p[0] != table or p[1] != key or not drop(p[2])]
         if key is None:
             self._any_pre = tuple(entry for entry in self._any_pre if not drop(entry))
         else:

@@ -118,29 +118,51 @@ def subscription_problems(plugin: Plugin) -> dict[str, str]:
 class Dispatcher:
     """Calls each hook's subscribers, in plugin order. A plugin method that does not match
     its hook is logged (probe-errors.log, which the report points to) and left out, never
-    called with arguments it cannot take."""
+    called with arguments it cannot take. A plugin whose per-step work is sampled parks
+    its subscriptions for the steps between (`set_active`): those calls cost one look-up.
+    The lists of subscribers are replaced, never changed in place: a call under way goes
+    on over the list it started with."""
 
     def __init__(self, plugins: list[Plugin], error_log: Callable[[str], None],
                  charge: Callable[[str, float], None] = lambda owner, seconds: None) -> None:
         self._error_log = error_log
         self._charge = charge  # the probe's budget: each call's time, by plugin
-        self._subscribers: dict[str, list[tuple[Callable, str]]] = {}
+        self._subscribers: dict[str, list[tuple[Callable, str]]] = {}  # hook -> those called now
+        self._all: dict[str, list[tuple[Callable, str]]] = {}  # hook -> every subscriber, in plugin order
+        self._parked: set[tuple[str, str]] = set()  # (plugin, hook)
+        self._failed: set[tuple[Callable, str]] = set()
         for plugin in plugins:
             problems = subscription_problems(plugin)
             for problem in problems.values():
                 error_log(f"hook not subscribed: {problem}")
             for hook in HOOKS:
                 if hasattr(type(plugin), hook) and hook not in problems:
-                    self._subscribers.setdefault(hook, []).append((getattr(plugin, hook), plugin.name))
+                    self._all.setdefault(hook, []).append((getattr(plugin, hook), plugin.name))
+        for hook in self._all:
+            self._refresh(hook)
 
     def wants(self, hook: str) -> bool:
-        return bool(self._subscribers.get(hook))
+        return bool(self._all.get(hook))
+
+    def set_active(self, plugin: str, hooks: tuple[str, ...], active: bool) -> None:
+        """Park (False) or put back (True) plugin `plugin`'s subscriptions to `hooks`."""
+        for hook in hooks:
+            if ((plugin, hook) in self._parked) == active:
+                (self._parked.discard if active else self._parked.add)((plugin, hook))
+                self._refresh(hook)
+
+    def _refresh(self, hook: str) -> None:
+        live = [s for s in self._all.get(hook, ()) if s not in self._failed and (s[1], hook) not in self._parked]
+        if live:
+            self._subscribers[hook] = live
+        else:
+            self._subscribers.pop(hook, None)
 
     def call(self, hook: str, *args: Any) -> None:
         subscribers = self._subscribers.get(hook)
         if not subscribers or gpu.capturing():  # inside a CUDA graph capture ptdiag stays inert (probe/gpu.py)
             return
-        for subscriber in list(subscribers):
+        for subscriber in subscribers:
             fn, owner = subscriber
             start = perf_counter()
             try:
@@ -148,7 +170,8 @@ class Dispatcher:
             except Exception as exc:
                 if raised_by_signal_handler(exc):
                     raise  # the program's own (e.g. torch's "DataLoader worker killed"), not ours
-                subscribers.remove(subscriber)
+                self._failed.add(subscriber)
+                self._refresh(hook)
                 self._error_log(
                     f"{fn.__qualname__} raised and was disabled:\n{traceback.format_exc()}"
                 )

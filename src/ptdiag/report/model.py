@@ -96,7 +96,8 @@ def stop_sentence(stopped_by: dict[str, Any]) -> str:
 
 
 def switched_off_sentence(entry: dict[str, Any]) -> str:
-    return (f"ptdiag switched off its {entry['what']} at step {entry['step']}: {_clause(entry['why'])}. "
+    what = entry["what"] if entry["what"].startswith("the ") else f"its {entry['what']}"  # "the recorder's lines"
+    return (f"ptdiag switched off {what} at step {entry['step']}: {_clause(entry['why'])}. "
             "The training went on without it.")
 
 

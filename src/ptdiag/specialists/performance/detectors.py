@@ -406,6 +406,37 @@ def _threads_gain(env: dict[str, Any]) -> dict[str, Any] | None:
 DETECTORS = (optimizer_recreated, float64, dataloader_bound, launch_bound, host_sync, rank_imbalance)
 
 
+def not_profiled(m: Measured, others: list[Finding]):
+    """ptdiag's budget cut the profiler window before one profiled step ended (twice: the
+    second try records one step without Python stacks or shapes): what bounds the step
+    cannot be told from a profile. Said, with what was measured, when nothing else was found."""
+    if m.unprofiled is None or any(f.severity == "warning" for f in others):
+        return None
+    cut, allowance = m.unprofiled, m.unprofiled.get("allowance_bytes")
+    size = f"{allowance / 2**20:.0f} MiB" if (allowance or 0) >= 2**20 else f"{allowance} bytes"
+    budget = f"ptdiag's memory budget for it ({size})" if allowance is not None else "ptdiag's memory budget"
+    measured = []
+    if m.breakdown:
+        phases = ", ".join(f"{name} {phase['share']:.0%}" for name, phase in m.breakdown["phases"].items())
+        measured.append(f"a step takes {1000 * m.breakdown['step_s']['p50']:.2f} ms (median of "
+                        f"{m.breakdown['steps']} steps): {phases}")
+    if m.python_calls and m.python_calls.get("calls") is not None:
+        measured.append(f"step {m.python_calls.get('step')} made {m.python_calls['calls']}"
+                        f"{'+' if m.python_calls.get('capped') else ''} Python calls")
+    tries = "and again without Python stacks or shapes " if cut["attempts"] > 1 else ""
+    return _finding(
+        "not_profiled", "info",
+        "ptdiag cannot tell what bounds the step: its profiler window was cut before one profiled step ended",
+        f"The profiler's events for one step would have grown the process beyond {budget} {tries}(cut at step "
+        f"{cut['cut_step']}), so no profile was analysed. What was measured: "
+        + ("; ".join(measured) if measured else "no step breakdown") + ".",
+        {"cut_step": cut["cut_step"], "attempts": cut["attempts"], "allowance_bytes": allowance,
+         "step_s": m.step_s, "phase_shares": {k: v["share"] for k, v in (m.breakdown or {}).get("phases", {}).items()},
+         "python_calls": (m.python_calls or {}).get("calls")},
+        "Give the window more room: `-o performance.window_memory=4GiB` lets it grow the process by that much "
+        "(by default 15% of the process); or run with a smaller batch, which records fewer ops per step."), 0.0
+
+
 def detect(m: Measured) -> list[Finding]:
     """All findings, warnings by expected gain first; trace verdicts added where ours are silent."""
     scored = [found for found in (d(m) for d in DETECTORS) if found is not None]
@@ -413,7 +444,8 @@ def detect(m: Measured) -> list[Finding]:
     findings = [f for f, _ in scored]
     ours = {f.code for f in findings}
     findings += [f for f in m.trace_findings if f.code not in ours]
-    cpu_compute = compute_bound(m, findings)
-    if cpu_compute is not None:
-        findings.append(cpu_compute[0])
+    for last in (compute_bound, not_profiled):  # only where nothing above was found
+        found = last(m, findings)
+        if found is not None:
+            findings.append(found[0])
     return findings

@@ -41,6 +41,7 @@ class Measured:
     model: dict[str, Any] | None = None
     env: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    unprofiled: dict[str, Any] | None = None  # the main rank's profiler window, cut by ptdiag's budget before one step
 
     @property
     def step_s(self) -> float | None:
@@ -124,7 +125,8 @@ def _read_traces(run: RecordedRun, found: Measured) -> None:
             found.notes.append(f"rank {rank} recorded no events, so no profiler trace")
     for rank, proc in run.ranks.items():
         whose = f"rank {rank}'s profiler trace" if several else "the profiler trace"
-        event = _last(proc, "perf_trace")
+        traces = proc.of("perf_trace")
+        event = traces[-1] if traces else None
         if event is None:
             found.notes.append(f"no profiler trace was recorded{f' by rank {rank}' if several else ''} "
                                "(the run ended before the profiler window)")
@@ -132,8 +134,16 @@ def _read_traces(run: RecordedRun, found: Measured) -> None:
         path = run.run_dir / event["path"]
         try:
             loaded = read_trace(path)
-            if proc.of("perf_trace_cut"):
+            cut = _cut(proc, traces)
+            if cut is not None:
                 loaded, complete = _complete_steps_only(loaded)
+                if not complete and cut.get("budget"):
+                    found.notes.append(f"ptdiag's memory budget cut {whose} at step {cut['step'] + 1}, before its "
+                                       "first profiled step ended, so there is no profile to analyse")
+                    if proc is run.main:
+                        found.unprofiled = {"cut_step": cut["step"] + 1, "attempts": len(traces),
+                                            "allowance_bytes": _window_allowance(proc)}
+                    continue
                 if not complete:
                     found.notes.append(f"the program ended inside the profiler window: {whose} holds no complete "
                                        "step (its last step ran on to the program's end), so it is not analysed")
@@ -152,6 +162,19 @@ def _read_traces(run: RecordedRun, found: Measured) -> None:
             found.trace_findings = analysis.findings
             found.host = host
             found.trace["first_step"] = event.get("first_step")
+
+
+def _cut(proc: ProcessEvents, traces: list[dict]) -> dict | None:
+    """The cut of the last trace's window, if it was cut: a cut written after the trace
+    before it (a window cut by the budget is taken again once, in a smaller scope)."""
+    since = traces[-2].get("t", 0) if len(traces) > 1 else float("-inf")
+    cuts = [c for c in proc.of("perf_trace_cut") if since < c.get("t", 0) <= traces[-1].get("t", 0)]
+    return cuts[-1] if cuts else None
+
+
+def _window_allowance(proc: ProcessEvents) -> int | None:
+    window = next((w for w in proc.of("window") if w.get("what") == "performance windows"), None)
+    return window.get("allowance") if window else None
 
 
 def _complete_steps_only(loaded: dict[str, Any]) -> tuple[dict[str, Any], int]:

@@ -22,6 +22,7 @@ import sys
 from ptdiag.probe import gpu
 from ptdiag.probe.plugin import Plugin as ProbePlugin
 from ptdiag.probe.plugins.memory import holders, tensor_bytes
+from ptdiag.probe.plugins.memory.forwards import FORWARD_WATCH
 from ptdiag.probe.plugins.memory.process_memory import cuda_sample, host_sample
 from ptdiag.probe.plugins.memory.step_tracker import WHAT as BREAKDOWN
 from ptdiag.sizes import target_from_options
@@ -59,8 +60,9 @@ class Plugin(ProbePlugin):
         def shed() -> None:
             if every is not None:
                 self._burst_every = every
-            elif self.forwards is not None:
+            elif self.forwards is not None:  # its hooks leave torch's way too: the module calls cost nothing more
                 self.forwards.paused = True
+                self.probe.model_hooks.set_active(FORWARD_WATCH, False)
 
         return shed
 

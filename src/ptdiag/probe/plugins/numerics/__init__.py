@@ -28,6 +28,7 @@ SHEDDING = (("numerics module watch (which module's output turned non-finite fir
              "after it appeared)", 4),
             ("numerics watch of 1 step in 4 (now 1 in 32)", 32))
 STEP_CAPTURE = "numerics step capture"  # the model's hooks: each step's inputs and output gradients, for the replay
+WATCHED_STEP_HOOKS = ("on_backward", "on_backward_end", "on_step_begin")  # parked on the steps not watched
 
 
 def _import_torch_parts() -> None:
@@ -101,8 +102,16 @@ class Plugin(ProbePlugin):
         return self.probe.step % self._read_every == 0
 
     def _outputs_follow_the_sampling(self) -> None:
+        """Before the next step: its hooks on the model are live only if it is watched (the
+        steps between cost the program's module calls nothing: ModelHooks.set_active)."""
         if self._outputs is not None and not self._replaying:
-            self._outputs.paused = not self._watched()
+            watched = self._watched()
+            if not watched:
+                self._leave_region()  # a forward no backward followed left it open: it ends with the step
+            self._outputs.paused = not watched
+            for what in (STEP_CAPTURE, watch.WHAT):
+                self.probe.model_hooks.set_active(what, watched)
+            self.probe.dispatcher.set_active(self.name, WATCHED_STEP_HOOKS, watched)
 
     def _clear_step(self) -> None:
         self._out_nodes: set = set()

@@ -7,7 +7,10 @@ synchronisations, per-line torch calls and float64. These windows are one one-of
 of the probe's budget, bounded in memory: the profiler records Python stacks over as many
 steps as the counted step's calls fit (none: no stacks), and is stopped early, its trace
 kept, when what it recorded would grow the process beyond the budget once processed (it
-is looked at in every hook of the step). Throughout:
+is looked at in every hook of the step). A profiler stopped so before its first recorded
+step ended has nothing to analyse: it is taken again once, one step, without Python stacks
+or shapes; cut again, the analysis says it cannot tell (`performance.not_profiled`).
+Throughout:
 background telemetry (telemetry.py) and a count of optimizer objects (a new one every
 step is a bug: each starts with empty state).
 When performance is the only question asked, the run is stopped once both windows are
@@ -16,7 +19,8 @@ recorded; the analysis then reads everything back from the run dir.
 Options (`-o performance.KEY=VALUE`): skip (steps before the profiler's warm-up step, at
 least 2: the last of them is the counted one),
 profile_steps, scan_steps, tail_steps (bare steps after the windows before the stop),
-stop (auto | yes | no), profile (yes | no), telemetry (yes | no).
+stop (auto | yes | no), profile (yes | no), telemetry (yes | no), window_memory (the
+windows' memory bound, a size such as 2GiB; default 15% of the process).
 """
 
 from __future__ import annotations
@@ -33,14 +37,17 @@ from ptdiag.probe.plugin import Plugin as ProbePlugin
 from ptdiag.probe.plugins.performance.breakdown import StepBreakdown
 from ptdiag.probe.plugins.performance.python_calls import BYTES_PER_EVENT, PythonCalls
 from ptdiag.probe.plugins.performance.telemetry import Telemetry, usable_cores
+from ptdiag.sizes import parse_size
 
 NEW_OPTIMIZER_EVENTS = 5  # new optimizer objects described one by one; the rest are counted
 TRACE_NAME = "trace.json.gz"
 FORWARD_TIMING = "performance forward timing"  # the model's hooks: where each forward begins and ends
+PHASE_HOOKS = ("on_batch", "on_backward", "on_backward_end", "on_step_begin")  # the other phase boundaries
 PROFILER = "performance profiler window"
 SCAN = "performance call scan"
 SYNC_DEBUG = "performance scan's CUDA sync debug mode"
 STACKS = "performance profiler's Python stacks"
+FULL_SCOPE = "performance profiler's stacks and shapes"  # given up when they fill the window before one step ends
 WINDOWS = "performance windows"  # the budget's one-off window: the call count, the profiler, the scan
 # What the profiler holds once it stops, per byte the process grew while it recorded: an
 # op event takes ~0.4 KB while recorded and ~4-6 KB once processed (measured: torch 2.14, CPU)
@@ -92,6 +99,10 @@ class Plugin(ProbePlugin):
         stop = options["stop"]
         self.stop_when_done = stop == "yes" or (stop == "auto" and not others)
         self.tail_steps = options["tail_steps"]  # bare steps after the windows, before the stop
+        self.window_memory = parse_size(options["window_memory"]) if options["window_memory"] else None
+        self._shapes = True  # the profiler records input shapes (not in the smaller scope of a second try)
+        self._stacks = False  # the profiler under way records Python stacks
+        self._again = False  # the profiler was cut before one step ended: taken again at this step's end
         self.breakdown = StepBreakdown(probe.emit)
         self._fit_into(probe.max_steps)
         self._schedule(self.profile_steps)
@@ -157,10 +168,17 @@ class Plugin(ProbePlugin):
     def on_step(self, step, optimizer) -> None:
         self.breakdown.end("optimizer")
         self.breakdown.step_end(step, self.probe.budget.records(step))
+        self._time_phases(step + 1)
         if step == 1:
             self._start_telemetry()
         if step > self.stop_at:
             return
+        if self._again:  # a second try, in the smaller scope: warm-up at the next step, one step recorded
+            self._again = False
+            self.skip, self._grown_before_recording = step, None
+            first_try = self.breakdown.instrumented
+            self._schedule(1)
+            self.breakdown.instrumented |= first_try  # its steps stay out of the typical step too
         if step == self.skip - 1 and self.profile_steps:
             self._count_python_calls()
         elif step == self.skip and self.profile_steps:
@@ -192,6 +210,16 @@ class Plugin(ProbePlugin):
             if over <= 0:
                 return
             setattr(self, name, max(least, getattr(self, name) - over))
+
+    def _time_phases(self, step: int) -> None:
+        """The phases are timed on the steps whose row is kept (and in the windows, whose
+        hooks also keep the profiler within budget); between them the model's hooks and the
+        phase hooks are parked (ModelHooks.set_active, Dispatcher.set_active), so the
+        program's module calls cost nothing. On CUDA every step's device row is kept."""
+        if not self._cuda:
+            timed = self.probe.budget.records(step) or step in self.breakdown.instrumented
+            self.probe.model_hooks.set_active(FORWARD_TIMING, timed)
+            self.probe.dispatcher.set_active(self.name, PHASE_HOOKS, timed)
 
     def _schedule(self, profile_steps: int) -> None:
         """The windows' step numbers: step `skip` counted, the profiler's warm-up at skip+1,
@@ -260,9 +288,9 @@ class Plugin(ProbePlugin):
 
         if self._open_window() is None:
             return
-        with_stack = self._fit_stacks()
+        with_stack = self._stacks = self._fit_stacks()
         self._profiler = self.probe.instruments.profile(
-            PROFILER, self.probe.run_dir / "kineto.log", activities=activities, record_shapes=True,
+            PROFILER, self.probe.run_dir / "kineto.log", activities=activities, record_shapes=self._shapes,
             with_stack=with_stack, on_trace_ready=save,
             schedule=schedule(wait=0, warmup=1, active=self.profile_steps, repeat=1))
         if self._profiler is None and not self.scan_steps:
@@ -273,13 +301,13 @@ class Plugin(ProbePlugin):
         profiler.close()
         del profiler
         _return_freed_memory()
-        if not self.scan_steps:
+        if not self.scan_steps and not self._again:
             self._close_window()
 
     # -- the budget: the windows' memory -------------------------------------------------------
     def _open_window(self):
         if self._window is None:
-            self._window = self.probe.budget.window(WINDOWS)
+            self._window = self.probe.budget.window(WINDOWS, self.window_memory)
         return self._window if self._window is not None and not self._window.closed else None
 
     def _close_window(self, abandoned: str | None = None) -> None:
@@ -343,11 +371,20 @@ class Plugin(ProbePlugin):
         recorded = window.grown() - before - pace
         if before + recorded * RECORDING_EXPANSION <= window.allowance:
             return
-        self.probe.emit("perf_trace_cut", step=self.probe.step)
+        profiled = self.probe.step - self.skip - 1  # the recorded steps that ended before this one
+        self.probe.emit("perf_trace_cut", step=self.probe.step, budget=True, profiled=profiled)
+        beyond = (f"stopped at step {self.probe.step + 1}: its events would grow the process beyond ptdiag's "
+                  f"budget ({window.allowance >> 20} MiB) once processed")
+        self._again = not profiled and (self._stacks or self._shapes)
         self._stop_profiler()
-        self.probe.switch_off(PROFILER, f"stopped at step {self.probe.step + 1}: its events would grow the process "
-                                        f"beyond ptdiag's budget ({window.allowance >> 20} MiB) once processed; "
-                                        "the trace holds the steps before")
+        if self._again:  # nothing to analyse yet: once more, without what made it large
+            self._shapes = False
+            self.probe.switch_off(FULL_SCOPE, f"{beyond}, before its first profiled step ended; taken again from "
+                                              f"step {self.probe.step + 3}, one step, without Python stacks or shapes")
+        elif not profiled:
+            self.probe.switch_off(PROFILER, f"{beyond}, before its first profiled step ended: no trace to analyse")
+        else:
+            self.probe.switch_off(PROFILER, f"{beyond}; the trace holds the steps before")
 
     def _start_scan(self) -> None:
         from ptdiag.probe.plugins.performance import scan
@@ -390,7 +427,8 @@ class Plugin(ProbePlugin):
         if self._scan is not None:
             self._stop_scan(max(1, self.probe.step - self.profile_end))
         if self._profiler is not None:  # the program ended inside the window
-            self.probe.emit("perf_trace_cut", step=self.probe.step)
+            self.probe.emit("perf_trace_cut", step=self.probe.step, budget=False,
+                            profiled=max(0, self.probe.step - self.skip - 1))
             self._stop_profiler()
         self._close_window()
         self.breakdown.flush(wait_gpu=self._cuda)

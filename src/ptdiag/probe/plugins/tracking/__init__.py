@@ -28,6 +28,9 @@ from ptdiag.probe.plugins.tracking.fused_skips import FusedSkips
 from ptdiag.probe.steps import HandWrittenUpdate
 
 MAX_ARGS_EVENTS = 5  # a program that parses arguments in a loop is not worth more
+# what the recorder hears only for the steps it keeps (the budget may keep 1 in N): the
+# step's batches, losses and where its update began; parked between those steps
+STEP_LINES_HOOKS = ("on_batch", "on_backward", "on_step_begin", "on_any_optimizer_step")
 
 
 def _scalar(value):
@@ -223,6 +226,7 @@ class Plugin(ProbePlugin):
         dt = None if self._last_step_time is None else now - self._last_step_time
         self._last_step_time = now
         self._read_fused_skips(step, optimizer)  # every step, shed or not: the count of updates depends on it
+        self.probe.dispatcher.set_active(self.name, STEP_LINES_HOOKS, self.probe.budget.records(step + 1))
         if step == 1:
             self._record_config()
         if not self.probe.budget.records(step):  # the budget shed: this step's lines are not kept
