@@ -254,9 +254,21 @@ def test_one_sync_per_step_is_quiet_three_warn():
                                   "what": ""}]}
     assert detectors.host_sync(_measured(scan=one)) is None
     three = dict(one, syncs=one["syncs"] * 3)
-    finding, _ = detectors.host_sync(_measured(scan=three))
+    on_gpu = _measured(scan=three)
+    on_gpu.env = {"cuda": True}
+    finding, _ = detectors.host_sync(on_gpu)
     assert finding.severity == "warning" and finding.evidence["per_step"] == 3.0
-    assert "CPU" in finding.detail  # says what was measured where no device exists
+
+
+def test_syncs_on_the_cpu_warn_only_when_their_own_cost_counts():
+    """On the CPU no device is waited for: DCGAN's five .item() a step cost 0.11 ms of a
+    435 ms step. A note for the GPU, not a warning that hides the compute verdict."""
+    calls = [{"call": "item", "location": "t.py:1", "per_step": 1.0, "ms_per_step": 0.02, "what": ""}] * 5
+    cheap = _measured(scan={"steps": 2, "syncs": calls})  # steps of 100 ms
+    finding, _ = detectors.host_sync(cheap)
+    assert finding.severity == "info" and "CPU" in finding.detail and "do not slow this run" in finding.detail
+    costly = _measured(scan={"steps": 2, "syncs": [dict(calls[0], call="tolist", ms_per_step=3.0)] * 5})
+    assert detectors.host_sync(costly)[0].severity == "warning"  # 15 ms of a 100 ms step
 
 
 def test_small_batch_speedup_follows_the_fixed_share():

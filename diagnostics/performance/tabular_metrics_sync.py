@@ -1,7 +1,8 @@
 """Tabular MLP whose training loop logs like a notebook: accuracy through .cpu().numpy(),
 the best loss tracked with a tensor comparison in an `if`, the loss printed every step.
 
-Expected: performance.host_sync at the logging lines.
+Expected: performance.host_sync at the logging lines (an info note on the CPU, where no
+device is waited for and the calls cost under 1 % of the step; a warning on a GPU).
 """
 
 import numpy as np
