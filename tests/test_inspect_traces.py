@@ -46,4 +46,6 @@ def test_inspect_writes_its_report_to_stderr(rank_folder, tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert proc.stdout == b""
     assert b"performance.exposed_communication" in proc.stderr
+    # an artifact was read, no program ran: no "exit code None, 0 training steps" line
+    assert b"exit code" not in proc.stderr and b"training steps" not in proc.stderr
     assert load_report(tmp_path / "r.json")["metrics"]["ranks"] == [0, 1]

@@ -71,8 +71,9 @@ def verdict_section(report: Report) -> str:
     return (f'<header id="verdict" class="status-{text(report.status)}">'
             f'<p class="status">ptdiag ▸ <strong>{text(report.status)}</strong> ▸ run {text(report.run_id)}</p>'
             f"<h1>{text(report.headline())}</h1>{symptom}"
-            f'<p class="counts">{text(summary)}; {text(report.steps_observed)} training steps; '
-            f"exit code {text(report.exit_code)}</p>"
+            f'<p class="counts">{text(summary)}'
+            + (f"; {text(report.steps_observed)} training steps; exit code {text(report.exit_code)}"
+               if report.ran_a_command else "") + "</p>"
             + "".join(f'<p class="announced">{text(sentence)}</p>' for sentence in report.announcements())
             + "</header>")
 

@@ -58,6 +58,11 @@ class Report:
     def announcements(self) -> list[str]:
         return announcements(self.stopped_by, self.switched_off)
 
+    @property
+    def ran_a_command(self) -> bool:
+        """False for `ptdiag inspect`: an artifact was read, no program ran (no exit code, no steps)."""
+        return self.command is not None
+
     def headline(self) -> str:
         """The verdict in one line: the most important finding that is not bookkeeping."""
         top = next((f for f in self.findings if f.specialist != "tracking"), None)

@@ -54,6 +54,8 @@ def _render_route(c: Console, report: Report) -> None:
 
 
 def _render_run(c: Console, report: Report) -> None:
+    if not report.ran_a_command:
+        return  # an inspected artifact: the Artifacts line names it
     m = report.metrics
     parts = [f"exit code {report.exit_code}", f"{report.steps_observed} training steps"]
     if m.get("step_time_s"):
