@@ -108,6 +108,11 @@ def test_loss_spikes_and_scale_collapse():
     losses = [(s, 2.0) for s in range(1, 8)] + [(8, 50.0), (9, 2.1), (10, float("nan"))]
     (spike,) = history.loss_spikes(losses)
     assert spike["step"] == 8 and spike["factor"] == pytest.approx(25.0)
+    assert spike["recovered"] is None  # NaN after one step: too few losses to tell
+    recovered = [(s, 2.0) for s in range(1, 8)] + [(8, 50.0)] + [(s, 2.1) for s in range(9, 15)]
+    assert history.loss_spikes(recovered)[0]["recovered"] is True
+    stuck = [(s, 2.0) for s in range(1, 8)] + [(8, 50.0)] + [(s, 9.0) for s in range(9, 15)]
+    assert history.loss_spikes(stuck)[0]["recovered"] is False
     scales = [(s, 65536.0 / 2 ** s, False) for s in range(14)]
     collapsed = history.scale_collapse(scales)
     assert collapsed["lowest_scale"] == 65536.0 / 2 ** 13 and collapsed["skipped"] == 14

@@ -204,11 +204,17 @@ def _spikes(run: RecordedRun, rank: int, until: int | None) -> Finding | None:
     if not spikes:
         return None
     first = spikes[0]
+    lasting = [s for s in spikes if s["recovered"] is False]
+    warn = len(spikes) >= rules.SPIKES_WARN or lasting or until is not None
     return Finding(
-        code="numerics.loss_spike", specialist=SPECIALIST, severity="warning",
+        code="numerics.loss_spike", specialist=SPECIALIST, severity="warning" if warn else "info",
         title=f"{len(spikes)} loss spike(s) above {rules.SPIKE_FACTOR:g}x the running median, first at step {first['step']}",
         detail="Spikes (step: loss vs running median): " + ", ".join(
-            f"{s['step']}: {s['loss']:.4g} vs {s['running_median']:.4g}" for s in spikes[:rules.SPIKES_SHOWN]) + ".",
+            f"{s['step']}: {s['loss']:.4g} vs {s['running_median']:.4g}" for s in spikes[:rules.SPIKES_SHOWN]) + ". "
+        + (f"The loss did not come back after the spike at step {lasting[0]['step']}." if lasting else
+           "The loss went non-finite after them." if until is not None else
+           f"Each time the loss was back near its median within {rules.SPIKE_RECOVERY_STEPS} steps: a batch "
+           "unlike the others (an outlier), which training absorbed." if not warn else ""),
         evidence={"step": first["step"], "rank": rank, "module": None, "op": None, "location": None,
                   "spikes": spikes[:rules.SPIKES_SHOWN], "count": len(spikes)},
         fix="Look at the batches of those steps (outliers, bad labels); lower the learning rate or clip gradients "

@@ -116,8 +116,9 @@ def loss_flat(losses: list[tuple[int, float]]) -> dict | None:
 
 
 def loss_spikes(losses: list[tuple[int, float]], until_step: int | None = None) -> list[dict]:
-    """Finite losses above SPIKE_FACTOR x the running median of the losses before them."""
-    spikes, window = [], []
+    """Finite losses above SPIKE_FACTOR x the running median of the losses before them;
+    `recovered`: the losses right after came back near that median (None: too few after)."""
+    spikes, window, seen = [], [], []
     for step, value in losses:
         value = _finite(value)
         if value is None or (until_step is not None and step >= until_step):
@@ -126,8 +127,13 @@ def loss_spikes(losses: list[tuple[int, float]], until_step: int | None = None) 
             median = statistics.median(window)
             if median > 0 and value > rules.SPIKE_FACTOR * median:
                 spikes.append({"step": step, "loss": value, "running_median": median,
-                               "factor": value / median})
+                               "factor": value / median, "at": len(seen)})
         window = (window + [value])[-rules.SPIKE_WINDOW:]
+        seen.append(value)
+    for spike in spikes:
+        after = seen[spike.pop("at") + 1:][:rules.SPIKE_RECOVERY_STEPS]
+        spike["recovered"] = (statistics.median(after) <= rules.SPIKE_RECOVERED_FACTOR * spike["running_median"]
+                              if len(after) == rules.SPIKE_RECOVERY_STEPS else None)
     return spikes
 
 

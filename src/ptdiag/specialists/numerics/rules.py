@@ -39,6 +39,14 @@ SPIKE_FACTOR = 10.0
 SPIKE_WINDOW = 20
 SPIKE_MIN_HISTORY = 5
 SPIKES_SHOWN = 5
+# A lone spike the loss recovers from is noisy data, not a fault (pytorch/examples'
+# regression: one batch of x^4 features 13x the median in 784 steps, a correct program):
+# a warning takes SPIKES_WARN spikes, one the loss did not recover from (the median of the
+# SPIKE_RECOVERY_STEPS losses after it above SPIKE_RECOVERED_FACTOR x the median before), or
+# a run that went non-finite after them.
+SPIKES_WARN = 3
+SPIKE_RECOVERY_STEPS = 5
+SPIKE_RECOVERED_FACTOR = 2.0
 
 # GradScaler: a scale that fell this far below its first value has collapsed
 SCALE_COLLAPSE_FACTOR = 2.0 ** 12
