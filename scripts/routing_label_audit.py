@@ -2,6 +2,7 @@
 
     python scripts/routing_label_audit.py sample [--n 200] [--seed 17] > sample.txt
     python scripts/routing_label_audit.py compare blind.txt
+    python scripts/routing_label_audit.py relabel fixes.txt
 
 `sample` draws reports from both splits with a fixed seed and prints only each one's
 source and text, never its labels, so that the relabelling cannot lean on them (nor on
@@ -13,6 +14,9 @@ any router output: none is read here). The relabeller writes one line per report
 `compare` prints the agreement of first labels and of label sets with the corpus, and
 each disagreement (source, blind labels, corpus labels) for checking against the thread.
 Agreement bounds what any router can score on these labels.
+
+`relabel` writes the labels a thread was checked to show (same `SOURCE | LABELS` lines)
+into the corpus, keeping every other line byte for byte, and prints each change.
 """
 
 from __future__ import annotations
@@ -77,6 +81,27 @@ def compare(path: Path) -> None:
         print(f"  {count:3d}  {kind}")
 
 
+def relabel(path: Path) -> None:
+    fixes = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            source, field = (part.strip() for part in line.split("|")[:2])
+            fixes[source] = parse_labels(field)
+    out = []
+    for line in CORPUS.read_text().splitlines():
+        report = json.loads(line)
+        if report["source"] in fixes:
+            labels, vague = fixes.pop(report["source"])
+            print(f"{report['source']}: {','.join(report['expected'])}{'?' if report['vague'] else ''} "
+                  f"-> {','.join(labels)}{'?' if vague else ''}")
+            report["expected"], report["vague"] = labels, vague
+            line = json.dumps(report, ensure_ascii=False)
+        out.append(line)
+    if fixes:
+        raise SystemExit(f"routing_label_audit: not in the corpus: {', '.join(sorted(fixes))}")
+    CORPUS.write_text("\n".join(out) + "\n", encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -85,11 +110,15 @@ def main() -> None:
     draw.add_argument("--seed", type=int, default=17)
     check = sub.add_parser("compare")
     check.add_argument("path", type=Path)
+    fix = sub.add_parser("relabel")
+    fix.add_argument("path", type=Path)
     args = parser.parse_args()
     if args.command == "sample":
         sample(args.n, args.seed)
-    else:
+    elif args.command == "compare":
         compare(args.path)
+    else:
+        relabel(args.path)
 
 
 if __name__ == "__main__":
