@@ -3,6 +3,7 @@
     pip install -e '.[router-train]'      # scikit-learn: needed here only, never at route time
     python scripts/train_router.py           # cross-validate on the training side, then fit and write
     python scripts/train_router.py --cv-only # figures only, nothing written
+    python scripts/train_router.py --cv-only --misses   # and the training side's cross-validated misses
 
 What it reads: the training side of the frozen split of the real user reports
 (diagnostics/routing/real_reports.jsonl; the test side is never opened here) and the
@@ -124,6 +125,25 @@ def export(names, coefs, intercepts, prune: float, abstain_below: float, seconda
             "weights": weights}
 
 
+def print_misses(x, cases, evidences, labels, folds, key, prune: float) -> None:
+    """Each real report whose cross-validated first choice is not its label's first."""
+    c, fw, a, s, f, r = key
+    print(f"\ncross-validated misses at C={c} first_weight={fw} (source | label | routed | text):")
+    for train, held in folds:
+        coefs, intercepts = fit(x[train], [labels[i] for i in train], c, fw)
+        for i, prob in zip(held, probabilities(x[held], coefs, intercepts, prune)):
+            case = cases[i]
+            if case["group"] == "hand-written":
+                continue
+            if not evidences[i].words.strip():
+                prob = dict.fromkeys(prob, 0.0)
+            plan = decide(evidences[i], prob, a, s, f, r)
+            if (case["vague"] and plan is None) or (plan is not None and plan[0] == case["expected"][0]):
+                continue
+            text = case["text"][:160].replace("\n", " ")
+            print(f"{case['source']} | {','.join(case['expected'])} | {','.join(plan) if plan else 'ambiguous'} | {text}")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cv-only", action="store_true")
@@ -131,6 +151,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--prune", type=float, default=0.05)
     parser.add_argument("--no-hand-written", action="store_true")
     parser.add_argument("--c", type=float, nargs="+", default=[3.0, 10.0, 30.0])
+    parser.add_argument("--misses", action="store_true",
+                        help="print the training side's cross-validated misses at the chosen settings "
+                             "(to review their labels against the threads; the test side is never read)")
     args = parser.parse_args(argv)
 
     cases = training_cases(not args.no_hand_written)
@@ -174,6 +197,8 @@ def main(argv: list[str]) -> int:
               f"cv top-1 real {r['real_ok'] / r['real']:.1%}, hand-written {r['hand_ok'] / max(1, r['hand']):.1%}, "
               f"two-label recall {r['two_ok'] / max(1, r['two']):.1%}, "
               f"extra specialists per one-label report {r['extra'] / max(1, r['single']):.2f}")
+    if args.misses:
+        print_misses(x, cases, evidences, labels, folds, ranked[0], args.prune)
     if args.cv_only:
         return 0
     c, fw, a, s, f, r = ranked[0]
