@@ -24,7 +24,14 @@ FAST = ["--threads", "1", "--samples", "64", "--image-size", "16"]
 TORCHRUN = ["-m", "torch.distributed.run", "--nproc_per_node", "2"]  # after sys.executable
 CASES = {
     "nan_quick --lr 10 (the LR fix helps)": ("loss is NaN", [str(PROGRAMS / "nan_quick.py"), "--lr", "10"]),
-    "nan_quick --lr 1000 (no fix helps: both tried)": ("loss is NaN", [str(PROGRAMS / "nan_quick.py"), "--lr", "1000"]),
+    "nan_quick --lr 1000 (the LR x its measured growth helps)": ("loss is NaN", [str(PROGRAMS / "nan_quick.py"), "--lr",
+                                                                                "1000"]),
+    "tiny GPT --learning_rate=1000 (AdamW: the LR x its weights' RMS helps)": (
+        "loss is NaN", [str(REPO / "diagnostics" / "numerics" / "tiny_gpt_configurator.py"), "--learning_rate=1000"]),
+    "nan_causes --amp float16 --lr 3 (two causes: the LR's fix helps, float32's does not)": (
+        "loss is NaN", [str(PROGRAMS / "nan_causes.py"), "--amp", "float16", "--lr", "3"]),
+    "nan_causes --poison 21 (the poisoned batch skipped)": ("loss is NaN", [str(PROGRAMS / "nan_causes.py"), "--poison",
+                                                                            "21"]),
     "sleepy_loader (workers help)": ("training is slow", [str(PROGRAMS / "sleepy_loader.py")]),
     "resnet_nan --bug lr": ("loss is NaN", [str(SAMPLES / "resnet_nan.py"), "--bug", "lr", "--epochs", "8", *FAST]),
     "resnet_slow --bug dataloader": ("training is slow", [str(SAMPLES / "resnet_slow.py"), "--bug", "dataloader", *FAST]),

@@ -44,7 +44,8 @@ def test_every_intervention_is_applied_measured_and_verifies_documented_codes():
     documented = (DOCS / "finding_codes.md").read_text()
     assert set(PLUGINS) == set(interventions.BY_NAME)
     for intervention in interventions.INTERVENTIONS:
-        assert intervention.metric in interventions.METRICS and intervention.metric in METRICS
+        for metric in (intervention.metric, *intervention.metric_for.values()):
+            assert metric in interventions.METRICS and metric in METRICS
         assert intervention.verifies and all(f"`{c.split('.', 1)[1]}`" in documented or f"`{c}`" in documented
                                              for c in intervention.verifies)  # a contract code, or an added one
         settings = intervention.settings_for({"clip_at": 2.0, "lr_start": 0.1, "lr_before_onset": 1.0, "cores": 4,
@@ -52,7 +53,9 @@ def test_every_intervention_is_applied_measured_and_verifies_documented_codes():
                                               "training_mode": False, "causes": [{"kind": "ops"}],
                                               "estimated_peak_bytes": 2e8, "budget_bytes": 1e8, "largest_batch": 30,
                                               "expected_gains": [
-                                                  {"change": "threads", "cores_per_process": 2}]})
+                                                  {"change": "threads", "cores_per_process": 2}],
+                                              "dtype": "float16", "lowest_scale": 8.0, "first_scale": 64.0,
+                                              "indices": [3]})
         assert intervention.describe(settings)  # the phrase takes its own settings
 
 
@@ -67,6 +70,37 @@ def test_settings_come_from_the_evidence_where_it_measured_them():
     workers = interventions.BY_NAME["dataloader_workers"]
     assert workers.settings_for({"cores": 16})["num_workers"] == 4
     assert workers.settings_for({"cores": 2})["num_workers"] == 2  # one worker only alternates with the loop
+
+
+def test_the_lr_factor_comes_from_what_the_explosion_measured():
+    scale = interventions.BY_NAME["lr_scale"]
+    # AdamW at 1000 on weights of RMS 0.02: each step moves a weight by ~the LR; 1 % of 0.02
+    adam = scale.settings_for({"adaptive": True, "weight_rms": 0.02, "lr_configured": 1000.0, "lr_before_onset": 167.0,
+                               "growth_per_step": 2.9e9})
+    assert adam["factor"] * 1000.0 == pytest.approx(2e-4)
+    # SGD whose gradient grew x27.5 a step: lr*lambda ~ 28.5, so x0.5/28.5 lands below 2/lambda
+    assert scale.settings_for({"adaptive": False, "growth_per_step": 27.5})["factor"] == pytest.approx(0.018)
+    assert scale.settings_for({"adaptive": False, "growth_per_step": 1.5})["factor"] == 0.1  # at least 10x lower
+    assert scale.settings_for({"adaptive": True, "lr_configured": 3.0})["factor"] == 0.01  # weights not measured
+    assert scale.retry({"factor": 0.018}) == {"factor": 0.0018}  # the second rung, 10x lower again
+    assert interventions.BY_NAME["clip_grad_norm"].retry is None  # one try
+
+
+def test_the_other_numerics_fixes_apply_only_where_their_cause_was_measured():
+    fp32 = interventions.BY_NAME["autocast_float32"]
+    assert fp32.settings_for({"dtype": "bfloat16"}) == {"from_dtype": "bfloat16"}
+    assert fp32.settings_for({"dtype": "float32"}) is None and fp32.settings_for({}) is None  # no autocast
+    scaler = interventions.BY_NAME["grad_scaler_scale"]
+    assert scaler.settings_for({"lowest_scale": 512.0, "first_scale": 65536.0}) == {"init_scale": 512.0}
+    assert scaler.settings_for({"lowest_scale": 65536.0, "first_scale": 65536.0}) is None  # it never fell
+    assert scaler.settings_for({"dtype": "float16", "op": "aten::addmm"}) is None  # an op's overflow: no scale fell
+    skip = interventions.BY_NAME["skip_batches"]
+    assert skip.settings_for({"indices": [37], "dataset": "Poisoned", "epoch": 0, "batch": 4}) == {
+        "skip": {"indices": [37]}, "dataset": "Poisoned"}
+    unknowable = skip.settings_for({"indices": None, "dataset": "Stream", "epoch": 1, "batch": 4})
+    assert unknowable == {"skip": {"epoch": 1, "batch": 4}, "dataset": "Stream"}
+    assert skip.describe(unknowable) == "batch 4 of epoch 1 skipped"
+    assert skip.settings_for({"indices": None}) is None  # no loader seen: nothing to skip
 
 
 @pytest.mark.parametrize("text", [None, "", "not json", '{"name": "no_such"}', '["lr_scale"]'])
@@ -160,6 +194,79 @@ def test_every_generator_is_seeded_at_the_start_and_deterministic_algorithms_are
     assert not [e for e in events if e["ev"] == "seed"]  # not taken for the program's own seeding
 
 
+SKIPPING = """
+import json, torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
+
+class Numbers(Dataset):
+    def __len__(self):
+        return 12
+    def __getitem__(self, i):
+        return i
+
+class Other(Numbers):
+    pass
+
+torch.manual_seed(0)
+loaders = {"plain": DataLoader(Numbers(), batch_size=4), "shuffled": DataLoader(Numbers(), 4, shuffle=True),
+           "batch_sampler": DataLoader(Numbers(), batch_sampler=BatchSampler(SequentialSampler(range(12)), 4, False)),
+           "workers": DataLoader(Numbers(), batch_size=4, num_workers=1), "other": DataLoader(Other(), batch_size=4)}
+out = {name: [[b.tolist() for b in loader] for _ in range(2)] for name, loader in loaders.items()}
+out["batch_size"] = loaders["plain"].batch_size
+print(json.dumps(out))
+"""
+
+
+def test_the_batches_holding_the_poisoned_indices_are_left_out_every_epoch(tmp_path):
+    asked = interventions.encode("skip_batches", {"skip": {"indices": [5]}, "dataset": "Numbers"})
+    out, events = run_with(SKIPPING, tmp_path, asked)
+    kept = [[0, 1, 2, 3], [8, 9, 10, 11]]
+    for name in ("plain", "batch_sampler", "workers"):
+        assert out[name] == [kept, kept], name
+    assert out["other"][0] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]  # another dataset: untouched
+    shuffled = out["shuffled"]
+    assert all(len(epoch) == 2 and 5 not in sum(epoch, []) for epoch in shuffled)  # wherever 5 fell
+    assert out["batch_size"] == 4  # the loader the program reads is the one it built
+    plain, _ = run_with(SKIPPING, tmp_path / "plain", None)
+    assert plain["shuffled"][0] != plain["shuffled"][1] and len(plain["shuffled"][0]) == 3
+    assert [e for e in events if e["ev"] == "intervention"][-1]["applied"] == 4 * 2  # batches left out: 4 loaders, 2 epochs
+
+
+def test_where_the_indices_were_not_knowable_the_batch_at_the_failing_place_is_left_out(tmp_path):
+    asked = interventions.encode("skip_batches", {"skip": {"epoch": 1, "batch": 2}, "dataset": "Numbers"})
+    out, _ = run_with(SKIPPING, tmp_path, asked)
+    assert out["plain"] == [[[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]], [[0, 1, 2, 3], [4, 5, 6, 7]]]
+
+
+AMP = """
+import json, torch
+scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 20)
+low = torch.amp.GradScaler("cpu", init_scale=4.0)
+w = torch.randn(8, 8)
+with torch.autocast("cpu", dtype=torch.bfloat16):
+    inside = (w @ w).dtype
+with torch.cpu.amp.autocast(dtype=torch.bfloat16):
+    legacy = (w @ w).dtype
+print(json.dumps({"inside": str(inside), "legacy": str(legacy), "scale": scaler.get_scale(),
+                  "low": low.get_scale()}))
+"""
+
+
+def test_autocast_regions_run_in_float32(tmp_path):
+    out, events = run_with(AMP, tmp_path, interventions.encode("autocast_float32", {"from_dtype": "bfloat16"}))
+    assert (out["inside"], out["legacy"]) == ("torch.float32", "torch.float32")
+    plain, _ = run_with(AMP, tmp_path / "plain", None)
+    assert (plain["inside"], plain["legacy"]) == ("torch.bfloat16", "torch.bfloat16")
+    assert [e for e in events if e["ev"] == "intervention"][-1]["applied"] == 2
+
+
+def test_grad_scalers_start_at_the_lower_scale_and_keep_a_lower_one(tmp_path):
+    out, _ = run_with(AMP, tmp_path, interventions.encode("grad_scaler_scale", {"init_scale": 256.0}))
+    assert (out["scale"], out["low"]) == (256.0, 4.0)
+    plain, _ = run_with(AMP, tmp_path / "plain", None)
+    assert plain["scale"] == 2.0 ** 20
+
+
 # -- measured and put on the finding ------------------------------------------------------------
 NAN_BEFORE = {"step": 14, "value": "inf", "steps": 14, "first_loss": 1.1, "last_finite_loss": 8e33}
 
@@ -171,6 +278,8 @@ NAN_BEFORE = {"step": 14, "value": "inf", "steps": 14, "first_loss": 1.1, "last_
     # real nanoGPT at --learning_rate=1000, the LR x0.01: finite, but 4.19 -> 258.8 is no training
     ({"step": None, "value": None, "steps": 28, "first_loss": 4.19, "last_finite_loss": 258.8}, False),
     ({"step": None, "value": None, "steps": 9, "first_loss": 1.1, "last_finite_loss": 0.9}, None),  # ended early
+    # the program ended on its own, finite, before the step that failed: its batch was left out
+    ({"step": None, "value": None, "steps": 9, "first_loss": 1.1, "last_finite_loss": 0.9, "completed": True}, True),
 ])
 def test_a_nan_fix_helps_only_when_the_loss_stays_finite_and_bounded_past_the_failure(after, helped):
     metric = measure.METRICS["first_nonfinite_step"]
@@ -248,6 +357,86 @@ def test_attach_ranks_the_fixes_and_demotes_a_finding_none_of_them_helped(tmp_pa
     assert loader.severity == "info" and loader.verified["helped"] is False  # demoted, saying what was tried
     assert other.verified is None and "verified" not in other.to_dict()
     assert notes == ["numerics.loss_spike was not verified: the verification budget was spent"]
+
+
+def test_the_cause_whose_fix_removed_the_nan_is_ranked_above_the_one_whose_fix_did_not(tmp_path):
+    explosion = Finding("numerics.grad_explosion", "numerics", "error", "grew", evidence={"step": 6})
+    loss = Finding("numerics.nonfinite_loss", "numerics", "error", "nan", evidence={"step": 15})
+    fp16 = Finding("numerics.fp16_overflow", "numerics", "warning", "overflow", evidence={"step": 15})
+    tried = {"numerics.grad_explosion": ("lr_scale", False), "numerics.fp16_overflow": ("autocast_float32", True)}
+    (tmp_path / attaching.STATE_FILE).write_text(json.dumps({"results": [
+        {"finding": {"code": code, "step": step}, "verified": {"intervention": name, "helped": helped,
+                                                                 "metric": "first_nonfinite_step"}}
+        for (code, (name, helped)), step in zip(tried.items(), (6, 15))]}))
+    findings = [explosion, loss, fp16]
+    attaching.attach(findings, tmp_path)
+    assert findings == [fp16, loss, explosion]  # the cause first, where the explosion stood
+    assert (fp16.severity, explosion.severity) == ("error", "warning")  # promoted; demoted
+    from ptdiag.findings import sort_findings
+    assert [f.code for f in sort_findings(findings, ["numerics"])][0] == "numerics.fp16_overflow"
+
+
+def test_with_every_cause_refuted_the_specialists_order_stands(tmp_path):
+    explosion = Finding("numerics.grad_explosion", "numerics", "error", "grew", evidence={"step": 6})
+    fp16 = Finding("numerics.fp16_overflow", "numerics", "warning", "overflow", evidence={"step": 15})
+    (tmp_path / attaching.STATE_FILE).write_text(json.dumps({"results": [
+        {"finding": {"code": f.code, "step": f.evidence["step"]},
+         "verified": {"intervention": "x", "helped": False, "metric": "first_nonfinite_step"}}
+        for f in (explosion, fp16)]}))
+    findings = [explosion, fp16]
+    attaching.attach(findings, tmp_path)
+    assert findings == [explosion, fp16] and (explosion.severity, fp16.severity) == ("warning", "info")
+
+
+def test_a_diverged_loss_is_helped_when_it_ends_within_10x_of_where_it_began_over_as_many_steps():
+    metric = measure.METRICS["loss_growth"]
+    before = {"step": None, "value": None, "steps": 30, "first_loss": 4.13, "last_finite_loss": 148.6}
+    after = {"step": None, "value": None, "steps": 30, "first_loss": 4.13, "last_finite_loss": 4.04}
+    assert metric.helped(before, after) is True
+    assert metric.helped(before, {**after, "last_finite_loss": 60.0}) is False  # x14.5: still diverges
+    assert metric.helped(before, {**after, "step": 12, "value": "nan"}) is False
+    assert metric.helped(before, {**after, "steps": 12}) is None  # fewer steps
+    assert "4.13 -> 4.04 over 30 steps (it went 4.13 -> 148.6" in metric.sentence("x", before, after, True)
+    assert interventions.BY_NAME["lr_scale"].metric_of("numerics.loss_diverged") == "loss_growth"
+    assert interventions.BY_NAME["lr_scale"].metric_of("numerics.grad_explosion") == "first_nonfinite_step"
+
+
+def test_a_scaler_fix_helps_when_the_share_of_dropped_updates_falls():
+    metric = measure.METRICS["scaler_skips"]
+    before = {"skipped": 9, "backward_passes": 12, "first_skipped": [1], "first_scale": 2.0 ** 26, "steps": 3}
+    after = {"skipped": 0, "backward_passes": 3, "first_skipped": [], "first_scale": 131072.0, "steps": 3}
+    assert metric.helped(before, after) is True  # the same 3 updates, in 3 backward passes instead of 12
+    assert metric.helped(before, {**after, "skipped": 2, "backward_passes": 5}) is False  # 40 % against 75 %
+    assert metric.helped(before, {**after, "steps": 2}) is None  # ended early
+    assert "dropped 0 of 3 updates (it dropped 9 of 12)" in metric.sentence("x", before, after, True)
+
+
+def test_an_lr_factor_that_did_not_help_gets_one_stronger_rung_and_no_more(tmp_path, monkeypatch):
+    import contextlib
+    from types import SimpleNamespace
+
+    from ptdiag import verification
+
+    explosion = Finding("numerics.grad_explosion", "numerics", "error", "grew", evidence={"step": 4})
+    scale, clip = interventions.BY_NAME["lr_scale"], interventions.BY_NAME["clip_grad_norm"]
+    planned = [verification.Planned(explosion, scale, {"factor": 0.01}, {"step": 9}, 19, "first_nonfinite_step"),
+               verification.Planned(explosion, clip, {"max_norm": 1.0}, {"step": 9}, 19, "first_nonfinite_step")]
+    tried = []
+
+    def verify(ctx, item, left):  # the LR helps from x0.001 down; run order and folders recorded
+        tried.append((item.folder, item.settings))
+        helped = item.intervention is scale and item.settings["factor"] <= 0.001
+        return {"verified": {"intervention": item.intervention.name, "settings": item.settings, "helped": helped}}
+
+    monkeypatch.setattr(verification, "plan", lambda findings, run: planned)
+    monkeypatch.setattr(verification, "_verify", verify)
+    _recorded(tmp_path, [{"ev": "optimizer", "cls": "SGD", "groups": []}, {"ev": "exit", "steps": 9}])
+    ctx = SimpleNamespace(options=SimpleNamespace(verify=True, verify_budget_s=100.0), run_dir=tmp_path,
+                          keeping_saved_files=lambda run: contextlib.nullcontext())
+    verification.after_run(ctx, [])
+    assert tried == [("verify-lr_scale", {"factor": 0.01}), ("verify-lr_scale-rung2", {"factor": 0.001})]
+    results = json.loads((tmp_path / attaching.STATE_FILE).read_text())["results"]
+    assert [r["verified"]["helped"] for r in results] == [False, True]  # clipping not tried: the LR helped
 
 
 def test_a_skipped_verification_is_said_once_as_a_note(tmp_path):

@@ -207,3 +207,34 @@ def test_a_loss_that_spiked_and_came_back_or_went_down_is_not_diverged():
     learning = [(s, 3.0 / s) for s in range(1, 12)]
     assert history.loss_divergence(spiked) is None and history.loss_divergence(learning) is None
     assert history.loss_divergence(spiked[:3]) is None  # too few steps to say
+
+
+def _adam_run(tmp_path, lr: float):
+    """AdamW whose second step's backward went NaN in the attention: too soon for a trajectory."""
+    events = [("optimizer", {"cls": "AdamW", "groups": [{"lr": lr}]}),
+              ("numerics_graph", {"step": 1, "backward": 1, "loss_ops": [], "one_class": [], "trainable": 4,
+                                  "with_grad": 4, "weight_rms": 0.02}),
+              watch(1, 4.2, 0.5, step=1), ("step", {"step": 1, "lr": [lr]}), ("loss", {"step": 1, "value": 4.2}),
+              watch(2, 4.0e5, "nan", step=2),
+              ("numerics_culprit", {"step": 2, "backward": 2, "phase": "backward", "module": "h.1.attn", "node": "SdpaBackward0",
+                                    "op": "aten::_scaled_dot_product_flash_attention_for_cpu_backward", "output_nan": True,
+                                    "grads_finite": False, "loss_finite": True})]
+    return analyse(recorded(tmp_path, events, args={"learning_rate": 1000.0})).findings
+
+
+def test_adam_updates_larger_than_the_weights_are_the_cause_of_a_nan_too_soon_for_a_trajectory(tmp_path):
+    findings = _adam_run(tmp_path, 166.7)
+    cause, op = findings[0], next(f for f in findings if f.code == "numerics.nonfinite_backward")
+    assert cause.code == "numerics.lr_too_high" and cause.severity == "error"
+    assert cause.evidence["update_ratio"] == 166.7 / 0.02 and cause.evidence["lr_configured"] == 1000.0
+    assert "0.0002" in cause.fix and "configured learning_rate=1000" in cause.fix
+    assert op.severity == "warning" and op.fix.startswith("Lower the learning rate above")  # where it surfaced
+    # the LR fix verifies it, at 1 % of the weights' RMS from the highest LR asked for
+    from ptdiag import interventions
+    assert interventions.BY_NAME["lr_scale"].settings_for(cause.evidence) == {"factor": 2e-07}
+
+
+def test_adam_at_an_lr_below_the_weights_leaves_the_op_as_the_cause(tmp_path):
+    findings = _adam_run(tmp_path, 1e-3)
+    assert findings[0].code == "numerics.nonfinite_backward" and findings[0].severity == "error"
+    assert not [f for f in findings if f.code == "numerics.lr_too_high"]

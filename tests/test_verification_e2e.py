@@ -27,8 +27,12 @@ def test_an_exploding_lr_is_verified_by_the_fix_that_removes_the_nan(workdir):
     verified = explosion["verified"]
     failed_at = verified["before"]
     assert failed_at == report["steps_observed"]  # the main run stopped at its NaN
-    # the learning rate x0.01 removed the NaN: finite through the bound, a loss that fell
+    # the learning rate, scaled as the measured growth says is stable, removed the NaN: finite
+    # through the bound, a loss that fell
     assert (verified["intervention"], verified["helped"], verified["after"]) == ("lr_scale", True, None)
+    factor = verified["settings"]["factor"]
+    growth = explosion["evidence"]["growth_per_step"]
+    assert factor < 1 / growth < 1  # the LR x margin/(1 + growth): below 2/lambda
     assert verified["steps"] == 2 * failed_at  # the failing step plus its margin
     after = verified["measured"]["after"]
     assert after["last_finite_loss"] < after["first_loss"]
@@ -37,25 +41,24 @@ def test_an_exploding_lr_is_verified_by_the_fix_that_removes_the_nan(workdir):
     assert [p.name for p in (run_dir / "companions").iterdir()] == ["verify-lr_scale"]
     folder = run_dir / "companions" / "verify-lr_scale"
     assert (folder / "stdout.log").exists() and (folder / "stderr.log").exists()
-    assert stderr.count("verify-lr_scale run: the command again with the learning rate x0.01 for") == 1
-    assert "verified: with the learning rate x0.01 the loss stayed finite" in stderr
+    assert stderr.count(f"verify-lr_scale run: the command again with the learning rate x{factor:g} for") == 1
+    assert f"verified: with the learning rate x{factor:g} the loss stayed finite" in stderr
     page = (run_dir / "report.html").read_text()
     assert "with the fix" in page and 'data-plot="verified-lr_scale-losses"' in page  # numbers and both curves
 
 
-def test_fixes_that_do_not_remove_the_nan_demote_the_finding_and_are_ranked(workdir):
-    report, stderr, _ = diagnose(workdir, "loss is NaN", "nan_quick.py", "--lr", "1000")
+def test_an_lr_far_too_high_is_scaled_as_far_as_its_measured_growth_says(workdir):
+    """At lr=1000 the fixed x0.01 still went non-finite (later) and gradients clipped at the
+    pre-explosion p99 stayed finite yet diverged: the factor from the growth trains."""
+    report, stderr, run_dir = diagnose(workdir, "loss is NaN", "nan_quick.py", "--lr", "1000")
     explosion = next(f for f in report["findings"] if f["code"] == "numerics.grad_explosion")
-    assert explosion["severity"] == "warning"  # an error without verification
-    tried = [explosion["verified"], *explosion["verified"]["also"]]
-    assert sorted(v["intervention"] for v in tried) == ["clip_grad_norm", "lr_scale"]
-    assert all(v["helped"] is False for v in tried)
-    by_name = {v["intervention"]: v for v in tried}
-    assert by_name["lr_scale"]["after"] > by_name["lr_scale"]["before"]  # the NaN came later, still came
-    assert by_name["clip_grad_norm"]["after"] is None  # finite, yet still diverging:
-    growth = by_name["clip_grad_norm"]["measured"]["after"]
-    assert growth["last_finite_loss"] > 100 * growth["first_loss"]
-    assert "tried, did not help: " in stderr
+    verified = explosion["verified"]
+    assert verified["intervention"] == "lr_scale" and verified["helped"] is True
+    assert verified["settings"]["factor"] * 1000 < 1  # the LR brought below 1, where x0.01 left it at 10
+    after = verified["measured"]["after"]
+    assert after["step"] is None and after["last_finite_loss"] < after["first_loss"]
+    assert explosion["severity"] == "error" and "also" not in verified
+    assert [p.name for p in (run_dir / "companions").iterdir()] == ["verify-lr_scale"]
 
 
 def test_a_data_bound_step_is_verified_with_workers(workdir):

@@ -120,9 +120,9 @@ EVENTS: dict[str, EventKind] = {
     # numerics
     "numerics": _kind("step backward loss out_finite norms norm scale nonfinite_modules",
                       "a backward pass's loss, output finiteness and gradient norms (backward: its count)"),
-    "numerics_graph": _kind("step backward loss_ops one_class trainable with_grad",
+    "numerics_graph": _kind("step backward loss_ops one_class trainable with_grad weight_rms",
                             "the first backward's loss graph: its nodes, softmaxes over one class, "
-                            "parameters trainable and with a gradient"),
+                            "parameters trainable and with a gradient; the weight matrices' RMS before any update"),
     "numerics_amp": _kind("step bf16_supported device dtype", "autocast was on in the step"),
     "numerics_culprit": _kind("step backward call_line autocast loss_finite outputs_finite nonfinite_modules grads_finite "
                               f"localise_s phase reason loss_ops {_CULPRIT_OP} {_BAD_BATCH}",

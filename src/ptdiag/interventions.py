@@ -14,7 +14,7 @@ The intervention a companion process applies reaches it through INTERVENTION_ENV
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 # metric -> what it measures (ptdiag.verification.measure reads a companion run for it)
@@ -28,6 +28,8 @@ METRICS = {
     "unused_forwards": "the forwards that recorded an autograd graph no backward used, at the finding's line, "
                        "and the peak memory",
     "step_peak": "a training step's peak memory, measured by MemTracker on real tensors, against --target-memory",
+    "loss_growth": "the loss's last value against its first, over the same steps (diverged: 10x above or more)",
+    "scaler_skips": "the backward passes whose update a GradScaler skipped (inf/NaN gradients), over the same steps",
 }
 
 
@@ -36,7 +38,9 @@ class Intervention:
     name: str
     area: str  # the specialist whose findings it verifies
     changes: str  # what it changes in the program, in a sentence
-    phrase: str  # what a verification run changed, for "with <phrase> the loss stayed finite": settings fill it
+    # what a verification run changed, for "with <phrase> the loss stayed finite": settings fill
+    # it (str.format), or a function of the settings where their shape varies
+    phrase: str | Callable[[dict], str]
     verifies: tuple[str, ...]  # finding codes
     defaults: dict[str, Any]  # its settings, when the finding's evidence does not give them
     metric: str  # a key of METRICS
@@ -45,6 +49,15 @@ class Intervention:
     # "optimizer": applied at a torch.optim optimizer's step, so nothing in a program that
     # updates its weights by hand (verification does not run it there, and says why)
     acts_on: str | None = None
+    # the settings of one stronger try where the first did not help (a ladder of at most two
+    # rungs, within the verification budget); None: one try
+    retry: Callable[[dict], dict] | None = None
+    # finding code -> the metric for it, where not `metric` (the LR fix: a NaN for an
+    # explosion, the loss's growth for a loss that diverged without one)
+    metric_for: dict[str, str] = field(default_factory=dict)
+
+    def metric_of(self, code: str) -> str:
+        return self.metric_for.get(code, self.metric)
 
     def settings_for(self, evidence: dict) -> dict[str, Any] | None:
         """Its settings for a finding with this evidence; None where a setting without a
@@ -55,7 +68,7 @@ class Intervention:
 
     def describe(self, settings: dict[str, Any]) -> str:
         """'gradients clipped at 146': what the run changed, for sentences."""
-        return self.phrase.format(**settings)
+        return self.phrase(settings) if callable(self.phrase) else self.phrase.format(**settings)
 
 
 def _loader_workers(evidence: dict) -> dict:
@@ -100,6 +113,66 @@ def _lr_before_the_rise(evidence: dict) -> dict:
     return {"max_lr": start} if start and cause and start < cause else {}
 
 
+# lr_scale's factor, from the explosion's evidence (_lr_factor). An adaptive optimizer (Adam...)
+# moves every weight by about the learning rate each step, whatever the gradient: stable
+# where that is a small share of the weights' RMS (nanoGPT's 6e-4 against its 0.02 init is
+# 3 %). A plain one (SGD) on a quadratic multiplies the unstable direction by |1 - lr*lambda|
+# each step: the measured growth g of the gradient norm gives lr*lambda = 1 + g, and the
+# LR x margin/(1+g) lands below 2/lambda, where it converges.
+STABLE_UPDATE_SHARE = 0.01
+STABILITY_MARGIN = 0.5
+LR_FACTOR_MAX = 0.1  # at least 10x lower: less does not test "the LR was too high"
+LR_FACTOR_UNMEASURED = 0.01  # neither measured (no weights seen, no growth)
+LR_LADDER_STEP = 0.1  # the second rung, where the first still failed: 10x lower again
+
+
+def _lr_factor(evidence: dict) -> dict:
+    """The factor that brings the LR to where the measurements say it is stable (above)."""
+    lrs = [v for v in (evidence.get(k) for k in ("lr_configured", "lr_before_onset", "lr_start"))
+           if isinstance(v, (int, float)) and v > 0]
+    weights, growth = evidence.get("weight_rms"), evidence.get("growth_per_step")
+    if evidence.get("adaptive") and weights and lrs:
+        factor = STABLE_UPDATE_SHARE * weights / max(lrs)
+    elif not evidence.get("adaptive") and growth:
+        factor = STABILITY_MARGIN / (1.0 + growth)
+    else:
+        factor = LR_FACTOR_UNMEASURED
+    return {"factor": float(f"{min(factor, LR_FACTOR_MAX):.2g}")}
+
+
+def _reduced_precision(evidence: dict) -> dict:
+    """An op that failed in float16 or bfloat16 (under autocast: the program's float32 model)."""
+    dtype = evidence.get("dtype")
+    return {"from_dtype": dtype} if dtype in ("float16", "bfloat16") else {}
+
+
+def _scale_it_fell_to(evidence: dict) -> dict:
+    """The scale the GradScaler fell to, where it fell below where the program started it
+    (a scaler that skipped at its first scale and never fell has nothing lower to try)."""
+    low, first = evidence.get("lowest_scale"), evidence.get("first_scale")
+    return {"init_scale": low} if low and first and low < first else {}
+
+
+def _poisoned_batches(evidence: dict) -> dict:
+    """The poisoned dataset indices where the numerics specialist confirmed them, else the
+    batch's place (its epoch and position in it, as the loader handed it out); the
+    dataset's class, so that another loader (the evaluation's) is left alone."""
+    if evidence.get("indices"):
+        skip = {"indices": list(evidence["indices"])}
+    elif evidence.get("batch") is not None and evidence.get("epoch") is not None:
+        skip = {"epoch": evidence["epoch"], "batch": evidence["batch"]}
+    else:
+        return {}
+    return {"skip": skip, "dataset": evidence.get("dataset")}
+
+
+def _skipped(settings: dict) -> str:
+    skip = settings["skip"]
+    if "indices" in skip:
+        return f"the batches holding dataset indices {skip['indices']} skipped"
+    return f"batch {skip['batch']} of epoch {skip['epoch']} skipped"
+
+
 # in the order they are tried for one finding: the cause the finding names first (a schedule
 # that raised the LR, an LR too high), then the remedy for its effect (clipping)
 INTERVENTIONS: tuple[Intervention, ...] = (
@@ -114,14 +187,36 @@ INTERVENTIONS: tuple[Intervention, ...] = (
         "lr_scale", "numerics", "the learning rate of every parameter group scaled right before each optimizer "
                                 "step (on top of the program's own schedule)",
         "the learning rate x{factor:g}",
-        verifies=("numerics.grad_explosion",),
-        defaults={"factor": 0.01}, acts_on="optimizer", metric="first_nonfinite_step"),
+        verifies=("numerics.grad_explosion", "numerics.lr_too_high", "numerics.loss_diverged"),
+        defaults={"factor": LR_FACTOR_UNMEASURED}, acts_on="optimizer",
+        metric="first_nonfinite_step", metric_for={"numerics.loss_diverged": "loss_growth"}, from_evidence=_lr_factor,
+        retry=lambda settings: {"factor": float(f"{settings['factor'] * LR_LADDER_STEP:.2g}")}),
     Intervention(
         "clip_grad_norm", "numerics", "gradients clipped to a total norm before each optimizer step",
         "gradients clipped at {max_norm:.3g}",
         verifies=("numerics.grad_explosion",),
         defaults={"max_norm": 1.0}, acts_on="optimizer", metric="first_nonfinite_step",
         from_evidence=lambda e: {"max_norm": e.get("clip_at")}),
+    # the cause an op-level finding under autocast names: the reduced precision's range
+    Intervention(
+        "autocast_float32", "numerics", "every autocast region entered disabled, so its ops run in float32 "
+                                        "(the GradScaler, if any, left as it is)",
+        "the autocast regions in float32 instead of {from_dtype}",
+        verifies=("numerics.fp16_overflow", "numerics.nonfinite_forward"),
+        defaults={"from_dtype": None}, metric="first_nonfinite_step", from_evidence=_reduced_precision),
+    Intervention(
+        "grad_scaler_scale", "numerics", "every GradScaler built with a lower initial scale (a program's lower "
+                                         "one is kept)",
+        "the GradScaler's initial scale at {init_scale:g}",
+        verifies=("numerics.fp16_overflow",),
+        defaults={"init_scale": None}, metric="scaler_skips",
+        from_evidence=_scale_it_fell_to),
+    Intervention(
+        "skip_batches", "numerics", "the DataLoader's batches that held the poisoned samples left out (every epoch), "
+                                    "or, where the samples were not knowable, the one batch at the failing position",
+        _skipped,
+        verifies=("numerics.nonfinite_input",),
+        defaults={"skip": None}, metric="first_nonfinite_step", from_evidence=_poisoned_batches),
     Intervention(
         "seed_all", "reproducibility", "torch (every device), python and numpy seeded when torch is imported, "
                                        "deterministic algorithms on (warn only), cuDNN deterministic",

@@ -100,6 +100,99 @@ class ClipGradNorm(Applied):
             self._applied()
 
 
+class AutocastFloat32(Applied):
+    """Each autocast region built disabled: its ops run in the dtype the program's tensors
+    have (float32), as if the program had never asked for mixed precision."""
+
+    def on_amp_args(self, kind, arguments) -> None:
+        if kind == "autocast" and arguments.get("enabled", True):
+            arguments["enabled"] = False
+            self._applied()
+
+
+class ScalerInitScale(Applied):
+    """Each GradScaler built with `init_scale` at most the settings' (a lower one the
+    program chose is kept): the scale the main run's GradScaler fell to."""
+
+    def on_amp_args(self, kind, arguments) -> None:
+        if kind != "grad_scaler":
+            return
+        lower = float(self.settings["init_scale"])
+        if float(arguments.get("init_scale", 2.0 ** 16)) > lower:
+            arguments["init_scale"] = lower
+        self._applied()
+
+
+class SkipBatches(Applied):
+    """The batches that held the poisoned samples left out of each DataLoader over the
+    dataset class named (any, where none is): its sampler is wrapped to hand out whole
+    batches' indices minus those batches (SkippingSampler), so the other batches and
+    their order stay what the program's sampler drew."""
+
+    def on_dataloader_args(self, arguments) -> None:
+        from torch.utils.data import IterableDataset, RandomSampler, SequentialSampler
+
+        dataset, wanted = arguments.get("dataset"), self.settings.get("dataset")
+        if isinstance(dataset, IterableDataset) or (wanted and type(dataset).__name__ != wanted):
+            return  # an iterable dataset has no indices to leave out
+        skip, taken = self.settings["skip"], self._applied
+        if arguments.get("batch_sampler") is not None:
+            arguments["batch_sampler"] = SkippingSampler(arguments["batch_sampler"], None, skip, taken)
+            return
+        sampler = arguments.get("sampler")
+        if sampler is None:
+            sampler = (RandomSampler(dataset, generator=arguments.get("generator")) if arguments.get("shuffle")
+                       else SequentialSampler(dataset))  # what the DataLoader would build
+        size = arguments.get("batch_size", 1)
+        arguments["sampler"], arguments["shuffle"] = SkippingSampler(sampler, size or 1, skip, taken), None
+
+
+class SkippingSampler:
+    """A sampler (`size`: its indices grouped as the DataLoader batches them) or a batch
+    sampler (`size` None) without the batches that hold `skip["indices"]`, or without batch
+    `skip["batch"]` of epoch `skip["epoch"]` (each iteration is an epoch, as the
+    DataLoader starts one per epoch). Anything else is the wrapped sampler's (set_epoch)."""
+
+    def __init__(self, sampler, size, skip: dict, taken) -> None:
+        self._sampler, self._size, self._skip, self._taken = sampler, size, skip, taken
+        self._epoch = -1
+
+    def __getattr__(self, name):
+        if name.startswith("_"):  # not yet set (a copy being built): never the wrapped one's
+            raise AttributeError(name)
+        return getattr(self._sampler, name)
+
+    def __len__(self) -> int:
+        return len(self._sampler)
+
+    def _batches(self):
+        if self._size is None:
+            yield from self._sampler
+            return
+        batch = []
+        for index in self._sampler:
+            batch.append(index)
+            if len(batch) == self._size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def _poisoned(self, position: int, batch) -> bool:
+        if "indices" in self._skip:
+            held = batch if isinstance(batch, (list, tuple)) else [batch]
+            return any(i in self._skip["indices"] for i in held)
+        return (self._epoch, position) == (self._skip["epoch"], self._skip["batch"])
+
+    def __iter__(self):
+        self._epoch += 1
+        for position, batch in enumerate(self._batches()):
+            if self._poisoned(position, batch):
+                self._taken()
+                continue
+            yield from (batch if self._size is not None else [batch])
+
+
 class LoaderWorkers(Applied):
     """Each DataLoader built with `num_workers` worker processes (and pinned memory where
     asked; "auto": where CUDA is available). A loader already given more workers keeps them."""
@@ -153,6 +246,7 @@ class Seeded(Applied):
 
 PLUGINS = {"lr_cap": CapLR, "lr_scale": ScaleLR, "clip_grad_norm": ClipGradNorm, "dataloader_workers": LoaderWorkers,
            "seed_all": Seeded}
+PLUGINS.update(autocast_float32=AutocastFloat32, grad_scaler_scale=ScalerInitScale, skip_batches=SkipBatches)
 
 
 # -- performance and distributed: threads, the loader's sampler -----------------------------------

@@ -176,30 +176,44 @@ def _dataloader(probe: "Probe", torch) -> None:
         _replace(dl._BaseDataLoaderIter, "_reset", make_reset)
 
 
-def _dataloader_args(probe: "Probe", torch) -> None:
-    """The one patch that changes what the program asked for, installed only in a
-    verification run whose intervention subscribes to it (ptdiag.probe.interventions):
-    the DataLoader's arguments, bound to its signature, go to the hook before the original
-    builds the loader. Arguments that do not bind are the program's own error, raised by
-    the original exactly as without ptdiag."""
+def _arguments_given(original, give: Callable[[dict], None]):
+    """A wrapper of a constructor that hands its arguments, bound to its signature, to `give`
+    (which may change them) before the original runs. Arguments that do not bind are the
+    program's own error, raised by the original exactly as without ptdiag."""
     import inspect
 
+    signature = inspect.signature(original)
+
+    def __init__(self, *args, **kwargs):
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError:
+            return original(self, *args, **kwargs)
+        give(bound.arguments)
+        return original(*bound.args, **bound.kwargs)
+
+    return __init__
+
+
+def _dataloader_args(probe: "Probe", torch) -> None:
+    """One of the patches that change what the program asked for, installed only in a
+    verification run whose intervention subscribes to it (ptdiag.probe.interventions):
+    the DataLoader's arguments go to the hook before the original builds the loader."""
     from torch.utils.data import dataloader as dl
 
-    def make(original):
-        signature = inspect.signature(original)
+    _replace(dl.DataLoader, "__init__",
+             lambda original: _arguments_given(original, lambda arguments: probe.call("on_dataloader_args", arguments)))
 
-        def __init__(self, *args, **kwargs):
-            try:
-                bound = signature.bind(self, *args, **kwargs)
-            except TypeError:
-                return original(self, *args, **kwargs)
-            probe.call("on_dataloader_args", bound.arguments)
-            return original(*bound.args, **bound.kwargs)
 
-        return __init__
+def _amp_args(probe: "Probe", torch) -> None:
+    """Like _dataloader_args, for mixed precision: the arguments of each autocast region
+    (torch.autocast and the torch.cuda/cpu.amp spellings, which build it) and of each
+    GradScaler (torch.cuda.amp's builds torch.amp's), only in a verification run."""
+    from torch.amp import autocast_mode, grad_scaler
 
-    _replace(dl.DataLoader, "__init__", make)
+    for kind, owner in (("autocast", autocast_mode.autocast), ("grad_scaler", grad_scaler.GradScaler)):
+        _replace(owner, "__init__", lambda original, kind=kind: _arguments_given(
+            original, lambda arguments: probe.call("on_amp_args", kind, arguments)))
 
 
 def _grad_scaler(probe: "Probe", torch) -> None:
@@ -507,6 +521,7 @@ PATCHES = (
     ("torch", (), _autograd_grad),  # always, like backward: hand-written updates from autograd.grad's gradients
     ("torch", ("on_dataloader", "on_loader_iter_begin", "on_loader_iter", "on_batch", "on_batch_indices"), _dataloader),
     ("torch", ("on_dataloader_args",), _dataloader_args),
+    ("torch", ("on_amp_args",), _amp_args),
     ("torch", ("on_backward", "on_step_skipped"), _grad_scaler),  # on_backward: probe.loss_scale
     ("torch", ("on_model",), _first_model),
     ("torch", (), _global_hooks_not_counted),

@@ -43,6 +43,9 @@ HOOKS: dict[str, Hook] = {
     "on_model": _hook("module", "the first module with parameters that runs forward"),
     "on_dataloader_args": _hook("arguments", "a DataLoader is about to be built with these arguments (name -> value, "
                                              "bound to its signature); only a verification run's intervention changes them"),
+    "on_amp_args": _hook("kind, arguments", "an autocast region (kind 'autocast') or a GradScaler ('grad_scaler') "
+                                            "is about to be built with these arguments; only a verification run's "
+                                            "intervention changes them"),
     "on_dataloader": _hook("loader", "a DataLoader was built"),
     "on_loader_iter_begin": _hook("loader, epoch", "iteration over a DataLoader is about to begin, before its sampler "
                                                    "is read; only a verification run's intervention changes the loader"),

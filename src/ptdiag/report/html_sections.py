@@ -127,6 +127,13 @@ def _breakdowns(name: str, before: dict, after: dict) -> str:
     return "".join(charts)
 
 
+def _run_name(verified: dict) -> str:
+    """The verification run's name, unique within the report (the LR's second rung is
+    `lr_scale-rung2`): its folder's, else the intervention's."""
+    folder = str(verified.get("run_dir") or "").rstrip("/").rsplit("/", 1)[-1]
+    return folder.removeprefix("verify-") if folder.startswith("verify-") else str(verified.get("intervention", ""))
+
+
 def _verification(label: str, verified: dict) -> str:
     """The fix tried in a verification run: its sentence, then what it measured before and
     after side by side, and where the run's output is."""
@@ -139,8 +146,8 @@ def _verification(label: str, verified: dict) -> str:
             f'{text(verified.get("summary", ""))}</p>'
             + (f'<table class="before-after"><tr><th></th><th>this run</th><th>with the fix</th></tr>{rows}</table>'
                if rows else "")
-            + _curves(verified.get("intervention", ""), before, after)
-            + _breakdowns(verified.get("intervention", ""), before, after)
+            + _curves(_run_name(verified), before, after)
+            + _breakdowns(_run_name(verified), before, after)
             + f'<p class="run-dir">{text(verified.get("intervention"))} {value(verified.get("settings"))} · '
               f'{text(verified.get("steps"))} steps · {text(verified.get("run_dir"))}</p></div>')
 

@@ -7,7 +7,11 @@ intervention applied from inside the process (ptdiag.probe.interventions), bound
 metric (the NaN run to its failing step plus a margin, a performance run to the same
 profiled steps), into <run_dir>/companions/verify-<intervention>/ with its own
 stdout.log and stderr.log. Findings that share an intervention and settings share its run.
-A finding's interventions run in their declared order until one helps.
+A finding's interventions run in their declared order until one helps; one that did not
+help and has a stronger retry (the LR scaled 10x further) gets that one more run. Every
+candidate cause of one NaN (the findings the numerics evidence allows: an explosion and the
+op it surfaced in, under autocast) gets its own runs, and the analysis ranks the causes by
+which removed the symptom (verification.attach).
 
 What ran, what it measured before and after and whether it helped, or why nothing ran,
 goes to <run_dir>/verification.json; the analysis (verification.attach) puts it on the
@@ -56,16 +60,36 @@ class Planned:
     settings: dict
     before: dict
     max_steps: int
+    metric: str  # the intervention's metric for this finding (Intervention.metric_of)
+    rung: int = 1  # 2: the intervention's stronger retry (Intervention.retry), the first did not help
 
     @property
     def key(self) -> str:
         return interventions.encode(self.intervention.name, self.settings)
 
+    @property
+    def folder(self) -> str:
+        return f"verify-{self.intervention.name}" + ("" if self.rung == 1 else f"-rung{self.rung}")
+
+    def retried(self) -> "Planned | None":
+        """The ladder's second rung, where the intervention has one."""
+        retry = self.intervention.retry
+        if retry is None or self.rung > 1:
+            return None
+        return Planned(self.finding, self.intervention, retry(self.settings), self.before, self.max_steps, self.metric,
+                       rung=2)
+
 
 def finding_key(finding: Finding) -> dict:
     """How verification.json names a finding: its code and step (one analysis of one run
     dir gives the same findings every time)."""
-    return {"code": finding.code, "step": finding.evidence.get("step")}
+    return {"code": finding.code, "step": finding.evidence.get("step"), **_op(finding.evidence)}
+
+
+def _op(evidence: dict) -> dict:
+    """The op, where the finding names one: two findings of one code at one step (float16's
+    overflow in an op, and the GradScaler's scale that collapsed) are told apart by it."""
+    return {"op": evidence["op"]} if evidence.get("op") else {}
 
 
 def why_not(verify: bool | None, run: RecordedRun, wall_s: float) -> str | None:
@@ -92,11 +116,12 @@ def plan(findings: list[Finding], run: RecordedRun) -> list[Planned]:
     verifiable = [f for f in findings if interventions.for_code(f.code)][:MAX_FINDINGS]
     for finding in verifiable:
         for intervention in interventions.for_code(finding.code):
-            metric = METRICS[intervention.metric]
+            name = intervention.metric_of(finding.code)
+            metric = METRICS[name]
             before = metric.before(run)
             settings = intervention.settings_for(finding.evidence)
             if before is not None and settings is not None:
-                planned.append(Planned(finding, intervention, settings, before, metric.bound(before, run)))
+                planned.append(Planned(finding, intervention, settings, before, metric.bound(before, run), name))
     return planned
 
 
@@ -121,21 +146,25 @@ def after_run(ctx, areas: list[str]) -> None:
     helped: set[str] = set()  # findings (their key as JSON) a fix already helped
     results = []
     with ctx.keeping_saved_files(run):
-        for item in planned:
-            finding = json.dumps(finding_key(item.finding))
-            if finding in helped:
-                continue  # one extra run per finding when its first fix works
-            reason = inapplicable(item.intervention, item.settings, run)
-            if reason:
-                results.append({"finding": finding_key(item.finding), "skipped": reason})
-                continue
-            if item.key not in done:
-                left = budget - (time.monotonic() - started)
-                done[item.key] = (_verify(ctx, item, left) if left > 0 else
-                                  {"skipped": f"the verification budget ({budget:.0f} s, --verify-budget) was spent"})
-            results.append({"finding": finding_key(item.finding), **done[item.key]})
-            if done[item.key].get("verified", {}).get("helped"):
-                helped.add(finding)
+        for first in planned:
+            item = first
+            while item is not None:
+                finding = json.dumps(finding_key(item.finding))
+                if finding in helped:
+                    break  # one extra run per finding when its first fix works
+                reason = inapplicable(item.intervention, item.settings, run)
+                if reason:
+                    results.append({"finding": finding_key(item.finding), "skipped": reason})
+                    break
+                if item.key not in done:
+                    left = budget - (time.monotonic() - started)
+                    done[item.key] = (_verify(ctx, item, left) if left > 0 else
+                                      {"skipped": f"the verification budget ({budget:.0f} s, --verify-budget) was spent"})
+                results.append({"finding": finding_key(item.finding), **done[item.key]})
+                outcome = done[item.key].get("verified", {}).get("helped")
+                if outcome:
+                    helped.add(finding)
+                item = item.retried() if outcome is False else None  # the ladder: not helped, one stronger try
     _write(ctx.run_dir, {"budget_s": round(budget, 1), "wall_s": round(time.monotonic() - started, 3),
                          "bare_wall_s": round(wall, 3), "results": results})
 
@@ -153,12 +182,12 @@ def inapplicable(intervention: interventions.Intervention, settings: dict, run: 
 def _verify(ctx, item: Planned, timeout_s: float) -> dict:
     """The verification run(s) of one intervention (two where the metric compares runs),
     within `timeout_s` in all, and what they measured."""
-    intervention, metric = item.intervention, METRICS[item.intervention.metric]
+    intervention, metric = item.intervention, METRICS[item.metric]
     change = intervention.describe(item.settings)
     env = {INTERVENTION_ENV: item.key, REPRO_ROLE_ENV: VERIFY_ROLE}
     started, runs, timed_out, exit_codes = time.monotonic(), [], False, []
     for n in range(1, metric.runs + 1):
-        folder = ctx.run_dir / COMPANIONS / f"verify-{intervention.name}{'' if n == 1 else f'-{n}'}"
+        folder = ctx.run_dir / COMPANIONS / f"{item.folder}{'' if n == 1 else f'-{n}'}"
         left = max(timeout_s - (time.monotonic() - started), 1.0)
         outcome = ctx.run_again(ctx.command, folder, max_steps=item.max_steps, env=env, change=change,
                                 timeout_s=min(left, ctx.options.timeout_s or left))  # --timeout still holds
@@ -168,7 +197,7 @@ def _verify(ctx, item: Planned, timeout_s: float) -> dict:
     applied = min(max((e.get("applied") or 0 for e in r.all_events("intervention")), default=0) for r in runs)
     after = metric.after(runs)
     helped = metric.helped(item.before, after) if applied and after is not None and not timed_out else None
-    verified = {"intervention": intervention.name, "settings": item.settings, "metric": intervention.metric,
+    verified = {"intervention": intervention.name, "settings": item.settings, "metric": item.metric,
                 "before": item.before[metric.headline], "after": (after or {}).get(metric.headline),
                 "steps": runs[0].steps_observed, "run_dir": str(runs[0].run_dir), "helped": helped,
                 "measured": {"before": item.before, "after": after}, "applied": applied,

@@ -36,6 +36,9 @@ CURVE_POINTS = 500
 # at --learning_rate=1000 with the LR x0.01 stayed finite but went 4.19 -> 258, 62x: at 100
 # that was called helped)
 DIVERGED_FACTOR = 10.0
+# a GradScaler fix helps when the share of updates it drops falls to at most this share of
+# what it was
+SKIPS_HELPED_RATIO = 0.5
 
 
 @dataclass(frozen=True)
@@ -66,9 +69,16 @@ def _nonfinite(run: RecordedRun) -> dict:
         bad = (stop["step"], "non-finite")
     finite = [v for s, v in losses if math.isfinite(v)]
     curve = [[s, v] for s, v in losses if math.isfinite(v)][-CURVE_POINTS:]
+    culprit = next((e for e in run.all_events("numerics_culprit")), None)
     return {"step": bad[0] if bad else None, "value": str(bad[1]) if bad else None,
             "steps": run.steps_observed, "first_loss": finite[0] if finite else None,
-            "last_finite_loss": finite[-1] if finite else None, "losses": curve}
+            "last_finite_loss": finite[-1] if finite else None, "losses": curve,
+            # the program ended on its own (no ptdiag stop, exit code 0): with batches left
+            # out it can end before the step that failed, having trained on all the rest
+            "completed": stop is None and run.outcome.get("exit_code") == 0,
+            # where the numerics specialist found the value born: another poisoned batch
+            # after the skipped one is not the same as a fix that failed
+            "born": {k: culprit.get(k) for k in ("phase", "module", "op", "indices")} if culprit else None}
 
 
 def _diverging(found: dict) -> bool:
@@ -84,17 +94,24 @@ def _nonfinite_before(run: RecordedRun) -> dict | None:
 def _nonfinite_helped(before: dict, after: dict) -> bool | None:
     if after["step"] is not None or _diverging(after):
         return False
-    return True if after["steps"] > before["step"] else None  # ended before the failing step: can't tell
+    if after["steps"] > before["step"] or (after.get("completed") and after["steps"]):
+        return True
+    return None  # ended (cut by the budget, crashed) before the failing step: can't tell
 
 
 def _nonfinite_sentence(change: str, before: dict, after: dict, helped: bool | None) -> str:
     was = f"it was {before['value']} at step {before['step']}"
     if helped:
         final = f"; last loss {after['last_finite_loss']:.4g}" if after["last_finite_loss"] is not None else ""
-        return f"with {change} the loss stayed finite through step {after['steps']} ({was}){final}"
+        end = ", the program's end" if after.get("completed") and after["steps"] <= before["step"] else ""
+        return f"with {change} the loss stayed finite through step {after['steps']}{end} ({was}){final}"
     if helped is False and after["step"] is None:
         return (f"with {change} the loss stayed finite through step {after['steps']} ({was}) but grew from "
                 f"{after['first_loss']:.4g} to {after['last_finite_loss']:.4g}: the run still diverges")
+    if helped is False and (after.get("born") or {}).get("phase") == "input":
+        held = after["born"].get("indices")
+        return (f"with {change} the loss still became {after['value']} at step {after['step']} ({was}): another "
+                f"batch held NaN/Inf too" + (f" (dataset indices {held})" if held else ""))
     if helped is False:
         return (f"with {change} the loss still became {after['value']} at step {after['step']} ({was}): "
                 f"this change does not remove the symptom")
@@ -104,6 +121,65 @@ def _nonfinite_sentence(change: str, before: dict, after: dict, helped: bool | N
 
 def _nonfinite_bound(before: dict, run: RecordedRun) -> int:
     return before["step"] + max(before["step"], NONFINITE_MARGIN_MIN_STEPS)
+
+
+# -- loss growth (a finite loss that diverged) -------------------------------------------------------
+def _growth_before(run: RecordedRun) -> dict | None:
+    """The main run's loss where it stayed finite and diverged (numerics.loss_diverged)."""
+    found = _nonfinite(run)
+    return found if found["step"] is None and _diverging(found) else None
+
+
+def _growth_helped(before: dict, after: dict) -> bool | None:
+    if after["step"] is not None or _diverging(after):
+        return False
+    return True if after["steps"] >= before["steps"] or after.get("completed") else None
+
+
+def _growth_sentence(change: str, before: dict, after: dict, helped: bool | None) -> str:
+    was = f"it went {before['first_loss']:.4g} -> {before['last_finite_loss']:.4g} over {before['steps']} steps"
+    if after["step"] is not None:
+        return f"with {change} the loss became {after['value']} at step {after['step']} ({was})"
+    went = f"the loss went {after['first_loss']:.4g} -> {after['last_finite_loss']:.4g} over {after['steps']} steps"
+    verdict = {True: "", False: ": it still diverges", None: ", fewer steps: not verified"}[helped]
+    return f"with {change} {went} ({was}){verdict}"
+
+
+# -- GradScaler skips ---------------------------------------------------------------------------
+def _skips(run: RecordedRun) -> dict | None:
+    """Backward passes under a GradScaler (the watch saw a loss scale) and those whose
+    gradients held inf/NaN, so that the scaler dropped the update; None without a scaler."""
+    proc = run.main
+    scaled = [e for e in proc.of("numerics") if e.get("scale")] if proc else []
+    if not scaled:
+        return None
+    skipped = [e["step"] for e in scaled if not math.isfinite(as_number(e.get("norm")) or 0.0)]
+    return {"skipped": len(skipped), "backward_passes": len(scaled), "first_skipped": skipped[:5],
+            "first_scale": scaled[0]["scale"], "steps": run.steps_observed}
+
+
+def _skips_before(run: RecordedRun) -> dict | None:
+    found = _skips(run)
+    return found if found and found["skipped"] else None
+
+
+def _share(found: dict) -> float:
+    return found["skipped"] / found["backward_passes"]
+
+
+def _skips_helped(before: dict, after: dict) -> bool | None:
+    """By the share of backward passes dropped, over as many optimizer steps: a scaler
+    that drops nothing reaches them in fewer backward passes."""
+    if after["steps"] < before["steps"]:
+        return None  # ended early: fewer chances to skip, not a verdict
+    return _share(after) <= SKIPS_HELPED_RATIO * _share(before)
+
+
+def _skips_sentence(change: str, before: dict, after: dict, helped: bool | None) -> str:
+    measured = (f"the GradScaler dropped {after['skipped']} of {after['backward_passes']} updates (it dropped "
+                f"{before['skipped']} of {before['backward_passes']})")
+    verdict = {True: "", False: ": the gradients still overflow", None: ": the run ended early, not verified"}
+    return f"with {change} {measured}{verdict[helped]}"
 
 
 # -- data wait share ---------------------------------------------------------------------------
@@ -194,6 +270,10 @@ METRICS: dict[str, Metric] = {
                                    _nonfinite_sentence, _nonfinite_bound),
     "data_wait_share": Metric("data_wait_share", _data_wait, lambda runs: _data_wait(runs[0]), _data_wait_helped,
                               _data_wait_sentence, _same_steps),
+    "loss_growth": Metric("last_finite_loss", _growth_before, lambda runs: _nonfinite(runs[0]), _growth_helped,
+                          _growth_sentence, _same_steps),
+    "scaler_skips": Metric("skipped", _skips_before, lambda runs: _skips(runs[0]), _skips_helped, _skips_sentence,
+                           _same_steps),
     "repeat_identical": Metric("first_difference_step", _repeat_before, _repeat_after, _repeat_helped,
                                _repeat_sentence, _repeat_steps, runs=2),
 }

@@ -23,6 +23,8 @@ from ptdiag.recorded import RecordedRun
 from ptdiag.specialists.numerics import history, rules
 from ptdiag.specialists.numerics.culprit import finding_for, location
 from ptdiag.specialists.numerics.learning import loss_flat_finding
+from ptdiag.specialists.numerics.lr import configured as lr_configured
+from ptdiag.specialists.numerics.lr import optimizer as lr_optimizer
 from ptdiag.specialists.numerics.lr import per_step as lr_per_step
 from ptdiag.specialists.numerics.lr import story as lr_story
 
@@ -146,19 +148,72 @@ def _explosion(run: RecordedRun, rank: int, failed_at: int | None, first_bad: di
         evidence={"step": found.onset_step, "rank": rank, "module": None, "op": None, "location": None,
                   "baseline_norm": found.baseline, "peak_norm": found.peak, "peak_step": found.peak_step,
                   "growth_per_step": found.growth_per_step, "clip_at": found.clip_at,
-                  **lr.evidence, "norm_history": shown,
+                  **lr.evidence, **_update_scale(run, rank), "norm_history": shown,
                   "loss_history": [(s, v) for s, v in losses if failed_at is None or s <= failed_at][-12:],
                   "failed_at": failed_at},
         fix=lr.fix)
 
 
-def _surfaced(finding: Finding) -> Finding:
-    """The op where an explosion's values overflowed: a place, not a cause."""
+def _update_scale(run: RecordedRun, rank: int) -> dict:
+    """What the size of one update is measured against (the LR fix's factor,
+    ptdiag.interventions): whether the optimizer is adaptive (a step of about the LR per
+    weight) and the weight matrices' RMS before the first update."""
+    proc = run.ranks.get(rank)
+    graph = proc.first("numerics_graph") if proc else None
+    return {"adaptive": lr_optimizer(run, rank) in rules.ADAPTIVE_OPTIMIZERS,
+            "weight_rms": graph.get("weight_rms") if graph else None}
+
+
+def _update_too_large(run: RecordedRun, rank: int, failed_at: int | None) -> Finding | None:
+    """A NaN born after updates of an adaptive optimizer each larger than the weights
+    themselves: such an optimizer moves every weight by about the LR per step, so at an LR
+    of rules.UPDATE_RATIO_TOO_LARGE times the weights' RMS or more, the first steps replace
+    the weights with values of the LR's size, and the op that went non-finite next is only
+    where that surfaced (real nanoGPT at --learning_rate=1000: NaN in the attention's
+    backward at step 2, too soon for a gradient trajectory). None without a failure after
+    an update, or without the measurements."""
+    scale = _update_scale(run, rank)
+    if failed_at is None or failed_at < 2 or not scale["adaptive"] or not scale["weight_rms"]:
+        return None
+    used = [v for s, values in lr_per_step(run, rank).items() if s < failed_at
+            for v in (values or []) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not used or max(used) < rules.UPDATE_RATIO_TOO_LARGE * scale["weight_rms"]:
+        return None
+    lr, rms, setting = max(used), scale["weight_rms"], lr_configured(run)
+    ratio, target = lr / rms, rules.STABLE_UPDATE_SHARE * rms
+    named = f" (configured {setting[0]}={setting[1]:.4g})" if setting and setting[1] != lr else ""
+    losses = [(s, v) for s, v in _losses(run, rank) if s <= failed_at]
+    return Finding(
+        code="numerics.lr_too_high", specialist=SPECIALIST, severity="error",
+        title=(f"Each {lr_optimizer(run, rank)} update moved every weight by about the learning rate, {lr:.3g}"
+               f"{named}: {ratio:.3g}x the weights' RMS ({rms:.3g}), before the first non-finite value at step "
+               f"{failed_at}"),
+        detail=(f"{lr_optimizer(run, rank)} steps each weight by about the learning rate whatever the gradient's "
+                f"size; the weight matrices' RMS before the first update was {rms:.3g}, so the updates before step "
+                f"{failed_at} replaced the weights with values of the learning rate's size"
+                + (f"; the loss went {_trajectory(losses, failed_at)}" if losses else "")
+                + ". Whichever op went non-finite next is where this surfaced, not its cause."),
+        evidence={"step": failed_at, "rank": rank, "module": None, "op": None, "location": None,
+                  "lr_before_onset": lr, "lr_configured": setting[1] if setting else None, "adaptive": True,
+                  "weight_rms": rms, "update_ratio": ratio, "loss_history": losses[-12:], "failed_at": failed_at},
+        fix=(f"Lower the learning rate (it was {lr:.3g}" + (f", configured {setting[0]}={setting[1]:.4g}" if named else "")
+             + f") to about {target:.2g}, "
+             f"{rules.STABLE_UPDATE_SHARE:.0%} of the weights' RMS per step (common settings are 1-3 %)."))
+
+
+# the cause found above an op where its values overflowed: (its name, what fixes it)
+SURFACED_FROM = {"numerics.grad_explosion": ("gradient explosion", "Fix the explosion above (learning rate, clipping)"),
+                 "numerics.lr_too_high": ("learning rate", "Lower the learning rate above")}
+
+
+def _surfaced(finding: Finding, cause: Finding) -> Finding:
+    """The op where the values of a cause found above (an explosion, updates larger than
+    the weights) overflowed: a place, not a cause."""
+    name, remedy = SURFACED_FROM[cause.code]
     return replace(finding, severity="warning",
-                   detail=finding.detail + " The gradient explosion above made these values; this op is only "
+                   detail=finding.detail + f" The {name} above made these values; this op is only "
                                            "where they overflowed first.",
-                   fix="Fix the explosion above (learning rate, clipping); guarding this op would only move the "
-                       "overflow elsewhere.")
+                   fix=f"{remedy}; guarding this op would only move the overflow elsewhere.")
 
 
 def _diverged(run: RecordedRun, rank: int) -> Finding | None:
@@ -182,7 +237,7 @@ def _diverged(run: RecordedRun, rank: int) -> Finding | None:
                 + (f", and the gradient norm grew only x{norm_growth:.3g}, not an explosion" if norm_growth else "")
                 + f". {lr.sentence}"),
         evidence={"step": found["onset_step"], "rank": rank, "module": None, "op": None, "location": None,
-                  **found, "norm_growth": norm_growth, **lr.evidence,
+                  **found, "norm_growth": norm_growth, **lr.evidence, **_update_scale(run, rank),
                   "loss_history": losses[-12:]},
         fix=lr.fix)
 
@@ -254,12 +309,14 @@ def analyse(run: RecordedRun) -> Analysis:
     failed_at = min(failures) if failures else None
     bad_batch = bool(culprit and culprit[1].get("phase") == "input")  # the data explains all that followed
     explosion = None if bad_batch else _explosion(run, rank, failed_at, first_bad, culprit[1] if culprit else None)
+    if explosion is None and not bad_batch:  # too soon for a trajectory: the size of each update
+        explosion = _update_too_large(run, rank, failed_at)
     loss = _nonfinite_loss(run, first_bad, culprit, caused=explosion is not None)
     findings: list[Finding] = []
     if explosion is not None:
         findings += [f for f in (explosion, loss) if f]
         if culprit and culprit[1].get("phase") in ("forward", "backward"):
-            findings.append(_surfaced(finding_for(culprit[1], rank, amp)))
+            findings.append(_surfaced(finding_for(culprit[1], rank, amp), explosion))
     else:
         if culprit:
             findings.append(finding_for(culprit[1], rank, amp))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ptdiag.interventions import STABLE_UPDATE_SHARE  # noqa: F401  (one number: the fix and its verification)
+
 FP16_MAX = 65504.0
 
 # gradient explosion: the norm before the failure vs the median of the first steps
@@ -25,6 +27,11 @@ TRAJECTORY_SHOWN = 6
 # clipping the gradient does not bound their update
 ADAPTIVE_OPTIMIZERS = frozenset({"Adam", "AdamW", "Adamax", "NAdam", "RAdam", "Adagrad", "Adadelta", "RMSprop",
                                  "SparseAdam", "Adafactor"})  # losses shown up to the failure
+# an adaptive optimizer's LR this many times the weight matrices' RMS (each update moves every
+# weight by about the LR: by more than the weights' own size) names the cause of a NaN that
+# came too soon for a gradient trajectory (numerics.lr_too_high); its fix brings the LR to
+# STABLE_UPDATE_SHARE of that RMS, the share the LR fix is verified with
+UPDATE_RATIO_TOO_LARGE = 1.0
 
 # a loss that does not move: the same value (within these tolerances) over at least
 # FLAT_MIN_STEPS steps, or never below its first value over NOT_DECREASING_MIN_STEPS

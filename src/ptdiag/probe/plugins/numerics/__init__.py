@@ -54,6 +54,24 @@ def _bf16_supported(device) -> bool:
     return torch.cuda.get_device_properties(device).major >= 8
 
 
+def _weight_rms(params: list) -> float | None:
+    """The root mean square of the weight matrices (parameters of 2 or more dimensions; all
+    where there are none: norms' scales and biases start at 1 and 0), before the first
+    update: the scale an adaptive optimizer's per-weight step of about the LR is measured
+    against (ptdiag.interventions._lr_factor). One pass over the parameters, once."""
+    chosen = [p for p in params if p.dim() >= 2] or list(params)
+    count = sum(p.numel() for p in chosen)
+    if not count:
+        return None
+    by_device: dict = {}
+    for p in chosen:
+        by_device.setdefault(p.device, []).append(p)
+    with torch.no_grad():  # one read per device
+        squares = sum(torch.stack([torch.linalg.vector_norm(p.detach(), dtype=torch.float32) for p in on]).double()
+                      .pow(2).sum().item() for on in by_device.values())
+    return (squares / count) ** 0.5
+
+
 class Plugin(ProbePlugin):
     name = "numerics"
 
@@ -249,7 +267,8 @@ class Plugin(ProbePlugin):
         names, one_class = self._graph or ([], [])
         trainable = sum(1 for p in self._model.parameters() if p.requires_grad) if self._model is not None else None
         self.probe.emit("numerics_graph", step=step, backward=self._backwards, loss_ops=names, one_class=one_class,
-                        trainable=trainable, with_grad=sum(1 for p in params if p.grad is not None))
+                        trainable=trainable, with_grad=sum(1 for p in params if p.grad is not None),
+                        weight_rms=_weight_rms(params))
 
     def on_step_begin(self, step, optimizer) -> None:
         self._leave_region()
