@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from ptdiag.router.learned import Model, features, load_model
 from ptdiag.router.matching import Match, read
 from ptdiag.router.plan import Route
-from ptdiag.router.table import SymptomTable, default_table
+from ptdiag.router.table import CrossCutting, SymptomTable, default_table
 
 NAMING_KINDS = ("error", "symptom")
 
@@ -134,8 +134,19 @@ def decide(evidence: Evidence, probs: dict[str, float], abstain_below: float, se
 def _reordered(plan: list[str], signals: list[Match], table: SymptomTable, notes: list[str],
                learned: set[str] = frozenset()) -> list[str]:
     """The cross-cutting rules (several GPUs: distributed first), then the plan's cap."""
+    plan, applied = _cross_cut(plan, signals, table, learned)
+    plan = plan[:table.max_plan]
+    notes.extend(rule.note for rule in applied if rule.then in plan and rule.first in plan)
+    return plan
+
+
+def _cross_cut(plan: list[str], signals: list[Match], table: SymptomTable,
+               learned: set[str] = frozenset()) -> tuple[list[str], list[CrossCutting]]:
+    """The seed's cross-cutting rules: a specialist the words say the run calls for
+    (several GPUs/processes: distributed) goes before the one its rule names. Returns the
+    reordered (uncapped) plan and the rules that fired, whose notes say why."""
     multi_process = {m.group.specialist for m in signals if m.group.multi_process and not m.cued} | learned
-    applied = []
+    plan, applied = list(plan), []
     for rule in table.cross_cutting:
         if rule.then in plan and rule.first in multi_process:
             if rule.first not in plan or plan.index(rule.first) > plan.index(rule.then):
@@ -143,9 +154,7 @@ def _reordered(plan: list[str], signals: list[Match], table: SymptomTable, notes
                     plan.remove(rule.first)
                 plan.insert(plan.index(rule.then), rule.first)
             applied.append(rule)
-    plan = plan[:table.max_plan]
-    notes.extend(rule.note for rule in applied if rule.then in plan and rule.first in plan)
-    return plan
+    return plan, applied
 
 
 def _rule_features(signals: list[Match], table: SymptomTable) -> dict[str, float]:
@@ -226,16 +235,8 @@ def _plan(ranked: list[str], naming: dict[str, float], signals: list[Match], tab
     best_named = max(naming.values(), default=0.0)
     plan = [ranked[0]] + [name for name in ranked[1:]
                           if name in naming and naming[name] >= table.secondary_ratio * best_named]
-    multi_process = {m.group.specialist for m in signals if m.group.multi_process and not m.cued}
-    applied = []
-    for rule in table.cross_cutting:
-        if rule.then in plan and rule.first in multi_process:
-            if rule.first not in plan or plan.index(rule.first) > plan.index(rule.then):
-                if rule.first in plan:
-                    plan.remove(rule.first)
-                plan.insert(plan.index(rule.then), rule.first)
-            applied.append(rule)
-    full, plan = plan, plan[:table.max_plan]
+    full, applied = _cross_cut(plan, signals, table)
+    plan = full[:table.max_plan]
     notes.extend(rule.note for rule in applied if rule.then in plan and rule.first in plan)
     for name in ranked:
         if name in plan:
