@@ -314,3 +314,20 @@ def test_a_problem_seen_only_against_a_single_process_run_goes_to_distributed_fi
     assert plan.specialists[:2] == ["distributed", "numerics"]
     # DDP merely in use does not take the NaN from numerics
     assert route("loss is NaN with DDP on 4 GPUs").specialists[0] == "numerics"
+
+
+def test_the_learned_model_can_keep_a_multi_gpu_oom_memory_first():
+    # docs/routing.md's labelling convention: an OOM one process would have at that
+    # per-GPU load stays memory first even when the words say "on 8 GPUs"; the seed's
+    # rule (distributed first) holds while the model finds distributed at least
+    # `learned_ratio` as likely as memory, and always without a model
+    from ptdiag.router.routing import decide, read_evidence
+    evidence = read_evidence("CUDA out of memory when training on 8 GPUs")
+    ratio = next(r.learned_ratio for r in default_table().cross_cutting if r.then == "memory")
+    probs = dict.fromkeys(SPECIALISTS, 0.0)
+    probs.update(memory=0.9, distributed=0.9 * ratio - 0.05)
+    assert decide(evidence, dict(probs), 0.3, 0.01) == ["memory", "distributed"]
+    probs["distributed"] = 0.9 * ratio + 0.05
+    notes: list[str] = []
+    assert decide(evidence, dict(probs), 0.3, 0.01, notes=notes) == ["distributed", "memory"]
+    assert "set-up problems can cause the OOM, so distributed runs first" in notes

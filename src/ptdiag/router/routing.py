@@ -9,7 +9,8 @@ The rules, all tuned in symptoms.toml rather than here:
 - a named symptom outranks mere context (DDP, seeds, DataLoader) for the first place;
 - a further specialist joins only if the words name its symptom too, at least
   `secondary_ratio` as strongly as the best-named one;
-- cross-cutting rules then reorder (several GPUs: distributed first).
+- cross-cutting rules then reorder (several GPUs: distributed first), unless the
+  learned model finds distributed much less likely than the specialist it would displace.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from ptdiag.router.learned import Model, features, load_model
 from ptdiag.router.matching import Match, read
 from ptdiag.router.plan import Route
-from ptdiag.router.table import SymptomTable, default_table
+from ptdiag.router.table import CrossCutting, SymptomTable, default_table
 
 NAMING_KINDS = ("error", "symptom")
 
@@ -74,8 +75,9 @@ def route(text: str) -> Route:
 
 def _learned_route(evidence: Evidence, model: Model) -> Route:
     """The learned model weighs the words and the rules' findings; the rules keep the
-    last word on what they are sure of (order with several GPUs, a named fix routing
-    by its symptom, pressure words counting for nothing)."""
+    last word on what they are sure of (order with several GPUs unless the model finds
+    distributed much less likely, a named fix routing by its symptom, pressure words
+    counting for nothing)."""
     table, notes, signals = evidence.table, evidence.notes, evidence.signals
     feats = features(evidence.words, evidence.rules)
     probs = model.probabilities(feats) if evidence.words.strip() else dict.fromkeys(model.classes, 0.0)
@@ -128,24 +130,37 @@ def decide(evidence: Evidence, probs: dict[str, float], abstain_below: float, se
         if by_words or by_rules:
             plan.append(name)
     learned = {name for name, p in probs.items() if p >= first_at}
-    return _reordered(plan, evidence.signals, table, notes if notes is not None else [], learned)
+    return _reordered(plan, evidence.signals, table, notes if notes is not None else [], learned, probs)
 
 
 def _reordered(plan: list[str], signals: list[Match], table: SymptomTable, notes: list[str],
-               learned: set[str] = frozenset()) -> list[str]:
+               learned: set[str] = frozenset(), probs: dict[str, float] | None = None) -> list[str]:
     """The cross-cutting rules (several GPUs: distributed first), then the plan's cap."""
+    plan, applied = _cross_cut(plan, signals, table, learned, probs)
+    plan = plan[:table.max_plan]
+    notes.extend(rule.note for rule in applied if rule.then in plan and rule.first in plan)
+    return plan
+
+
+def _cross_cut(plan: list[str], signals: list[Match], table: SymptomTable, learned: set[str] = frozenset(),
+               probs: dict[str, float] | None = None) -> tuple[list[str], list[CrossCutting]]:
+    """The seed's cross-cutting rules: a specialist the words say the run calls for
+    (several GPUs/processes: distributed) goes before the one its rule names, unless the
+    learned model (`probs`, when there is one) finds it much less likely than that one:
+    then "on 8 GPUs" is context of a problem one process would have too. Returns the
+    reordered (uncapped) plan and the rules that fired, whose notes say why."""
     multi_process = {m.group.specialist for m in signals if m.group.multi_process and not m.cued} | learned
-    applied = []
+    plan, applied = list(plan), []
     for rule in table.cross_cutting:
+        if probs is not None and probs[rule.first] < rule.learned_ratio * probs.get(rule.then, 0.0):
+            continue
         if rule.then in plan and rule.first in multi_process:
             if rule.first not in plan or plan.index(rule.first) > plan.index(rule.then):
                 if rule.first in plan:
                     plan.remove(rule.first)
                 plan.insert(plan.index(rule.then), rule.first)
             applied.append(rule)
-    plan = plan[:table.max_plan]
-    notes.extend(rule.note for rule in applied if rule.then in plan and rule.first in plan)
-    return plan
+    return plan, applied
 
 
 def _rule_features(signals: list[Match], table: SymptomTable) -> dict[str, float]:
@@ -226,16 +241,8 @@ def _plan(ranked: list[str], naming: dict[str, float], signals: list[Match], tab
     best_named = max(naming.values(), default=0.0)
     plan = [ranked[0]] + [name for name in ranked[1:]
                           if name in naming and naming[name] >= table.secondary_ratio * best_named]
-    multi_process = {m.group.specialist for m in signals if m.group.multi_process and not m.cued}
-    applied = []
-    for rule in table.cross_cutting:
-        if rule.then in plan and rule.first in multi_process:
-            if rule.first not in plan or plan.index(rule.first) > plan.index(rule.then):
-                if rule.first in plan:
-                    plan.remove(rule.first)
-                plan.insert(plan.index(rule.then), rule.first)
-            applied.append(rule)
-    full, plan = plan, plan[:table.max_plan]
+    full, applied = _cross_cut(plan, signals, table)
+    plan = full[:table.max_plan]
     notes.extend(rule.note for rule in applied if rule.then in plan and rule.first in plan)
     for name in ranked:
         if name in plan:

@@ -64,6 +64,10 @@ class CrossCutting:
     requires: str
     then: str
     note: str
+    # With a learned model: the rule holds only when the model gives `first` at least this
+    # share of `then`'s probability (words that merely mention several GPUs on a plain
+    # OOM or slow configuration keep memory/performance first; 0 = always holds)
+    learned_ratio: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ class SymptomTable:
                 requires=rule["requires"],
                 then=_specialist(rule["then"], "cross_cutting.then"),
                 note=rule["note"],
+                learned_ratio=float(rule.get("learned_ratio", 0.0)),
             )
             for rule in data["cross_cutting"]
         ]
