@@ -49,7 +49,7 @@ def steps(budget: Budget, clock: Clock, count: int, program_s: float, charges: d
 
 def make() -> tuple[Budget, Clock, list, list]:
     clock, events, offs = Clock(), [], []
-    budget = Budget(lambda kind, **fields: events.append((kind, fields)), lambda what, why: offs.append((what, why)),
+    budget = Budget(lambda kind, **fields: events.append((kind, fields)), lambda what, why, **_: offs.append((what, why)),
                     clock=clock)
     return budget, clock, events, offs
 

@@ -103,3 +103,21 @@ def test_the_stored_report_renders_the_same_again(tmp_path):
     again = Report(**{k: stored[k] for k in Report.__dataclass_fields__ if k in stored})
     assert again.to_dict() == report.to_dict()
     assert rendered(again) == rendered(report)
+
+
+def test_the_budgets_samplings_are_one_terminal_line_and_each_in_the_report(tmp_path):
+    """pytorch/examples' regression (0.14 ms steps): five samplings by the per-step budget
+    took five long lines before the findings. The terminal says them once; a fault is still
+    its own line; the notes and the JSON keep every entry."""
+    sampled = [("switched_off", {"what": f"instrument {k}", "why": "over budget", "step": 10 + 8 * k, "budget": True})
+               for k in range(3)]
+    fault = ("switched_off", {"what": "memory tracker", "why": "NotImplementedError: x", "step": 4})
+    run = recorded(tmp_path, {0: [("step", {"step": 1}), fault, *sampled]})
+    report = report_of(run)
+    assert [e.get("budget", False) for e in report.switched_off] == [False, True, True, True]
+    out = rendered(report)
+    assert out.count("sampled down or switched off its per-step instruments 3 times (steps 10-26)") == 1
+    assert "ptdiag switched off its memory tracker at step 4" in out
+    assert "instrument 1" not in out  # only in the notes and the JSON
+    assert sum("instrument" in note for note in report.notes) == 3
+    assert json.loads(json.dumps(report.to_dict()))["switched_off"][1]["budget"] is True

@@ -67,7 +67,8 @@ EVENTS: dict[str, EventKind] = {
     "start": _kind("pid ppid rank local_rank world_size node_rank cwd executable", "a probed process began"),
     "exit": _kind("steps", "the process is exiting (normally or through SystemExit)"),
     "stopped": _kind("by reason step keep_running wall", "ptdiag ended the training early (Probe.stop)"),
-    "switched_off": _kind("what why step", "ptdiag removed one of its instruments (Probe.switch_off)"),
+    "switched_off": _kind("what why step budget", "ptdiag removed one of its instruments (Probe.switch_off); "
+                                                  "budget: the per-step budget sampled it down"),
     "probe_cost": _kind("steps share program_step_s by_owner_us shed",
                         "ptdiag's own time per step against the program's, at exit (probe/budget.py)"),
     "window": _kind("what steps seconds grew peak_grew allowance abandoned",

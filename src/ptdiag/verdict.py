@@ -142,7 +142,8 @@ def stopped_by(run: RecordedRun) -> dict | None:
 
 def switched_off(run: RecordedRun) -> list[dict]:
     """contract.md's `switched_off`: each instrument ptdiag removed, why, from which step."""
-    return [{"what": e["what"], "why": e["why"], "step": e["step"]} for e in run.switched_off]
+    return [{"what": e["what"], "why": e["why"], "step": e["step"], **({"budget": True} if e.get("budget") else {})}
+            for e in run.switched_off]
 
 
 def _last_error(exc: dict | None) -> str | None:

@@ -112,7 +112,7 @@ class Window:
 
 
 class Budget:
-    def __init__(self, emit: Callable, switch_off: Callable[[str, str], None], clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(self, emit: Callable, switch_off: Callable[..., None], clock: Callable[[], float] = time.perf_counter) -> None:
         self.emit, self.switch_off, self._clock = emit, switch_off, clock
         self.steps = 0
         self._step: dict[str, float] = {}  # owner -> seconds, this step
@@ -196,7 +196,8 @@ class Budget:
             owned = sum(cost.get(o, 0.0) for o in candidate.owners)
             self.shed.append(what)
             self.switch_off(what, f"ptdiag's per-step work took {share:.1%} of the program's {step_ms:.2f} ms step "
-                                  f"(budget {STEP_SHARE:.0%}); {candidate.owners[0]} {owned * 1e6:.0f} µs of it")
+                                  f"(budget {STEP_SHARE:.0%}); {candidate.owners[0]} {owned * 1e6:.0f} µs of it",
+                            budget=True)
             return
 
     # -- one-off windows -----------------------------------------------------------------------

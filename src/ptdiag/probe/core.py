@@ -191,15 +191,17 @@ class Probe:
         self.events.flush()
         raise SystemExit(0)
 
-    def switch_off(self, what: str, why: str) -> None:
+    def switch_off(self, what: str, why: str, budget: bool = False) -> None:
         """Record that ptdiag removed one of its own instruments (it faulted, or would cost
         more than its budget); the report lists these under `switched_off`. Said once per
         instrument. Not an error: a fault's traceback is logged where it is caught, and a
-        budget's decision is none (the report said 'the probe logged internal errors' for it)."""
+        budget's decision is none (the report said 'the probe logged internal errors' for it).
+        `budget`: the per-step budget sampled the instrument down (the terminal says those
+        in one line: a sub-millisecond step can take five)."""
         if what in self._switched_off:
             return
         self._switched_off.add(what)
-        self.emit("switched_off", what=what, why=why, step=self.step)
+        self.emit("switched_off", what=what, why=why, step=self.step, **({"budget": True} if budget else {}))
 
     # -- the loss a GradScaler scaled (patches: GradScaler.scale) ---------------------------
     def note_scaled_loss(self, scaled, scale) -> None:

@@ -55,8 +55,8 @@ class Report:
             **{key: value for key, value in changed.items() if value},
         }
 
-    def announcements(self) -> list[str]:
-        return announcements(self.stopped_by, self.switched_off)
+    def announcements(self, condensed: bool = False) -> list[str]:
+        return announcements(self.stopped_by, self.switched_off, condensed)
 
     @property
     def ran_a_command(self) -> bool:
@@ -80,11 +80,23 @@ class Report:
                 "ended": self.ended, "exit_code": self.exit_code, "steps": self.steps_observed}
 
 
-def announcements(stopped_by: dict[str, Any] | None, switched_off: list[dict[str, Any]]) -> list[str]:
+def announcements(stopped_by: dict[str, Any] | None, switched_off: list[dict[str, Any]],
+                  condensed: bool = False) -> list[str]:
     """What ptdiag changed about the run, one sentence each: the first notes of a report,
-    and the lines the terminal shows right under the run."""
+    and the lines the terminal shows right under the run. `condensed` (the terminal): the
+    per-step budget's samplings in one sentence, where a sub-millisecond step took five
+    lines before the findings; the report's notes and JSON keep each."""
     said = [stop_sentence(stopped_by)] if stopped_by else []
-    return said + [switched_off_sentence(entry) for entry in switched_off]
+    sampled = [entry for entry in switched_off if condensed and entry.get("budget")]
+    said += [switched_off_sentence(entry) for entry in switched_off if entry not in sampled]
+    if len(sampled) == 1:
+        said.append(switched_off_sentence(sampled[0]))
+    elif sampled:
+        steps = sorted(entry["step"] for entry in sampled)
+        said.append(f"ptdiag sampled down or switched off its per-step instruments {len(sampled)} times (steps "
+                    f"{steps[0]}-{steps[-1]}) to keep its cost within its budget of the program's step; the report's "
+                    "switched_off says which and why. The training went on without them.")
+    return said
 
 
 def stop_sentence(stopped_by: dict[str, Any]) -> str:

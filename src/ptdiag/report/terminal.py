@@ -31,7 +31,7 @@ def render(report: Report, console: Console | None = None) -> None:
     _render_route(c, report)
     _render_run(c, report)
     announced = report.announcements()
-    for sentence in announced:
+    for sentence in report.announcements(condensed=True):
         c.print(f"[yellow]{escape(sentence)}[/]")
     _render_findings(c, report)
     for note in report.notes:
