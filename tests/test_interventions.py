@@ -728,3 +728,22 @@ def test_a_smaller_batch_helps_an_oom_when_the_run_gets_past_its_step_without_ru
     assert "trained through step 3 without running out of memory (at batch 64 it ran out of memory at step 1)" \
         in metric.sentence("the DataLoader's batch size at most 32", before, past, True)
     assert "still ran out of memory at step 1" in metric.sentence("batch 32", before, again, False)
+
+
+def test_the_optimizer_steps_with_foreach_and_updates_the_weights_as_its_loop_would(tmp_path):
+    code = ("import json, torch\ntorch.manual_seed(0)\n"
+            "def trained(**flags):\n"
+            "    torch.manual_seed(0)\n"
+            "    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 1))\n"
+            "    opt = torch.optim.Adam(model.parameters(), lr=0.1, **flags)\n"
+            "    for _ in range(3):\n"
+            "        opt.zero_grad(); model(torch.ones(2, 4)).sum().backward(); opt.step()\n"
+            "    return opt, torch.cat([p.detach().flatten() for p in model.parameters()])\n"
+            "opt, weights = trained()\n"
+            "ref_opt, reference = trained(foreach=False)\n"
+            "print(json.dumps({'foreach': [g['foreach'] for g in opt.param_groups],\n"
+            "                  'same': bool(torch.allclose(weights, reference, atol=1e-6))}))\n")
+    out, events = run_with(code, tmp_path, interventions.encode("optimizer_foreach", {"foreach": True}))
+    # the primary optimizer (the first that stepped) got foreach; same arithmetic, same weights
+    assert out == {"foreach": [True], "same": True}
+    assert [e for e in events if e["ev"] == "intervention"][-1]["applied"] >= 1

@@ -252,6 +252,13 @@ INTERVENTIONS: tuple[Intervention, ...] = (
         verifies=("performance.compute_bound",),
         defaults={"num_threads": None}, metric="step_time", from_evidence=_threads_advised),
     Intervention(
+        "optimizer_foreach", "performance", "every parameter group of the optimizer stepped with foreach=True (its "
+                                            "multi-tensor implementation), set right before each step; a fused or "
+                                            "differentiable group left as it is",
+        "the optimizer's foreach=True",
+        verifies=("performance.optimizer_loop",),
+        defaults={"foreach": True}, acts_on="optimizer", metric="step_time"),
+    Intervention(
         "distributed_sampler", "distributed", "each DataLoader whose sampler is of the training loader's kind "
                                               "(RandomSampler or SequentialSampler, no batch_sampler) built with a "
                                               "DistributedSampler over the ranks instead, shuffling as the loader "
