@@ -48,15 +48,18 @@ def test_every_intervention_is_applied_measured_and_verifies_documented_codes():
             assert metric in interventions.METRICS and metric in METRICS
         assert intervention.verifies and all(f"`{c.split('.', 1)[1]}`" in documented or f"`{c}`" in documented
                                              for c in intervention.verifies)  # a contract code, or an added one
-        settings = intervention.settings_for({"clip_at": 2.0, "lr_start": 0.1, "lr_before_onset": 1.0, "cores": 4,
-                                              "sampler": "RandomSampler", "location": "train.py:3",
-                                              "training_mode": False, "causes": [{"kind": "ops"}],
-                                              "estimated_peak_bytes": 2e8, "budget_bytes": 1e8, "largest_batch": 30,
-                                              "expected_gains": [
-                                                  {"change": "threads", "cores_per_process": 2}],
-                                              "dtype": "float16", "lowest_scale": 8.0, "first_scale": 64.0,
-                                              "indices": [3]})
-        assert intervention.describe(settings)  # the phrase takes its own settings
+        for code in intervention.verifies:
+            settings = intervention.settings_for({"clip_at": 2.0, "lr_start": 0.1, "lr_before_onset": 1.0, "cores": 4,
+                                                  "sampler": "RandomSampler", "location": "train.py:3",
+                                                  "training_mode": False, "causes": [{"kind": "ops"}],
+                                                  "estimated_peak_bytes": 2e8, "budget_bytes": 1e8,
+                                                  "largest_batch": 30, "batch_size": 64,
+                                                  "expected_gains": [
+                                                      {"change": "threads", "cores_per_process": 2}],
+                                                  "dtype": "float16", "lowest_scale": 8.0, "first_scale": 64.0,
+                                                  "indices": [3]}, code)
+            assert intervention.describe(settings)  # the phrase takes its own settings
+        assert set(intervention.evidence_for) <= set(intervention.verifies)
 
 
 def test_settings_come_from_the_evidence_where_it_measured_them():
@@ -676,3 +679,71 @@ def test_a_smaller_batch_helps_when_its_measured_step_fits_and_partly_when_only_
     assert metric.helped(before, {**after, "measured_peak_bytes": 190e6}) is False
     assert "lower, but still does not fit in 150MiB" in metric.sentence(
         "batch 62", before, {**after, "measured_peak_bytes": 162e6}, None)
+
+
+# -- a smaller batch for an out-of-memory error ----------------------------------------------------
+OOM_EVENTS = [{"ev": "dataloader", "loader": 0, "batch_size": 64},
+              {"ev": "exception", "type": "OutOfMemoryError", "module": "torch", "step": 0,
+               "message": "CUDA out of memory. Tried to allocate 2.00 GiB", "location": "train.py:40"}]
+
+
+def test_an_oom_is_tried_at_half_the_training_loaders_batch_which_its_finding_now_names(tmp_path):
+    from ptdiag.specialists.memory.oom import oom_findings
+
+    smaller = interventions.BY_NAME["loader_batch_size"]
+    assert smaller.metric_of("memory.oom") == "oom_step" and smaller.metric_of("memory.fit") == "step_peak"
+    assert smaller.settings_for({"batch_size": 64}, "memory.oom") == {"batch_size": 32}
+    assert smaller.settings_for({"batch_size": 1}, "memory.oom") is None  # nothing smaller to try
+    assert smaller.settings_for({"batch_size": None}, "memory.oom") is None  # no loader seen
+    # the fit estimate's evidence is not read for an OOM, nor the OOM's for the estimate
+    assert smaller.settings_for({"largest_batch": 30, "estimated_peak_bytes": 2e8, "budget_bytes": 1e8},
+                                "memory.oom") is None
+    assert smaller.settings_for({"batch_size": 64}, "memory.fit") is None
+    # the first step ran out: no step says which loader it trained on, the only one built did
+    finding, = oom_findings(_recorded(tmp_path / "first", OOM_EVENTS), {})
+    assert (finding.evidence["step"], finding.evidence["batch_size"]) == (1, 64)
+    assert "(the DataLoader's is 64)" in finding.fix
+    # later: the loader the steps trained on, not the evaluation's built after it
+    later = _recorded(tmp_path / "later", [OOM_EVENTS[0], {"ev": "dataloader", "loader": 1, "batch_size": 500},
+                                           {"ev": "step", "step": 1, "loader": 0},
+                                           {**OOM_EVENTS[1], "step": 1}])
+    assert oom_findings(later, {})[0].evidence["batch_size"] == 64
+    two_unused = _recorded(tmp_path / "two", [OOM_EVENTS[0], {"ev": "dataloader", "loader": 1, "batch_size": 500},
+                                              OOM_EVENTS[1]])
+    assert oom_findings(two_unused, {})[0].evidence["batch_size"] is None  # which one trained: not known
+
+
+def test_a_smaller_batch_helps_an_oom_when_the_run_gets_past_its_step_without_running_out(tmp_path):
+    metric = METRICS["oom_step"]
+    before = metric.before(_recorded(tmp_path / "bare", OOM_EVENTS))
+    assert (before["step"], before["batch_size"]) == (1, 64)
+    assert metric.before(_recorded(tmp_path / "fine", OOM_EVENTS[:1] + [{"ev": "exit", "steps": 3}])) is None
+    assert metric.bound(before, None) == 3  # the failing step plus OOM_MARGIN_STEPS
+    past = {"step": None, "steps": 3, "batch_size": 32, "completed": False}
+    assert metric.helped(before, past) is True
+    assert metric.helped(before, {**past, "steps": 2}) is None  # cut before the margin: can't tell
+    assert metric.helped(before, {**past, "steps": 2, "completed": True}) is True  # the program's own end
+    again = {**past, "step": 1, "steps": 0}
+    assert metric.helped(before, again) is False
+    assert "trained through step 3 without running out of memory (at batch 64 it ran out of memory at step 1)" \
+        in metric.sentence("the DataLoader's batch size at most 32", before, past, True)
+    assert "still ran out of memory at step 1" in metric.sentence("batch 32", before, again, False)
+
+
+def test_the_optimizer_steps_with_foreach_and_updates_the_weights_as_its_loop_would(tmp_path):
+    code = ("import json, torch\ntorch.manual_seed(0)\n"
+            "def trained(**flags):\n"
+            "    torch.manual_seed(0)\n"
+            "    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 1))\n"
+            "    opt = torch.optim.Adam(model.parameters(), lr=0.1, **flags)\n"
+            "    for _ in range(3):\n"
+            "        opt.zero_grad(); model(torch.ones(2, 4)).sum().backward(); opt.step()\n"
+            "    return opt, torch.cat([p.detach().flatten() for p in model.parameters()])\n"
+            "opt, weights = trained()\n"
+            "ref_opt, reference = trained(foreach=False)\n"
+            "print(json.dumps({'foreach': [g['foreach'] for g in opt.param_groups],\n"
+            "                  'same': bool(torch.allclose(weights, reference, atol=1e-6))}))\n")
+    out, events = run_with(code, tmp_path, interventions.encode("optimizer_foreach", {"foreach": True}))
+    # the primary optimizer (the first that stepped) got foreach; same arithmetic, same weights
+    assert out == {"foreach": [True], "same": True}
+    assert [e for e in events if e["ev"] == "intervention"][-1]["applied"] >= 1

@@ -473,3 +473,30 @@ def test_the_first_recorded_step_is_not_cut_when_its_calls_fit(tmp_path):
         assert "performance profiler window" in probe._switched_off
     finally:
         probe.events.close()
+
+
+def _optimizer_heavy(**first) -> Measured:
+    """Steps of 10 ms whose optimizer step takes 6 ms (the 96-tensor Adam of
+    tests/programs/optimizer_loop.py measured 6.65 of 9.3 ms)."""
+    rows = [{"step": s, "dt": 0.01, "data": 0.0, "forward": 0.001, "backward": 0.002, "optimizer": 0.006,
+             "other": 0.001} for s in range(2, 10)]
+    optimizer = {"cls": "Adam", "nth": 1, "tensors": 96, "foreach": None, "fused": None, "location": "train.py:24",
+                 **first}
+    return _measured(breakdown=breakdown(rows, batch=2), new_optimizers=[optimizer])
+
+
+def test_an_optimizer_looping_over_its_tensors_is_claimed_where_its_step_is_a_large_share():
+    finding, impact = detectors.optimizer_loop(_optimizer_heavy())
+    assert finding.code == "performance.optimizer_loop" and finding.severity == "info"
+    assert finding.evidence["optimizer_share"] == pytest.approx(0.6) and impact == pytest.approx(0.6)
+    assert (finding.evidence["tensors"], finding.evidence["optimizer_ms_p50"]) == (96, 6.0)
+    assert "foreach=True" in finding.fix and "96 tensors" in finding.fix
+    assert detectors.optimizer_loop(_optimizer_heavy(foreach=False, **{})) is not None  # asked for the loop
+    # torch already runs it over all tensors at once, or there is little to loop over
+    assert detectors.optimizer_loop(_optimizer_heavy(foreach=True)) is None
+    assert detectors.optimizer_loop(_optimizer_heavy(fused=True)) is None
+    assert detectors.optimizer_loop(_optimizer_heavy(tensors=4)) is None
+    cuda = _optimizer_heavy()
+    cuda.env = {"cores": 4, "cuda": True}  # foreach is torch's default there
+    assert detectors.optimizer_loop(cuda) is None
+    assert detectors.optimizer_loop(_measured(new_optimizers=_optimizer_heavy().new_optimizers)) is None  # 5 %

@@ -158,3 +158,43 @@ def test_the_batch_the_fit_estimate_names_is_measured_on_a_real_step(workdir):
     assert verified["helped"] is (True if fits else None)  # lower but over: partly, the finding not demoted
     assert finding["severity"] == "error"  # the program's batch does not fit, whatever the verdict
     assert verified["steps"] == 2  # to MemTracker's step, past the main run's --max-steps 1
+
+
+@pytest.mark.parametrize("batch, helped", [(64, True), (128, False)])
+def test_an_out_of_memory_error_is_tried_at_half_the_batch(workdir, batch, helped):
+    """oom_batch.py raises torch.OutOfMemoryError itself above its own device limit (48
+    rows' activations; no CUDA here): at 64 rows half the batch fits, at 128 it does not."""
+    proc = run_ptdiag("CUDA out of memory", "--json", "r.json", "--", PYTHON, str(PROGRAMS / "oom_batch.py"),
+                      "--batch", str(batch), cwd=workdir, env=DEFAULT_VERIFY)
+    assert proc.returncode == 1  # the program's own exit code: it ran out of memory
+    report, stderr = load_report(workdir / "r.json"), proc.stderr.decode()
+    finding = next(f for f in report["findings"] if f["code"] == "memory.oom")
+    assert finding["evidence"]["batch_size"] == batch
+    verified = finding["verified"]
+    assert (verified["intervention"], verified["metric"], verified["settings"]) == (
+        "loader_batch_size", "oom_step", {"batch_size": batch // 2})
+    assert verified["before"] == 1 and verified["helped"] is helped
+    after = verified["measured"]["after"]
+    assert after["batch_size"] == batch // 2
+    if helped:  # past the failing step by the margin, no out-of-memory error
+        assert verified["after"] is None and after["steps"] == 3
+    else:  # out of memory again at the same step
+        assert verified["after"] == 1 and "still ran out of memory" in verified["summary"]
+    assert finding["severity"] == "error"  # the run did run out of memory: a fix that did not help demotes nothing
+    assert stderr.count(f"verify-loader_batch_size run: the command again with the DataLoader's batch size at most "
+                        f"{batch // 2} for 3 steps") == 1
+
+
+def test_an_optimizer_looping_over_its_tensors_is_tried_with_foreach(workdir):
+    """A time on a loaded box: the verdict is the machine's, so only that the fix was applied
+    in a run of the same steps and measured is asserted (its speed: docs/verification.md)."""
+    report, stderr, _ = diagnose(workdir, "training is slow", "optimizer_loop.py")
+    finding = next(f for f in report["findings"] if f["code"] == "performance.optimizer_loop")
+    assert finding["evidence"]["tensors"] == 96 and finding["evidence"]["foreach"] is None
+    verified = finding["verified"]
+    assert (verified["intervention"], verified["metric"], verified["settings"]) == (
+        "optimizer_foreach", "step_time", {"foreach": True})
+    assert verified["applied"] >= 1 and verified["steps"] == report["steps_observed"]
+    assert verified["measured"]["after"]["phases_ms"]["optimizer"] > 0
+    assert finding["severity"] == "info"  # advice: nothing to demote whatever the time says
+    assert "verify-optimizer_foreach run: the command again with the optimizer's foreach=True" in stderr

@@ -283,7 +283,8 @@ def options(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")
                                   **({"choices": list(o.choices)} if o.choices else {})} for o in declared]
                              for s, declared in OPTIONS.items()},
                           "interventions": [{"name": i.name, "area": i.area, "changes": i.changes,
-                                             "verifies": list(i.verifies), "defaults": i.defaults, "metric": i.metric}
+                                             "verifies": list(i.verifies), "defaults": i.defaults, "metric": i.metric,
+                                             **({"metric_for": i.metric_for} if i.metric_for else {})}
                                             for i in INTERVENTIONS]}, indent=2))
         return 0
     for specialist, declared in OPTIONS.items():
@@ -296,7 +297,8 @@ def options(as_json: bool = typer.Option(False, "--json", help="Print as JSON.")
         settings = ", ".join(f"{k}={v}" for k, v in i.defaults.items())
         typer.echo(f"  {i.name} " + (f"({settings}; from the finding's evidence where it measured them)"
                                      if settings else "(no settings)"))
-        typer.echo(f"       {i.changes}; verifies {', '.join(i.verifies)}; measures {METRICS[i.metric]}")
+        typer.echo(f"       {i.changes}; verifies {', '.join(i.verifies)}; measures {METRICS[i.metric]}"
+                   + "".join(f"; for {code}: {METRICS[m]}" for code, m in i.metric_for.items()))
     return 0
 
 

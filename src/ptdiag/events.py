@@ -132,7 +132,9 @@ EVENTS: dict[str, EventKind] = {
     "perf_model": _kind("cls param_dtypes device location", "the model's parameter dtypes and device"),
     "perf_loader": _kind("batch_size num_workers pin_memory persistent_workers prefetch_factor",
                          "a DataLoader's loading settings"),
-    "perf_optimizer": _kind("cls nth optimizer_steps location", "a new optimizer object began stepping"),
+    "perf_optimizer": _kind("cls nth optimizer_steps location tensors foreach fused",
+                            "a new optimizer object began stepping: its parameter tensors, and its first group's "
+                            "foreach/fused flags (None: torch's default for the device)"),
     "perf_optimizers": _kind("objects steps alive", "optimizer objects against optimizer steps, at exit"),
     "perf_env": _kind("cores torch_threads cuda cpu_capability omp_num_threads local_processes", "cores and threads the training had"),
     "perf_steps": _kind("rows", "per-step phase times (data, forward, backward, optimizer, other)"),

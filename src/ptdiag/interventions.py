@@ -30,6 +30,8 @@ METRICS = {
     "step_peak": "a training step's peak memory, measured by MemTracker on real tensors, against --target-memory",
     "loss_growth": "the loss's last value against its first, over the same steps (diverged: 10x above or more)",
     "scaler_skips": "the backward passes whose update a GradScaler skipped (inf/NaN gradients), over the same steps",
+    "oom_step": "whether the run got past the step where it ran out of memory (a margin of steps more, or the "
+                "program's own end) without an out-of-memory error",
 }
 
 
@@ -55,14 +57,18 @@ class Intervention:
     # finding code -> the metric for it, where not `metric` (the LR fix: a NaN for an
     # explosion, the loss's growth for a loss that diverged without one)
     metric_for: dict[str, str] = field(default_factory=dict)
+    # finding code -> its settings from its evidence, where not `from_evidence` (a smaller
+    # batch: the fit estimate's largest batch for memory.fit, half the program's for an OOM)
+    evidence_for: dict[str, Callable[[dict], dict]] = field(default_factory=dict)
 
     def metric_of(self, code: str) -> str:
         return self.metric_for.get(code, self.metric)
 
-    def settings_for(self, evidence: dict) -> dict[str, Any] | None:
-        """Its settings for a finding with this evidence; None where a setting without a
-        default was not measured (the intervention does not apply to that finding)."""
-        found = {k: v for k, v in self.from_evidence(evidence or {}).items() if v is not None}
+    def settings_for(self, evidence: dict, code: str | None = None) -> dict[str, Any] | None:
+        """Its settings for a finding of this code with this evidence; None where a setting
+        without a default was not measured (the intervention does not apply to that finding)."""
+        read = self.evidence_for.get(code, self.from_evidence)
+        found = {k: v for k, v in read(evidence or {}).items() if v is not None}
         settings = {**self.defaults, **found}
         return settings if all(v is not None for v in settings.values()) else None
 
@@ -102,6 +108,14 @@ def _batch_that_fits(evidence: dict) -> dict:
     some batch does: at 0 nothing fits, and a smaller batch is not the fix)."""
     peak, budget, largest = (evidence.get(k) for k in ("estimated_peak_bytes", "budget_bytes", "largest_batch"))
     return {"batch_size": largest} if peak and budget and peak > budget and largest else {}
+
+
+def _half_the_batch(evidence: dict) -> dict:
+    """Half the training DataLoader's batch where the run ran out of memory: activations
+    scale with it, so a half batch is the smallest change that shows the batch is the cause
+    (a batch of 1 has nothing smaller to try)."""
+    batch = evidence.get("batch_size")
+    return {"batch_size": batch // 2} if isinstance(batch, int) and batch > 1 else {}
 
 
 def _lr_before_the_rise(evidence: dict) -> dict:
@@ -238,6 +252,13 @@ INTERVENTIONS: tuple[Intervention, ...] = (
         verifies=("performance.compute_bound",),
         defaults={"num_threads": None}, metric="step_time", from_evidence=_threads_advised),
     Intervention(
+        "optimizer_foreach", "performance", "every parameter group of the optimizer stepped with foreach=True (its "
+                                            "multi-tensor implementation), set right before each step; a fused or "
+                                            "differentiable group left as it is",
+        "the optimizer's foreach=True",
+        verifies=("performance.optimizer_loop",),
+        defaults={"foreach": True}, acts_on="optimizer", metric="step_time"),
+    Intervention(
         "distributed_sampler", "distributed", "each DataLoader whose sampler is of the training loader's kind "
                                               "(RandomSampler or SequentialSampler, no batch_sampler) built with a "
                                               "DistributedSampler over the ranks instead, shuffling as the loader "
@@ -272,8 +293,9 @@ INTERVENTIONS: tuple[Intervention, ...] = (
         "loader_batch_size", "memory", "each DataLoader built with a batch size of at most the one given (the "
                                        "program's other arguments kept)",
         "the DataLoader's batch size at most {batch_size}",
-        verifies=("memory.fit",),
-        defaults={"batch_size": None}, metric="step_peak", from_evidence=_batch_that_fits),
+        verifies=("memory.fit", "memory.oom"),
+        defaults={"batch_size": None}, metric="step_peak", from_evidence=_batch_that_fits,
+        metric_for={"memory.oom": "oom_step"}, evidence_for={"memory.oom": _half_the_batch}),
 )
 BY_NAME = {i.name: i for i in INTERVENTIONS}
 AREAS = tuple(dict.fromkeys(i.area for i in INTERVENTIONS))

@@ -33,6 +33,14 @@ class ProcessEvents:
         """Steps the probe counted whose update a GradScaler skipped on the device (fused optimizers)."""
         return {e["step"] for e in self.of("step_skipped") if e.get("counted")}
 
+    def training_loader(self) -> dict | None:
+        """The `dataloader` event of the loader the steps trained on; where no step ended
+        (an out-of-memory in the first), the only loader built (None where there were several)."""
+        used = {e.get("loader") for e in self.of("step")}
+        loaders = self.of("dataloader")
+        found = next((e for e in loaders if e.get("loader") in used), None)
+        return found if found or used or len(loaders) != 1 else loaders[0]
+
     @property
     def steps(self) -> int:
         """Updates made: optimizer steps taken (the last recorded, or the count at exit: the

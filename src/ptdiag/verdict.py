@@ -116,14 +116,8 @@ def ptdiag_cost(run: RecordedRun) -> dict | None:
 
 
 def _train_batch_size(run: RecordedRun) -> int | None:
-    main = run.main
-    if main is None:
-        return None
-    used = {e.get("loader") for e in main.of("step")}
-    for loader in main.of("dataloader"):
-        if loader.get("loader") in used and loader.get("batch_size"):
-            return loader["batch_size"]
-    return None
+    loader = run.main.training_loader() if run.main else None
+    return (loader or {}).get("batch_size") or None
 
 
 def stopped_by(run: RecordedRun) -> dict | None:

@@ -403,6 +403,22 @@ class Deterministic(Applied):
             self._applied()
 
 
+class OptimizerForeach(Applied):
+    """foreach=True in each parameter group of the optimizer, right before its step (the
+    step reads the flag from the group each time): the same update in a few multi-tensor
+    calls. Not fused=True: a fused optimizer's step state and AMP scaling are chosen in its
+    constructor. A group without the flag (the optimizer has no foreach implementation),
+    a fused one, or a differentiable one (foreach ops record no graph) is left as it is."""
+
+    def on_step_begin(self, step, optimizer) -> None:
+        groups = [g for g in getattr(optimizer, "param_groups", ()) if "foreach" in g
+                  and g["foreach"] is not True and not g.get("fused") and not g.get("differentiable")]
+        for group in groups:
+            group["foreach"] = True
+        if groups:
+            self._applied()
+
+
 class LoaderBatchSize(Applied):
     """Each DataLoader built with a batch size of at most `batch_size`; one that batches
     by a batch_sampler, or not at all (batch_size=None), is left as it is."""
@@ -416,7 +432,7 @@ class LoaderBatchSize(Applied):
             self._applied()
 
 
-PLUGINS.update({"deterministic_algorithms": Deterministic, "loader_batch_size": LoaderBatchSize, "torch_threads": Threads, "sampler_set_epoch": SetEpoch, "distributed_sampler": ShardedSampler,
+PLUGINS.update({"deterministic_algorithms": Deterministic, "loader_batch_size": LoaderBatchSize, "optimizer_foreach": OptimizerForeach, "torch_threads": Threads, "sampler_set_epoch": SetEpoch, "distributed_sampler": ShardedSampler,
                 "eval_no_grad": EvalNoGrad})
 
 

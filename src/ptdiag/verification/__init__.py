@@ -119,7 +119,7 @@ def plan(findings: list[Finding], run: RecordedRun) -> list[Planned]:
             name = intervention.metric_of(finding.code)
             metric = METRICS[name]
             before = metric.before(run)
-            settings = intervention.settings_for(finding.evidence)
+            settings = intervention.settings_for(finding.evidence, finding.code)
             if before is not None and settings is not None:
                 planned.append(Planned(finding, intervention, settings, before, metric.bound(before, run), name))
     return planned

@@ -19,6 +19,10 @@ from ptdiag.findings import SEVERITIES, Finding
 STATE_FILE = "verification.json"
 # the metrics whose findings are candidate causes of one symptom (a run has one first NaN)
 CAUSE_METRICS = ("first_nonfinite_step", "loss_growth")
+# the metrics whose finding is the failure itself, not a candidate cause of it: the run did
+# run out of memory whatever a smaller batch did, so a fix that did not help demotes nothing
+# (the sentence says the batch is not the only thing that does not fit)
+FAILURE_METRICS = ("oom_step",)
 
 
 def _load(run_dir: Path) -> dict:
@@ -59,7 +63,7 @@ def attach(findings: list[Finding], run_dir: Path) -> list[str]:
         best = min(tried, key=_rank)
         others = sorted((v for v in tried if v is not best), key=_rank)
         finding.verified = {**best, **({"also": others} if others else {})}
-        if all(v.get("helped") is False for v in tried):
+        if all(v.get("helped") is False and v.get("metric") not in FAILURE_METRICS for v in tried):
             finding.severity = SEVERITIES[min(SEVERITIES.index(finding.severity) + 1, len(SEVERITIES) - 1)]
     _rank_causes(findings, severities)
     return list(dict.fromkeys(notes))

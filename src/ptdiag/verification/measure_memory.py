@@ -6,6 +6,10 @@ there is one). The verdict is the count at the finding's line: a forward under n
 records no graph, so the count is 0 when the fix took; the bytes are reported, the peaks
 only shown (an evaluation after the last step is past every step boundary, and on a CPU
 the RSS holds freed memory the allocator keeps).
+
+A smaller batch has two: `step_peak` (memory.fit: a real step's measured peak against
+the target) and `oom_step` (memory.oom: whether the run got past the step that ran out of
+memory, OOM_MARGIN_STEPS more, without running out again).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 from ptdiag.options import settings
 from ptdiag.recorded import RecordedRun
 from ptdiag.specialists.memory.snapshot_findings import format_bytes
+from ptdiag.verdict import oom_exception
 from ptdiag.verification.measure import Metric
 
 
@@ -123,8 +128,56 @@ def _to_the_breakdown_step(before: dict, run: RecordedRun) -> int:
     return max(run.steps_observed, step, 1)
 
 
+# -- past the step that ran out of memory ---------------------------------------------------------
+# steps the run must get past the one that ran out of memory: the optimizer's state is
+# allocated at its first step, so the step after is the first at the steady peak
+OOM_MARGIN_STEPS = 2
+
+
+def _oom(run: RecordedRun) -> dict:
+    """The out-of-memory error that ended the run, if any (its step counted from 1, as the
+    memory.oom finding says it), the steps taken, and whether the program ended on its own."""
+    exc = oom_exception(run)
+    loader = run.main.training_loader() if run.main else None
+    return {"step": exc.get("step", 0) + 1 if exc else None, "message": exc.get("message") if exc else None,
+            "steps": run.steps_observed, "batch_size": (loader or {}).get("batch_size"),
+            "completed": run.stopped_by_ptdiag is None and run.outcome.get("exit_code") == 0}
+
+
+def _oom_before(run: RecordedRun) -> dict | None:
+    found = _oom(run)
+    return found if found["step"] is not None else None
+
+
+def _oom_helped(before: dict, after: dict) -> bool | None:
+    """Out of memory again: not helped. Past the failing step by the margin, or to the
+    program's own end: helped. Ended earlier for another reason (cut, crashed): can't tell."""
+    if after["step"] is not None:
+        return False
+    if after["steps"] >= before["step"] + OOM_MARGIN_STEPS or (after["completed"] and after["steps"]):
+        return True
+    return None
+
+
+def _oom_sentence(change: str, before: dict, after: dict, helped: bool | None) -> str:
+    was = f"at batch {before['batch_size']} it ran out of memory at step {before['step']}"
+    if helped:
+        end = ", the program's end" if after["completed"] else ""
+        return f"with {change} the run trained through step {after['steps']}{end} without running out of memory ({was})"
+    if helped is False:
+        return (f"with {change} the run still ran out of memory at step {after['step']} ({was}): the batch is not "
+                "the only thing that does not fit")
+    return (f"with {change} the run ended after {after['steps']} steps, before it got past step {before['step']}: "
+            "not verified")
+
+
+def _past_the_oom(before: dict, run: RecordedRun) -> int:
+    return before["step"] + OOM_MARGIN_STEPS
+
+
 METRICS: dict[str, Metric] = {
     "unused_forwards": Metric("forwards", _before, lambda runs: _unused(runs[0]), _helped, _sentence,
                               _past_the_last_step),
     "step_peak": Metric("peak_bytes", _peak_before, _peak_after, _peak_helped, _peak_sentence, _to_the_breakdown_step),
+    "oom_step": Metric("step", _oom_before, lambda runs: _oom(runs[0]), _oom_helped, _oom_sentence, _past_the_oom),
 }

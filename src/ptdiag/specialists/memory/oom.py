@@ -47,6 +47,7 @@ def oom_findings(run: RecordedRun, snapshots: dict) -> list[Finding]:
     where = {"step": (exc.get("step", 0) + 1) if exc else refused[-1].get("step"),
              "rank": exc["rank"] if exc else refused[-1]["rank"],
              "exception_location": exc.get("location") if exc else None}
+    where["batch_size"] = _batch_size(run, where["rank"])
     path, analysis = _kept(snapshots, RAISED) if exc else (None, None)
     if analysis is None:
         path, analysis = _kept(snapshots, CAUGHT)
@@ -59,6 +60,14 @@ def oom_findings(run: RecordedRun, snapshots: dict) -> list[Finding]:
             finding.title = f"{finding.title} ({_not_raised(len(refused))})"
         return [finding]
     return [_exception_finding(run, exc, refused, where)]
+
+
+def _batch_size(run: RecordedRun, rank: int) -> int | None:
+    """The training DataLoader's batch size on the failing rank, as the program built it:
+    the setting a smaller batch (the loader_batch_size intervention) starts from."""
+    proc = run.ranks.get(rank) or run.main
+    loader = proc.training_loader() if proc else None
+    return (loader or {}).get("batch_size")
 
 
 def _not_raised(count: int) -> str:
@@ -82,7 +91,8 @@ def _exception_finding(run: RecordedRun, exc: dict | None, caught: list[dict], w
                + measured + " No CUDA snapshot was recorded at the failure (CPU run, or CUDA unavailable to the probe).",
         evidence={**where, "location": where["exception_location"], "message": exc.get("message") if exc else None,
                   "caught_ooms": len(caught), "last_boundary": last},
-        fix="Reduce the batch size (keep the effective batch with gradient accumulation) or use bf16 autocast; "
+        fix="Reduce the batch size" + (f" (the DataLoader's is {where['batch_size']})" if where["batch_size"] else "")
+            + " (keep the effective batch with gradient accumulation) or use bf16 autocast; "
             "see memory.breakdown for what filled memory and the fixes ranked by measured savings.")
 
 

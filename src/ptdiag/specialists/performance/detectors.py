@@ -38,6 +38,10 @@ REBUILT_STEPS_PER_OBJECT_MAX = 2.0
 COMPUTE_IN_OPS_SHARE = 0.75  # CPU: share of the (non-data) step spent inside ops
 FUSION_SAVING = 0.5  # assumed share of elementwise/normalisation time torch.compile removes
 ADVICE_MIN_SHARE = 0.05
+# the optimizer's per-parameter loop: claimed where its step took this share of the training
+# step (median over the steps), looping over at least this many tensors one at a time
+OPTIMIZER_SHARE_MIN = 0.25
+OPTIMIZER_LOOP_MIN_TENSORS = 16
 WORKERS_WORTH_IT = 1.2  # a predicted speed-up below this from workers alone: say the loading must get cheaper
 
 
@@ -412,7 +416,35 @@ def _threads_gain(env: dict[str, Any]) -> dict[str, Any] | None:
                       f"by up to {saved:.0%} (ideal scaling)."}
 
 
-DETECTORS = (optimizer_recreated, float64, dataloader_bound, launch_bound, host_sync, rank_imbalance)
+def optimizer_loop(m: Measured):
+    """The optimizer's step is a large share of the training step and updates its tensors
+    one at a time: torch's for-loop implementation, its default on a CPU (on CUDA it
+    defaults to foreach), or foreach=False given. The multi-tensor (foreach) or fused
+    implementation does the same arithmetic in a few calls over all of them."""
+    share = ((m.breakdown or {}).get("phases") or {}).get("optimizer", {}).get("share", 0.0)
+    first = m.new_optimizers[0] if m.new_optimizers else {}
+    foreach, fused, tensors = first.get("foreach"), first.get("fused"), first.get("tensors") or 0
+    looped = foreach is False or (foreach is None and not m.env.get("cuda"))
+    if share < OPTIMIZER_SHARE_MIN or tensors < OPTIMIZER_LOOP_MIN_TENSORS or fused or not looped:
+        return None
+    phase = m.breakdown["phases"]["optimizer"]
+    return _finding(
+        "optimizer_loop", "info",
+        f"The optimizer step takes {share:.0%} of the step, updating {tensors} parameter tensors one at a time "
+        f"({first.get('cls')}, foreach {'off' if foreach is False else 'not set'})",
+        f"{first.get('cls')}.step() took {share:.0%} of the median step ({1000 * phase.get('p50', 0):.2f} ms of "
+        f"{1000 * (m.step_s or 0):.2f} ms) over {tensors} tensors with its per-parameter (for-loop) implementation"
+        + ("" if foreach is False else ", torch's default without CUDA") + ".",
+        {"optimizer_share": share, "optimizer_ms_p50": round(1000 * phase.get("p50", 0), 3),
+         "step_ms_p50": round(1000 * (m.step_s or 0), 3), "cls": first.get("cls"), "tensors": tensors,
+         "foreach": foreach, "fused": fused, "location": first.get("location")},
+        f"Build the optimizer with foreach=True (its multi-tensor implementation: one call per update rule over "
+        f"all {tensors} tensors), or fused=True where torch has a fused kernel for it (Adam, AdamW, SGD, Adagrad; "
+        "CUDA, and CPU since torch 2.4)."), share
+
+
+DETECTORS = (optimizer_recreated, float64, dataloader_bound, launch_bound, host_sync, rank_imbalance,
+             optimizer_loop)
 
 
 def not_profiled(m: Measured, others: list[Finding]):

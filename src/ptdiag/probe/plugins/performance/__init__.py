@@ -246,8 +246,11 @@ class Plugin(ProbePlugin):
         self._optimizers.add(optimizer)
         self._optimizer_objects += 1
         if self._optimizer_objects <= NEW_OPTIMIZER_EVENTS:
+            groups = getattr(optimizer, "param_groups", None) or [{}]
             self.probe.emit("perf_optimizer", cls=type(optimizer).__name__, nth=self._optimizer_objects,
-                            optimizer_steps=self._optimizer_steps, location=user_location(2))
+                            optimizer_steps=self._optimizer_steps, location=user_location(2),
+                            tensors=sum(len(g.get("params") or ()) for g in groups),
+                            foreach=groups[0].get("foreach"), fused=groups[0].get("fused"))
 
     # -- windows -----------------------------------------------------------------------------
     def _start_telemetry(self) -> None:
