@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 
@@ -174,10 +173,10 @@ def test_sigint_is_forwarded_and_partial_report_written(workdir):
 
 
 def test_timeout_dumps_stacks_and_reports_hung(workdir):
-    start = time.monotonic()
+    # ptdiag must end the hang itself: the subprocess guard is generous, a loaded CI box is slow
     proc = run_ptdiag("it hangs", "--timeout", "25", "--json", "r.json", "--", PYTHON,
-                      str(PROGRAMS / "hang_after_steps.py"), cwd=workdir, timeout=120)
-    assert time.monotonic() - start < 90
+                      str(PROGRAMS / "hang_after_steps.py"), cwd=workdir, timeout=240)
+    assert b"WAITING" in proc.stdout  # it reached its hang before the time-out
     report = load_report(workdir / "r.json")
     assert report["status"] == "hung"
     finding = next(f for f in report["findings"] if f["code"] == "ptdiag.hung")

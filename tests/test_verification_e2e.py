@@ -168,7 +168,9 @@ def test_an_out_of_memory_error_is_tried_at_half_the_batch(workdir, batch, helpe
                       "--batch", str(batch), cwd=workdir, env=DEFAULT_VERIFY)
     assert proc.returncode == 1  # the program's own exit code: it ran out of memory
     report, stderr = load_report(workdir / "r.json"), proc.stderr.decode()
-    finding = next(f for f in report["findings"] if f["code"] == "memory.oom")
+    finding = report["findings"][0]  # the OOM is the failure: no "the command failed before training" above it
+    assert finding["code"] == "memory.oom", [f["code"] for f in report["findings"]]
+    assert "ptdiag.command_failed" not in [f["code"] for f in report["findings"]]
     assert finding["evidence"]["batch_size"] == batch
     verified = finding["verified"]
     assert (verified["intervention"], verified["metric"], verified["settings"]) == (

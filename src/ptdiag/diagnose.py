@@ -30,7 +30,7 @@ from ptdiag.specialists import child_env, parent_part
 from ptdiag.specialists.tracking import naming, record, store_facts
 from ptdiag.stackdump import user_frame
 from ptdiag.verification import attach as verification_attach
-from ptdiag.verdict import run_findings, run_metrics, run_status, stopped_by, switched_off
+from ptdiag.verdict import run_findings, run_metrics, run_status, stopped_by, switched_off, without_repeated_failure
 
 @dataclass
 class Options:
@@ -169,6 +169,7 @@ def analyse_run(run_dir: Path) -> Report:
         findings.extend(analysis.findings)
         artifacts_found.update(analysis.artifacts)
         metrics_found.update(analysis.metrics)
+    findings = without_repeated_failure(findings, status)
     notes += verification_attach.attach(findings, run_dir)  # before sorting: a fix that did not help demotes
     if run.probe_errors:
         notes.append(f"the probe logged internal errors (the training was not affected): {run_dir / 'probe-errors.log'}")

@@ -147,6 +147,19 @@ def _last_error(exc: dict | None) -> str | None:
     return f"{exc['type']}: {lines[-1] if lines else ''}"
 
 
+# a failed run's status -> the specialist finding that says that failure with its error, step
+# and place: where one was made, "the command failed before training" only repeats it, above it
+# (an OOM at the first step: the headline said the command failed, the OOM came second)
+FAILURE_EXPLAINED_BY = {"oom": "memory.oom"}
+
+
+def without_repeated_failure(findings: list[Finding], status: str) -> list[Finding]:
+    explained_by = FAILURE_EXPLAINED_BY.get(status)
+    if explained_by and any(f.code == explained_by for f in findings):
+        return [f for f in findings if f.code != "ptdiag.command_failed"]
+    return findings
+
+
 def run_findings(run: RecordedRun, status: str) -> list[Finding]:
     """ptdiag.command_failed / ptdiag.no_training_observed when the run never trained;
     ptdiag.crashed when it failed part-way (where, with which error)."""
