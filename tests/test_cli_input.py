@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -68,15 +68,17 @@ def test_route_is_fast_and_imports_no_torch(workdir):
             "r.route('CUDA out of memory'); assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
     best = min(_timed(workdir) for _ in range(3))
-    assert best < 1.0  # whole process, interpreter start included; the 150 ms goal is benchmarked
+    assert best < 1.0  # CPU s, whole process, interpreter start included; the 150 ms goal is benchmarked
     proc = run_ptdiag("route", "CUDA out of memory after a few batches", "--json", cwd=workdir)
     assert b'"memory"' in proc.stdout
 
 
 def _timed(workdir) -> float:
-    start = time.perf_counter()
+    """CPU seconds of the whole `ptdiag route` process: a loaded box's waits for a core are not its."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     run_ptdiag("route", "loss is nan", cwd=workdir)
-    return time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def test_env_command(workdir):
