@@ -86,9 +86,10 @@ TUTORIAL = Path(__file__).resolve().parents[1] / "diagnostics" / "distributed" /
 @pytest.fixture(scope="module")
 def tutorial_runs(tmp_path_factory) -> dict[str, dict]:
     """The DDP tutorial's shape (a batch-size peek each epoch, a snapshot with EPOCHS_RUN),
-    as written and without its set_epoch call; both variants start together."""
+    as written (without its set_epoch call: tests/test_verification_distributed_e2e.py, whose
+    run verifies that finding too)."""
     root = tmp_path_factory.mktemp("ddp_tutorial")
-    variants = {"correct": [], "forgot_set_epoch": ["--forget-set-epoch"]}
+    variants = {"correct": []}
     procs = {name: _start(root / name, ["training with DDP"], _torchrun(29721 + i, TUTORIAL, "--epochs", "2", *args))
              for i, (name, args) in enumerate(variants.items())}
     errors = _finish(procs)
@@ -99,13 +100,6 @@ def test_the_tutorial_as_written_gets_no_warning(tutorial_runs):
     report = tutorial_runs["correct"]["report"]
     assert report["status"] == "completed" and report["steps_observed"] == 8
     assert [(f["code"], f["title"]) for f in report["findings"] if f["severity"] != "info"] == []
-
-
-def test_the_tutorial_without_set_epoch_is_told_so_counting_two_epochs(tutorial_runs):
-    finding = _finding(tutorial_runs["forgot_set_epoch"]["report"], "distributed.sampler_epoch_not_set")
-    assert finding["evidence"]["ranks"] == [0, 1]
-    assert finding["evidence"]["epochs"] == [1, 3]  # the loader's 2nd and 4th passes: the peeks are not epochs
-    assert "2 epochs" in finding["title"]
 
 
 def _finding(report: dict, code: str) -> dict:
