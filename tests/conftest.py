@@ -19,6 +19,10 @@ FIXTURES = REPO.parent / "shared" / "fixtures"
 PYTHON = sys.executable
 # Small and stable on a 2-core box (facts.md): one thread, tiny images, few samples.
 FAST_SAMPLE_ARGS = ["--threads", "1", "--samples", "64", "--image-size", "16"]
+# The performance specialist's windows, shortened from the defaults (4 + 1 + 3 + 2 + 3 steps):
+# the same profiler, call scan and tail, over fewer of the program's steps; it stops after step 8.
+PERF_WINDOWS = ["-o", "performance.skip=2", "-o", "performance.profile_steps=2",
+                "-o", "performance.scan_steps=1", "-o", "performance.tail_steps=2"]
 # Verification runs (a companion run per verified finding) are on by default for users; in
 # the suite only tests/test_verification_e2e.py and those that pass --verify run them: every
 # other diagnosis would cost one more training run (CI's 15-minute budget on a loaded box).

@@ -8,14 +8,12 @@ import socket
 
 import pytest
 
-from conftest import PROGRAMS, PYTHON, REPO, SAMPLES, assert_stop_announced, load_report, run_ptdiag
+from conftest import PERF_WINDOWS, PROGRAMS, PYTHON, REPO, SAMPLES, assert_stop_announced, load_report, run_ptdiag
 
 pytestmark = pytest.mark.slow
 
 TINY = ["--threads", "1", "--samples", "96", "--image-size", "16", "--batch-size", "8", "--epochs", "1"]
-# shorter windows than the defaults keep each run to a few seconds: stop after step 7
-WINDOWS = ["-o", "performance.skip=2", "-o", "performance.profile_steps=2",
-           "-o", "performance.scan_steps=1", "-o", "performance.tail_steps=2"]
+WINDOWS = PERF_WINDOWS  # shorter than the defaults: each run a few seconds
 STOP_STEP = 2 + 1 + 2 + 1 + 2
 
 

@@ -48,6 +48,13 @@ def _finding(report: dict, code: str) -> dict:
     return next(f for f in report["findings"] if f["code"] == code)
 
 
+def test_the_tutorial_without_set_epoch_is_told_so_counting_two_epochs(runs):
+    finding = _finding(runs["no_set_epoch"]["report"], "distributed.sampler_epoch_not_set")
+    assert finding["evidence"]["ranks"] == [0, 1]
+    assert finding["evidence"]["epochs"] == [1, 3]  # the loader's 2nd and 4th passes: the peeks are not epochs
+    assert "2 epochs" in finding["title"]
+
+
 def test_a_distributed_sampler_gives_each_rank_its_own_shard(runs):
     run = runs["no_sampler"]
     finding = _finding(run["report"], "distributed.no_distributed_sampler")

@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from conftest import DEFAULT_VERIFY, FAST_SAMPLE_ARGS, PROGRAMS, PYTHON, SAMPLES, load_report, run_ptdiag
+from conftest import DEFAULT_VERIFY, FAST_SAMPLE_ARGS, PERF_WINDOWS, PROGRAMS, PYTHON, SAMPLES, load_report, run_ptdiag
 
 pytestmark = pytest.mark.slow
 
 
-def diagnose(workdir, symptom: str, program: str, *args: str, verify: bool = False):
+def diagnose(workdir, symptom: str, program: str, *args: str, verify: bool = False, options: list[str] = ()):
     path = SAMPLES / program if (SAMPLES / program).exists() else PROGRAMS / program
-    proc = run_ptdiag(symptom, "--json", "r.json", *(["--verify"] if verify else []), "--", PYTHON,
+    proc = run_ptdiag(symptom, "--json", "r.json", *(["--verify"] if verify else []), *options, "--", PYTHON,
                       str(path), *args, cwd=workdir, env=DEFAULT_VERIFY)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     report = load_report(workdir / "r.json")
@@ -62,7 +62,7 @@ def test_an_lr_far_too_high_is_scaled_as_far_as_its_measured_growth_says(workdir
 
 
 def test_a_data_bound_step_is_verified_with_workers(workdir):
-    report, _, run_dir = diagnose(workdir, "training is slow", "sleepy_loader.py")
+    report, _, run_dir = diagnose(workdir, "training is slow", "sleepy_loader.py", options=PERF_WINDOWS)
     top = report["findings"][0]
     assert top["code"] == "performance.dataloader_bound"
     verified = top["verified"]
@@ -93,8 +93,10 @@ def test_an_unseeded_run_repeats_bit_for_bit_once_seeded(workdir):
 
 
 def test_no_verify_runs_nothing_more(workdir):
-    proc = run_ptdiag("training is slow", "--no-verify", "--json", "r.json", "--", PYTHON,
-                      str(PROGRAMS / "sleepy_loader.py"), cwd=workdir)
+    """The exploding LR of the first test, whose fix is verified by default: --no-verify alone
+    turns that run off."""
+    proc = run_ptdiag("loss is NaN", "--no-verify", "--json", "r.json", "--", PYTHON,
+                      str(PROGRAMS / "nan_quick.py"), "--lr", "10", cwd=workdir, env=DEFAULT_VERIFY)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     report = load_report(workdir / "r.json")
     run_dir = workdir / "ptdiag-runs" / report["run_id"]
@@ -107,7 +109,8 @@ def test_a_thread_limited_compute_bound_step_is_tried_on_the_cores_it_may_use(wo
     """The verdict is the machine's (on a loaded 2-core box 2 threads were 10x slower than
     1: spinning OpenMP threads wait for cores other processes hold); what must hold is that
     the run took the advised threads, over the program's own set_num_threads(1)."""
-    report, stderr, run_dir = diagnose(workdir, "training is slow", "threads_mlp.py", "--threads", "1")
+    report, stderr, run_dir = diagnose(workdir, "training is slow", "threads_mlp.py", "--threads", "1",
+                                       options=PERF_WINDOWS)
     finding = next((f for f in report["findings"] if f["code"] == "performance.compute_bound"), None)
     assert finding, [(f["code"], f["title"], f["detail"]) for f in report["findings"]]
     verified = finding["verified"]
