@@ -160,7 +160,10 @@ def test_torchrun_two_gloo_ranks(workdir):
 
 
 def test_sigint_is_forwarded_and_partial_report_written(workdir):
-    proc = subprocess.Popen(ptdiag_cmd("slow", "--json", "r.json", "--", PYTHON, str(PROGRAMS / "train_forever.py")),
+    # performance alone would end the training after its windows (exit 0): on a loaded box that
+    # came before the forwarded Ctrl-C did; kept running, only the Ctrl-C can end it
+    proc = subprocess.Popen(ptdiag_cmd("slow", "-o", "performance.stop=no", "--json", "r.json", "--", PYTHON,
+                                       str(PROGRAMS / "train_forever.py")),
                             cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout.readline() == b"TRAINING\n"
     proc.send_signal(signal.SIGINT)  # to ptdiag alone, as kill -INT would

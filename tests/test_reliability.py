@@ -46,8 +46,9 @@ def test_segfault_location_is_kept(workdir):
 
 
 def test_sigkill_from_outside(workdir):
-    proc = subprocess.Popen(ptdiag_cmd("slow", "--quiet", "--json", "r.json", "--", PYTHON,
-                                       str(PROGRAMS / "train_forever.py")),
+    # kept running (performance alone ends it after its windows, which a loaded box can reach first)
+    proc = subprocess.Popen(ptdiag_cmd("slow", "-o", "performance.stop=no", "--quiet", "--json", "r.json", "--",
+                                       PYTHON, str(PROGRAMS / "train_forever.py")),
                             cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout.readline() == b"TRAINING\n"
     child = _probed_pids(workdir)[0]
@@ -83,8 +84,9 @@ def test_output_flood_streams_through(workdir):
 
 
 def test_sigterm_to_ptdiag_is_forwarded(workdir):
-    proc = subprocess.Popen(ptdiag_cmd("slow", "--quiet", "--json", "r.json", "--", PYTHON,
-                                       str(PROGRAMS / "train_forever.py")),
+    # kept running (performance alone ends it after its windows, which a loaded box can reach first)
+    proc = subprocess.Popen(ptdiag_cmd("slow", "-o", "performance.stop=no", "--quiet", "--json", "r.json", "--",
+                                       PYTHON, str(PROGRAMS / "train_forever.py")),
                             cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout.readline() == b"TRAINING\n"
     proc.send_signal(signal.SIGTERM)
