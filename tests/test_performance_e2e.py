@@ -179,3 +179,23 @@ def test_ddp_ranks_doing_the_same_work_are_not_called_imbalanced(workdir):
     report = diagnose_ddp(workdir, PROGRAMS / "ddp_tiny.py", "--steps", "10")
     assert set(report["metrics"]["trace_per_rank"]) == {"0", "1"}
     assert "performance.rank_imbalance" not in [f["code"] for f in report["findings"]]
+
+
+def test_a_program_ending_inside_the_profiler_window_is_not_traced_through_ptdiags_exit(workdir):
+    """A Ctrl-C (or the program's own end) inside the window: the profiler, still recording
+    with Python stacks, traced ptdiag's exit work too (the tracking plugin's package listing)
+    and its stop took 20 s, under load over a minute. The window ends before any exit work."""
+    script = workdir / "short.py"
+    script.write_text("import torch\nmodel = torch.nn.Linear(4, 1)\n"
+                      "opt = torch.optim.SGD(model.parameters(), lr=0.01)\n"
+                      "for _ in range(5):\n    model(torch.randn(8, 4)).sum().backward()\n"
+                      "    opt.step()\n    opt.zero_grad()\n")
+    proc = run_ptdiag("training is slow", "-o", "performance.skip=2", "-o", "performance.profile_steps=6",
+                      "--json", "r.json", "--", PYTHON, str(script), cwd=workdir)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    run_dir = next((workdir / "ptdiag-runs").glob("2*"))
+    trace = json.loads(gzip.open(run_dir / "artifacts" / "trace.json.gz").read())
+    names = [e.get("name", "") for e in trace["traceEvents"] if e.get("cat") == "python_function"]
+    assert names  # stacks were recorded, the program's own
+    exit_work = [n for n in names if ("ptdiag/" in n and "on_exit" in n) or "footprint" in n or "importlib/metadata" in n]
+    assert not exit_work, sorted(set(exit_work))[:10]

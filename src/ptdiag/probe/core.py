@@ -154,6 +154,7 @@ class Probe:
             pass  # a plugin's stop at that step: the program is ending anyway, the rest below must run
         except Exception:
             self.log_error(f"the last hand-written update was not looked at:\n{traceback.format_exc()}")
+        self.call("on_program_end")
         self.call("on_exit")
         try:
             self.instruments.close_all()

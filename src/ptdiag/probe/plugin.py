@@ -68,6 +68,9 @@ HOOKS: dict[str, Hook] = {
     "on_dist_init": _hook("info", "torch.distributed.init_process_group returned"),
     "on_warning": _hook("message, category, location", "a Python warning was shown"),
     "on_exception": _hook("exc_type, exc, tb", "an exception ended the program"),
+    "on_program_end": _hook("", "the interpreter is exiting: one-off windows end here, before any plugin's "
+                                "exit work (which a profiler still recording would trace: a Ctrl-C inside its "
+                                "window took 20 s to exit, tracing the package listing)"),
     "on_exit": _hook("", "the interpreter is exiting normally or through SystemExit"),
 }
 

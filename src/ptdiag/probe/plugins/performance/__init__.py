@@ -230,6 +230,10 @@ class Plugin(ProbePlugin):
         self.stop_at = self.scan_end + self.tail_steps
         self.breakdown.instrumented = set(range(self.skip, self.scan_end + 1))
 
+    def on_program_end(self) -> None:
+        """Its windows end first: the other plugins' exit work is not the program's steps."""
+        self._finish()
+
     def on_exit(self) -> None:
         self._finish()
 
