@@ -160,9 +160,9 @@ def test_torchrun_two_gloo_ranks(workdir):
 
 
 def test_sigint_is_forwarded_and_partial_report_written(workdir):
-    # performance alone would end the training after its windows (exit 0): on a loaded box that
-    # came before the forwarded Ctrl-C did; kept running, only the Ctrl-C can end it
-    proc = subprocess.Popen(ptdiag_cmd("slow", "-o", "performance.stop=no", "--json", "r.json", "--", PYTHON,
+    # tracking only: performance would end the training after its windows (exit 0), on a loaded
+    # box before the forwarded Ctrl-C arrived; only the Ctrl-C can end this run
+    proc = subprocess.Popen(ptdiag_cmd("slow", "--only", "tracking", "--json", "r.json", "--", PYTHON,
                                        str(PROGRAMS / "train_forever.py")),
                             cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout.readline() == b"TRAINING\n"
