@@ -16,6 +16,7 @@ bugs:
                    step because its parameters got no gradient
 """
 
+import gc
 import datetime
 import os
 
@@ -88,6 +89,7 @@ def main() -> None:
             dist.all_reduce(total)
             if rank == 0:
                 print(f"epoch {epoch}: loss {float(total[0] / total[1]):.4f}", flush=True)
+    gc.collect()  # garbage holding gloo work, freed after the group is gone, aborts the process now and then
     dist.destroy_process_group()
 
 

@@ -12,6 +12,7 @@
     .venv/bin/python scripts/bench_distributed.py --repeats 3 --steps 30
 """
 
+import gc
 from __future__ import annotations
 
 import argparse
@@ -52,6 +53,7 @@ for images, labels in loader:
     now = time.perf_counter(); times.append(now - last); last = now
 if dist.get_rank() == 0:
     json.dump(times, open(out, "w"))
+gc.collect()  # garbage holding gloo work, freed after the group is gone, aborts the process now and then
 dist.destroy_process_group()
 '''
 

@@ -1,6 +1,7 @@
 """Early stopping decided from each rank's *local* validation loss: rank 0 stops and
 waits at the final barrier while rank 1 keeps training and waits in DDP's gradient
 all-reduce. Nobody raises; the job hangs. (Correct: all-reduce the stop decision.)"""
+import gc
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -25,4 +26,5 @@ for epoch in range(100):
     if patience >= 2:  # bug: a local decision; the ranks disagree on when to stop
         break
 dist.barrier()
+gc.collect()  # garbage holding gloo work, freed after the group is gone, aborts the process now and then
 dist.destroy_process_group()

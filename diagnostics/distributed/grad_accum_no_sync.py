@@ -2,6 +2,7 @@
 one included: gradients are never all-reduced, each rank steps with its own gradients,
 and the replicas drift apart from the first optimizer step. (Correct: no_sync() on all
 but the last micro-batch.)"""
+import gc
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -21,4 +22,5 @@ for step in range(8):
             loss.backward()
     opt.step()
     opt.zero_grad()
+gc.collect()  # garbage holding gloo work, freed after the group is gone, aborts the process now and then
 dist.destroy_process_group()

@@ -8,6 +8,7 @@ size (`next(iter(loader))`) before `set_epoch`, and a snapshot dict with the mod
 Correct as written: the peek is not an epoch and the snapshot holds its epoch count.
 `--forget-set-epoch` drops the `set_epoch` call: every epoch replays the same order.
 """
+import gc
 import argparse
 import os
 
@@ -86,6 +87,7 @@ def main():
     model = torch.nn.Linear(20, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     Trainer(model, loader, optimizer, args.snapshot, set_epoch=not args.forget_set_epoch).train(args.epochs)
+    gc.collect()  # garbage holding gloo work, freed after the group is gone, aborts the process now and then
     dist.destroy_process_group()
 
 

@@ -12,6 +12,7 @@ log 0, so the loss is exactly 0 at every step and nothing learns. `--classes 4` 
 correct variant: four logits and integer class targets.
 """
 
+import gc
 import argparse
 import os
 import tempfile
@@ -103,6 +104,7 @@ def main() -> None:
     model = torch.nn.Linear(20, args.classes)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1 if args.classes > 1 else 1e-3)
     Trainer(model, loader, optimizer, args.save_every, args.snapshot).train(args.total_epochs)
+    gc.collect()  # garbage holding gloo work, freed after the group is gone, aborts the process now and then
     dist.destroy_process_group()
 
 

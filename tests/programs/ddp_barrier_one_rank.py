@@ -2,6 +2,7 @@
 (a model without buffers: DDP's forward sends nothing) and waits in the next backward's
 gradient all-reduce, rank 0 waits in the barrier. A real hang (the default process-group
 time-out is 30 min)."""
+import gc
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -19,4 +20,5 @@ for step in range(1, 1000):
     if step == 4 and rank == 0:
         dist.barrier()  # only rank 0 gets here
 print(f"rank {rank} done", flush=True)
+gc.collect()  # garbage holding gloo work, freed after the group is gone, aborts the process now and then
 dist.destroy_process_group()

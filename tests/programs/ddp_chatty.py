@@ -2,6 +2,7 @@
 rank 0 prints its loss each epoch, logs to stderr and iterates a DataLoader with
 pin_memory=True, whose warning (no accelerator here) torch shows once per location.
 Only rank 0 writes, so its streams are the same run after run."""
+import gc
 import logging
 
 import torch
@@ -27,4 +28,5 @@ for epoch in range(3):
     if rank == 0:
         print(f"epoch {epoch} loss {loss.item():.6f}", flush=True)
         log.warning("epoch %d done", epoch)
+gc.collect()  # garbage holding gloo work, freed after the group is gone, aborts the process now and then
 dist.destroy_process_group()

@@ -2,6 +2,7 @@
 torchrun; the ranks pass their rank to init_process_group themselves. Rank 1 feeds a
 DataLoader with a worker process (a spawned child that never starts a process group)."""
 
+import gc
 import os
 import sys
 import tempfile
@@ -28,6 +29,7 @@ def train(rank: int, world_size: int, store_file: str, steps: int) -> None:
         loss.backward()
         optimizer.step()
     print(f"rank {rank} done", flush=True)
+    gc.collect()  # garbage holding gloo work, freed after the group is gone, aborts the process now and then
     dist.destroy_process_group()
 
 

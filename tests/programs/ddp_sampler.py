@@ -2,6 +2,7 @@
 `--bug` picks the data mistake: `no_sampler` (a shuffled DataLoader seeded alike on every
 rank: the ranks read the same batches), `no_set_epoch` (a DistributedSampler whose
 set_epoch is never called: each epoch replays the first one's order), `none`."""
+import gc
 import argparse
 
 import torch
@@ -32,4 +33,5 @@ for epoch in range(args.epochs):
         opt.zero_grad()
         loss.backward()
         opt.step()
+gc.collect()  # garbage holding gloo work, freed after the group is gone, aborts the process now and then
 dist.destroy_process_group()

@@ -1,5 +1,6 @@
 """DDP on gloo where rank 1 skips the metric all_reduce after step 2 and blocks in the
 next step's DDP broadcast: a real hang (default process-group time-out of 30 min)."""
+import gc
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -16,4 +17,5 @@ for step in range(1, 1000):
     opt.step()
     if step == 2 and rank == 0:
         dist.all_reduce(loss.detach())  # only rank 0 gets here: rank 1 never joins
+gc.collect()  # garbage holding gloo work, freed after the group is gone, aborts the process now and then
 dist.destroy_process_group()

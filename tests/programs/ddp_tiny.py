@@ -1,4 +1,5 @@
 """A tiny DDP training on gloo (CPU), for torchrun with several ranks."""
+import gc
 import argparse
 
 import torch
@@ -17,4 +18,5 @@ for _ in range(args.steps):
     opt.zero_grad()
     loss.backward()
     opt.step()
+gc.collect()  # garbage holding gloo work, freed after the group is gone, aborts the process now and then
 dist.destroy_process_group()

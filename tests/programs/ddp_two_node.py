@@ -1,5 +1,6 @@
 """Tiny DDP training without a DistributedSampler, for a two-node job simulated with two
 torchrun invocations on one machine (--nnodes 2, c10d rendezvous on 127.0.0.1)."""
+import gc
 import argparse
 
 import torch
@@ -22,4 +23,5 @@ for epoch in range(args.epochs):
         opt.zero_grad()
         loss.backward()
         opt.step()
+gc.collect()  # garbage holding gloo work, freed after the group is gone, aborts the process now and then
 dist.destroy_process_group()

@@ -1,5 +1,6 @@
 """DDP on gloo with two rank-dependent mistakes: only rank 0 steps the LR scheduler (the
 replicas drift apart), and rank 1 does slow extra work every step (a straggler)."""
+import gc
 import argparse
 import time
 
@@ -26,4 +27,5 @@ for step in range(args.steps):
     opt.step()
     if rank == 0:
         scheduler.step()
+gc.collect()  # garbage holding gloo work, freed after the group is gone, aborts the process now and then
 dist.destroy_process_group()
