@@ -111,6 +111,17 @@ def test_one_slow_step_does_not_shed():
     assert offs == []
 
 
+def test_steps_a_loaded_box_preempted_do_not_hide_ptdiags_share():
+    """The program's median step is its pace: 3 steps in 8 that waited 20 ms for a core
+    (a loaded box) hid a recorder at 13% of every 0.6 ms step behind a 1% share of the sum."""
+    budget, clock, _, offs = make()
+    steps(budget, clock, WARMUP_STEPS, 0.0006, {})
+    for _ in range(CHECK_STEPS // 8):
+        steps(budget, clock, 5, 0.0006, {"tracking": 0.00008})
+        steps(budget, clock, 3, 0.02, {"tracking": 0.00008})
+    assert len(offs) == 1 and "1 step in 4" in offs[0][0] and "0.60 ms step" in offs[0][1]
+
+
 def test_one_preempted_hook_does_not_make_its_owner_the_costliest():
     """On a loaded box the recorder's lines once took 1 ms of a step: the numerics watch,
     8% of every step, still sheds first."""
