@@ -215,15 +215,26 @@ class Probe:
         return scale if ref is not None and ref() is loss else None
 
     # -- the step (what one is: probe/steps.py) ----------------------------------------------
+    # The hooks of every step call the dispatcher directly and skip what has ended (the
+    # hand-written update watch once an optimizer stepped) or what nobody hears on this step:
+    # a 0.55 ms step paid ~30 Python calls of ptdiag's before (docs/benchmarks.md).
     def backward_called(self, loss) -> None:
         """The program called backward on `loss` (patches: torch.autograd.backward)."""
-        self._watch_hand_written(self.hand_written.backward_begins)
-        self.call("on_backward", loss)
+        if not self.hand_written.ended:
+            self._watch_hand_written(self.hand_written.backward_begins)
+        self.dispatcher.call("on_backward", loss)
 
     def backward_returned(self, loss, params: list | None = None) -> None:
         """`params`: the parameters torch.autograd.grad returned gradients for (none: backward)."""
-        self.call("on_backward_end", loss)
-        self._watch_hand_written(self.hand_written.backward_ended, loss, params)
+        self.dispatcher.call("on_backward_end", loss)
+        if not self.hand_written.ended:
+            self._watch_hand_written(self.hand_written.backward_ended, loss, params)
+
+    def hears_backward(self) -> bool:
+        """Whether a backward call means anything to ptdiag now (patches: its wrapper calls
+        the original alone when not)."""
+        live = self.dispatcher.live
+        return not self.hand_written.ended or "on_backward" in live or "on_backward_end" in live
 
     def _watch_hand_written(self, what: Callable, *args) -> None:
         """The hand-written update watch, guarded: its fault costs it, never the program."""
@@ -256,13 +267,15 @@ class Probe:
         return False
 
     def optimizer_stepping(self, optimizer) -> None:
-        self.hand_written.optimizer_stepped()  # before a closure's backward passes (LBFGS) run inside step()
-        if self.is_primary(optimizer):
-            self.call("on_step_begin", self.step + 1, optimizer)
+        if not self.hand_written.ended:
+            self.hand_written.optimizer_stepped()  # before a closure's backward passes (LBFGS) run inside step()
+        if "on_step_begin" in self.dispatcher.live and self.is_primary(optimizer):
+            self.dispatcher.call("on_step_begin", self.step + 1, optimizer)
 
     def optimizer_stepped(self, optimizer) -> None:
-        self.hand_written.optimizer_stepped()
-        self.call("on_any_optimizer_step", optimizer)
+        if not self.hand_written.ended:
+            self.hand_written.optimizer_stepped()
+        self.dispatcher.call("on_any_optimizer_step", optimizer)
         if not self.is_primary(optimizer):
             return
         self._step_taken(optimizer)
@@ -275,11 +288,12 @@ class Probe:
 
     def _step_taken(self, optimizer) -> None:
         self.step += 1
-        self.call("on_step", self.step, optimizer)
-        self.events.flush_each = False
-        flushing = time.perf_counter()
-        self.events.flush()
-        self.budget.charge("probe", time.perf_counter() - flushing)
+        self.dispatcher.call("on_step", self.step, optimizer)
+        self.events.flush_each = False  # lines written so far went out one by one
+        if self.events.unflushed:  # a step the recorder skips wrote nothing
+            flushing = time.perf_counter()
+            self.events.flush()
+            self.budget.charge("probe", time.perf_counter() - flushing)
         self.budget.step_ended()
         if self.max_steps is not None and self.step >= self.max_steps and not gpu.capturing():
             # not from inside a CUDA graph capture: the program's capture would end broken

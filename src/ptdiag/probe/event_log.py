@@ -28,6 +28,7 @@ class EventWriter:
         self._pid = os.getpid()
         self._fh = open(path, "a", encoding="utf-8")
         self.flush_each = True
+        self.unflushed = False  # lines written since the last flush (a step the recorder skips has none)
 
     def write(self, event: str, /, **fields: Any) -> None:
         if os.getpid() != self._pid or self._fh.closed:
@@ -40,10 +41,13 @@ class EventWriter:
         self._fh.write(line + "\n")
         if self.flush_each:
             self._fh.flush()
+        else:
+            self.unflushed = True
 
     def flush(self) -> None:
         if os.getpid() == self._pid and not self._fh.closed:
             self._fh.flush()
+            self.unflushed = False
 
     def close(self) -> None:
         if os.getpid() == self._pid:

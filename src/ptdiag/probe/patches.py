@@ -52,6 +52,8 @@ def _backward(probe: "Probe", torch) -> None:
 
     def make(original):
         def backward(tensors, *args, **kwargs):
+            if not probe.hears_backward():
+                return original(tensors, *args, **kwargs)
             loss = tensors[0] if isinstance(tensors, (list, tuple)) and len(tensors) == 1 else tensors
             loss = loss if isinstance(loss, torch.Tensor) else None
             if loss is not None:
@@ -141,6 +143,8 @@ def _dataloader(probe: "Probe", torch) -> None:
 
     def make_next(original):
         def __next__(self):
+            if not wants_indices and "on_batch" not in probe.dispatcher.live:  # nobody times this step's batch
+                return original(self)
             start = time.perf_counter()
             batch = original(self)
             loader = loader_of.get(self)

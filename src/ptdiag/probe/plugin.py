@@ -133,7 +133,9 @@ class Dispatcher:
                  charge: Callable[[str, float], None] = lambda owner, seconds: None) -> None:
         self._error_log = error_log
         self._charge = charge  # the probe's budget: each call's time, by plugin
-        self._subscribers: dict[str, list[tuple[Callable, str]]] = {}  # hook -> those called now
+        # hook -> those called now; the patches read it to skip their own work (clock reads,
+        # look-ups) for a hook nobody hears on this step
+        self.live: dict[str, list[tuple[Callable, str]]] = {}
         self._all: dict[str, list[tuple[Callable, str]]] = {}  # hook -> every subscriber, in plugin order
         self._parked: set[tuple[str, str]] = set()  # (plugin, hook)
         self._failed: set[tuple[Callable, str]] = set()
@@ -160,12 +162,12 @@ class Dispatcher:
     def _refresh(self, hook: str) -> None:
         live = [s for s in self._all.get(hook, ()) if s not in self._failed and (s[1], hook) not in self._parked]
         if live:
-            self._subscribers[hook] = live
+            self.live[hook] = live
         else:
-            self._subscribers.pop(hook, None)
+            self.live.pop(hook, None)
 
     def call(self, hook: str, *args: Any) -> None:
-        subscribers = self._subscribers.get(hook)
+        subscribers = self.live.get(hook)
         if not subscribers or gpu.capturing():  # inside a CUDA graph capture ptdiag stays inert (probe/gpu.py)
             return
         for subscriber in subscribers:
