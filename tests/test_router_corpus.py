@@ -31,7 +31,7 @@ TEST_TOP1_FLOOR = 0.88
 TEST_TWO_LABEL_FLOOR = 0.80
 # The rule router alone on the same split (routing_confusion.py --real --baseline):
 # the baseline the learned model must beat.
-BASELINE_TOP1 = 0.819
+BASELINE_TOP1 = 0.827
 
 
 def _confusion_script():
