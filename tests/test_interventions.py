@@ -730,20 +730,47 @@ def test_a_smaller_batch_helps_an_oom_when_the_run_gets_past_its_step_without_ru
     assert "still ran out of memory at step 1" in metric.sentence("batch 32", before, again, False)
 
 
-def test_the_optimizer_steps_with_foreach_and_updates_the_weights_as_its_loop_would(tmp_path):
-    code = ("import json, torch\ntorch.manual_seed(0)\n"
-            "def trained(**flags):\n"
+def test_the_optimizer_steps_fused_where_torch_can_else_foreach_and_updates_the_weights_as_its_loop_would(tmp_path):
+    """Adam and SGD on the CPU get torch's fused kernel (set before their first step);
+    Adagrad, whose constructor creates its state, and RMSprop, which has no fused kernel,
+    get foreach; each computes the weights torch's for-loop does."""
+    code = ("import gc, json, torch\n"
+            "def trained(cls, **flags):\n"
             "    torch.manual_seed(0)\n"
             "    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 1))\n"
-            "    opt = torch.optim.Adam(model.parameters(), lr=0.1, **flags)\n"
+            "    opt = cls(model.parameters(), lr=0.1, **flags)\n"
             "    for _ in range(3):\n"
             "        opt.zero_grad(); model(torch.ones(2, 4)).sum().backward(); opt.step()\n"
             "    return opt, torch.cat([p.detach().flatten() for p in model.parameters()])\n"
-            "opt, weights = trained()\n"
-            "ref_opt, reference = trained(foreach=False)\n"
-            "print(json.dumps({'foreach': [g['foreach'] for g in opt.param_groups],\n"
-            "                  'same': bool(torch.allclose(weights, reference, atol=1e-6))}))\n")
-    out, events = run_with(code, tmp_path, interventions.encode("optimizer_foreach", {"foreach": True}))
-    # the primary optimizer (the first that stepped) got foreach; same arithmetic, same weights
-    assert out == {"foreach": [True], "same": True}
-    assert [e for e in events if e["ev"] == "intervention"][-1]["applied"] >= 1
+            "out = {}\n"
+            "for cls in (torch.optim.Adam, torch.optim.SGD, torch.optim.Adagrad, torch.optim.RMSprop):\n"
+            "    opt, weights = trained(cls)\n"
+            "    _, reference = trained(cls, foreach=False)\n"
+            "    group = opt.param_groups[0]\n"
+            "    out[cls.__name__] = [group.get('fused'), group['foreach'],\n"
+            "                         bool(torch.allclose(weights, reference, atol=1e-6))]\n"
+            "    del opt, group; gc.collect()  # the next optimizer to step becomes the primary one\n"
+            "print(json.dumps(out))\n")
+    out, events = run_with(code, tmp_path, interventions.encode("optimizer_fused", {"fused": True}))
+    # each the primary optimizer in turn (the reference one, over other weights, is not)
+    assert out == {"Adam": [True, False, True], "SGD": [True, False, True],
+                   "Adagrad": [None, True, True], "RMSprop": [None, True, True]}
+    assert [e for e in events if e["ev"] == "intervention"][-1]["applied"] >= 4
+
+
+def test_an_optimizer_that_already_stepped_is_given_foreach_not_fused(tmp_path):
+    """Its state (Adam's `step` on the CPU) is the for-loop's layout: fused needs its own."""
+    code = ("import json, torch\n"
+            "model = torch.nn.Linear(4, 1)\n"
+            "model(torch.ones(2, 4)).sum().backward()\n"
+            "earlier = torch.optim.Adam(model.parameters(), lr=0.1)\n"
+            "earlier.step()  # the intervention fuses it; its state dict is saved as a program would\n"
+            "state = earlier.state_dict(); del earlier\n"
+            "import gc; gc.collect()\n"
+            "opt = torch.optim.Adam(model.parameters(), lr=0.1)\n"
+            "opt.load_state_dict(state)\n"
+            "opt.param_groups[0]['fused'] = None  # resumed by a program that does not ask for fused\n"
+            "opt.step()\n"
+            "print(json.dumps([opt.param_groups[0]['fused'], opt.param_groups[0]['foreach']]))\n")
+    out, _ = run_with(code, tmp_path, interventions.encode("optimizer_fused", {"fused": True}))
+    assert out == [None, True]

@@ -190,7 +190,7 @@ def test_an_out_of_memory_error_is_tried_at_half_the_batch(workdir, batch, helpe
                         f"{batch // 2} for 3 steps") == 1
 
 
-def test_an_optimizer_looping_over_its_tensors_is_tried_with_foreach(workdir):
+def test_an_optimizer_looping_over_its_tensors_is_tried_fused(workdir):
     """A time on a loaded box: the verdict is the machine's, so only that the fix was applied
     in a run of the same steps and measured is asserted (its speed: docs/verification.md)."""
     report, stderr, _ = diagnose(workdir, "training is slow", "optimizer_loop.py")
@@ -198,8 +198,8 @@ def test_an_optimizer_looping_over_its_tensors_is_tried_with_foreach(workdir):
     assert finding["evidence"]["tensors"] == 96 and finding["evidence"]["foreach"] is None
     verified = finding["verified"]
     assert (verified["intervention"], verified["metric"], verified["settings"]) == (
-        "optimizer_foreach", "step_time", {"foreach": True})
+        "optimizer_fused", "step_time", {"fused": True})
     assert verified["applied"] >= 1 and verified["steps"] == report["steps_observed"]
     assert verified["measured"]["after"]["phases_ms"]["optimizer"] > 0
     assert finding["severity"] == "info"  # advice: nothing to demote whatever the time says
-    assert "verify-optimizer_foreach run: the command again with the optimizer's foreach=True" in stderr
+    assert "verify-optimizer_fused run: the command again with the optimizer's fused=True" in stderr

@@ -48,6 +48,11 @@ DEFAULT_AREAS = ("numerics", "performance", "distributed", "memory")
 BUDGET_FACTOR = 3.0
 BUDGET_MIN_S = 60.0
 MAX_FINDINGS = 3  # the top findings that get verification runs
+# a metric the main run did not measure -> the one that judges the same fix instead: an
+# explosion whose loss stayed finite but grew (lstm_lm_manual_sgd.py at --lr 3000: 228 ->
+# 20233 in 12 steps, never NaN) is judged by the loss's growth over the same steps (the two
+# exclude each other: a run went non-finite or it did not)
+FALLBACK_METRICS = {"first_nonfinite_step": "loss_growth"}
 # the reproducibility plugin's role in a verification run: neither the main run (whose
 # checkpoints it keeps a copy of) nor the audit (deterministic kernels)
 VERIFY_ROLE = "verify"
@@ -117,8 +122,11 @@ def plan(findings: list[Finding], run: RecordedRun) -> list[Planned]:
     for finding in verifiable:
         for intervention in interventions.for_code(finding.code):
             name = intervention.metric_of(finding.code)
+            before = METRICS[name].before(run)
+            if before is None and name in FALLBACK_METRICS:
+                name = FALLBACK_METRICS[name]
+                before = METRICS[name].before(run)
             metric = METRICS[name]
-            before = metric.before(run)
             settings = intervention.settings_for(finding.evidence, finding.code)
             if before is not None and settings is not None:
                 planned.append(Planned(finding, intervention, settings, before, metric.bound(before, run), name))
