@@ -8,6 +8,7 @@ import json
 import pytest
 
 from conftest import DEFAULT_VERIFY, FAST_SAMPLE_ARGS, PERF_WINDOWS, PROGRAMS, PYTHON, SAMPLES, load_report, run_ptdiag
+from verified_top import problems
 
 pytestmark = pytest.mark.slow
 
@@ -18,6 +19,7 @@ def diagnose(workdir, symptom: str, program: str, *args: str, verify: bool = Fal
                       str(path), *args, cwd=workdir, env=DEFAULT_VERIFY)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     report = load_report(workdir / "r.json")
+    assert problems(report) == []  # issue 18: every top finding with a fix verified, demoted or explained
     return report, proc.stderr.decode(), workdir / "ptdiag-runs" / report["run_id"]
 
 
