@@ -774,3 +774,33 @@ def test_an_optimizer_that_already_stepped_is_given_foreach_not_fused(tmp_path):
             "print(json.dumps([opt.param_groups[0]['fused'], opt.param_groups[0]['foreach']]))\n")
     out, _ = run_with(code, tmp_path, interventions.encode("optimizer_fused", {"fused": True}))
     assert out == [None, True]
+
+
+def test_a_fix_whose_metric_the_run_did_not_measure_is_said_not_silent(tmp_path):
+    """A GradScaler's collapsed scale (the fix: a lower init_scale) in a run whose loss never
+    went non-finite and that recorded no scaler: nothing can judge the fix, and the report
+    says so; an explosion that stayed finite but grew is judged by the loss's growth."""
+    from ptdiag import verification
+
+    losses = [{"ev": "loss", "step": s, "value": 2.0 * 10 ** s} for s in range(1, 5)]
+    run = _recorded(tmp_path, [*losses, {"ev": "exit", "steps": 4}])
+    overflow = Finding("numerics.fp16_overflow", "numerics", "warning", "t",
+                       evidence={"step": 3, "lowest_scale": 256.0, "first_scale": 65536.0})
+    explosion = Finding("numerics.grad_explosion", "numerics", "error", "t",
+                        evidence={"step": 2, "growth_per_step": 9.0, "clip_at": 1.0})
+    planned = verification.plan([explosion, overflow], run)
+    assert {(p.intervention.name, p.metric) for p in planned} == {("lr_scale", "loss_growth"),
+                                                                 ("clip_grad_norm", "loss_growth")}
+    unjudged, = verification.unmeasured([explosion, overflow], run, planned)
+    assert unjudged["finding"]["code"] == "numerics.fp16_overflow"
+    assert unjudged["skipped"].startswith("the GradScaler's initial scale at 256 could not be judged: this run did "
+                                          "not measure the backward passes whose update a GradScaler skipped")
+    note, = attaching.attach([overflow], _with_results(tmp_path, [unjudged]))
+    assert note.startswith("numerics.fp16_overflow was not verified: the GradScaler's initial scale at 256")
+
+
+def _with_results(tmp_path: Path, results: list[dict]) -> Path:
+    folder = tmp_path / "state"
+    folder.mkdir()
+    (folder / attaching.STATE_FILE).write_text(json.dumps({"results": results}))
+    return folder
