@@ -730,20 +730,77 @@ def test_a_smaller_batch_helps_an_oom_when_the_run_gets_past_its_step_without_ru
     assert "still ran out of memory at step 1" in metric.sentence("batch 32", before, again, False)
 
 
-def test_the_optimizer_steps_with_foreach_and_updates_the_weights_as_its_loop_would(tmp_path):
-    code = ("import json, torch\ntorch.manual_seed(0)\n"
-            "def trained(**flags):\n"
+def test_the_optimizer_steps_fused_where_torch_can_else_foreach_and_updates_the_weights_as_its_loop_would(tmp_path):
+    """Adam and SGD on the CPU get torch's fused kernel (set before their first step);
+    Adagrad, whose constructor creates its state, and RMSprop, which has no fused kernel,
+    get foreach; each computes the weights torch's for-loop does."""
+    code = ("import gc, json, torch\n"
+            "def trained(cls, **flags):\n"
             "    torch.manual_seed(0)\n"
             "    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 1))\n"
-            "    opt = torch.optim.Adam(model.parameters(), lr=0.1, **flags)\n"
+            "    opt = cls(model.parameters(), lr=0.1, **flags)\n"
             "    for _ in range(3):\n"
             "        opt.zero_grad(); model(torch.ones(2, 4)).sum().backward(); opt.step()\n"
             "    return opt, torch.cat([p.detach().flatten() for p in model.parameters()])\n"
-            "opt, weights = trained()\n"
-            "ref_opt, reference = trained(foreach=False)\n"
-            "print(json.dumps({'foreach': [g['foreach'] for g in opt.param_groups],\n"
-            "                  'same': bool(torch.allclose(weights, reference, atol=1e-6))}))\n")
-    out, events = run_with(code, tmp_path, interventions.encode("optimizer_foreach", {"foreach": True}))
-    # the primary optimizer (the first that stepped) got foreach; same arithmetic, same weights
-    assert out == {"foreach": [True], "same": True}
-    assert [e for e in events if e["ev"] == "intervention"][-1]["applied"] >= 1
+            "out = {}\n"
+            "for cls in (torch.optim.Adam, torch.optim.SGD, torch.optim.Adagrad, torch.optim.RMSprop):\n"
+            "    opt, weights = trained(cls)\n"
+            "    _, reference = trained(cls, foreach=False)\n"
+            "    group = opt.param_groups[0]\n"
+            "    out[cls.__name__] = [group.get('fused'), group['foreach'],\n"
+            "                         bool(torch.allclose(weights, reference, atol=1e-6))]\n"
+            "    del opt, group; gc.collect()  # the next optimizer to step becomes the primary one\n"
+            "print(json.dumps(out))\n")
+    out, events = run_with(code, tmp_path, interventions.encode("optimizer_fused", {"fused": True}))
+    # each the primary optimizer in turn (the reference one, over other weights, is not)
+    assert out == {"Adam": [True, False, True], "SGD": [True, False, True],
+                   "Adagrad": [None, True, True], "RMSprop": [None, True, True]}
+    assert [e for e in events if e["ev"] == "intervention"][-1]["applied"] >= 4
+
+
+def test_an_optimizer_that_already_stepped_is_given_foreach_not_fused(tmp_path):
+    """Its state (Adam's `step` on the CPU) is the for-loop's layout: fused needs its own."""
+    code = ("import json, torch\n"
+            "model = torch.nn.Linear(4, 1)\n"
+            "model(torch.ones(2, 4)).sum().backward()\n"
+            "earlier = torch.optim.Adam(model.parameters(), lr=0.1)\n"
+            "earlier.step()  # the intervention fuses it; its state dict is saved as a program would\n"
+            "state = earlier.state_dict(); del earlier\n"
+            "import gc; gc.collect()\n"
+            "opt = torch.optim.Adam(model.parameters(), lr=0.1)\n"
+            "opt.load_state_dict(state)\n"
+            "opt.param_groups[0]['fused'] = None  # resumed by a program that does not ask for fused\n"
+            "opt.step()\n"
+            "print(json.dumps([opt.param_groups[0]['fused'], opt.param_groups[0]['foreach']]))\n")
+    out, _ = run_with(code, tmp_path, interventions.encode("optimizer_fused", {"fused": True}))
+    assert out == [None, True]
+
+
+def test_a_fix_whose_metric_the_run_did_not_measure_is_said_not_silent(tmp_path):
+    """A GradScaler's collapsed scale (the fix: a lower init_scale) in a run whose loss never
+    went non-finite and that recorded no scaler: nothing can judge the fix, and the report
+    says so; an explosion that stayed finite but grew is judged by the loss's growth."""
+    from ptdiag import verification
+
+    losses = [{"ev": "loss", "step": s, "value": 2.0 * 10 ** s} for s in range(1, 5)]
+    run = _recorded(tmp_path, [*losses, {"ev": "exit", "steps": 4}])
+    overflow = Finding("numerics.fp16_overflow", "numerics", "warning", "t",
+                       evidence={"step": 3, "lowest_scale": 256.0, "first_scale": 65536.0})
+    explosion = Finding("numerics.grad_explosion", "numerics", "error", "t",
+                        evidence={"step": 2, "growth_per_step": 9.0, "clip_at": 1.0})
+    planned = verification.plan([explosion, overflow], run)
+    assert {(p.intervention.name, p.metric) for p in planned} == {("lr_scale", "loss_growth"),
+                                                                 ("clip_grad_norm", "loss_growth")}
+    unjudged, = verification.unmeasured([explosion, overflow], run, planned)
+    assert unjudged["finding"]["code"] == "numerics.fp16_overflow"
+    assert unjudged["skipped"].startswith("the GradScaler's initial scale at 256 could not be judged: this run did "
+                                          "not measure the backward passes whose update a GradScaler skipped")
+    note, = attaching.attach([overflow], _with_results(tmp_path, [unjudged]))
+    assert note.startswith("numerics.fp16_overflow was not verified: the GradScaler's initial scale at 256")
+
+
+def _with_results(tmp_path: Path, results: list[dict]) -> Path:
+    folder = tmp_path / "state"
+    folder.mkdir()
+    (folder / attaching.STATE_FILE).write_text(json.dumps({"results": results}))
+    return folder

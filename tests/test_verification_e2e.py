@@ -8,6 +8,7 @@ import json
 import pytest
 
 from conftest import DEFAULT_VERIFY, FAST_SAMPLE_ARGS, PERF_WINDOWS, PROGRAMS, PYTHON, SAMPLES, load_report, run_ptdiag
+from verified_top import problems
 
 pytestmark = pytest.mark.slow
 
@@ -18,6 +19,7 @@ def diagnose(workdir, symptom: str, program: str, *args: str, verify: bool = Fal
                       str(path), *args, cwd=workdir, env=DEFAULT_VERIFY)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     report = load_report(workdir / "r.json")
+    assert problems(report) == []  # issue 18: every top finding with a fix verified, demoted or explained
     return report, proc.stderr.decode(), workdir / "ptdiag-runs" / report["run_id"]
 
 
@@ -190,7 +192,7 @@ def test_an_out_of_memory_error_is_tried_at_half_the_batch(workdir, batch, helpe
                         f"{batch // 2} for 3 steps") == 1
 
 
-def test_an_optimizer_looping_over_its_tensors_is_tried_with_foreach(workdir):
+def test_an_optimizer_looping_over_its_tensors_is_tried_fused(workdir):
     """A time on a loaded box: the verdict is the machine's, so only that the fix was applied
     in a run of the same steps and measured is asserted (its speed: docs/verification.md)."""
     report, stderr, _ = diagnose(workdir, "training is slow", "optimizer_loop.py")
@@ -198,8 +200,8 @@ def test_an_optimizer_looping_over_its_tensors_is_tried_with_foreach(workdir):
     assert finding["evidence"]["tensors"] == 96 and finding["evidence"]["foreach"] is None
     verified = finding["verified"]
     assert (verified["intervention"], verified["metric"], verified["settings"]) == (
-        "optimizer_foreach", "step_time", {"foreach": True})
+        "optimizer_fused", "step_time", {"fused": True})
     assert verified["applied"] >= 1 and verified["steps"] == report["steps_observed"]
     assert verified["measured"]["after"]["phases_ms"]["optimizer"] > 0
     assert finding["severity"] == "info"  # advice: nothing to demote whatever the time says
-    assert "verify-optimizer_foreach run: the command again with the optimizer's foreach=True" in stderr
+    assert "verify-optimizer_fused run: the command again with the optimizer's fused=True" in stderr

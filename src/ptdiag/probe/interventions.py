@@ -403,19 +403,54 @@ class Deterministic(Applied):
             self._applied()
 
 
-class OptimizerForeach(Applied):
-    """foreach=True in each parameter group of the optimizer, right before its step (the
-    step reads the flag from the group each time): the same update in a few multi-tensor
-    calls. Not fused=True: a fused optimizer's step state and AMP scaling are chosen in its
-    constructor. A group without the flag (the optimizer has no foreach implementation),
-    a fused one, or a differentiable one (foreach ops record no graph) is left as it is."""
+def _fused_devices(torch) -> tuple[str, ...]:
+    """The device types torch has fused optimizer kernels for (none known: never fused)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:
+        return ()
+    return tuple(_get_fused_kernels_supported_devices())
+
+
+class OptimizerFused(Applied):
+    """Each parameter group of the optimizer stepped with fused=True where it can be, else
+    foreach=True, set right before the step (the step reads both flags from the group).
+
+    Fused only where the constructor took the flag (the group has it: Adam, AdamW, SGD,
+    Adagrad), every parameter is a floating-point tensor with a dense gradient on a device
+    torch has fused kernels for, and none has optimizer state yet: the state a first step
+    creates (Adam's `step` on the parameter's device, in float32) is the fused layout only
+    when fused is set before it, so an optimizer that stepped or loaded a state dict gets
+    foreach. A GradScaler still unscales the gradients itself (the optimizer was not built
+    fused, so it does not take the scaling into its kernel). A group already fused, or a
+    differentiable one (neither implementation records a graph), is left as it is."""
+
+    def __init__(self, probe, intervention, settings) -> None:
+        super().__init__(probe, intervention, settings)
+        self._torch, self._devices = None, ()
+
+    def on_torch_import(self, torch) -> None:
+        self._torch = torch
+        self._devices = _fused_devices(torch)
+
+    def _fusable(self, optimizer, group) -> bool:
+        params = group["params"]
+        return ("fused" in group and bool(self.settings.get("fused")) and all(
+            p.device.type in self._devices and self._torch.is_floating_point(p)
+            and (p.grad is None or not p.grad.is_sparse) and not optimizer.state.get(p) for p in params))
 
     def on_step_begin(self, step, optimizer) -> None:
-        groups = [g for g in getattr(optimizer, "param_groups", ()) if "foreach" in g
-                  and g["foreach"] is not True and not g.get("fused") and not g.get("differentiable")]
-        for group in groups:
-            group["foreach"] = True
-        if groups:
+        changed = False
+        for group in getattr(optimizer, "param_groups", ()):
+            if group.get("fused") or group.get("differentiable"):
+                continue
+            if self._fusable(optimizer, group):
+                group["fused"], group["foreach"] = True, False  # torch refuses both at once
+                changed = True
+            elif "foreach" in group and group["foreach"] is not True:
+                group["foreach"] = True
+                changed = True
+        if changed:
             self._applied()
 
 
@@ -432,7 +467,7 @@ class LoaderBatchSize(Applied):
             self._applied()
 
 
-PLUGINS.update({"deterministic_algorithms": Deterministic, "loader_batch_size": LoaderBatchSize, "optimizer_foreach": OptimizerForeach, "torch_threads": Threads, "sampler_set_epoch": SetEpoch, "distributed_sampler": ShardedSampler,
+PLUGINS.update({"deterministic_algorithms": Deterministic, "loader_batch_size": LoaderBatchSize, "optimizer_fused": OptimizerFused, "torch_threads": Threads, "sampler_set_epoch": SetEpoch, "distributed_sampler": ShardedSampler,
                 "eval_no_grad": EvalNoGrad})
 
 

@@ -48,6 +48,11 @@ DEFAULT_AREAS = ("numerics", "performance", "distributed", "memory")
 BUDGET_FACTOR = 3.0
 BUDGET_MIN_S = 60.0
 MAX_FINDINGS = 3  # the top findings that get verification runs
+# a metric the main run did not measure -> the one that judges the same fix instead: an
+# explosion whose loss stayed finite but grew (lstm_lm_manual_sgd.py at --lr 3000: 228 ->
+# 20233 in 12 steps, never NaN) is judged by the loss's growth over the same steps (the two
+# exclude each other: a run went non-finite or it did not)
+FALLBACK_METRICS = {"first_nonfinite_step": "loss_growth"}
 # the reproducibility plugin's role in a verification run: neither the main run (whose
 # checkpoints it keeps a copy of) nor the audit (deterministic kernels)
 VERIFY_ROLE = "verify"
@@ -117,12 +122,35 @@ def plan(findings: list[Finding], run: RecordedRun) -> list[Planned]:
     for finding in verifiable:
         for intervention in interventions.for_code(finding.code):
             name = intervention.metric_of(finding.code)
+            before = METRICS[name].before(run)
+            if before is None and name in FALLBACK_METRICS:
+                name = FALLBACK_METRICS[name]
+                before = METRICS[name].before(run)
             metric = METRICS[name]
-            before = metric.before(run)
             settings = intervention.settings_for(finding.evidence, finding.code)
             if before is not None and settings is not None:
                 planned.append(Planned(finding, intervention, settings, before, metric.bound(before, run), name))
     return planned
+
+
+def unmeasured(findings: list[Finding], run: RecordedRun, planned: list[Planned]) -> list[dict]:
+    """The top findings with a fix whose settings apply but whose metric the main run did not
+    measure (a GradScaler's skips where no scaler ran): no run can judge the fix, and the
+    report says so rather than nothing."""
+    covered = {json.dumps(finding_key(item.finding)) for item in planned}
+    results = []
+    for finding in [f for f in findings if interventions.for_code(f.code)][:MAX_FINDINGS]:
+        if json.dumps(finding_key(finding)) in covered:
+            continue
+        for intervention in interventions.for_code(finding.code):
+            settings = intervention.settings_for(finding.evidence, finding.code)
+            if settings is not None:
+                metric = interventions.METRICS[intervention.metric_of(finding.code)]
+                results.append({"finding": finding_key(finding),
+                                "skipped": f"{intervention.describe(settings)} could not be judged: this run did not "
+                                           f"measure {metric}"})
+                break
+    return results
 
 
 def after_run(ctx, areas: list[str]) -> None:
@@ -133,7 +161,8 @@ def after_run(ctx, areas: list[str]) -> None:
     areas = areas if ctx.options.verify else [a for a in areas if a in DEFAULT_AREAS]
     findings = [f for name in areas for f in (getattr(specialist_analysis(name, run), "findings", None) or [])]
     planned = plan(findings, run)
-    if not planned:
+    unjudged = unmeasured(findings, run, planned)
+    if not planned and not unjudged:
         return
     wall = (run.outcome.get("ended") or 0) - (run.outcome.get("started") or 0)
     skipped = why_not(ctx.options.verify, run, wall)
@@ -144,7 +173,7 @@ def after_run(ctx, areas: list[str]) -> None:
     started = time.monotonic()
     done: dict[str, dict] = {}
     helped: set[str] = set()  # findings (their key as JSON) a fix already helped
-    results = []
+    results = list(unjudged)
     with ctx.keeping_saved_files(run):
         for first in planned:
             item = first
