@@ -131,9 +131,10 @@ def test_host_metrics_of_a_recorded_trace(tmp_path, dtype, expect_double):
     host = trace_cpu.host_metrics(_record_trace(tmp_path, dtype))
     assert host["steps"] == 2 and host["top_level_ops_per_step"] > 5
     assert 0.0 <= host["outside_ops_share"] <= 1.0
-    # not 100%: randn has no tensor input, optimizer ops take Python scalars
-    assert (host["float64_ops_share"] > 0.3) is expect_double
-    assert (host["float64_ops_share"] < 0.05) is not expect_double
+    # which ops count is timing-free; how much time they take is not (0.74 quiet, 0.15 at
+    # load 17 for the float64 run): a float32 run has none at all
+    assert (host["float64_ops_share"] > 0) is expect_double
+    assert (host["float64_ops_share"] == 0.0) is not expect_double
     assert host["syncs"]["per_step"] == 0.0  # no CUDA runtime on a CPU
     assert "matmul_conv" in host["op_time_shares"]
 
