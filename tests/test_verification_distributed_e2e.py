@@ -33,7 +33,10 @@ def runs(tmp_path_factory) -> dict[str, dict]:
     procs = {}
     for name, command in commands.items():
         (root / name).mkdir()
-        procs[name] = subprocess.Popen(ptdiag_cmd("training with DDP", "--json", "r.json", "--", *command),
+        # the budget a hang guard only: by default (3x the run, at least 60 s) a loaded box's
+        # verification run, torchrun and two ranks starting, can be cut before it trained
+        procs[name] = subprocess.Popen(ptdiag_cmd("training with DDP", "--verify-budget", "240", "--json", "r.json",
+                                                  "--", *command),
                                        cwd=root / name, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     found = {}
     for name, proc in procs.items():
