@@ -30,7 +30,6 @@ def training_passes(run: RecordedRun) -> dict[int, list[dict]]:
         loader = training_loader(proc)
         if loader is None:
             continue
-        found[rank] = []
         index = loader["loader"]
         trained = {e.get("epoch") for e in proc.of("step") if e.get("loader") == index and e.get("epoch") is not None}
         passes = [e for e in proc.of("dist_indices") if e.get("loader") == index and e.get("complete")
