@@ -160,19 +160,30 @@ def test_torchrun_two_gloo_ranks(workdir):
 
 
 def test_sigint_is_forwarded_and_partial_report_written(workdir):
-    # tracking only: performance would end the training after its windows (exit 0), on a loaded
-    # box before the forwarded Ctrl-C arrived; only the Ctrl-C can end this run
-    proc = subprocess.Popen(ptdiag_cmd("slow", "--only", "tracking", "--json", "r.json", "--", PYTHON,
+    # the performance specialist active (its windows open as TRAINING is printed), kept running
+    # (-o performance.stop=no): only the Ctrl-C can end this run. The timeout guards a hang only
+    proc = subprocess.Popen(ptdiag_cmd("slow", "-o", "performance.stop=no", "--json", "r.json", "--", PYTHON,
                                        str(PROGRAMS / "train_forever.py")),
                             cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout.readline() == b"TRAINING\n"
     proc.send_signal(signal.SIGINT)  # to ptdiag alone, as kill -INT would
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=240)
     assert proc.returncode == 130  # the child's KeyboardInterrupt exit, passed through
     report = load_report(workdir / "r.json")
     assert report["status"] == "interrupted"
     assert report["steps_observed"] >= 3
     assert b"KeyboardInterrupt" in err
+
+
+def test_a_ctrl_c_inside_the_profilers_start_stops_the_profiler(workdir):
+    # where a Ctrl-C sent as performance's profiler window opens lands on a loaded box (torch's
+    # start takes seconds there), made certain: the program's start raises KeyboardInterrupt
+    proc = run_ptdiag("slow", "-o", "performance.stop=no", "--json", "r.json", "--", PYTHON,
+                      str(PROGRAMS / "ctrl_c_in_profiler_start.py"), cwd=workdir, timeout=240)
+    assert proc.returncode == 130
+    assert b"PROFILER STOPPED" in proc.stdout  # not left recording the program's exit
+    assert b"KeyboardInterrupt" in proc.stderr
+    assert load_report(workdir / "r.json")["steps_observed"] == 4  # the profiler's warm-up step (performance.skip)
 
 
 def test_timeout_dumps_stacks_and_reports_hung(workdir):

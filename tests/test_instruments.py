@@ -213,3 +213,26 @@ def test_a_profiler_whose_export_raises_is_switched_off_and_the_training_goes_on
     assert not window.open
     assert rec.switched == [("profiler", "OSError: disk full")]
     assert not torch.autograd.profiler._is_profiler_enabled
+
+
+def test_a_ctrl_c_inside_the_profilers_start_leaves_no_profiler_recording(rec, tmp_path, monkeypatch):
+    # torch's start takes 1-2 s (more on a loaded box): a Ctrl-C as the window opens lands in it;
+    # a profiler left recording traced the program's whole exit work with Python stacks
+    from torch.profiler import ProfilerActivity, profile
+
+    started = []
+    real_start = profile.start
+
+    def interrupted_start(self) -> None:
+        real_start(self)
+        started.append(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(profile, "start", interrupted_start)
+    with pytest.raises(KeyboardInterrupt):
+        rec.instruments.profile("profiler", tmp_path / "kineto.log", activities=[ProfilerActivity.CPU],
+                                with_stack=True)
+    recording = torch.autograd.profiler._is_profiler_enabled
+    if recording:  # without the fix: stopped here, so that no other test runs under it
+        started[0].stop()
+    assert started and not recording

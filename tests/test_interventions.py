@@ -581,6 +581,27 @@ def test_shards_and_epoch_order_are_read_from_the_training_loaders_indices(tmp_p
     assert "disjoint shards" in shards.sentence("a DistributedSampler", shards.before(same), after, True)
 
 
+def test_a_run_ended_at_the_budget_is_judged_by_the_indices_every_rank_recorded(tmp_path):
+    # on a loaded box the ranks' exit work alone passed the verification budget after the last
+    # step: the shards each rank drew were recorded, and the verdict was None ("not verified")
+    from ptdiag.verification import judge
+
+    shards = measure_shards.METRICS["shards_disjoint"]
+    before = shards.before(_ranks_drew(tmp_path / "same", {0: [[3, 1, 2, 0]], 1: [[3, 1, 2, 0]]}, n=4))
+    cut = shards.after([_ranks_drew(tmp_path / "cut", {0: [[5, 1, 6, 0]], 1: [[3, 7, 2, 4]]})])
+    helped, summary = judge(shards, "a DistributedSampler", before, cut, 1, True, -15)
+    assert helped is True and "disjoint shards" in summary and "ended at the verification budget" in summary
+    # rank 1's process ended before its pass was written: the shards of one rank tell nothing
+    one = _ranks_drew(tmp_path / "one", {0: [[5, 1, 6, 0]], 1: []})
+    assert shards.after([one]) is None and measure_shards.METRICS["epoch_order"].after([one]) is None
+    assert judge(shards, "a DistributedSampler", before, None, 1, True, -15) == (
+        None, "with a DistributedSampler the run was ended at the verification budget: not verified")
+    # a metric of times is not judged on a cut run
+    step = measure_step.METRICS["step_time"]
+    timed = {"step_ms_p50": 100.0, "torch_threads": 1, "phases_ms": {}, "steps": 10}
+    assert judge(step, "more threads", timed, {**timed, "step_ms_p50": 10.0}, 1, True, -15)[0] is None
+
+
 def test_a_step_time_verdict_leaves_a_band_a_busy_machine_moves_through():
     metric = measure_step.METRICS["step_time"]
     before = {"step_ms_p50": 100.0, "torch_threads": 1, "phases_ms": {}, "steps": 10}

@@ -36,6 +36,7 @@ from ptdiag.findings import Finding
 from ptdiag.recorded import RecordedRun
 from ptdiag.specialists import analyse as specialist_analysis
 from ptdiag.verification.attach import STATE_FILE
+from ptdiag.verification.measure import Metric
 from ptdiag.verification.metrics import METRICS
 
 COMPANIONS = "companions"  # the folder of the run dir that holds every companion run
@@ -225,7 +226,7 @@ def _verify(ctx, item: Planned, timeout_s: float) -> dict:
         timed_out = timed_out or bool(outcome.timed_out_at)
     applied = min(max((e.get("applied") or 0 for e in r.all_events("intervention")), default=0) for r in runs)
     after = metric.after(runs)
-    helped = metric.helped(item.before, after) if applied and after is not None and not timed_out else None
+    helped, summary = judge(metric, change, item.before, after, applied, timed_out, exit_codes[0])
     verified = {"intervention": intervention.name, "settings": item.settings, "metric": item.metric,
                 "before": item.before[metric.headline], "after": (after or {}).get(metric.headline),
                 "steps": runs[0].steps_observed, "run_dir": str(runs[0].run_dir), "helped": helped,
@@ -233,15 +234,25 @@ def _verify(ctx, item: Planned, timeout_s: float) -> dict:
                 "exit_code": exit_codes[0]}
     if len(runs) > 1:
         verified["run_dirs"] = [str(r.run_dir) for r in runs]
-    if not applied:
-        verified["summary"] = f"{change}: never applied in the verification run (nothing it changes was used)"
-    elif timed_out:
-        verified["summary"] = f"with {change} the run was ended at the verification budget: not verified"
-    elif after is None:
-        verified["summary"] = f"with {change} the run measured nothing to compare (exit code {exit_codes[0]})"
-    else:
-        verified["summary"] = metric.sentence(change, item.before, after, helped)
+    verified["summary"] = summary
     return {"verified": verified}
+
+
+def judge(metric: Metric, change: str, before: dict, after: dict | None, applied: int, timed_out: bool,
+          exit_code: int | None) -> tuple[bool | None, str]:
+    """The verdict (None: cannot tell) and the sentence that says it. A run ended at the
+    budget is judged only by a metric whose evidence stands once recorded (`judged_when_cut`:
+    the indices each rank drew, whose after() is None unless every rank recorded them);
+    on a loaded box the ranks' exit work alone can pass the budget after the last step."""
+    if not applied:
+        return None, f"{change}: never applied in the verification run (nothing it changes was used)"
+    if timed_out and not (metric.judged_when_cut and after is not None):
+        return None, f"with {change} the run was ended at the verification budget: not verified"
+    if after is None:
+        return None, f"with {change} the run measured nothing to compare (exit code {exit_code})"
+    helped = metric.helped(before, after)
+    cut = " (the run was ended at the verification budget, after every rank recorded it)" if timed_out else ""
+    return helped, metric.sentence(change, before, after, helped) + cut
 
 
 def _write(run_dir: Path, record: dict) -> None:

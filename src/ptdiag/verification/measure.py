@@ -50,6 +50,7 @@ class Metric:
     sentence: Callable[[str, dict, dict, bool | None], str]
     bound: Callable[[dict, RecordedRun], int]  # the verification run's --max-steps
     runs: int = 1  # verification runs it takes (two to show that runs repeat)
+    judged_when_cut: bool = False  # its evidence stands once recorded: a run ended at the budget is judged
 
 
 # -- first non-finite step ---------------------------------------------------------------------

@@ -8,7 +8,10 @@ indices its training loader drew in its first passes, probe/plugins/distributed/
 - epoch_order: the ranks whose training loader drew the same indices in the same order at
   its first two training passes (the epochs a sampler without set_epoch replays).
 
-Both are structural (indices, not times): a loaded machine cannot change the verdict.
+Both are structural (indices, not times): a loaded machine cannot change the verdict, and
+a verification run ended at its budget is still judged (`judged_when_cut`) when every rank
+that drew from a training loader recorded what the metric compares; when one did not
+(its process ended before its pass was written) the metric measured nothing: cannot tell.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from ptdiag.verification.measure import Metric
 
 
 def training_passes(run: RecordedRun) -> dict[int, list[dict]]:
-    """Per rank, the `dist_indices` of its training loader's passes that trained steps (a
-    peek such as next(iter(loader)) is no epoch), in order; complete ones only."""
+    """Per rank that has a training loader, the `dist_indices` of its passes that trained
+    steps (a peek such as next(iter(loader)) is no epoch), in order; knowable ones only
+    (`complete`: plain indices, in order). A rank with none recorded maps to []."""
     found = {}
     for rank, proc in run.ranks.items():
         loader = training_loader(proc)
@@ -30,15 +34,14 @@ def training_passes(run: RecordedRun) -> dict[int, list[dict]]:
         trained = {e.get("epoch") for e in proc.of("step") if e.get("loader") == index and e.get("epoch") is not None}
         passes = [e for e in proc.of("dist_indices") if e.get("loader") == index and e.get("complete")
                   and (not trained or e.get("epoch") in trained)]
-        if passes:
-            found[rank] = sorted(passes, key=lambda e: e["epoch"])
+        found[rank] = sorted(passes, key=lambda e: e["epoch"])
     return found
 
 
 # -- shards disjoint -----------------------------------------------------------------------------
 def _shards(run: RecordedRun) -> dict | None:
     passes = training_passes(run)
-    if len(passes) < 2:
+    if len(passes) < 2 or not all(passes.values()):  # a rank's first pass unrecorded: cannot tell
         return None
     drawn = {rank: set(found[0]["indices"]) for rank, found in passes.items()}
     shared = {rank: len(mine & set().union(*(other for r, other in drawn.items() if r != rank)))
@@ -73,7 +76,10 @@ def _shards_sentence(change: str, before: dict, after: dict, helped: bool | None
 # -- a new order at each epoch ---------------------------------------------------------------------
 def _orders(run: RecordedRun) -> dict | None:
     repeating, compared, epochs = [], [], None
-    for rank, found in training_passes(run).items():
+    passes = training_passes(run)
+    if not all(passes.values()):  # a rank that trained recorded no pass (its process cut first): cannot tell
+        return None
+    for rank, found in passes.items():
         if len(found) < 2:
             continue
         first, second = found[0]["indices"], found[1]["indices"]
@@ -116,7 +122,7 @@ def _same_steps(before: dict, run: RecordedRun) -> int:
 
 METRICS: dict[str, Metric] = {
     "shards_disjoint": Metric("shared_share", _shards_before, lambda runs: _shards(runs[0]), _shards_helped,
-                              _shards_sentence, _same_steps),
+                              _shards_sentence, _same_steps, judged_when_cut=True),
     "epoch_order": Metric("ranks_repeating", _orders_before, lambda runs: _orders(runs[0]), _orders_helped,
-                          _orders_sentence, _same_steps),
+                          _orders_sentence, _same_steps, judged_when_cut=True),
 }

@@ -58,8 +58,12 @@ class ProfilerWindow:
             self.profiler = profile(**options)
             self.profiler.start()
 
-        if self._guarded(start):
-            return True
+        try:
+            if self._guarded(start):
+                return True
+        except BaseException:  # a Ctrl-C in torch's start, which takes 1-2 s (more when loaded)
+            self.close()  # it may be recording already: left so, it would trace the program's whole exit
+            raise
         self.close()
         return False
 
