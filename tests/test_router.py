@@ -326,8 +326,8 @@ def test_the_learned_model_can_keep_a_multi_gpu_oom_memory_first():
     ratio = next(r.learned_ratio for r in default_table().cross_cutting if r.then == "memory")
     probs = dict.fromkeys(SPECIALISTS, 0.0)
     probs.update(memory=0.9, distributed=0.9 * ratio - 0.05)
-    assert decide(evidence, dict(probs), 0.3, 0.01) == ["memory", "distributed"]
+    assert decide(evidence, dict(probs), dict.fromkeys(probs, 0.3), 0.01) == ["memory", "distributed"]
     probs["distributed"] = 0.9 * ratio + 0.05
     notes: list[str] = []
-    assert decide(evidence, dict(probs), 0.3, 0.01, notes=notes) == ["distributed", "memory"]
+    assert decide(evidence, dict(probs), dict.fromkeys(probs, 0.3), 0.01, notes=notes) == ["distributed", "memory"]
     assert "set-up problems can cause the OOM, so distributed runs first" in notes
