@@ -326,8 +326,38 @@ def test_the_learned_model_can_keep_a_multi_gpu_oom_memory_first():
     ratio = next(r.learned_ratio for r in default_table().cross_cutting if r.then == "memory")
     probs = dict.fromkeys(SPECIALISTS, 0.0)
     probs.update(memory=0.9, distributed=0.9 * ratio - 0.05)
-    assert decide(evidence, dict(probs), 0.3, 0.01) == ["memory", "distributed"]
+    assert decide(evidence, dict(probs), dict.fromkeys(probs, 0.3), 0.01) == ["memory", "distributed"]
     probs["distributed"] = 0.9 * ratio + 0.05
     notes: list[str] = []
-    assert decide(evidence, dict(probs), 0.3, 0.01, notes=notes) == ["distributed", "memory"]
+    assert decide(evidence, dict(probs), dict.fromkeys(probs, 0.3), 0.01, notes=notes) == ["distributed", "memory"]
     assert "set-up problems can cause the OOM, so distributed runs first" in notes
+
+
+@pytest.mark.parametrize("text, several", [
+    ("training is very slow on a single 3090GPU", False),
+    ("torch.OutOfMemoryError on 4090 GPUs", False),
+    ("GTX 1660 gpu runs out of memory", False),
+    ("CUDA out of memory on 4 GPUs", True),
+    ("pretraining on 1024 GPUs stalls", True),
+])
+def test_gpu_model_number_is_not_a_count_of_gpus(text, several):
+    # "单个3090GPU" is one RTX 3090: read as 3090 GPUs it sent single-GPU slowness and
+    # OOM reports to distributed first through the several-GPUs ordering rule
+    from ptdiag.router.routing import read_evidence
+    found = any(m.group.multi_process for m in read_evidence(text).signals)
+    assert found is several
+
+
+def test_abstention_threshold_is_per_specialist():
+    # the model's probabilities are not equally sure across specialists: the same 0.27
+    # plans for one whose threshold is 0.25 and abstains for one whose threshold is 0.3
+    from ptdiag.router.learned import load_model
+    from ptdiag.router.routing import decide, read_evidence
+    evidence = read_evidence("something is off with my run")
+    assert not evidence.naming and not any(m.cued for m in evidence.signals)
+    abstain = dict.fromkeys(SPECIALISTS, 0.3) | {"performance": 0.25}
+    probs = dict.fromkeys(SPECIALISTS, 0.01)
+    assert decide(evidence, probs | {"performance": 0.27}, abstain, 0.5) == ["performance"]
+    assert decide(evidence, probs | {"tracking": 0.27}, abstain, 0.5) is None
+    shipped = load_model().abstain_below
+    assert set(shipped) == set(SPECIALISTS) and all(0 < t < 1 for t in shipped.values())

@@ -82,7 +82,7 @@ class Model:
     intercepts: tuple[float, ...]
     weights: dict[str, list[int]]  # per feature, one integer weight per class
     scale: float  # weights are stored multiplied by this
-    abstain_below: float  # the best probability under this, and no rule: ambiguous
+    abstain_below: dict[str, float]  # per specialist: the best probability under its own, and no rule: ambiguous
     secondary_at: float  # a further specialist joins the plan from this probability
     temperature: float  # calibration: logits are divided by it
     first_at: float = 2.0  # a cross-cutting rule's specialist this probable counts as named (2: never)
@@ -132,6 +132,9 @@ def load_model(path: Path = MODEL_PATH) -> Model | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
-    return Model(tuple(data["classes"]), tuple(data["intercepts"]), data["weights"], float(data["scale"]),
-                 float(data["abstain_below"]), float(data["secondary_at"]), float(data.get("temperature", 1.0)), float(data.get("first_at", 2.0)),
-                 float(data.get("rules_at", math.inf)))
+    classes = tuple(data["classes"])
+    abstain = data["abstain_below"]  # one number for every class, or one per class
+    abstain = {name: float(abstain[name] if isinstance(abstain, dict) else abstain) for name in classes}
+    return Model(classes, tuple(data["intercepts"]), data["weights"], float(data["scale"]),
+                 abstain, float(data["secondary_at"]), float(data.get("temperature", 1.0)),
+                 float(data.get("first_at", 2.0)), float(data.get("rules_at", math.inf)))

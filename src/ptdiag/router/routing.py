@@ -100,10 +100,11 @@ def _learned_route(evidence: Evidence, model: Model) -> Route:
     return Route(plan, False, round(probs[plan[0]], 2), reasons, notes)
 
 
-def decide(evidence: Evidence, probs: dict[str, float], abstain_below: float, secondary_at: float,
+def decide(evidence: Evidence, probs: dict[str, float], abstain_below: dict[str, float], secondary_at: float,
            first_at: float = 2.0, rules_at: float = math.inf, notes: list[str] | None = None) -> list[str] | None:
     """The plan from the model's probabilities and the rules, or None to abstain: the
-    best probability is low and no rule names a symptom. The cross-cutting rules
+    best probability is below its specialist's `abstain_below` and no rule names a
+    symptom. The cross-cutting rules
     reorder as the seed's do; a specialist they put first also counts as named by the
     words when the model gives it at least `first_at` (several GPUs said in words no
     table lists). Words the table knows well (a named score of `rules_at` or more: a
@@ -113,7 +114,7 @@ def decide(evidence: Evidence, probs: dict[str, float], abstain_below: float, se
     best_named = max(evidence.naming.values(), default=0.0)
     rule_named = best_named >= table.min_score
     asked = [m.group.specialist for m in evidence.signals if m.cued]
-    if probs[ranked[0]] < abstain_below and not (rule_named or asked):
+    if probs[ranked[0]] < abstain_below[ranked[0]] and not (rule_named or asked):
         return None
     if asked and not rule_named:  # a fix asked about, no symptom: its owner answers (seed rule)
         ranked.remove(asked[0])
