@@ -11,5 +11,6 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
     >/tmp/ptdiag-chromium-install.log 2>&1 || echo "ptdiag test: chromium not installed (see /tmp/ptdiag-chromium-install.log)" >&2
 fi
 # Two workers: most end-to-end tests wait on one single-threaded training process (the
-# whole suite: ~11 min serial, ~7.5 min with -n 2 on the 2-core box).
+# whole suite, 862 tests: ~19 CPU minutes, ~13 min with -n 2 on a loaded 2-core box;
+# docs/benchmarks.md "Test suite").
 exec "${PTDIAG_VENV:-.venv}/bin/python" -m pytest -n 2 "$@"

@@ -130,14 +130,20 @@ writer.close()
 """
 
 
+@pytest.fixture(scope="module")
+def warns_bare() -> subprocess.CompletedProcess:
+    """WARNS_EACH_EPOCH's bare run, once for both plans compared with it."""
+    return subprocess.run([sys.executable, "-c", WARNS_EACH_EPOCH], capture_output=True, text=True, timeout=120)
+
+
 @pytest.mark.parametrize("specialists", [[], pytest.param(["memory", "performance", "numerics", "reproducibility",
                                                             "distributed"], marks=pytest.mark.slow)])
-def test_program_warnings_are_shown_as_often_as_without_the_probe(tmp_path, specialists):
+def test_program_warnings_are_shown_as_often_as_without_the_probe(tmp_path, specialists, warns_bare):
     """The probe silenced torch.compile's hook warning with filterwarnings, and MemTracker's
     warnings with catch_warnings: each bumps the filters' version, which clears every
     warning registry, so the pin_memory warning came back at the next epoch. And float()
     of the logged loss raised torch's requires_grad warning."""
-    bare = subprocess.run([sys.executable, "-c", WARNS_EACH_EPOCH], capture_output=True, text=True, timeout=120)
+    bare = warns_bare
     proc, events, _ = run_probed(WARNS_EACH_EPOCH, tmp_path, {"specialists": specialists})
     assert bare.returncode == proc.returncode == 0
     assert bare.stderr.count("pin_memory") == 1

@@ -114,14 +114,21 @@ def test_second_interrupt_kills_at_once(workdir):
     assert report["status"] == "interrupted" and report["steps_observed"] == 2
 
 
-def test_training_result_is_bit_exact_with_ptdiag(workdir):
-    bare = subprocess.run([PYTHON, str(PROGRAMS / "checksum_train.py")], cwd=workdir, capture_output=True, check=True)
+@pytest.fixture(scope="module")
+def checksum_bare(tmp_path_factory) -> subprocess.CompletedProcess:
+    """checksum_train.py's bare run, once for the tests that compare a wrapped run with it."""
+    return subprocess.run([PYTHON, str(PROGRAMS / "checksum_train.py")], cwd=tmp_path_factory.mktemp("bare"),
+                          capture_output=True, check=True)
+
+
+def test_training_result_is_bit_exact_with_ptdiag(workdir, checksum_bare):
+    bare = checksum_bare
     wrapped = run_ptdiag("track", "--quiet", "--", PYTHON, str(PROGRAMS / "checksum_train.py"), cwd=workdir)
     assert wrapped.returncode == 0
     assert wrapped.stdout == bare.stdout
 
 
-def test_probe_bug_is_logged_and_training_unharmed(workdir):
+def test_probe_bug_is_logged_and_training_unharmed(workdir, checksum_bare):
     """A probe hook that raises (a bug injected into the recorder's step hook): logged, the
     hook disabled, the program's output and result unchanged."""
     (workdir / "plugins").mkdir()
@@ -129,7 +136,7 @@ def test_probe_bug_is_logged_and_training_unharmed(workdir):
         "import ptdiag.probe.plugins.tracking as p\n"
         "def boom(value):\n    raise RuntimeError('injected probe bug')\n"
         "p._scalar = boom\n")
-    bare = subprocess.run([PYTHON, str(PROGRAMS / "checksum_train.py")], cwd=workdir, capture_output=True, check=True)
+    bare = checksum_bare
     proc = run_ptdiag("track", "--quiet", "--json", "r.json", "--", PYTHON, str(PROGRAMS / "checksum_train.py"),
                       cwd=workdir, env={"PYTHONPATH": str(workdir / "plugins")})
     assert proc.returncode == 0 and proc.stdout == bare.stdout
