@@ -452,5 +452,6 @@ def test_plain_model_under_triage_stays_within_budget(workdir):
     assert cost["steps"] > 100 and set(cost["by_owner_us"]) >= {"numerics", "memory", "performance", "tracking"}
     shed = [s for s in run["report"]["switched_off"] if "per-step work" in s["why"]]
     assert [s["what"] for s in shed] == cost["shed"]
-    # the numerics watch costs ~20% of this step (a read and a sum per module): it sheds first
-    assert cost["shed"] and cost["shed"][0].startswith("numerics module watch")
+    # the numerics watch costs ~20% of this step (a read and a sum per module): it is shed,
+    # first on a quiet box; under load the recorder's lines may go before it
+    assert any(what.startswith("numerics module watch") for what in cost["shed"]), cost["shed"]
