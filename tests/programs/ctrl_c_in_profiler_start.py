@@ -2,7 +2,8 @@
 a second, several on a loaded box: a real Ctrl-C sent as the profiler window opens lands
 there): the start is wrapped to raise KeyboardInterrupt once the profiler recorded.
 Prints PROFILER STOPPED when something stops that profiler."""
-import time
+import runpy
+from pathlib import Path
 
 import torch
 import torch.profiler
@@ -21,13 +22,4 @@ def stop_said(self):
 
 
 torch.profiler.profile.start, torch.profiler.profile.stop = interrupted_start, stop_said
-model = torch.nn.Linear(4, 1)
-opt = torch.optim.SGD(model.parameters(), lr=0.01)
-step = 0
-while True:
-    loss = model(torch.randn(8, 4)).pow(2).mean()
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-    step += 1
-    time.sleep(0.01)
+runpy.run_path(str(Path(__file__).with_name("train_forever.py")), run_name="__main__")
