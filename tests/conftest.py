@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +35,35 @@ DEFAULT_VERIFY = {"PTDIAG_VERIFY": ""}  # env= for a run that keeps ptdiag's own
 
 def ptdiag_cmd(*args: str) -> list[str]:
     return [PYTHON, "-m", "ptdiag", *args]
+
+
+def _process_tree(pid: int) -> list[int]:
+    """pid and its descendants, read from /proc while they run."""
+    tree, index = [pid], 0
+    while index < len(tree):
+        for task in Path(f"/proc/{tree[index]}/task").glob("*"):
+            try:
+                tree += [int(child) for child in (task / "children").read_text().split()]
+            except OSError:
+                pass  # ended meanwhile
+        index += 1
+    return tree
+
+
+@contextlib.contextmanager
+def running_ptdiag(*args: str, cwd: Path):
+    """`ptdiag ARGS` started with piped streams, for tests that signal it. However the test
+    ends, nothing of the run outlives it: a failed test must not leave a training loop
+    running on the CI box's two cores for the rest of the suite."""
+    proc = subprocess.Popen(ptdiag_cmd(*args), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            for pid in reversed(_process_tree(proc.pid)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        proc.communicate()
 
 
 def run_ptdiag(*args: str, cwd: Path, timeout: float = 240, env: dict | None = None,

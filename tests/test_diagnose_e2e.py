@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from conftest import (FAST_SAMPLE_ARGS, PROGRAMS, PYTHON, SAMPLES, assert_stop_announced, load_report, ptdiag_cmd,
-                      run_ptdiag, split_stderr)
+from conftest import (FAST_SAMPLE_ARGS, PROGRAMS, PYTHON, SAMPLES, assert_stop_announced, load_report,
+                      run_ptdiag, running_ptdiag, split_stderr)
 
 pytestmark = pytest.mark.slow
 
@@ -162,12 +162,11 @@ def test_torchrun_two_gloo_ranks(workdir):
 def test_sigint_is_forwarded_and_partial_report_written(workdir):
     # the performance specialist active (its windows open as TRAINING is printed), kept running
     # (-o performance.stop=no): only the Ctrl-C can end this run. The timeout guards a hang only
-    proc = subprocess.Popen(ptdiag_cmd("slow", "-o", "performance.stop=no", "--json", "r.json", "--", PYTHON,
-                                       str(PROGRAMS / "train_forever.py")),
-                            cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout.readline() == b"TRAINING\n"
-    proc.send_signal(signal.SIGINT)  # to ptdiag alone, as kill -INT would
-    _, err = proc.communicate(timeout=240)
+    with running_ptdiag("slow", "-o", "performance.stop=no", "--json", "r.json", "--", PYTHON,
+                        str(PROGRAMS / "train_forever.py"), cwd=workdir) as proc:
+        assert proc.stdout.readline() == b"TRAINING\n"
+        proc.send_signal(signal.SIGINT)  # to ptdiag alone, as kill -INT would
+        _, err = proc.communicate(timeout=240)
     assert proc.returncode == 130  # the child's KeyboardInterrupt exit, passed through
     report = load_report(workdir / "r.json")
     assert report["status"] == "interrupted"

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import PROGRAMS, PYTHON, load_report, ptdiag_cmd, run_ptdiag
+from conftest import PROGRAMS, PYTHON, load_report, ptdiag_cmd, run_ptdiag, running_ptdiag
 
 pytestmark = pytest.mark.slow
 
@@ -47,13 +47,12 @@ def test_segfault_location_is_kept(workdir):
 
 def test_sigkill_from_outside(workdir):
     # kept running (performance alone ends it after its windows, which a loaded box can reach first)
-    proc = subprocess.Popen(ptdiag_cmd("slow", "-o", "performance.stop=no", "--quiet", "--json", "r.json", "--",
-                                       PYTHON, str(PROGRAMS / "train_forever.py")),
-                            cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout.readline() == b"TRAINING\n"
-    child = _probed_pids(workdir)[0]
-    os.kill(child, signal.SIGKILL)  # as the host OOM-killer would
-    proc.communicate(timeout=60)
+    with running_ptdiag("slow", "-o", "performance.stop=no", "--quiet", "--json", "r.json", "--",
+                        PYTHON, str(PROGRAMS / "train_forever.py"), cwd=workdir) as proc:
+        assert proc.stdout.readline() == b"TRAINING\n"
+        child = _probed_pids(workdir)[0]
+        os.kill(child, signal.SIGKILL)  # as the host OOM-killer would
+        proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGKILL
     report = load_report(workdir / "r.json")
     assert report["status"] == "killed" and report["steps_observed"] >= 3
@@ -85,12 +84,11 @@ def test_output_flood_streams_through(workdir):
 
 def test_sigterm_to_ptdiag_is_forwarded(workdir):
     # kept running (performance alone ends it after its windows, which a loaded box can reach first)
-    proc = subprocess.Popen(ptdiag_cmd("slow", "-o", "performance.stop=no", "--quiet", "--json", "r.json", "--",
-                                       PYTHON, str(PROGRAMS / "train_forever.py")),
-                            cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout.readline() == b"TRAINING\n"
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=60)
+    with running_ptdiag("slow", "-o", "performance.stop=no", "--quiet", "--json", "r.json", "--",
+                        PYTHON, str(PROGRAMS / "train_forever.py"), cwd=workdir) as proc:
+        assert proc.stdout.readline() == b"TRAINING\n"
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM
     report = load_report(workdir / "r.json")
     assert report["status"] == "interrupted" and report["steps_observed"] >= 3
@@ -102,13 +100,12 @@ def test_second_interrupt_kills_at_once(workdir):
                         "signal.signal(signal.SIGINT, lambda *a: print('ignored', flush=True))\n"
                         "print('READY', flush=True)\nwhile True:\n    time.sleep(0.1)\n")
     shutil.copy(PROGRAMS / "_steps.py", workdir / "_steps.py")
-    proc = subprocess.Popen(ptdiag_cmd("slow", "--quiet", "--json", "r.json", "--", PYTHON, str(stubborn)),
-                            cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout.readline() == b"READY\n"
-    proc.send_signal(signal.SIGINT)
-    assert proc.stdout.readline() == b"ignored\n"
-    proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)  # ends within the guard, however loaded the box
+    with running_ptdiag("slow", "--quiet", "--json", "r.json", "--", PYTHON, str(stubborn), cwd=workdir) as proc:
+        assert proc.stdout.readline() == b"READY\n"
+        proc.send_signal(signal.SIGINT)
+        assert proc.stdout.readline() == b"ignored\n"
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)  # ends within the guard, however loaded the box
     assert proc.returncode == 128 + signal.SIGKILL  # killed at once, not asked again to end
     report = load_report(workdir / "r.json")
     assert report["status"] == "interrupted" and report["steps_observed"] == 2
