@@ -51,11 +51,13 @@ def _process_tree(pid: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def running_ptdiag(*args: str, cwd: Path):
-    """`ptdiag ARGS` started with piped streams, for tests that signal it. However the test
-    ends, nothing of the run outlives it: a failed test must not leave a training loop
-    running on the CI box's two cores for the rest of the suite."""
-    proc = subprocess.Popen(ptdiag_cmd(*args), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def running_ptdiag(*args: str, cwd: Path, sigint: signal.Handlers = signal.SIG_DFL):
+    """`ptdiag ARGS` started with piped streams, for tests that signal it, with SIGINT's
+    disposition given (a suite started in a script's background inherits it ignored, and
+    so would ptdiag and the program). However the test ends, nothing of the run outlives
+    it: a failed test must not leave a training loop running on the CI box's two cores."""
+    proc = subprocess.Popen(ptdiag_cmd(*args), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
     try:
         yield proc
     finally:

@@ -111,6 +111,21 @@ def test_second_interrupt_kills_at_once(workdir):
     assert report["status"] == "interrupted" and report["steps_observed"] == 2
 
 
+def test_an_ignored_sigint_stays_ignored(workdir):
+    """Started with SIGINT ignored (a script's background job, nohup), the program ignores
+    `kill -INT`: under ptdiag too, and two of them are not a second interrupt that kills it."""
+    with running_ptdiag("track", "--quiet", "--json", "r.json", "--", PYTHON, str(PROGRAMS / "train_forever.py"),
+                        cwd=workdir, sigint=signal.SIG_IGN) as proc:
+        assert proc.stdout.readline() == b"TRAINING\n"
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)  # what does end it
+        proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM  # not 128 + SIGKILL
+    report = load_report(workdir / "r.json")
+    assert report["status"] == "interrupted"
+
+
 @pytest.fixture(scope="module")
 def checksum_bare(tmp_path_factory) -> subprocess.CompletedProcess:
     """checksum_train.py's bare run, once for the tests that compare a wrapped run with it."""

@@ -34,6 +34,14 @@ OUTPUT_LOGS = ("stdout.log", "stderr.log")  # a companion run's streams, in its 
 PTDIAG_SRC = Path(__file__).resolve().parents[2]
 SI_KERNEL = 0x80  # si_code of signals the kernel sends (the terminal's Ctrl-C)
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def handled_signals() -> tuple[signal.Signals, ...]:
+    """The signals ptdiag takes for the child: those not ignored. A command started in the
+    background of a script (or under nohup) inherits SIGINT ignored, and so does the child:
+    the program shrugs off a `kill -INT` there, so ptdiag must not count it as an interrupt
+    (two would kill the run). Unblocked and ignored, the kernel drops it, as without ptdiag."""
+    return tuple(s for s in HANDLED_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN)
 TERMINATE_GRACE_S = 5.0
 STACK_DUMP_WAIT_S = 1.0
 POLL_S = 0.25
@@ -93,10 +101,12 @@ class Supervisor:
         self._interrupted_by: str | None = None
         self._done = threading.Event()
         self._signal_thread: threading.Thread | None = None
+        self._handled: tuple[signal.Signals, ...] = HANDLED_SIGNALS
         self._flight_recorder: dict | None = None
 
     def run(self) -> ChildOutcome:
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        self._handled = handled_signals()
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, self._handled)
         started = time.time()
         streams = self._output_streams()
         try:
@@ -195,7 +205,7 @@ class Supervisor:
     # -- signals -----------------------------------------------------------------------------
     def _signal_loop(self) -> None:
         while not self._done.is_set():
-            info = signal.sigtimedwait(HANDLED_SIGNALS, POLL_S)
+            info = signal.sigtimedwait(self._handled, POLL_S)
             if info is not None:
                 self._on_signal(signal.Signals(info.si_signo), from_terminal=info.si_code == SI_KERNEL)
 
@@ -214,7 +224,7 @@ class Supervisor:
         self._done.set()
         if self._signal_thread is not None:
             self._signal_thread.join()
-        while (info := signal.sigtimedwait(HANDLED_SIGNALS, 0)) is not None:
+        while (info := signal.sigtimedwait(self._handled, 0)) is not None:
             self._interrupted_by = self._interrupted_by or signal.Signals(info.si_signo).name
 
 
